@@ -1,0 +1,85 @@
+//! The control plane: owns every write (IAM, auth flows, keys, routing placement) and
+//! publishes signed documents for the data planes.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use std::sync::Arc;
+
+use axum::Router;
+use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
+use gateway_shared::signed::DocSigningKey;
+use gateway_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Config};
+
+/// Name used in metrics labels and logs.
+pub const PLANE: &str = "control";
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Signs the documents published to the data planes.
+    pub signing_key: Arc<DocSigningKey>,
+    pub readiness: Arc<Readiness>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The whole HTTP surface of the control plane.
+pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new()
+        .merge(http::ops_router(
+            Arc::clone(&state.readiness),
+            metrics,
+            gateway_shared::build_info!(),
+        ))
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
+}
+
+/// Serves until `shutdown` is cancelled, then drains (see `LifecycleArgs`).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
+    let checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(StoreReady(store.clone()))];
+    let readiness = Arc::new(Readiness::new(checks));
+    let state = AppState {
+        store,
+        signing_key: Arc::new(config.signing_key),
+        readiness: Arc::clone(&readiness),
+    };
+    let app = router(state, metrics);
+    let stop_accepting = CancellationToken::new();
+    tokio::spawn(http::coordinate_shutdown(
+        shutdown,
+        readiness,
+        config.lifecycle.drain_delay,
+        stop_accepting.clone(),
+    ));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "control plane listening");
+    }
+    http::serve(
+        listener,
+        app,
+        stop_accepting,
+        config.lifecycle.drain_timeout,
+    )
+    .await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! control-plane binary: parse the configuration, start telemetry, call the library.
+
+use clap::Parser;
+use control_plane::config::{Cli, Command};
+use gateway_shared::store::Store;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Keygen { out_dir, force }) = cli.command {
+        return match control_plane::config::keygen(&out_dir, force) {
+            Ok((private, public)) => {
+                println!("wrote {} and {}", private.display(), public.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("keygen: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match cli.serve.validate() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("control-plane: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _telemetry = match gateway_shared::telemetry::init("control-plane", &cli.serve.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("control-plane: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "control plane failed");
+            eprintln!("control-plane: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: control_plane::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "invalid setting --listen (GATEWAY_CONTROL_LISTEN): cannot bind {}: {err}",
+                config.listen
+            )
+        })?;
+    let store = Store::open(&config.store).await?;
+    let shutdown = CancellationToken::new();
+    gateway_shared::http::cancel_on_signals(shutdown.clone());
+    control_plane::run(config, listener, store, shutdown).await?;
+    Ok(())
+}

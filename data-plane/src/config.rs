@@ -1,0 +1,129 @@
+//! Command line and environment of the data plane, validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gateway_shared::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs};
+use gateway_shared::signed::DocVerifyingKeys;
+use gateway_shared::store::StoreConfig;
+
+/// The data plane of the Cloudlysis gateway: verifies tokens, authorizes from its mirrors,
+/// routes to the owning shard and forwards.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "data-plane", version)]
+pub struct Cli {
+    /// Address of the public HTTP listener (client traffic, `/health`, `/ready`).
+    #[arg(long, env = "GATEWAY_DATA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the ops listener (`/health`, `/ready`, `/metrics`, `/version`); keep it
+    /// off the public network.
+    #[arg(
+        long,
+        env = "GATEWAY_DATA_OPS_LISTEN",
+        default_value = "127.0.0.1:9080"
+    )]
+    pub ops_listen: SocketAddr,
+    /// File with the Ed25519 public key(s) (SPKI PEM, several during a rotation) that
+    /// verify the documents published by the control plane (a Swarm config).
+    #[arg(long, env = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE")]
+    pub snapshot_verify_key_file: Option<PathBuf>,
+    /// Report ready before the first routing and key documents are loaded (local runs
+    /// and tests without a control plane).
+    #[arg(long, env = "GATEWAY_SNAPSHOTS_OPTIONAL", default_value_t = false)]
+    pub snapshots_optional: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub verify_keys: DocVerifyingKeys,
+    pub snapshots_optional: bool,
+    pub store: StoreConfig,
+    pub lifecycle: LifecycleArgs,
+}
+
+impl Cli {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        const FLAG: &str = "snapshot-verify-key-file";
+        const ENV: &str = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE";
+        let path = self
+            .snapshot_verify_key_file
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(FLAG, ENV, "is required"))?;
+        let pem = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::new(FLAG, ENV, format!("cannot read {}: {err}", path.display()))
+        })?;
+        let verify_keys = DocVerifyingKeys::from_pem_bundle(&pem)
+            .map_err(|err| ConfigError::new(FLAG, ENV, format!("{}: {err}", path.display())))?;
+        let distinct = [self.listen, self.ops_listen];
+        if distinct
+            .iter()
+            .enumerate()
+            .any(|(i, a)| a.port() != 0 && distinct[i + 1..].contains(a))
+        {
+            return Err(ConfigError::new(
+                "listen",
+                "GATEWAY_DATA_LISTEN",
+                "the http and ops listeners must use different addresses",
+            ));
+        }
+        Ok(Config {
+            listen: self.listen,
+            ops_listen: self.ops_listen,
+            verify_keys,
+            snapshots_optional: self.snapshots_optional,
+            store: self.store.to_config("gateway-data-plane")?,
+            lifecycle: self.lifecycle.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("data-plane").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_verification_key_is_required_and_checked() {
+        let err = parse(&[]).validate().unwrap_err();
+        assert!(err.to_string().contains("--snapshot-verify-key-file"));
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let err = parse(&["--snapshot-verify-key-file", bad.to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_SNAPSHOT_VERIFY_KEY_FILE"));
+    }
+
+    #[test]
+    fn listeners_must_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = gateway_shared::signed::DocSigningKey::generate();
+        let path = dir.path().join("verify.pem");
+        std::fs::write(&path, key.verifying_key().to_public_key_pem().unwrap()).unwrap();
+        let err = parse(&[
+            "--snapshot-verify-key-file",
+            path.to_str().unwrap(),
+            "--ops-listen",
+            "127.0.0.1:8080",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("different addresses"));
+        let ok = parse(&["--snapshot-verify-key-file", path.to_str().unwrap()]).validate();
+        assert!(ok.is_ok());
+    }
+}

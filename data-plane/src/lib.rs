@@ -1,0 +1,100 @@
+//! The data plane: a lean proxy that verifies, authorizes and routes from mirrors of the
+//! documents the control plane publishes, and keeps serving from last-known-good copies.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod mirror;
+
+use std::sync::Arc;
+
+use axum::Router;
+use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
+use gateway_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Config};
+pub use mirror::Mirrors;
+
+/// Name used in metrics labels and logs.
+pub const PLANE: &str = "data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Bound listeners of the data plane.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// The public router: client traffic plus `/health` and `/ready` for load balancers;
+/// `/metrics` and `/version` stay on the ops listener.
+pub fn public_router(ops: Router) -> Router {
+    Router::new()
+        .route_service("/health", ops.clone())
+        .route_service("/ready", ops)
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
+}
+
+/// Serves until `shutdown` is cancelled, then drains (see `LifecycleArgs`).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
+    let mirrors = Arc::new(Mirrors::default());
+    let checks: Vec<Arc<dyn ReadyCheck>> = vec![
+        Arc::new(StoreReady(store.clone())),
+        Arc::new(mirror::SnapshotsReady {
+            mirrors: Arc::clone(&mirrors),
+            optional: config.snapshots_optional,
+        }),
+    ];
+    let readiness = Arc::new(Readiness::new(checks));
+    tokio::spawn(mirror::follow(
+        store.clone(),
+        Arc::new(config.verify_keys.clone()),
+        Arc::clone(&mirrors),
+        shutdown.clone(),
+    ));
+
+    let ops = http::ops_router(
+        Arc::clone(&readiness),
+        metrics,
+        gateway_shared::build_info!(),
+    );
+    let public = public_router(ops.clone());
+    let ops = ops
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));
+
+    let stop_accepting = CancellationToken::new();
+    tokio::spawn(http::coordinate_shutdown(
+        shutdown,
+        readiness,
+        config.lifecycle.drain_delay,
+        stop_accepting.clone(),
+    ));
+    if let (Ok(http_addr), Ok(ops_addr)) = (listeners.http.local_addr(), listeners.ops.local_addr())
+    {
+        tracing::info!(%http_addr, %ops_addr, "data plane listening");
+    }
+    let drain = config.lifecycle.drain_timeout;
+    let (public_result, ops_result) = tokio::join!(
+        http::serve(listeners.http, public, stop_accepting.clone(), drain),
+        http::serve(listeners.ops, ops, stop_accepting, drain),
+    );
+    public_result?;
+    ops_result?;
+    tracing::info!("data plane stopped");
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! data-plane binary: parse the configuration, start telemetry, call the library.
+
+use clap::Parser;
+use data_plane::{Cli, Listeners};
+use gateway_shared::store::Store;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.validate() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("data-plane: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _telemetry = match gateway_shared::telemetry::init("data-plane", &cli.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("data-plane: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "data plane failed");
+            eprintln!("data-plane: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(
+    addr: std::net::SocketAddr,
+    setting: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("invalid setting {setting}: cannot bind {addr}: {err}"))
+}
+
+async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        http: bind(config.listen, "--listen (GATEWAY_DATA_LISTEN)").await?,
+        ops: bind(config.ops_listen, "--ops-listen (GATEWAY_DATA_OPS_LISTEN)").await?,
+    };
+    let store = Store::open(&config.store).await?;
+    let shutdown = CancellationToken::new();
+    gateway_shared::http::cancel_on_signals(shutdown.clone());
+    data_plane::run(config, listeners, store, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Mirrors of the signed documents the data plane trusts (`routing`, `jwks` in the
+//! snapshots bucket): followed with a watch, verified, swapped in atomically, and kept at
+//! their last-known-good value when a document is rejected or the store is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use futures::StreamExt;
+use gateway_shared::http::ReadyCheck;
+use gateway_shared::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
+use gateway_shared::store::{Bucket, Store, WatchEvent, WatchFrom};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Key (and document kind) of the routing snapshot.
+pub const ROUTING: &str = "routing";
+/// Key (and document kind) of the public verification keys.
+pub const JWKS: &str = "jwks";
+
+/// The current verified documents. Readers `load()` once per request.
+#[derive(Default)]
+pub struct Mirrors {
+    pub routing: ArcSwapOption<Verified<Value>>,
+    pub jwks: ArcSwapOption<Verified<Value>>,
+}
+
+impl Mirrors {
+    fn slot(&self, kind: &str) -> Option<&ArcSwapOption<Verified<Value>>> {
+        match kind {
+            ROUTING => Some(&self.routing),
+            JWKS => Some(&self.jwks),
+            _ => None,
+        }
+    }
+
+    /// Verifies `bytes` as a document of `kind` and swaps it in when newer. Returns whether
+    /// the mirror changed; on error the current copy stays in force.
+    pub fn apply(
+        &self,
+        keys: &DocVerifyingKeys,
+        kind: &str,
+        bytes: &[u8],
+    ) -> Result<bool, DocError> {
+        let Some(slot) = self.slot(kind) else {
+            return Ok(false);
+        };
+        let doc: Verified<Value> = keys.verify(bytes, kind)?;
+        let current = slot.load().as_ref().map(|d| d.revision);
+        if !accept_revision(current, doc.revision)? {
+            return Ok(false);
+        }
+        metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string())
+            .set(doc.revision as f64);
+        metrics::gauge!("gateway_snapshot_issued_at_seconds", "kind" => kind.to_string())
+            .set(doc.issued_at as f64);
+        tracing::info!(kind, revision = doc.revision, key_id = %doc.key_id, "snapshot applied");
+        slot.store(Some(Arc::new(doc)));
+        Ok(true)
+    }
+}
+
+fn reject(kind: &str, err: &DocError) {
+    let reason = match err {
+        DocError::Malformed(_) => "malformed",
+        DocError::WrongKind { .. } => "wrong_kind",
+        DocError::UnknownKey(_) => "unknown_key",
+        DocError::BadSignature => "bad_signature",
+        DocError::StaleRevision { .. } => "stale_revision",
+        DocError::Payload(_) => "payload",
+        DocError::Key(_) => "key",
+    };
+    metrics::counter!("gateway_snapshot_rejects_total", "kind" => kind.to_string(), "reason" => reason)
+        .increment(1);
+    tracing::warn!(kind, reason, error = %err, "snapshot rejected, keeping last-known-good");
+}
+
+/// Follows the snapshots bucket until `shutdown`: re-creates the watch whenever the store
+/// goes away, and never ends on a transient error.
+pub async fn follow(
+    store: Store,
+    keys: Arc<DocVerifyingKeys>,
+    mirrors: Arc<Mirrors>,
+    shutdown: CancellationToken,
+) {
+    let kv = store.kv(Bucket::Snapshots);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let watch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            watch = kv.watch("", WatchFrom::Current) => watch,
+        };
+        let mut watch = match watch {
+            Ok(watch) => {
+                backoff = Duration::from_millis(100);
+                watch
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_ms = backoff.as_millis() as u64, "cannot watch snapshots");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                item = watch.next() => item,
+            };
+            match item {
+                Some(Ok(WatchEvent::Put(entry))) => {
+                    if let Err(err) = mirrors.apply(&keys, &entry.key, &entry.value) {
+                        reject(&entry.key, &err);
+                    }
+                }
+                Some(Ok(WatchEvent::Delete { key, .. })) => {
+                    // a deleted document is not a new truth: keep serving the last good one
+                    tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
+                }
+                Some(Err(err)) => tracing::warn!(error = %err, "snapshot watch interrupted"),
+                None => {
+                    tracing::warn!("snapshot watch ended, re-creating");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Ready once the routing and key documents are loaded (unless configured optional).
+pub struct SnapshotsReady {
+    pub mirrors: Arc<Mirrors>,
+    pub optional: bool,
+}
+
+#[async_trait]
+impl ReadyCheck for SnapshotsReady {
+    fn name(&self) -> &'static str {
+        "snapshots"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if self.optional {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.mirrors.routing.load().is_none() {
+            missing.push(ROUTING);
+        }
+        if self.mirrors.jwks.load().is_none() {
+            missing.push(JWKS);
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not loaded yet: {}", missing.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_shared::signed::DocSigningKey;
+    use serde_json::json;
+
+    #[test]
+    fn only_newer_verified_documents_replace_the_mirror() {
+        let signer = DocSigningKey::generate();
+        let keys = DocVerifyingKeys::new([signer.verifying_key()]);
+        let mirrors = Mirrors::default();
+        let v2 = signer.sign(ROUTING, 2, 10, &json!({"rev": 2})).unwrap();
+        assert_eq!(mirrors.apply(&keys, ROUTING, &v2), Ok(true));
+        assert_eq!(
+            mirrors.apply(&keys, ROUTING, &v2),
+            Ok(false),
+            "replay is a no-op"
+        );
+        let v1 = signer.sign(ROUTING, 1, 9, &json!({"rev": 1})).unwrap();
+        assert!(matches!(
+            mirrors.apply(&keys, ROUTING, &v1),
+            Err(DocError::StaleRevision { .. })
+        ));
+        let forged = DocSigningKey::generate()
+            .sign(ROUTING, 3, 11, &json!({"rev": 3}))
+            .unwrap();
+        assert!(mirrors.apply(&keys, ROUTING, &forged).is_err());
+        // a jwks document stored under the routing key is refused
+        let jwks = signer.sign(JWKS, 5, 11, &json!({})).unwrap();
+        assert!(matches!(
+            mirrors.apply(&keys, ROUTING, &jwks),
+            Err(DocError::WrongKind { .. })
+        ));
+        let current = mirrors.routing.load_full().unwrap();
+        assert_eq!(current.revision, 2);
+        assert_eq!(current.payload, json!({"rev": 2}));
+        // unknown keys of the bucket are ignored
+        assert_eq!(mirrors.apply(&keys, "other", b"x"), Ok(false));
+    }
+}

@@ -1,0 +1,457 @@
+//! HTTP plumbing shared by both planes: correlation and trace context, request logging and
+//! metrics, the ops routes (`/health`, `/ready`, `/metrics`, `/version`) and graceful serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rand::RngCore;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::store::Store;
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+tokio::task_local! {
+    static CORRELATION_ID: String;
+}
+
+/// The correlation id of the request being handled, when inside one.
+pub fn current_correlation_id() -> Option<String> {
+    CORRELATION_ID.try_with(Clone::clone).ok()
+}
+
+/// Correlation id accepted from a client: 1–128 characters of `[A-Za-z0-9._:-]`; anything
+/// else is replaced by a fresh id (never reflected back).
+pub fn valid_correlation_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// W3C trace context of one request: the caller's trace (or a new one) and this hop's span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub parent_id: Option<String>,
+    pub span_id: String,
+    pub sampled: bool,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    loop {
+        rand::rng().fill_bytes(&mut buf);
+        // all-zero ids are invalid in W3C trace context
+        if buf.iter().any(|b| *b != 0) {
+            return hex::encode(&buf);
+        }
+    }
+}
+
+impl TraceContext {
+    /// Continues a valid `traceparent` (version 00) or starts a new trace.
+    pub fn from_header(value: Option<&str>) -> Self {
+        let parsed = value.and_then(|v| {
+            let parts: Vec<&str> = v.trim().split('-').collect();
+            let hex = |s: &str, len: usize| {
+                s.len() == len
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            match parts.as_slice() {
+                [version, trace, parent, flags]
+                    if *version == "00"
+                        && hex(trace, 32)
+                        && hex(parent, 16)
+                        && hex(flags, 2)
+                        && trace.bytes().any(|b| b != b'0')
+                        && parent.bytes().any(|b| b != b'0') =>
+                {
+                    let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
+                    Some((trace.to_string(), parent.to_string(), sampled))
+                }
+                _ => None,
+            }
+        });
+        match parsed {
+            Some((trace_id, parent, sampled)) => TraceContext {
+                trace_id,
+                parent_id: Some(parent),
+                span_id: random_hex(8),
+                sampled,
+            },
+            None => TraceContext {
+                trace_id: random_hex(16),
+                parent_id: None,
+                span_id: random_hex(8),
+                sampled: true,
+            },
+        }
+    }
+
+    /// The `traceparent` naming this hop as the parent (for upstream calls and the echo).
+    pub fn header_value(&self) -> String {
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    }
+}
+
+/// Correlation id of the current request, as a request extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
+
+/// Middleware: takes or mints `x-correlation-id` and `traceparent`, runs the request in a
+/// span carrying `request_id` and `correlation_id`, echoes both headers, logs and counts.
+pub async fn observe(
+    State(plane): State<&'static str>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let headers = request.headers();
+    let correlation_id = headers
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_correlation_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let trace = TraceContext::from_header(
+        headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        plane,
+        request_id = %request_id,
+        correlation_id = %correlation_id,
+        trace_id = %trace.trace_id,
+        method = %method,
+        route = %route,
+    );
+    request
+        .extensions_mut()
+        .insert(CorrelationId(correlation_id.clone()));
+    request.extensions_mut().insert(trace.clone());
+
+    let mut response = CORRELATION_ID
+        .scope(
+            correlation_id.clone(),
+            next.run(request).instrument(span.clone()),
+        )
+        .await;
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        )
+    });
+    metrics::counter!(
+        "gateway_http_requests_total",
+        "plane" => plane,
+        "route" => route.clone(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "gateway_http_request_duration_seconds",
+        "plane" => plane,
+        "route" => route
+    )
+    .record(elapsed.as_secs_f64());
+
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        headers.insert(CORRELATION_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
+        headers.insert(TRACEPARENT_HEADER, value);
+    }
+    response
+}
+
+/// Fallback for unknown routes, in the envelope.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// One condition of readiness.
+#[async_trait]
+pub trait ReadyCheck: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// `Err(reason)` while not ready.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// The store answers.
+pub struct StoreReady(pub Store);
+
+#[async_trait]
+impl ReadyCheck for StoreReady {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(2), self.0.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("store did not answer within 2s".to_string()),
+        }
+    }
+}
+
+/// Readiness of a plane: every check passes and the plane is not draining.
+#[derive(Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+    checks: Vec<Arc<dyn ReadyCheck>>,
+}
+
+impl Readiness {
+    pub fn new(checks: Vec<Arc<dyn ReadyCheck>>) -> Self {
+        Readiness {
+            draining: AtomicBool::new(false),
+            checks,
+        }
+    }
+
+    /// From now on `/ready` answers 503 (shutdown has begun).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Names and failure reasons of the checks that do not pass.
+    pub async fn failures(&self) -> Vec<(&'static str, String)> {
+        let mut failures = Vec::new();
+        if self.is_draining() {
+            failures.push(("lifecycle", "draining for shutdown".to_string()));
+        }
+        for check in &self.checks {
+            if let Err(reason) = check.check().await {
+                failures.push((check.name(), reason));
+            }
+        }
+        failures
+    }
+}
+
+/// Build facts shown by `/version` and the `build_info` metric.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub git_sha: &'static str,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Arc<Readiness>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    build: BuildInfo,
+}
+
+/// `/health`, `/ready`, `/metrics` and `/version`.
+pub fn ops_router(
+    readiness: Arc<Readiness>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    build: BuildInfo,
+) -> Router {
+    metrics::gauge!(
+        "gateway_build_info",
+        "name" => build.name,
+        "version" => build.version,
+        "git_sha" => build.git_sha
+    )
+    .set(1.0);
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/version", get(version))
+        .with_state(OpsState {
+            readiness,
+            metrics,
+            build,
+        })
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    let failures = state.readiness.failures().await;
+    if failures.is_empty() {
+        return axum::Json(json!({"status": "ready"})).into_response();
+    }
+    let checks: serde_json::Map<String, serde_json::Value> = failures
+        .into_iter()
+        .map(|(name, reason)| (name.to_string(), json!(reason)))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "status": "not_ready",
+            "error": {"code": ErrorCode::NotReady.as_str(), "message": "not ready", "correlation_id": current_correlation_id()},
+            "checks": checks,
+        })),
+    )
+        .into_response()
+}
+
+async fn render_metrics(State(state): State<OpsState>) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    (headers, state.metrics.render()).into_response()
+}
+
+async fn version(State(state): State<OpsState>) -> impl IntoResponse {
+    axum::Json(json!({
+        "name": state.build.name,
+        "version": state.build.version,
+        "git_sha": state.build.git_sha,
+    }))
+}
+
+/// Serves `app` until `stop` is cancelled, then drains in-flight requests for at most
+/// `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server.into_future() => result,
+        _ = deadline => {
+            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain deadline passed, closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for the shutdown signal, turns `/ready` to 503, keeps serving for `drain_delay`
+/// (so load balancers notice), then tells the servers to stop accepting.
+pub async fn coordinate_shutdown(
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+    drain_delay: Duration,
+    stop_accepting: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    tracing::info!(
+        drain_delay_ms = drain_delay.as_millis() as u64,
+        "shutdown requested, draining"
+    );
+    readiness.start_draining();
+    tokio::time::sleep(drain_delay).await;
+    stop_accepting.cancel();
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("sigterm received"),
+                        _ = ctrl_c => tracing::info!("sigint received"),
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for sigterm");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        token.cancel();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_are_bounded_and_plain() {
+        assert!(valid_correlation_id("abc-123_X:y.z"));
+        assert!(!valid_correlation_id(""));
+        assert!(!valid_correlation_id(&"a".repeat(129)));
+        assert!(!valid_correlation_id("a b"));
+        assert!(!valid_correlation_id("a\r\nx-admin: 1"));
+        assert!(!valid_correlation_id("<script>"));
+    }
+
+    #[test]
+    fn traceparent_is_continued_or_started() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::from_header(Some(parent));
+        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert!(ctx.sampled);
+        assert_ne!(ctx.span_id, "00f067aa0ba902b7");
+        let echoed = ctx.header_value();
+        assert!(echoed.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let fresh = TraceContext::from_header(Some(bad));
+            assert!(fresh.parent_id.is_none(), "{bad}");
+            assert_eq!(fresh.trace_id.len(), 32);
+        }
+    }
+}

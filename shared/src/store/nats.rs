@@ -1,0 +1,432 @@
+//! NATS JetStream backend: one KV bucket per [`Bucket`] and one stream for the audit log,
+//! created at start with the configured prefix, replicas and history.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::keys::{validate_key, validate_prefix, validate_token};
+use super::{
+    AuditLog, AuditQuery, AuditRecord, Bucket, KeysPage, KvBucket, KvEntry, Revision, Store,
+    StoreError, StoreProbe, WatchEvent, WatchFrom, WatchStream, capped,
+};
+
+/// Settings of the NATS backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URLs, comma-separated (`nats://host:4222,nats://other:4222`).
+    pub url: String,
+    /// NATS credentials file (JWT + nkey seed), when the server requires it.
+    pub creds_file: Option<PathBuf>,
+    /// Prefix of every bucket and stream name, e.g. `gw_`: `[a-zA-Z0-9_-]*`.
+    pub prefix: String,
+    /// Stream replicas (1 for a single server, 3 in production).
+    pub replicas: usize,
+    /// Values kept per key (1 is enough for compare-and-set).
+    pub history: i64,
+    /// Age after which records of the `tokens` bucket expire.
+    pub tokens_max_age: Duration,
+    /// Bound on connecting and on each request.
+    pub timeout: Duration,
+    /// Client name shown by the server.
+    pub client_name: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            prefix: "gw_".into(),
+            replicas: 1,
+            history: 1,
+            tokens_max_age: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(5),
+            client_name: "gateway".into(),
+        }
+    }
+}
+
+/// Checks a bucket/stream name prefix.
+pub fn validate_store_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() <= 32
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prefix:?} must be at most 32 characters of [a-zA-Z0-9_-]"
+        ))
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Connects, then creates (or updates to the configured shape) every bucket and the stream.
+pub async fn open(config: &NatsConfig) -> Result<Store, StoreError> {
+    validate_store_prefix(&config.prefix).map_err(StoreError::Unavailable)?;
+    let options = match &config.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|err| {
+                StoreError::Unavailable(format!("nats credentials file {}: {err}", path.display()))
+            })?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options
+        .name(&config.client_name)
+        .connection_timeout(config.timeout)
+        .request_timeout(Some(config.timeout))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::info!(event = %other, "nats event"),
+            }
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("connecting to nats: {err}")))?;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(config.timeout);
+
+    let mut buckets: Vec<Arc<dyn KvBucket>> = Vec::with_capacity(Bucket::ALL.len());
+    for bucket in Bucket::ALL {
+        let max_age = if bucket == Bucket::Tokens {
+            config.tokens_max_age
+        } else {
+            Duration::ZERO
+        };
+        let store = js
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}{}", config.prefix, bucket.name()),
+                description: format!("cloudlysis gateway {}", bucket.name()),
+                history: config.history,
+                max_age,
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| {
+                StoreError::Unavailable(format!("creating bucket {}: {err}", bucket.name()))
+            })?;
+        buckets.push(Arc::new(NatsBucket {
+            bucket,
+            kv: store,
+            client: client.clone(),
+        }));
+    }
+
+    let subject_root = format!("{}audit", config.prefix);
+    let audit_stream = js
+        .get_or_create_stream(stream::Config {
+            name: format!("{}AUDIT", config.prefix.to_uppercase()),
+            description: Some("cloudlysis gateway audit trail".into()),
+            subjects: vec![format!("{subject_root}.>")],
+            num_replicas: config.replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("creating audit stream: {err}")))?;
+
+    Ok(Store::from_parts(
+        "nats",
+        buckets,
+        Arc::new(NatsAudit {
+            js: js.clone(),
+            client: client.clone(),
+            stream: audit_stream,
+            subject_root,
+        }),
+        Arc::new(NatsProbe { client, js }),
+    ))
+}
+
+struct NatsProbe {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+#[async_trait]
+impl StoreProbe for NatsProbe {
+    async fn check(&self) -> Result<(), StoreError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StoreError::Unavailable("nats is not connected".into()));
+        }
+        // connected is not enough: JetStream must answer too
+        self.js
+            .query_account()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+struct NatsBucket {
+    bucket: Bucket,
+    kv: kv::Store,
+    client: async_nats::Client,
+}
+
+fn is_put(operation: &kv::Operation) -> bool {
+    matches!(operation, kv::Operation::Put)
+}
+
+fn event_of(entry: kv::Entry) -> WatchEvent {
+    if is_put(&entry.operation) {
+        WatchEvent::Put(KvEntry {
+            key: entry.key,
+            value: entry.value,
+            revision: entry.revision,
+        })
+    } else {
+        WatchEvent::Delete {
+            key: entry.key,
+            revision: entry.revision,
+        }
+    }
+}
+
+fn update_error(key: &str, err: kv::UpdateError) -> StoreError {
+    match err.kind() {
+        kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict {
+            key: key.to_string(),
+        },
+        _ => unavailable(err),
+    }
+}
+
+/// Subject filter (relative to the bucket) for a validated prefix.
+fn filter_of(prefix: &str) -> String {
+    format!("{prefix}>")
+}
+
+#[async_trait]
+impl KvBucket for NatsBucket {
+    fn name(&self) -> &str {
+        self.bucket.name()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        validate_key(key)?;
+        let entry = self.kv.entry(key).await.map_err(unavailable)?;
+        Ok(entry
+            .filter(|entry| is_put(&entry.operation))
+            .map(|entry| KvEntry {
+                key: entry.key,
+                value: entry.value,
+                revision: entry.revision,
+            }))
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
+        validate_key(key)?;
+        self.kv
+            .create(key, value)
+            .await
+            .map_err(|err| match err.kind() {
+                kv::CreateErrorKind::AlreadyExists => StoreError::Conflict {
+                    key: key.to_string(),
+                },
+                _ => unavailable(err),
+            })
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: Revision,
+    ) -> Result<Revision, StoreError> {
+        validate_key(key)?;
+        self.kv
+            .update(key, value, revision)
+            .await
+            .map_err(|err| update_error(key, err))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
+        validate_key(key)?;
+        self.kv.put(key, value).await.map_err(unavailable)
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(), StoreError> {
+        validate_key(key)?;
+        if expected.is_none() && self.get(key).await?.is_none() {
+            // deleting what is not there changes nothing (no tombstone, no watch event)
+            return Ok(());
+        }
+        self.kv
+            .delete_expect_revision(key, expected)
+            .await
+            .map_err(|err| update_error(key, err))
+    }
+
+    async fn keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeysPage, StoreError> {
+        validate_prefix(prefix)?;
+        let limit = capped(limit);
+        // the latest message per matching subject, headers only; deletions are skipped
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}{}", self.kv.prefix, filter_of(prefix)),
+                headers_only: true,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(unavailable)?;
+            while let Some(message) = messages.try_next().await.map_err(unavailable)? {
+                let info = message.info().map_err(unavailable)?;
+                let pending = info.pending;
+                let deleted = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                if let Some(key) = message.subject.strip_prefix(self.kv.prefix.as_str())
+                    && !deleted
+                    && after.is_none_or(|after| key > after)
+                {
+                    keys.push(key.to_string());
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        keys.sort_unstable();
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok(KeysPage { keys, next })
+    }
+
+    async fn watch(&self, prefix: &str, from: WatchFrom) -> Result<WatchStream, StoreError> {
+        validate_prefix(prefix)?;
+        let filter = filter_of(prefix);
+        let watch = match from {
+            WatchFrom::Current => self.kv.watch_with_history(&filter).await,
+            WatchFrom::Revision(revision) => {
+                self.kv.watch_from_revision(&filter, revision.max(1)).await
+            }
+            WatchFrom::New => self.kv.watch(&filter).await,
+        }
+        .map_err(unavailable)?;
+        // after a reconnect the consumer may replay: only strictly newer revisions pass
+        let mut last: Revision = 0;
+        Ok(watch
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok(entry) if entry.revision <= last => None,
+                    Ok(entry) => {
+                        last = entry.revision;
+                        Some(Ok(event_of(entry)))
+                    }
+                    Err(err) => Some(Err(unavailable(err))),
+                };
+                futures::future::ready(out)
+            })
+            .boxed())
+    }
+}
+
+struct NatsAudit {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    stream: stream::Stream,
+    subject_root: String,
+}
+
+#[async_trait]
+impl AuditLog for NatsAudit {
+    async fn append(&self, tenant: &str, action: &str, data: Bytes) -> Result<u64, StoreError> {
+        validate_token(tenant)?;
+        validate_key(action)?;
+        let ack = self
+            .js
+            .publish(format!("{}.{tenant}.{action}", self.subject_root), data)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(ack.sequence)
+    }
+
+    async fn read(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let filter = match &query.tenant {
+            Some(tenant) => {
+                validate_token(tenant)?;
+                format!("{}.{tenant}.>", self.subject_root)
+            }
+            None => format!("{}.>", self.subject_root),
+        };
+        let limit = capped(query.limit);
+        let consumer = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: filter,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: query.from_seq.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        while let Some(message) = messages.try_next().await.map_err(unavailable)? {
+            let info = message.info().map_err(unavailable)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let rest = message
+                .subject
+                .strip_prefix(self.subject_root.as_str())
+                .and_then(|s| s.strip_prefix('.'))
+                .unwrap_or_default();
+            let (tenant, action) = rest.split_once('.').unwrap_or((rest, ""));
+            out.push(AuditRecord {
+                seq,
+                tenant: tenant.to_string(),
+                action: action.to_string(),
+                data: message.payload.clone(),
+            });
+            if pending == 0 || out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
