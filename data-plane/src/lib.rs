@@ -35,10 +35,9 @@ pub struct Listeners {
 
 /// The public router: client traffic plus `/health` and `/ready` for load balancers;
 /// `/metrics` and `/version` stay on the ops listener.
-pub fn public_router(ops: Router) -> Router {
+pub fn public_router(readiness: Arc<Readiness>) -> Router {
     Router::new()
-        .route_service("/health", ops.clone())
-        .route_service("/ready", ops)
+        .merge(http::probe_router(readiness))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
 }
@@ -72,7 +71,7 @@ pub async fn run(
         metrics,
         gateway_shared::build_info!(),
     );
-    let public = public_router(ops.clone());
+    let public = public_router(Arc::clone(&readiness));
     let ops = ops
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));

@@ -275,9 +275,16 @@ pub struct BuildInfo {
 
 #[derive(Clone)]
 struct OpsState {
-    readiness: Arc<Readiness>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     build: BuildInfo,
+}
+
+/// `/health` and `/ready` alone (for a public listener that must not expose metrics).
+pub fn probe_router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(readiness)
 }
 
 /// `/health`, `/ready`, `/metrics` and `/version`.
@@ -294,23 +301,18 @@ pub fn ops_router(
     )
     .set(1.0);
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/version", get(version))
-        .with_state(OpsState {
-            readiness,
-            metrics,
-            build,
-        })
+        .with_state(OpsState { metrics, build })
+        .merge(probe_router(readiness))
 }
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn ready(State(state): State<OpsState>) -> Response {
-    let failures = state.readiness.failures().await;
+async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
+    let failures = readiness.failures().await;
     if failures.is_empty() {
         return axum::Json(json!({"status": "ready"})).into_response();
     }

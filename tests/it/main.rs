@@ -1,1 +1,6 @@
+//! Integration tests: real `nats-server`, real plane binaries, real reference upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod planes;
+mod store;
+mod upstream;

@@ -1,1 +1,55 @@
+//! End-to-end test support: a real `nats-server` per test, the plane binaries as child
+//! processes, the reference upstream node, and key material for signed documents.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod nats;
+pub mod process;
+pub mod upstream;
+
+use gateway_shared::signed::DocSigningKey;
+
+/// A snapshot key pair written to a temp dir, as the planes read it from files.
+pub struct SnapshotKeys {
+    pub signer: DocSigningKey,
+    pub dir: tempfile::TempDir,
+}
+
+impl SnapshotKeys {
+    pub fn generate() -> SnapshotKeys {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let signer = DocSigningKey::generate();
+        std::fs::write(
+            dir.path().join("signing.pem"),
+            signer.to_pkcs8_pem().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("verify.pem"),
+            signer.verifying_key().to_public_key_pem().unwrap(),
+        )
+        .unwrap();
+        SnapshotKeys { signer, dir }
+    }
+
+    pub fn signing_path(&self) -> String {
+        self.dir
+            .path()
+            .join("signing.pem")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub fn verify_path(&self) -> String {
+        self.dir
+            .path()
+            .join("verify.pem")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A store prefix unique to one test, so tests may share a server.
+pub fn unique_prefix() -> String {
+    format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}

@@ -1,1 +1,135 @@
-fn main() {}
+//! The local run: both planes on one embedded store (a file under `.gateway-dev/`, kept
+//! across restarts) plus the reference upstream node, in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use gateway_shared::config::{LifecycleArgs, LogArgs, LogFormat};
+use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_shared::store::{Store, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the whole gateway locally: control plane, data plane and reference upstream node.
+#[derive(Parser, Debug)]
+#[command(name = "gateway-dev")]
+struct Args {
+    /// Directory for the embedded store and the generated dev keys.
+    #[arg(long, env = "GATEWAY_DEV_DIR", default_value = ".gateway-dev")]
+    dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    data_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    data_ops_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    control_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9101")]
+    upstream_http_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    upstream_grpc_listen: SocketAddr,
+    /// Log filter.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    log: String,
+}
+
+fn dev_signing_key(dir: &std::path::Path) -> anyhow::Result<DocSigningKey> {
+    let path = dir.join("snapshot-signing.pem");
+    if !path.exists() {
+        control_plane::config::keygen(dir, false).map_err(anyhow::Error::msg)?;
+    }
+    Ok(DocSigningKey::from_pkcs8_pem(&std::fs::read_to_string(
+        &path,
+    )?)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = gateway_shared::telemetry::init(
+        "gateway-dev",
+        &LogArgs {
+            log: args.log.clone(),
+            log_format: LogFormat::Text,
+        },
+    )?;
+    std::fs::create_dir_all(&args.dir)?;
+    let signing_key = dev_signing_key(&args.dir)?;
+    let verify_keys = DocVerifyingKeys::new([signing_key.verifying_key()]);
+    let store = Store::open(&StoreConfig::Embedded {
+        path: args.dir.join("state.redb"),
+    })
+    .await?;
+    let lifecycle = LifecycleArgs {
+        drain_delay: std::time::Duration::ZERO,
+        drain_timeout: std::time::Duration::from_secs(5),
+    };
+    let shutdown = CancellationToken::new();
+    gateway_shared::http::cancel_on_signals(shutdown.clone());
+
+    let upstream = gateway_tests::upstream::start(
+        "shard-a",
+        args.upstream_http_listen,
+        args.upstream_grpc_listen,
+    )
+    .await?;
+    let control_listener = tokio::net::TcpListener::bind(args.control_listen).await?;
+    let data_listeners = data_plane::Listeners {
+        http: tokio::net::TcpListener::bind(args.data_listen).await?,
+        ops: tokio::net::TcpListener::bind(args.data_ops_listen).await?,
+    };
+    let control = tokio::spawn(control_plane::run(
+        control_plane::Config {
+            listen: args.control_listen,
+            signing_key,
+            store: StoreConfig::Embedded {
+                path: args.dir.join("state.redb"),
+            },
+            lifecycle: lifecycle.clone(),
+        },
+        control_listener,
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let data = tokio::spawn(data_plane::run(
+        data_plane::Config {
+            listen: args.data_listen,
+            ops_listen: args.data_ops_listen,
+            verify_keys,
+            // nothing publishes routing and keys yet in a fresh local run
+            snapshots_optional: true,
+            store: StoreConfig::Embedded {
+                path: args.dir.join("state.redb"),
+            },
+            lifecycle,
+        },
+        data_listeners,
+        store,
+        shutdown.clone(),
+    ));
+
+    println!();
+    println!(
+        "Cloudlysis gateway, local run (embedded store in {})",
+        args.dir.display()
+    );
+    println!(
+        "  data plane        http://{}   (ops: http://{}/metrics)",
+        args.data_listen, args.data_ops_listen
+    );
+    println!(
+        "  control plane     http://{}   (/health /ready /metrics /version)",
+        args.control_listen
+    );
+    println!(
+        "  reference upstream http://{}  grpc://{}",
+        upstream.http_addr, upstream.grpc_addr
+    );
+    println!("Ctrl-C stops everything.");
+    println!();
+
+    let (control, data) = tokio::join!(control, data);
+    control??;
+    data??;
+    drop(upstream);
+    Ok(())
+}
