@@ -77,9 +77,14 @@ async fn main() -> anyhow::Result<()> {
         http: tokio::net::TcpListener::bind(args.data_listen).await?,
         ops: tokio::net::TcpListener::bind(args.data_ops_listen).await?,
     };
+    let control_addr = control_listener.local_addr()?;
+    let (data_addr, data_ops_addr) = (
+        data_listeners.http.local_addr()?,
+        data_listeners.ops.local_addr()?,
+    );
     let control = tokio::spawn(control_plane::run(
         control_plane::Config {
-            listen: args.control_listen,
+            listen: control_addr,
             signing_key,
             store: StoreConfig::Embedded {
                 path: args.dir.join("state.redb"),
@@ -92,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let data = tokio::spawn(data_plane::run(
         data_plane::Config {
-            listen: args.data_listen,
-            ops_listen: args.data_ops_listen,
+            listen: data_addr,
+            ops_listen: data_ops_addr,
             verify_keys,
             // nothing publishes routing and keys yet in a fresh local run
             snapshots_optional: true,
@@ -112,17 +117,14 @@ async fn main() -> anyhow::Result<()> {
         "Cloudlysis gateway, local run (embedded store in {})",
         args.dir.display()
     );
+    println!("  data plane          http://{data_addr}  (ops: http://{data_ops_addr})");
+    println!("  control plane       http://{control_addr}");
     println!(
-        "  data plane        http://{}   (ops: http://{}/metrics)",
-        args.data_listen, args.data_ops_listen
-    );
-    println!(
-        "  control plane     http://{}   (/health /ready /metrics /version)",
-        args.control_listen
-    );
-    println!(
-        "  reference upstream http://{}  grpc://{}",
+        "  reference upstream  http://{}  (grpc: http://{})",
         upstream.http_addr, upstream.grpc_addr
+    );
+    println!(
+        "Ops routes on the control plane and the data-plane ops listener: /health /ready /metrics /version"
     );
     println!("Ctrl-C stops everything.");
     println!();
