@@ -71,7 +71,13 @@ async fn the_local_run_serves_every_part_and_keeps_its_state() {
 
     // a restart reuses the store and the generated key
     let (mut again, data, _, _) = start(dir.path());
-    wait_for_status(&client, &format!("{data}/ready"), 200, Duration::from_secs(30)).await;
+    wait_for_status(
+        &client,
+        &format!("{data}/ready"),
+        200,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         std::fs::read(dir.path().join("snapshot-signing.pem")).unwrap(),
         key
