@@ -110,6 +110,36 @@ impl TraceContext {
     }
 }
 
+/// When spans are exported (OTLP), makes the caller's trace the parent of `span` and uses
+/// the exported span's id as this hop's id, so forwarded and echoed `traceparent`s match
+/// what the collector sees. Without an exporter the context is returned unchanged.
+fn link_span(span: &tracing::Span, mut trace: TraceContext) -> TraceContext {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    if let Some(parent) = &trace.parent_id
+        && let (Ok(trace_id), Ok(span_id)) =
+            (TraceId::from_hex(&trace.trace_id), SpanId::from_hex(parent))
+    {
+        let flags = if trace.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let context = span.context();
+    let exported = context.span().span_context().clone();
+    if exported.is_valid() {
+        trace.trace_id = exported.trace_id().to_string();
+        trace.span_id = exported.span_id().to_string();
+    }
+    trace
+}
+
 /// Correlation id of the current request, as a request extension.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelationId(pub String);
@@ -129,7 +159,7 @@ pub async fn observe(
         .filter(|v| valid_correlation_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let trace = TraceContext::from_header(
+    let incoming = TraceContext::from_header(
         headers
             .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok()),
@@ -146,10 +176,11 @@ pub async fn observe(
         plane,
         request_id = %request_id,
         correlation_id = %correlation_id,
-        trace_id = %trace.trace_id,
+        trace_id = %incoming.trace_id,
         method = %method,
         route = %route,
     );
+    let trace = link_span(&span, incoming);
     request
         .extensions_mut()
         .insert(CorrelationId(correlation_id.clone()));

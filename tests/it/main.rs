@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dev;
+mod otlp;
 mod planes;
 mod store;
 mod upstream;
