@@ -15,6 +15,14 @@ pub struct Cli {
     /// Address of the public HTTP listener (client traffic, `/health`, `/ready`).
     #[arg(long, env = "GATEWAY_DATA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the public gRPC listener (HTTP/2: the standard gRPC health service; the
+    /// `CommandService` proxy joins it with the routing work).
+    #[arg(
+        long,
+        env = "GATEWAY_DATA_GRPC_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub grpc_listen: SocketAddr,
     /// Address of the ops listener (`/health`, `/ready`, `/metrics`, `/version`); keep it
     /// off the public network.
     #[arg(
@@ -43,6 +51,7 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
     pub ops_listen: SocketAddr,
     pub verify_keys: DocVerifyingKeys,
     pub snapshots_optional: bool,
@@ -63,7 +72,7 @@ impl Cli {
         })?;
         let verify_keys = DocVerifyingKeys::from_pem_bundle(&pem)
             .map_err(|err| ConfigError::new(FLAG, ENV, format!("{}: {err}", path.display())))?;
-        let distinct = [self.listen, self.ops_listen];
+        let distinct = [self.listen, self.grpc_listen, self.ops_listen];
         if distinct
             .iter()
             .enumerate()
@@ -72,11 +81,12 @@ impl Cli {
             return Err(ConfigError::new(
                 "listen",
                 "GATEWAY_DATA_LISTEN",
-                "the http and ops listeners must use different addresses",
+                "the http, grpc and ops listeners must use different addresses",
             ));
         }
         Ok(Config {
             listen: self.listen,
+            grpc_listen: self.grpc_listen,
             ops_listen: self.ops_listen,
             verify_keys,
             snapshots_optional: self.snapshots_optional,

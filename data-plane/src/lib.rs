@@ -25,11 +25,14 @@ pub enum RunError {
     Metrics(String),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("grpc server: {0}")]
+    Grpc(String),
 }
 
 /// Bound listeners of the data plane.
 pub struct Listeners {
     pub http: TcpListener,
+    pub grpc: TcpListener,
     pub ops: TcpListener,
 }
 
@@ -40,6 +43,55 @@ pub fn public_router(readiness: Arc<Readiness>) -> Router {
         .merge(http::probe_router(readiness))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
+}
+
+/// Keeps the gRPC health status (service `""`) in step with readiness.
+async fn report_grpc_health(
+    readiness: Arc<Readiness>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = if readiness.failures().await.is_empty() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+    }
+}
+
+/// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.
+async fn serve_grpc(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+    drain_timeout: std::time::Duration,
+) -> Result<(), RunError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    tokio::spawn(report_grpc_health(readiness, reporter, stop.clone()));
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|err| RunError::Grpc(err.to_string())),
+        _ = deadline => Ok(()),
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains (see `LifecycleArgs`).
@@ -79,20 +131,30 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     tokio::spawn(http::coordinate_shutdown(
         shutdown,
-        readiness,
+        Arc::clone(&readiness),
         config.lifecycle.drain_delay,
         stop_accepting.clone(),
     ));
-    if let (Ok(http_addr), Ok(ops_addr)) = (listeners.http.local_addr(), listeners.ops.local_addr())
-    {
-        tracing::info!(%http_addr, %ops_addr, "data plane listening");
+    if let (Ok(http_addr), Ok(grpc_addr), Ok(ops_addr)) = (
+        listeners.http.local_addr(),
+        listeners.grpc.local_addr(),
+        listeners.ops.local_addr(),
+    ) {
+        tracing::info!(%http_addr, %grpc_addr, %ops_addr, "data plane listening");
     }
     let drain = config.lifecycle.drain_timeout;
-    let (public_result, ops_result) = tokio::join!(
+    let (public_result, grpc_result, ops_result) = tokio::join!(
         http::serve(listeners.http, public, stop_accepting.clone(), drain),
+        serve_grpc(
+            listeners.grpc,
+            Arc::clone(&readiness),
+            stop_accepting.clone(),
+            drain
+        ),
         http::serve(listeners.ops, ops, stop_accepting, drain),
     );
     public_result?;
+    grpc_result?;
     ops_result?;
     tracing::info!("data plane stopped");
     Ok(())

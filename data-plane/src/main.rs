@@ -44,6 +44,11 @@ async fn bind(
 async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
     let listeners = Listeners {
         http: bind(config.listen, "--listen (GATEWAY_DATA_LISTEN)").await?,
+        grpc: bind(
+            config.grpc_listen,
+            "--grpc-listen (GATEWAY_DATA_GRPC_LISTEN)",
+        )
+        .await?,
         ops: bind(config.ops_listen, "--ops-listen (GATEWAY_DATA_OPS_LISTEN)").await?,
     };
     let store = Store::open(&config.store).await?;

@@ -5,9 +5,11 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod jwks;
 pub mod signed;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 
 pub use error::{ApiError, ErrorCode};
 

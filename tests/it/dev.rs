@@ -22,6 +22,8 @@ fn start(dir: &std::path::Path) -> (PlaneProcess, String, String, String) {
             dir,
             "--data-listen",
             "127.0.0.1:0",
+            "--data-grpc-listen",
+            "127.0.0.1:0",
             "--data-ops-listen",
             "127.0.0.1:0",
             "--control-listen",

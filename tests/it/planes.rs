@@ -9,6 +9,9 @@ use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use gateway_tests::process::{PlaneProcess, wait_for_status};
 use serde_json::{Value, json};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const START: Duration = Duration::from_secs(30);
 
@@ -51,10 +54,22 @@ impl Env {
 
     /// Returns the process, the public base URL and the ops base URL.
     fn data(&self, snapshots_optional: bool, extra: &[&str]) -> (PlaneProcess, String, String) {
+        let (process, http, ops, _) = self.data_with_grpc(snapshots_optional, extra);
+        (process, http, ops)
+    }
+
+    /// Also returns the gRPC URL.
+    fn data_with_grpc(
+        &self,
+        snapshots_optional: bool,
+        extra: &[&str],
+    ) -> (PlaneProcess, String, String, String) {
         let url = self.nats.url();
         let verify = self.keys.verify_path();
         let mut args = vec![
             "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
             "127.0.0.1:0",
             "--ops-listen",
             "127.0.0.1:0",
@@ -75,7 +90,8 @@ impl Env {
         let fields = process.wait_for_log("data plane listening", START);
         let http = format!("http://{}", fields["http_addr"]);
         let ops = format!("http://{}", fields["ops_addr"]);
-        (process, http, ops)
+        let grpc = format!("http://{}", fields["grpc_addr"]);
+        (process, http, ops, grpc)
     }
 
     async fn store(&self) -> Store {
@@ -86,6 +102,31 @@ impl Env {
         }))
         .await
         .unwrap()
+    }
+}
+
+/// Polls the standard gRPC health service until it reports `want` for the server (`""`).
+async fn wait_for_grpc_health(url: &str, want: ServingStatus) {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_lazy();
+    let mut client = HealthClient::new(channel);
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(want as i32)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grpc health of {url} is {status:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -248,12 +289,13 @@ async fn correlation_ids_are_generated_echoed_and_logged() {
 async fn ready_turns_503_while_nats_is_down_and_recovers_without_restart() {
     let mut env = Env::new();
     let (control_process, control) = env.control(&[]);
-    let (data_process, _data, ops) = env.data(true, &[]);
+    let (data_process, _data, ops, grpc) = env.data_with_grpc(true, &[]);
     let pids = (control_process.pid(), data_process.pid());
     let client = client();
     for base in [&control, &ops] {
         wait_for_status(&client, &format!("{base}/ready"), 200, START).await;
     }
+    wait_for_grpc_health(&grpc, ServingStatus::Serving).await;
     env.nats.stop();
     for base in [&control, &ops] {
         wait_for_status(&client, &format!("{base}/ready"), 503, START).await;
@@ -270,10 +312,12 @@ async fn ready_turns_503_while_nats_is_down_and_recovers_without_restart() {
         let health = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(health.status(), 200);
     }
+    wait_for_grpc_health(&grpc, ServingStatus::NotServing).await;
     env.nats.restart();
     for base in [&control, &ops] {
         wait_for_status(&client, &format!("{base}/ready"), 200, START).await;
     }
+    wait_for_grpc_health(&grpc, ServingStatus::Serving).await;
     assert_eq!((control_process.pid(), data_process.pid()), pids);
 }
 

@@ -19,6 +19,8 @@ struct Args {
     dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     data_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    data_grpc_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:9080")]
     data_ops_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8090")]
@@ -75,11 +77,13 @@ async fn main() -> anyhow::Result<()> {
     let control_listener = tokio::net::TcpListener::bind(args.control_listen).await?;
     let data_listeners = data_plane::Listeners {
         http: tokio::net::TcpListener::bind(args.data_listen).await?,
+        grpc: tokio::net::TcpListener::bind(args.data_grpc_listen).await?,
         ops: tokio::net::TcpListener::bind(args.data_ops_listen).await?,
     };
     let control_addr = control_listener.local_addr()?;
-    let (data_addr, data_ops_addr) = (
+    let (data_addr, data_grpc_addr, data_ops_addr) = (
         data_listeners.http.local_addr()?,
+        data_listeners.grpc.local_addr()?,
         data_listeners.ops.local_addr()?,
     );
     let control = tokio::spawn(control_plane::run(
@@ -98,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let data = tokio::spawn(data_plane::run(
         data_plane::Config {
             listen: data_addr,
+            grpc_listen: data_grpc_addr,
             ops_listen: data_ops_addr,
             verify_keys,
             // nothing publishes routing and keys yet in a fresh local run
@@ -118,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         args.dir.display()
     );
     println!("  data plane          http://{data_addr}  (ops: http://{data_ops_addr})");
+    println!("  data plane gRPC     http://{data_grpc_addr}");
     println!("  control plane       http://{control_addr}");
     println!(
         "  reference upstream  http://{}  (grpc: http://{})",
