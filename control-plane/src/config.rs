@@ -2,8 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use gateway_shared::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs, read_secret_file};
+use gateway_shared::config::{
+    ConfigError, LifecycleArgs, LogArgs, StoreArgs, parse_duration, read_secret_file,
+};
+
+use crate::auth::AuthSettings;
+use crate::auth::passwords::{Argon2Settings, PasswordPolicy};
+use crate::auth::sessions::SessionSettings;
+use crate::keys::{Kek, KeySettings, SigningAlg};
 use gateway_shared::signed::DocSigningKey;
 use gateway_shared::store::StoreConfig;
 
@@ -23,10 +31,11 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Generate an Ed25519 snapshot signing key (PKCS#8 PEM, mode 0600) and its public
-    /// verification key (SPKI PEM) for the data planes.
+    /// Generate an Ed25519 snapshot signing key (PKCS#8 PEM, mode 0600), its public
+    /// verification key (SPKI PEM) for the data planes, and a key-encryption key (mode 0600).
     Keygen {
-        /// Directory to write `snapshot-signing.pem` and `snapshot-verify.pem` into.
+        /// Directory to write `snapshot-signing.pem`, `snapshot-verify.pem` and
+        /// `key-encryption.key` into.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
         /// Overwrite existing files.
@@ -45,6 +54,14 @@ pub struct ServeArgs {
     /// to the data planes (a Swarm secret).
     #[arg(long, env = "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE")]
     pub snapshot_signing_key_file: Option<PathBuf>,
+    /// File holding the key-encryption key (base64 of 32 random bytes, a Swarm secret) that
+    /// seals the token signing keys in the store.
+    #[arg(long, env = "GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub passwords: PasswordArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -53,11 +70,78 @@ pub struct ServeArgs {
     pub lifecycle: LifecycleArgs,
 }
 
+/// Token and session flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// `iss` of access tokens.
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN_ISSUER",
+        default_value = "cloudlysis-gateway"
+    )]
+    pub token_issuer: String,
+    /// `aud` of access tokens.
+    #[arg(long, env = "GATEWAY_TOKEN_AUDIENCE", default_value = "cloudlysis")]
+    pub token_audience: String,
+    /// Signature algorithm of access tokens.
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN_SIGNING_ALG",
+        value_enum,
+        default_value = "EdDSA"
+    )]
+    pub token_signing_alg: SigningAlg,
+    /// Lifetime of access tokens (5m to 15m).
+    #[arg(long, env = "GATEWAY_ACCESS_TOKEN_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+    /// Automatic signing-key rotation period (`0s` rotates only on request).
+    #[arg(long, env = "GATEWAY_KEY_ROTATION_INTERVAL", default_value = "720h", value_parser = parse_duration)]
+    pub key_rotation_interval: Duration,
+    /// A session unused this long ends.
+    #[arg(long, env = "GATEWAY_SESSION_IDLE_TTL", default_value = "336h", value_parser = parse_duration)]
+    pub session_idle_ttl: Duration,
+    /// A session ends this long after sign-in.
+    #[arg(long, env = "GATEWAY_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = parse_duration)]
+    pub session_absolute_ttl: Duration,
+    /// Window in which a just-rotated refresh token is refused without ending the session.
+    #[arg(long, env = "GATEWAY_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_grace: Duration,
+    /// Refuse sign-in until the email address is verified.
+    #[arg(long, env = "GATEWAY_REQUIRE_VERIFIED_EMAIL", default_value_t = false)]
+    pub require_verified_email: bool,
+}
+
+/// Password flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PasswordArgs {
+    /// Minimum password length in characters (8 to 64; NIST SP 800-63B-4 asks 15 for
+    /// single-factor accounts).
+    #[arg(long, env = "GATEWAY_PASSWORD_MIN_LENGTH", default_value_t = 15)]
+    pub password_min_length: usize,
+    /// Argon2id memory in KiB (at least 19456).
+    #[arg(long, env = "GATEWAY_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (at least 2).
+    #[arg(long, env = "GATEWAY_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes (at least 1).
+    #[arg(long, env = "GATEWAY_ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (bounds memory: each takes the Argon2 memory).
+    #[arg(long, env = "GATEWAY_ARGON2_MAX_CONCURRENCY", default_value_t = 4)]
+    pub argon2_max_concurrency: usize,
+}
+
 /// Validated configuration.
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub signing_key: DocSigningKey,
+    pub kek: Kek,
+    pub keys: KeySettings,
+    pub auth: AuthSettings,
+    pub argon2: Argon2Settings,
+    pub argon2_max_concurrency: usize,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
 }
@@ -73,24 +157,139 @@ impl ServeArgs {
         let pem = read_secret_file(FLAG, ENV, path)?;
         let signing_key = DocSigningKey::from_pkcs8_pem(&pem)
             .map_err(|err| ConfigError::new(FLAG, ENV, format!("{}: {err}", path.display())))?;
+        const KEK_FLAG: &str = "key-encryption-key-file";
+        const KEK_ENV: &str = "GATEWAY_KEY_ENCRYPTION_KEY_FILE";
+        let kek_path = self
+            .key_encryption_key_file
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(KEK_FLAG, KEK_ENV, "is required"))?;
+        let kek =
+            Kek::from_base64(&read_secret_file(KEK_FLAG, KEK_ENV, kek_path)?).map_err(|m| {
+                ConfigError::new(KEK_FLAG, KEK_ENV, format!("{}: {m}", kek_path.display()))
+            })?;
+        let t = &self.tokens;
+        let ttl = t.access_token_ttl;
+        if !(Duration::from_secs(300)..=Duration::from_secs(900)).contains(&ttl) {
+            return Err(ConfigError::new(
+                "access-token-ttl",
+                "GATEWAY_ACCESS_TOKEN_TTL",
+                "must be between 5m and 15m",
+            ));
+        }
+        for (flag, env, value) in [
+            ("token-issuer", "GATEWAY_TOKEN_ISSUER", &t.token_issuer),
+            (
+                "token-audience",
+                "GATEWAY_TOKEN_AUDIENCE",
+                &t.token_audience,
+            ),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(flag, env, "is empty"));
+            }
+        }
+        if t.session_idle_ttl.is_zero() || t.session_absolute_ttl < t.session_idle_ttl {
+            return Err(ConfigError::new(
+                "session-absolute-ttl",
+                "GATEWAY_SESSION_ABSOLUTE_TTL",
+                "must be at least the idle ttl, which must not be zero",
+            ));
+        }
+        if !t.key_rotation_interval.is_zero() && t.key_rotation_interval < ttl * 2 {
+            return Err(ConfigError::new(
+                "key-rotation-interval",
+                "GATEWAY_KEY_ROTATION_INTERVAL",
+                "must be 0s (manual) or at least twice the access token ttl",
+            ));
+        }
+        let p = &self.passwords;
+        if !(8..=64).contains(&p.password_min_length) {
+            return Err(ConfigError::new(
+                "password-min-length",
+                "GATEWAY_PASSWORD_MIN_LENGTH",
+                "must be between 8 and 64",
+            ));
+        }
+        if p.argon2_memory_kib < 19_456 || p.argon2_iterations < 2 || p.argon2_parallelism < 1 {
+            return Err(ConfigError::new(
+                "argon2-memory-kib",
+                "GATEWAY_ARGON2_MEMORY_KIB",
+                "argon2id needs at least 19456 KiB, 2 iterations and 1 lane",
+            ));
+        }
         Ok(Config {
             listen: self.listen,
             signing_key,
+            kek,
+            keys: KeySettings {
+                alg: t.token_signing_alg,
+                token_ttl: ttl,
+                rotation_interval: (!t.key_rotation_interval.is_zero())
+                    .then_some(t.key_rotation_interval),
+            },
+            auth: AuthSettings {
+                issuer: t.token_issuer.clone(),
+                audience: t.token_audience.clone(),
+                access_ttl: ttl,
+                sessions: SessionSettings {
+                    idle_ttl: t.session_idle_ttl,
+                    absolute_ttl: t.session_absolute_ttl,
+                    reuse_grace: t.refresh_reuse_grace,
+                },
+                password_policy: PasswordPolicy {
+                    min_chars: p.password_min_length,
+                },
+                require_verified_email: t.require_verified_email,
+            },
+            argon2: Argon2Settings {
+                memory_kib: p.argon2_memory_kib,
+                iterations: p.argon2_iterations,
+                parallelism: p.argon2_parallelism,
+            },
+            argon2_max_concurrency: p.argon2_max_concurrency,
             store: self.store.to_config("gateway-control-plane")?,
             lifecycle: self.lifecycle.clone(),
         })
     }
 }
 
-/// Writes a new snapshot key pair into `out_dir`; returns the two paths.
-pub fn keygen(out_dir: &std::path::Path, force: bool) -> Result<(PathBuf, PathBuf), String> {
-    let private = out_dir.join("snapshot-signing.pem");
-    let public = out_dir.join("snapshot-verify.pem");
-    if !force && (private.exists() || public.exists()) {
+/// Writes a new key-encryption key (base64 of 32 random bytes, mode 0600) to `path`.
+fn generate_kek_file(path: &std::path::Path) -> Result<(), String> {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let text = format!(
+        "{}\n",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    );
+    write_private(path, text.as_bytes())
+}
+
+/// Files written by `keygen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFiles {
+    pub snapshot_signing: PathBuf,
+    pub snapshot_verify: PathBuf,
+    pub key_encryption: PathBuf,
+}
+
+/// Writes a new snapshot key pair and a key-encryption key into `out_dir`.
+pub fn keygen(out_dir: &std::path::Path, force: bool) -> Result<KeyFiles, String> {
+    let files = KeyFiles {
+        snapshot_signing: out_dir.join("snapshot-signing.pem"),
+        snapshot_verify: out_dir.join("snapshot-verify.pem"),
+        key_encryption: out_dir.join("key-encryption.key"),
+    };
+    let all = [
+        &files.snapshot_signing,
+        &files.snapshot_verify,
+        &files.key_encryption,
+    ];
+    if !force && all.iter().any(|p| p.exists()) {
         return Err(format!(
-            "{} or {} exists; pass --force to overwrite",
-            private.display(),
-            public.display()
+            "{} already holds keys; pass --force to overwrite",
+            out_dir.display()
         ));
     }
     std::fs::create_dir_all(out_dir).map_err(|err| format!("{}: {err}", out_dir.display()))?;
@@ -100,9 +299,11 @@ pub fn keygen(out_dir: &std::path::Path, force: bool) -> Result<(PathBuf, PathBu
         .verifying_key()
         .to_public_key_pem()
         .map_err(|err| err.to_string())?;
-    write_private(&private, private_pem.as_bytes())?;
-    std::fs::write(&public, public_pem).map_err(|err| format!("{}: {err}", public.display()))?;
-    Ok((private, public))
+    write_private(&files.snapshot_signing, private_pem.as_bytes())?;
+    std::fs::write(&files.snapshot_verify, public_pem)
+        .map_err(|err| format!("{}: {err}", files.snapshot_verify.display()))?;
+    generate_kek_file(&files.key_encryption)?;
+    Ok(files)
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
@@ -130,8 +331,19 @@ mod tests {
         Cli::try_parse_from(std::iter::once("control-plane").chain(args.iter().copied()))
     }
 
+    fn with_keys(files: &KeyFiles, extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec![
+            "--snapshot-signing-key-file",
+            files.snapshot_signing.to_str().unwrap(),
+            "--key-encryption-key-file",
+            files.key_encryption.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        parse(&args)
+    }
+
     #[test]
-    fn a_missing_signing_key_names_the_setting() {
+    fn missing_secret_files_name_the_setting() {
         let cli = parse(&["--store", "embedded"]).unwrap();
         let err = cli.serve.validate().unwrap_err();
         assert!(err.to_string().contains("--snapshot-signing-key-file"));
@@ -142,23 +354,39 @@ mod tests {
                 .contains("GATEWAY_SNAPSHOT_SIGNING_KEY_FILE")
         );
         assert!(err.to_string().contains("/nonexistent/key.pem"));
+        let dir = tempfile::tempdir().unwrap();
+        let files = keygen(dir.path(), false).unwrap();
+        let cli = parse(&[
+            "--snapshot-signing-key-file",
+            files.snapshot_signing.to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = cli.serve.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("--key-encryption-key-file"),
+            "{err}"
+        );
+        std::fs::write(&files.key_encryption, "c2hvcnQ=").unwrap();
+        let err = with_keys(&files, &[])
+            .unwrap()
+            .serve
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
     }
 
     #[test]
-    fn keygen_writes_a_usable_pair() {
+    fn keygen_writes_a_usable_set() {
         let dir = tempfile::tempdir().unwrap();
-        let (private, public) = keygen(dir.path(), false).unwrap();
+        let files = keygen(dir.path(), false).unwrap();
         assert!(keygen(dir.path(), false).is_err(), "no silent overwrite");
-        let cli = parse(&[
-            "--store",
-            "embedded",
-            "--snapshot-signing-key-file",
-            private.to_str().unwrap(),
-        ])
-        .unwrap();
-        let config = cli.serve.validate().unwrap();
+        let config = with_keys(&files, &["--store", "embedded"])
+            .unwrap()
+            .serve
+            .validate()
+            .unwrap();
         let keys = gateway_shared::signed::DocVerifyingKeys::from_pem_bundle(
-            &std::fs::read_to_string(public).unwrap(),
+            &std::fs::read_to_string(&files.snapshot_verify).unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -168,9 +396,17 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&private).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "private key is not readable by others");
+            for secret in [&files.snapshot_signing, &files.key_encryption] {
+                let mode = std::fs::metadata(secret).unwrap().permissions().mode();
+                assert_eq!(
+                    mode & 0o077,
+                    0,
+                    "{} is not readable by others",
+                    secret.display()
+                );
+            }
         }
+        assert!(keygen(dir.path(), true).is_ok());
     }
 
     #[test]
@@ -181,12 +417,36 @@ mod tests {
         assert!(err.contains("--listen"), "{err}");
         let err = parse(&["--store", "sqlite"]).unwrap_err().to_string();
         assert!(err.contains("--store"), "{err}");
-        let cli = parse(&["--store-prefix", "bad.prefix"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (private, _) = keygen(dir.path(), false).unwrap();
-        let mut args = cli.serve.clone();
-        args.snapshot_signing_key_file = Some(private);
-        let err = args.validate().unwrap_err();
-        assert!(err.to_string().contains("--store-prefix"), "{err}");
+        let files = keygen(dir.path(), false).unwrap();
+        for (args, setting) in [
+            (vec!["--store-prefix", "bad.prefix"], "--store-prefix"),
+            (vec!["--access-token-ttl", "1h"], "--access-token-ttl"),
+            (vec!["--password-min-length", "6"], "--password-min-length"),
+            (vec!["--argon2-memory-kib", "1024"], "--argon2-memory-kib"),
+            (
+                vec!["--key-rotation-interval", "5m"],
+                "--key-rotation-interval",
+            ),
+            (vec!["--token-issuer", " "], "--token-issuer"),
+        ] {
+            let err = with_keys(&files, &args)
+                .unwrap()
+                .serve
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(setting), "{args:?}: {err}");
+        }
+        let err = with_keys(&files, &["--token-signing-alg", "HS256"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--token-signing-alg"), "{err}");
+        assert!(
+            with_keys(&files, &["--token-signing-alg", "ES256"])
+                .unwrap()
+                .serve
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! publishes signed documents for the data planes.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod keys;
 
@@ -14,7 +17,9 @@ use gateway_shared::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::AuthService;
 pub use config::{Cli, Config};
+pub use keys::KeyManager;
 
 /// Name used in metrics labels and logs.
 pub const PLANE: &str = "control";
@@ -25,6 +30,8 @@ pub struct AppState {
     pub store: Store,
     /// Signs the documents published to the data planes.
     pub signing_key: Arc<DocSigningKey>,
+    pub keys: Arc<KeyManager>,
+    pub auth: Arc<AuthService>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -34,11 +41,19 @@ pub enum RunError {
     Metrics(String),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error("password hashing: {0}")]
+    Hashing(#[from] auth::passwords::HashError),
 }
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    let api = auth::routes::router()
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .with_state(state.clone());
     Router::new()
+        .merge(api)
         .merge(http::ops_router(
             Arc::clone(&state.readiness),
             metrics,
@@ -58,9 +73,28 @@ pub async fn run(
     let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(StoreReady(store.clone()))];
     let readiness = Arc::new(Readiness::new(checks));
+    let signing_key = Arc::new(config.signing_key);
+    let keys = Arc::new(KeyManager::new(
+        store.clone(),
+        config.kek,
+        config.keys,
+        Arc::clone(&signing_key),
+    ));
+    keys.start(gateway_shared::unix_now()).await?;
+    tokio::spawn(Arc::clone(&keys).maintain(shutdown.clone()));
+    let hasher =
+        auth::passwords::PasswordHasherPool::new(config.argon2, config.argon2_max_concurrency)?;
+    let auth = Arc::new(AuthService {
+        store: store.clone(),
+        keys: Arc::clone(&keys),
+        hasher,
+        settings: config.auth,
+    });
     let state = AppState {
         store,
-        signing_key: Arc::new(config.signing_key),
+        signing_key,
+        keys,
+        auth,
         readiness: Arc::clone(&readiness),
     };
     let app = router(state, metrics);

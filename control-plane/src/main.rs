@@ -10,8 +10,13 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keygen { out_dir, force }) = cli.command {
         return match control_plane::config::keygen(&out_dir, force) {
-            Ok((private, public)) => {
-                println!("wrote {} and {}", private.display(), public.display());
+            Ok(files) => {
+                println!(
+                    "wrote {}, {} and {}",
+                    files.snapshot_signing.display(),
+                    files.snapshot_verify.display(),
+                    files.key_encryption.display()
+                );
                 std::process::ExitCode::SUCCESS
             }
             Err(err) => {

@@ -20,6 +20,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    UnsupportedMediaType,
     RateLimited,
     Internal,
     BadGateway,
@@ -40,6 +41,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::BadGateway => "bad_gateway",
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorCode::Conflict => tonic::Code::Aborted,
             ErrorCode::PayloadTooLarge => tonic::Code::OutOfRange,
+            ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
             ErrorCode::BadGateway
@@ -93,6 +97,9 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub code: ErrorCode,
+    /// A more precise code for the envelope (e.g. `refresh_token_reused` for an
+    /// `Unauthenticated` error); the status still comes from `code`.
+    pub reason: Option<&'static str>,
     pub message: String,
     /// Seconds for `retry-after` (429, 503).
     pub retry_after: Option<u64>,
@@ -102,9 +109,21 @@ impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             code,
+            reason: None,
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// The same error with a precise envelope code.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The code written in the envelope.
+    pub fn envelope_code(&self) -> &'static str {
+        self.reason.unwrap_or(self.code.as_str())
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -134,7 +153,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code.as_str(), self.message)
+        write!(f, "{}: {}", self.envelope_code(), self.message)
     }
 }
 
@@ -157,7 +176,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let envelope = Envelope {
             error: Body {
-                code: self.code.as_str(),
+                code: self.envelope_code(),
                 message: &self.message,
                 correlation_id: current_correlation_id(),
             },

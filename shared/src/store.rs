@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use keys::{KeyError, encode_key_token, validate_key, validate_prefix};
+pub use keys::{KeyError, encode_key_token, hash_key_token, validate_key, validate_prefix};
 pub use record::{Record, RecordError};
 
 /// Store revision of a KV entry: strictly increasing per bucket (the JetStream stream

@@ -69,6 +69,7 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
     let keys = SnapshotKeys::generate();
     let nats_url = nats.url();
     let signing = keys.signing_path();
+    let kek = keys.kek_path();
     let prefix = gateway_tests::unique_prefix();
     let mut control = PlaneProcess::spawn(
         "control-plane",
@@ -81,6 +82,8 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
             &prefix,
             "--snapshot-signing-key-file",
             &signing,
+            "--key-encryption-key-file",
+            &kek,
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),

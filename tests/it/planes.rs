@@ -33,6 +33,7 @@ impl Env {
     fn control(&self, extra: &[&str]) -> (PlaneProcess, String) {
         let url = self.nats.url();
         let signing = self.keys.signing_path();
+        let kek = self.keys.kek_path();
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -42,6 +43,8 @@ impl Env {
             &self.prefix,
             "--snapshot-signing-key-file",
             &signing,
+            "--key-encryption-key-file",
+            &kek,
             "--store-timeout",
             "1s",
         ];
@@ -465,6 +468,21 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
         ("control-plane", vec![], "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE"),
         (
             "control-plane",
+            vec!["--snapshot-signing-key-file".into(), keys.signing_path()],
+            "--key-encryption-key-file",
+        ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.verify_path(),
+            ],
+            "--key-encryption-key-file",
+        ),
+        (
+            "control-plane",
             vec![
                 "--snapshot-signing-key-file".into(),
                 keys.signing_path(),
@@ -483,6 +501,8 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
             vec![
                 "--snapshot-signing-key-file".into(),
                 keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
                 "--store-prefix".into(),
                 "has.dots".into(),
             ],

@@ -29,6 +29,13 @@ impl SnapshotKeys {
             signer.verifying_key().to_public_key_pem().unwrap(),
         )
         .unwrap();
+        use base64::Engine;
+        let kek: [u8; 32] = rand::random();
+        std::fs::write(
+            dir.path().join("kek"),
+            base64::engine::general_purpose::STANDARD.encode(kek),
+        )
+        .unwrap();
         SnapshotKeys { signer, dir }
     }
 
@@ -38,6 +45,11 @@ impl SnapshotKeys {
             .join("signing.pem")
             .to_string_lossy()
             .into_owned()
+    }
+
+    /// The key-encryption key file (base64 of 32 bytes).
+    pub fn kek_path(&self) -> String {
+        self.dir.path().join("kek").to_string_lossy().into_owned()
     }
 
     pub fn verify_path(&self) -> String {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use gateway_shared::config::{LifecycleArgs, LogArgs, LogFormat};
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_shared::signed::DocVerifyingKeys;
 use gateway_shared::store::{Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -34,14 +34,28 @@ struct Args {
     log: String,
 }
 
-fn dev_signing_key(dir: &std::path::Path) -> anyhow::Result<DocSigningKey> {
-    let path = dir.join("snapshot-signing.pem");
-    if !path.exists() {
-        control_plane::config::keygen(dir, false).map_err(anyhow::Error::msg)?;
+/// The control-plane configuration of the local run, with keys generated once into `dir`.
+fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_plane::Config> {
+    if !dir.join("key-encryption.key").exists() {
+        control_plane::config::keygen(dir, true).map_err(anyhow::Error::msg)?;
     }
-    Ok(DocSigningKey::from_pkcs8_pem(&std::fs::read_to_string(
-        &path,
-    )?)?)
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let cli = control_plane::Cli::try_parse_from([
+        "control-plane",
+        "--store",
+        "embedded",
+        "--embedded-path",
+        &path("state.redb"),
+        "--snapshot-signing-key-file",
+        &path("snapshot-signing.pem"),
+        "--key-encryption-key-file",
+        &path("key-encryption.key"),
+        "--log",
+        log,
+        "--drain-timeout",
+        "5s",
+    ])?;
+    Ok(cli.serve.validate()?)
 }
 
 #[tokio::main]
@@ -55,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     std::fs::create_dir_all(&args.dir)?;
-    let signing_key = dev_signing_key(&args.dir)?;
-    let verify_keys = DocVerifyingKeys::new([signing_key.verifying_key()]);
+    let mut control_config = control_config(&args.dir, &args.log)?;
+    let verify_keys = DocVerifyingKeys::new([control_config.signing_key.verifying_key()]);
     let store = Store::open(&StoreConfig::Embedded {
         path: args.dir.join("state.redb"),
     })
@@ -86,15 +100,9 @@ async fn main() -> anyhow::Result<()> {
         data_listeners.grpc.local_addr()?,
         data_listeners.ops.local_addr()?,
     );
+    control_config.listen = control_addr;
     let control = tokio::spawn(control_plane::run(
-        control_plane::Config {
-            listen: control_addr,
-            signing_key,
-            store: StoreConfig::Embedded {
-                path: args.dir.join("state.redb"),
-            },
-            lifecycle: lifecycle.clone(),
-        },
+        control_config,
         control_listener,
         store.clone(),
         shutdown.clone(),

@@ -1,0 +1,120 @@
+//! Request plumbing of the control-plane API: JSON bodies whose rejections answer in the
+//! envelope (400/413/415), the client address, and the bearer-token extractor.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use gateway_shared::{ApiError, ErrorCode};
+use serde::de::DeserializeOwned;
+
+/// Largest JSON body accepted by the API routes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `Json<T>` whose failures are envelope errors that never echo the body.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be json (content-type: application/json)",
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("the body is not valid json").with_reason("malformed_json")
+        }
+        JsonRejection::JsonDataError(err) => {
+            // serde messages may quote input values: only the field name goes back
+            let text = err.body_text();
+            let message = match text.split("missing field `").nth(1) {
+                Some(rest) => format!(
+                    "missing field {}",
+                    rest.split('`').next().unwrap_or_default()
+                ),
+                None => "the body does not match the expected fields".to_string(),
+            };
+            ApiError::bad_request(message).with_reason("invalid_body")
+        }
+        JsonRejection::BytesRejection(err) => {
+            if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::bad_request("the body could not be read")
+            }
+        }
+        _ => ApiError::bad_request("the body could not be read"),
+    }
+}
+
+/// Address of the client (the socket peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
+    }
+}
+
+/// The raw bearer token of the request (`Authorization: Bearer ...`).
+pub struct BearerToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let unauthenticated = |reason| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "a valid bearer token is required",
+            )
+            .with_reason(reason)
+        };
+        let mut values = parts
+            .headers
+            .get_all(axum::http::header::AUTHORIZATION)
+            .iter();
+        let value = values
+            .next()
+            .ok_or_else(|| unauthenticated("missing_token"))?;
+        if values.next().is_some() {
+            return Err(unauthenticated("ambiguous_token"));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| unauthenticated("malformed_token"))?;
+        let (scheme, token) = value
+            .split_once(' ')
+            .ok_or_else(|| unauthenticated("malformed_token"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.len() > 8192 {
+            return Err(unauthenticated("malformed_token"));
+        }
+        Ok(BearerToken(token.trim().to_string()))
+    }
+}

@@ -1,0 +1,153 @@
+//! HTTP routes of the authentication flows (`/v1/auth/*`, `/.well-known/jwks.json`).
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gateway_shared::ApiError;
+use gateway_shared::unix_now;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Principal;
+use crate::AppState;
+use crate::api::{ApiJson, BearerToken, ClientIp};
+
+/// The signed-in caller, from a verified bearer token.
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
+        state
+            .auth
+            .authenticate(&token, unix_now())
+            .await
+            .map(Authenticated)
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/signin", post(signin))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/signout", post(signout))
+        .route("/v1/auth/session", get(current_session))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+async fn signup(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = state
+        .auth
+        .signup(&body.email, &body.password, ip, unix_now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"user_id": user.id}))))
+}
+
+async fn signin(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tokens = state
+        .auth
+        .signin(&body.email, &body.password, ip, unix_now())
+        .await?;
+    Ok(no_store(Json(tokens)))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tokens = state
+        .auth
+        .refresh(&body.refresh_token, ip, unix_now())
+        .await?;
+    Ok(no_store(Json(tokens)))
+}
+
+#[derive(Deserialize)]
+struct SignoutBody {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn signout(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    ClientIp(ip): ClientIp,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    // the body is optional: empty means this session only
+    let all = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<SignoutBody>(&body)
+            .map_err(|_| {
+                ApiError::bad_request("the body does not match the expected fields")
+                    .with_reason("invalid_body")
+            })?
+            .all
+    };
+    state.auth.signout(&principal, all, ip, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn current_session(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<impl IntoResponse, ApiError> {
+    let (user, _) = super::users::get(&state.store, &principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(Json(json!({
+        "user_id": user.id,
+        "email": user.email,
+        "email_verified": user.email_verified,
+        "mfa_enabled": user.mfa_enabled,
+        "session_id": principal.session_id,
+    })))
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.keys.jwk_set()),
+    )
+}
+
+/// Token responses must not be cached (RFC 6749 §5.1).
+fn no_store<T: IntoResponse>(body: T) -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::PRAGMA, "no-cache"),
+        ],
+        body,
+    )
+}

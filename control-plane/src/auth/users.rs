@@ -1,0 +1,295 @@
+//! User records (`user.<id>`), the email uniqueness index (`email.<sha256(email)>`) and
+//! password credentials (`password.<user id>`), written without partial state.
+
+use gateway_shared::store::{
+    Bucket, Record, RecordError, Revision, Store, StoreError, hash_key_token,
+};
+use gateway_shared::token::USER_PREFIX;
+use gateway_shared::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+/// Longest email accepted (RFC 5321 path limit).
+const MAX_EMAIL_LEN: usize = 254;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    #[serde(default)]
+    pub email_verified: bool,
+    pub status: UserStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Access tokens issued before this Unix time are refused (global sign-out, reset,
+    /// disable).
+    #[serde(default)]
+    pub tokens_valid_after: i64,
+    #[serde(default)]
+    pub mfa_enabled: bool,
+}
+
+impl Record for User {
+    const KIND: &'static str = "user";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EmailIndex {
+    user_id: String,
+}
+
+impl Record for EmailIndex {
+    const KIND: &'static str = "email_index";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordCredential {
+    /// Argon2id PHC string; the password itself is never stored.
+    pub phc: String,
+    pub updated_at: i64,
+}
+
+impl Record for PasswordCredential {
+    const KIND: &'static str = "password_credential";
+    const VERSION: u32 = 1;
+}
+
+pub fn user_key(id: &str) -> String {
+    format!("user.{id}")
+}
+
+fn email_key(email: &str) -> String {
+    format!("email.{}", hash_key_token(email.as_bytes()))
+}
+
+pub fn password_key(user_id: &str) -> String {
+    format!("password.{user_id}")
+}
+
+/// Trimmed, NFKC, lowercased; refuses what is not plausibly an address.
+pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
+    let invalid =
+        || ApiError::bad_request("a valid email address is required").with_reason("invalid_email");
+    if raw.len() > 4 * MAX_EMAIL_LEN {
+        return Err(invalid());
+    }
+    let email: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+    let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+    let ok = email.len() <= MAX_EMAIL_LEN
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && email.chars().all(|c| !c.is_whitespace() && !c.is_control());
+    if ok { Ok(email) } else { Err(invalid()) }
+}
+
+pub fn new_user_id() -> String {
+    format!("{USER_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+fn record_error(err: RecordError) -> ApiError {
+    ApiError::internal("stored record unreadable", &err)
+}
+
+/// Creates a user with a password: user record and credential first, the email index
+/// last (create-if-absent); when the email is taken everything written is removed.
+pub async fn create(
+    store: &Store,
+    email: &str,
+    phc: String,
+    email_verified: bool,
+    now: i64,
+) -> Result<User, ApiError> {
+    let user = User {
+        id: new_user_id(),
+        email: email.to_string(),
+        email_verified,
+        status: UserStatus::Active,
+        created_at: now,
+        updated_at: now,
+        tokens_valid_after: 0,
+        mfa_enabled: false,
+    };
+    let users = store.kv(Bucket::Users);
+    let credentials = store.kv(Bucket::Credentials);
+    // every value is serialised before the first write, so nothing fails half-way
+    let user_bytes = user.to_bytes().map_err(record_error)?;
+    let credential_bytes = PasswordCredential {
+        phc,
+        updated_at: now,
+    }
+    .to_bytes()
+    .map_err(record_error)?;
+    let index_bytes = EmailIndex {
+        user_id: user.id.clone(),
+    }
+    .to_bytes()
+    .map_err(record_error)?;
+    users.create(&user_key(&user.id), user_bytes).await?;
+    let user_id = user.id.clone();
+    let undo = async {
+        let _ = credentials.delete(&password_key(&user_id), None).await;
+        let _ = users.delete(&user_key(&user_id), None).await;
+    };
+    if let Err(err) = credentials
+        .put(&password_key(&user.id), credential_bytes)
+        .await
+    {
+        undo.await;
+        return Err(err.into());
+    }
+    match users.create(&email_key(email), index_bytes).await {
+        Ok(_) => {
+            drop(undo);
+            Ok(user)
+        }
+        Err(StoreError::Conflict { .. }) => {
+            undo.await;
+            Err(ApiError::new(
+                ErrorCode::Conflict,
+                "an account with this email already exists",
+            )
+            .with_reason("email_taken"))
+        }
+        Err(err) => {
+            undo.await;
+            Err(err.into())
+        }
+    }
+}
+
+/// The user with this id and its revision.
+pub async fn get(store: &Store, id: &str) -> Result<Option<(User, Revision)>, ApiError> {
+    if !id.starts_with(USER_PREFIX) || gateway_shared::store::validate_key(&user_key(id)).is_err() {
+        return Ok(None);
+    }
+    match store.kv(Bucket::Users).get(&user_key(id)).await? {
+        Some(entry) => Ok(Some((
+            User::from_bytes(&entry.value).map_err(record_error)?,
+            entry.revision,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The user registered with this (normalised) email.
+pub async fn find_by_email(
+    store: &Store,
+    email: &str,
+) -> Result<Option<(User, Revision)>, ApiError> {
+    let Some(entry) = store.kv(Bucket::Users).get(&email_key(email)).await? else {
+        return Ok(None);
+    };
+    let index = EmailIndex::from_bytes(&entry.value).map_err(record_error)?;
+    get(store, &index.user_id).await
+}
+
+/// The password hash of a user, if any.
+pub async fn password(
+    store: &Store,
+    user_id: &str,
+) -> Result<Option<PasswordCredential>, ApiError> {
+    match store
+        .kv(Bucket::Credentials)
+        .get(&password_key(user_id))
+        .await?
+    {
+        Some(entry) => Ok(Some(
+            PasswordCredential::from_bytes(&entry.value).map_err(record_error)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+pub async fn set_password(
+    store: &Store,
+    user_id: &str,
+    phc: String,
+    now: i64,
+) -> Result<(), ApiError> {
+    let credential = PasswordCredential {
+        phc,
+        updated_at: now,
+    };
+    store
+        .kv(Bucket::Credentials)
+        .put(
+            &password_key(user_id),
+            credential.to_bytes().map_err(record_error)?,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies `change` to the user with compare-and-set, retrying on concurrent writes.
+pub async fn update(
+    store: &Store,
+    id: &str,
+    now: i64,
+    change: impl Fn(&mut User),
+) -> Result<User, ApiError> {
+    let users = store.kv(Bucket::Users);
+    for _ in 0..8 {
+        let Some((mut user, revision)) = get(store, id).await? else {
+            return Err(ApiError::not_found("no such user"));
+        };
+        change(&mut user);
+        user.updated_at = now;
+        match users
+            .update(
+                &user_key(id),
+                user.to_bytes().map_err(record_error)?,
+                revision,
+            )
+            .await
+        {
+            Ok(_) => return Ok(user),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(StoreError::Conflict { key: user_key(id) }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        // NFKC: fullwidth letters fold to ASCII
+        assert_eq!(
+            normalize_email("ａｄａ@example.com").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@.example.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_email(&format!("{}@example.com", "a".repeat(300))).is_err());
+    }
+}
