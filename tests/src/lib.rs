@@ -47,6 +47,11 @@ impl SnapshotKeys {
             .into_owned()
     }
 
+    /// A second handle on the same signing key.
+    pub fn signer_clone(&self) -> DocSigningKey {
+        DocSigningKey::from_pkcs8_pem(&self.signer.to_pkcs8_pem().unwrap()).unwrap()
+    }
+
     /// The key-encryption key file (base64 of 32 bytes).
     pub fn kek_path(&self) -> String {
         self.dir.path().join("kek").to_string_lossy().into_owned()

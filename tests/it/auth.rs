@@ -1,0 +1,645 @@
+//! Authentication flows against the real control-plane binary and a real NATS.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use gateway_shared::store::nats::NatsConfig;
+use gateway_shared::store::{AuditQuery, Bucket, Store, StoreConfig};
+use gateway_tests::SnapshotKeys;
+use gateway_tests::nats::NatsServer;
+use gateway_tests::process::{PlaneProcess, wait_for_status};
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "plum tractor velvet lagoon";
+
+struct Env {
+    nats: NatsServer,
+    keys: SnapshotKeys,
+    prefix: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            nats: NatsServer::start(),
+            keys: SnapshotKeys::generate(),
+            prefix: gateway_tests::unique_prefix(),
+        }
+    }
+
+    fn control(&self, extra: &[&str]) -> (PlaneProcess, String) {
+        let url = self.nats.url();
+        let signing = self.keys.signing_path();
+        let kek = self.keys.kek_path();
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            &url,
+            "--store-prefix",
+            &self.prefix,
+            "--snapshot-signing-key-file",
+            &signing,
+            "--key-encryption-key-file",
+            &kek,
+            "--log",
+            "debug",
+        ];
+        args.extend_from_slice(extra);
+        let mut process = PlaneProcess::spawn("control-plane", &args, &[]);
+        let fields = process.wait_for_log("control plane listening", START);
+        (process, format!("http://{}", fields["addr"]))
+    }
+
+    async fn store(&self) -> Store {
+        Store::open(&StoreConfig::Nats(NatsConfig {
+            url: self.nats.url(),
+            prefix: self.prefix.clone(),
+            ..NatsConfig::default()
+        }))
+        .await
+        .unwrap()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let response = client.post(url).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn signup(client: &reqwest::Client, base: &str, email: &str) -> String {
+    let (status, body) = post(
+        client,
+        format!("{base}/v1/auth/signup"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["user_id"].as_str().unwrap().to_string()
+}
+
+async fn signin(client: &reqwest::Client, base: &str, email: &str) -> Value {
+    let (status, body) = post(
+        client,
+        format!("{base}/v1/auth/signin"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn me(client: &reqwest::Client, base: &str, access_token: &str) -> (u16, Value) {
+    let response = client
+        .get(format!("{base}/v1/auth/session"))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn all_values(store: &Store, bucket: Bucket) -> Vec<(String, String)> {
+    let kv = store.kv(bucket);
+    let page = kv.keys("", None, 1000).await.unwrap();
+    let mut out = Vec::new();
+    for key in page.keys {
+        if let Some(entry) = kv.get(&key).await.unwrap() {
+            out.push((key, String::from_utf8_lossy(&entry.value).into_owned()));
+        }
+    }
+    out
+}
+
+/// Decodes an access token with the keys served at /.well-known/jwks.json.
+async fn verify_with_jwks(client: &reqwest::Client, base: &str, token: &str) -> (Value, String) {
+    let jwks: Value = client
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let kid = header.kid.clone().unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap_or_else(|| panic!("kid {kid} not in {jwks}"));
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["cloudlysis"]);
+    validation.set_issuer(&["cloudlysis-gateway"]);
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
+    (data.claims, kid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_and_signin_issue_verifiable_tokens_and_store_only_hashes() {
+    let env = Env::new();
+    let (_control, base) = env.control(&[]);
+    let client = client();
+    let user_id = signup(&client, &base, "Ada@Example.com").await;
+    assert!(user_id.starts_with("usr_"));
+    let tokens = signin(&client, &base, "ada@example.com").await;
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 600);
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (claims, _) = verify_with_jwks(&client, &base, access).await;
+    assert_eq!(claims["sub"], user_id.as_str());
+    assert_eq!(claims["typ"], "access");
+    assert!(claims["sid"].is_string());
+    assert!(claims.get("roles").is_none(), "no roles in the token");
+    let (status, session) = me(&client, &base, access).await;
+    assert_eq!(status, 200);
+    assert_eq!(session["email"], "ada@example.com");
+    assert_eq!(session["email_verified"], false);
+
+    // T2.1: only hashes in the store
+    let store = env.store().await;
+    let mut stored = Vec::new();
+    for bucket in [
+        Bucket::Users,
+        Bucket::Credentials,
+        Bucket::Sessions,
+        Bucket::Keys,
+        Bucket::Tokens,
+    ] {
+        stored.extend(all_values(&store, bucket).await);
+    }
+    assert!(
+        stored
+            .iter()
+            .any(|(k, v)| k.starts_with("password.") && v.contains("$argon2id$"))
+    );
+    assert!(stored.iter().any(|(k, _)| k.starts_with("session.")));
+    let secret_part = refresh.rsplit('.').next().unwrap();
+    for (key, value) in &stored {
+        assert!(!value.contains(PASSWORD), "password in {key}");
+        assert!(!value.contains(secret_part), "refresh token in {key}");
+        assert!(!value.contains(access), "access token in {key}");
+        assert!(!key.contains('@'), "raw email in key {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signups_are_refused_in_the_envelope_and_write_nothing() {
+    let env = Env::new();
+    let (_control, base) = env.control(&[]);
+    let client = client();
+    signup(&client, &base, "taken@example.com").await;
+    let url = format!("{base}/v1/auth/signup");
+    let cases = [
+        (
+            json!({"email": "taken@example.com", "password": "another long passphrase"}),
+            409,
+            "email_taken",
+        ),
+        (
+            json!({"email": "TAKEN@example.com ", "password": "another long passphrase"}),
+            409,
+            "email_taken",
+        ),
+        (
+            json!({"email": "new@example.com", "password": "short"}),
+            400,
+            "password_too_short",
+        ),
+        (
+            json!({"email": "new@example.com", "password": "passwordpassword"}),
+            400,
+            "password_too_common",
+        ),
+        (
+            json!({"email": "new@example.com", "password": "x".repeat(257)}),
+            400,
+            "password_too_long",
+        ),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            400,
+            "invalid_email",
+        ),
+        (json!({"email": "new@example.com"}), 400, "invalid_body"),
+        (
+            json!({"email": 42, "password": PASSWORD}),
+            400,
+            "invalid_body",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = post(&client, url.clone(), body.clone()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body} -> {answer}"
+        );
+        assert!(answer["error"]["correlation_id"].is_string());
+        assert!(!answer.to_string().contains(PASSWORD));
+    }
+    let (status, missing) = post(&client, url.clone(), json!({"email": "new@example.com"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("password")
+    );
+    // malformed json, wrong content type, oversized body
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "malformed_json"
+    );
+    let response = client.post(&url).body("email=a@b.co").send().await.unwrap();
+    assert_eq!(response.status(), 415);
+    let huge = json!({"email": "big@example.com", "password": "y".repeat(100_000)});
+    let response = client.post(&url).json(&huge).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+
+    let store = env.store().await;
+    let users = all_values(&store, Bucket::Users).await;
+    assert_eq!(
+        users.iter().filter(|(k, _)| k.starts_with("user.")).count(),
+        1,
+        "{users:?}"
+    );
+    assert_eq!(
+        users
+            .iter()
+            .filter(|(k, _)| k.starts_with("email."))
+            .count(),
+        1
+    );
+    assert_eq!(all_values(&store, Bucket::Credentials).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signin_answers_alike_for_unknown_accounts_and_wrong_passwords() {
+    let env = Env::new();
+    let (_control, base) = env.control(&[]);
+    let client = client();
+    signup(&client, &base, "known@example.com").await;
+    let url = format!("{base}/v1/auth/signin");
+    let mut answers = Vec::new();
+    for body in [
+        json!({"email": "known@example.com", "password": "wrong but long enough"}),
+        json!({"email": "unknown@example.com", "password": "wrong but long enough"}),
+        json!({"email": "not an email", "password": "x"}),
+        json!({"email": "known@example.com", "password": "z".repeat(5000)}),
+    ] {
+        let (status, mut answer) = post(&client, url.clone(), body).await;
+        answer["error"]["correlation_id"] = Value::Null;
+        answers.push((status, answer));
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 401);
+    assert_eq!(answers[0].1["error"]["code"], "invalid_credentials");
+
+    let store = env.store().await;
+    let audit = store
+        .audit()
+        .read(&AuditQuery {
+            tenant: None,
+            from_seq: 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let failed = audit
+        .iter()
+        .filter(|r| r.action == "auth.signin")
+        .filter(|r| serde_json::from_slice::<Value>(&r.data).unwrap()["outcome"] == "failed")
+        .count();
+    assert!(failed >= 2, "failed sign-ins are audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_concurrent_refreshes_have_one_winner_across_replicas() {
+    let env = Env::new();
+    let (_a, base_a) = env.control(&[]);
+    let (_b, base_b) = env.control(&[]);
+    let client = client();
+    signup(&client, &base_a, "race@example.com").await;
+    let first = signin(&client, &base_b, "race@example.com").await;
+    let refresh = first["refresh_token"].as_str().unwrap().to_string();
+
+    // T4.2: a rotated token is no longer valid; within the grace window the session lives on
+    let (status, second) = post(
+        &client,
+        format!("{base_a}/v1/auth/refresh"),
+        json!({"refresh_token": refresh}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let (status, again) = post(
+        &client,
+        format!("{base_b}/v1/auth/refresh"),
+        json!({"refresh_token": refresh}),
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("refresh_token_already_rotated"))
+    );
+    let current = second["refresh_token"].as_str().unwrap().to_string();
+
+    // 12 concurrent refreshes with one token, split over both replicas: exactly one wins
+    let attempts = (0..12).map(|i| {
+        let base = if i % 2 == 0 { &base_a } else { &base_b };
+        post(
+            &client,
+            format!("{base}/v1/auth/refresh"),
+            json!({"refresh_token": current}),
+        )
+    });
+    let results = join_all(attempts).await;
+    let winners: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|(s, b)| *s == 200
+            || (*s == 409 && b["error"]["code"] == "refresh_token_already_rotated")),
+        "{results:?}"
+    );
+    // the winner's token works, on either replica
+    let next = winners[0].1["refresh_token"].as_str().unwrap();
+    let (status, _) = post(
+        &client,
+        format!("{base_b}/v1/auth/refresh"),
+        json!({"refresh_token": next}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // garbage never revokes anything
+    let (status, body) = post(
+        &client,
+        format!("{base_a}/v1/auth/refresh"),
+        json!({"refresh_token": "usr_x.y.z"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_refresh_token"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusing_a_rotated_refresh_token_revokes_the_session_and_is_audited() {
+    let env = Env::new();
+    let (_control, base) = env.control(&["--refresh-reuse-grace", "0s"]);
+    let client = client();
+    let user_id = signup(&client, &base, "reuse@example.com").await;
+    let first = signin(&client, &base, "reuse@example.com").await;
+    let stolen = first["refresh_token"].as_str().unwrap().to_string();
+    let (_, second) = post(
+        &client,
+        format!("{base}/v1/auth/refresh"),
+        json!({"refresh_token": stolen}),
+    )
+    .await;
+    let legit = second["refresh_token"].as_str().unwrap().to_string();
+    let access = second["access_token"].as_str().unwrap().to_string();
+    // wait past the (zero) grace window: the clock must move one second on
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = post(
+        &client,
+        format!("{base}/v1/auth/refresh"),
+        json!({"refresh_token": stolen}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("refresh_token_reused"))
+    );
+    // the whole family is gone: the legitimate token and the session's access token too
+    let (status, body) = post(
+        &client,
+        format!("{base}/v1/auth/refresh"),
+        json!({"refresh_token": legit}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("session_revoked"))
+    );
+    let (status, _) = me(&client, &base, &access).await;
+    assert_eq!(status, 401);
+    let store = env.store().await;
+    let audit = store
+        .audit()
+        .read(&AuditQuery {
+            tenant: None,
+            from_seq: 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let reuse = audit
+        .iter()
+        .find(|r| r.action == "auth.refresh.reuse")
+        .expect("reuse audited");
+    let record: Value = serde_json::from_slice(&reuse.data).unwrap();
+    assert_eq!(record["target"], user_id.as_str());
+    assert!(!String::from_utf8_lossy(&reuse.data).contains(&stolen[stolen.len() - 20..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signout_ends_one_session_and_signout_all_ends_every_token() {
+    let env = Env::new();
+    let (_control, base) = env.control(&[]);
+    let client = client();
+    signup(&client, &base, "out@example.com").await;
+    let one = signin(&client, &base, "out@example.com").await;
+    let two = signin(&client, &base, "out@example.com").await;
+    let three = signin(&client, &base, "out@example.com").await;
+    let token = |t: &Value, f: &str| t[f].as_str().unwrap().to_string();
+
+    let response = client
+        .post(format!("{base}/v1/auth/signout"))
+        .bearer_auth(token(&one, "access_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        me(&client, &base, &token(&one, "access_token")).await.0,
+        401
+    );
+    let (status, _) = post(
+        &client,
+        format!("{base}/v1/auth/refresh"),
+        json!({"refresh_token": token(&one, "refresh_token")}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        me(&client, &base, &token(&two, "access_token")).await.0,
+        200,
+        "other sessions live on"
+    );
+
+    let response = client
+        .post(format!("{base}/v1/auth/signout"))
+        .bearer_auth(token(&two, "access_token"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for t in [&two, &three] {
+        assert_eq!(me(&client, &base, &token(t, "access_token")).await.0, 401);
+        let (status, _) = post(
+            &client,
+            format!("{base}/v1/auth/refresh"),
+            json!({"refresh_token": token(t, "refresh_token")}),
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    // signing in again works
+    let fresh = signin(&client, &base, "out@example.com").await;
+    assert_eq!(
+        me(&client, &base, &token(&fresh, "access_token")).await.0,
+        200
+    );
+    // no token, a malformed one, or a bad body
+    let response = client
+        .post(format!("{base}/v1/auth/signout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    for bad in ["Bearer", "Basic abc", "Bearer not.a.jwt"] {
+        let response = client
+            .get(format!("{base}/v1/auth/session"))
+            .header("authorization", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{bad}");
+    }
+    let response = client
+        .post(format!("{base}/v1/auth/signout"))
+        .bearer_auth(token(&fresh, "access_token"))
+        .header("content-type", "application/json")
+        .body("{\"all\": \"yes please\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        me(&client, &base, &token(&fresh, "access_token")).await.0,
+        200,
+        "a refused signout changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_old_tokens_valid_and_new_tokens_carry_the_new_kid() {
+    let env = Env::new();
+    let (_control, base) = env.control(&[]);
+    let client = client();
+    signup(&client, &base, "keys@example.com").await;
+    let before = signin(&client, &base, "keys@example.com").await;
+    let old_access = before["access_token"].as_str().unwrap().to_string();
+    let (_, old_kid) = verify_with_jwks(&client, &base, &old_access).await;
+
+    // rotate from another "replica": this process, sharing the store and the KEK
+    let store = env.store().await;
+    let kek = control_plane::keys::Kek::from_base64(
+        &std::fs::read_to_string(env.keys.kek_path()).unwrap(),
+    )
+    .unwrap();
+    let manager = control_plane::KeyManager::new(
+        store.clone(),
+        kek,
+        control_plane::keys::KeySettings {
+            alg: control_plane::keys::SigningAlg::EdDsa,
+            token_ttl: Duration::from_secs(600),
+            rotation_interval: None,
+        },
+        std::sync::Arc::new(env.keys.signer_clone()),
+    );
+    manager.refresh().await.unwrap();
+    let new_kid = manager.rotate(gateway_shared::unix_now()).await.unwrap();
+    assert_ne!(new_kid, old_kid);
+
+    // the running control plane follows the ring: new tokens carry the new kid
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let after = signin(&client, &base, "keys@example.com").await;
+        let (_, kid) =
+            verify_with_jwks(&client, &base, after["access_token"].as_str().unwrap()).await;
+        if kid == new_kid {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "new key not used");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the old token still verifies (retiring key stays published) and is accepted
+    verify_with_jwks(&client, &base, &old_access).await;
+    assert_eq!(me(&client, &base, &old_access).await.0, 200);
+
+    // the signed jwks document lists next, current and retiring keys
+    let doc = store
+        .kv(Bucket::Snapshots)
+        .get("jwks")
+        .await
+        .unwrap()
+        .unwrap();
+    let verified: gateway_shared::signed::Verified<gateway_shared::jwks::JwksDocument> =
+        gateway_shared::signed::DocVerifyingKeys::new([env.keys.signer.verifying_key()])
+            .verify(&doc.value, "jwks")
+            .unwrap();
+    let statuses: HashSet<String> = verified
+        .payload
+        .keys
+        .iter()
+        .map(|k| format!("{:?}", k.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["Next", "Current", "Retiring"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert!(verified.revision >= 2);
+    // no private key material anywhere in the published or stored documents
+    for (key, value) in all_values(&store, Bucket::Keys).await {
+        assert!(!value.contains("PRIVATE KEY"), "{key}");
+    }
+    wait_for_status(&client, &format!("{base}/ready"), 200, START).await;
+}
