@@ -1,6 +1,7 @@
 //! Authentication: sign-up, sign-in, rotating refresh sessions, sign-out, and verification
 //! of our own access tokens for the signed-in routes.
 
+pub mod onetime;
 pub mod passwords;
 pub mod routes;
 pub mod sessions;
@@ -18,6 +19,8 @@ use serde_json::json;
 
 use crate::audit::Audit;
 use crate::keys::KeyManager;
+use crate::mail::{Mail, Mailer};
+use onetime::Purpose;
 use passwords::{PasswordHasherPool, PasswordPolicy};
 use sessions::{RefreshError, SessionSettings};
 use users::{User, UserStatus};
@@ -32,6 +35,10 @@ pub struct AuthSettings {
     pub password_policy: PasswordPolicy,
     /// Refuse sign-in until the email address is verified.
     pub require_verified_email: bool,
+    /// Lifetime of reset and verification tokens.
+    pub one_time_ttl: Duration,
+    /// Base URL of the client application, for links in mails.
+    pub public_url: String,
 }
 
 /// OAuth 2.0 token response (RFC 6749 §5.1).
@@ -55,7 +62,12 @@ pub struct AuthService {
     pub store: Store,
     pub keys: Arc<KeyManager>,
     pub hasher: PasswordHasherPool,
+    pub mailer: Mailer,
     pub settings: AuthSettings,
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::bad_request("the token is not valid or has expired").with_reason("invalid_token")
 }
 
 fn invalid_credentials() -> ApiError {
@@ -99,7 +111,8 @@ impl AuthService {
                     .actor(&user.id)
                     .target(&user.id)
                     .record(&self.store)
-                    .await
+                    .await;
+                self.send_verification(user, now).await?;
             }
             Err(err) => {
                 audit
@@ -109,6 +122,138 @@ impl AuthService {
             }
         }
         result
+    }
+
+    /// Mails a fresh email-verification token to the user's address.
+    pub async fn send_verification(&self, user: &User, now: i64) -> Result<(), ApiError> {
+        let token = onetime::issue(
+            &self.store,
+            Purpose::VerifyEmail,
+            &user.id,
+            &user.email,
+            self.settings.one_time_ttl,
+            now,
+        )
+        .await?;
+        let minutes = self.settings.one_time_ttl.as_secs() / 60;
+        self.mailer.send_later(
+            Mail {
+                to: user.email.clone(),
+                subject: "Confirm your email address".into(),
+                body: format!(
+                    "Confirm your email address by opening this link:\n\n{}/verify-email?token={token}\n\nor by submitting this code: {token}\n\nIt expires in {minutes} minutes. If you did not sign up, ignore this message.",
+                    self.settings.public_url.trim_end_matches('/')
+                ),
+            },
+            "verify_email",
+        );
+        Ok(())
+    }
+
+    /// Confirms an address with a verification token (one use).
+    pub async fn verify_email(&self, token: &str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
+        let (record, revision) = onetime::peek(&self.store, Purpose::VerifyEmail, token, now)
+            .await?
+            .ok_or_else(invalid_token)?;
+        let Some((user, _)) = users::get(&self.store, &record.user_id).await? else {
+            return Err(invalid_token());
+        };
+        if user.email != record.email
+            || !onetime::consume(&self.store, Purpose::VerifyEmail, token, revision).await?
+        {
+            return Err(invalid_token());
+        }
+        users::update(&self.store, &user.id, now, |u| u.email_verified = true).await?;
+        Audit::new("auth.email.verify", "ok", now)
+            .ip(ip)
+            .actor(&user.id)
+            .target(&user.id)
+            .record(&self.store)
+            .await;
+        Ok(())
+    }
+
+    /// Starts a password reset. Answers the same whether or not the address has an account;
+    /// the token and the mail are made in the background so the timing does not tell either.
+    pub async fn forgot(&self, email: &str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
+        let Ok(email) = users::normalize_email(email) else {
+            return Ok(());
+        };
+        let found = users::find_by_email(&self.store, &email).await?;
+        let mut audit = Audit::new("auth.forgot", "accepted", now).ip(ip);
+        if let Some((user, _)) = found.filter(|(u, _)| u.status == UserStatus::Active) {
+            audit = audit.target(&user.id);
+            let store = self.store.clone();
+            let mailer = self.mailer.clone();
+            let ttl = self.settings.one_time_ttl;
+            let link_base = self.settings.public_url.trim_end_matches('/').to_string();
+            tokio::spawn(async move {
+                match onetime::issue(&store, Purpose::Reset, &user.id, &user.email, ttl, now).await {
+                    Ok(token) => mailer.send_later(
+                        Mail {
+                            to: user.email.clone(),
+                            subject: "Reset your password".into(),
+                            body: format!(
+                                "Choose a new password by opening this link:\n\n{link_base}/reset-password?token={token}\n\nor by submitting this code: {token}\n\nIt expires in {} minutes and works once. Every session of your account will be signed out. If you did not ask for this, ignore this message.",
+                                ttl.as_secs() / 60
+                            ),
+                        },
+                        "password_reset",
+                    ),
+                    Err(err) => tracing::error!(error = %err, "reset token not issued"),
+                }
+            });
+        }
+        audit.record(&self.store).await;
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token (one use): every session ends and every
+    /// access token issued so far is refused.
+    pub async fn reset(
+        &self,
+        token: &str,
+        new_password: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let (record, revision) = onetime::peek(&self.store, Purpose::Reset, token, now)
+            .await?
+            .ok_or_else(invalid_token)?;
+        let Some((user, _)) = users::get(&self.store, &record.user_id).await? else {
+            return Err(invalid_token());
+        };
+        // a token made before the last password change is spent
+        if users::password(&self.store, &user.id)
+            .await?
+            .is_some_and(|c| c.updated_at > record.created_at)
+        {
+            return Err(invalid_token());
+        }
+        let password = self
+            .settings
+            .password_policy
+            .check(new_password, &user.email)
+            .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(err.code()))?;
+        let phc = self.hasher.hash(&password).await.map_err(hash_failed)?;
+        if !onetime::consume(&self.store, Purpose::Reset, token, revision).await? {
+            return Err(invalid_token());
+        }
+        users::set_password(&self.store, &user.id, phc, now).await?;
+        sessions::revoke_all(&self.store, &user.id, now, "password_reset").await?;
+        users::update(&self.store, &user.id, now, |u| {
+            u.tokens_valid_after = u.tokens_valid_after.max(now);
+            // the reset link proved control of the mailbox
+            u.email_verified = true;
+        })
+        .await?;
+        Audit::new("auth.reset", "ok", now)
+            .ip(ip)
+            .actor(&user.id)
+            .target(&user.id)
+            .record(&self.store)
+            .await;
+        Ok(())
     }
 
     /// Checks email and password; unknown accounts cost the same work and get the same

@@ -12,6 +12,7 @@ use crate::auth::AuthSettings;
 use crate::auth::passwords::{Argon2Settings, PasswordPolicy};
 use crate::auth::sessions::SessionSettings;
 use crate::keys::{Kek, KeySettings, SigningAlg};
+use crate::mail::Mailer;
 use gateway_shared::signed::DocSigningKey;
 use gateway_shared::store::StoreConfig;
 
@@ -60,6 +61,8 @@ pub struct ServeArgs {
     pub key_encryption_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
     #[command(flatten)]
     pub passwords: PasswordArgs,
     #[command(flatten)]
@@ -111,6 +114,88 @@ pub struct TokenArgs {
     pub require_verified_email: bool,
 }
 
+/// Mail flags: SMTP in production, an outbox file for local runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MailArgs {
+    /// SMTP server: `smtp://host:port` (plain, loopback only), `smtp://host:587?tls=required`
+    /// (STARTTLS) or `smtps://host:465`.
+    #[arg(long, env = "GATEWAY_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "GATEWAY_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password (a Swarm secret).
+    #[arg(long, env = "GATEWAY_SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Write outgoing mail to this file instead of sending it (local runs).
+    #[arg(long, env = "GATEWAY_MAIL_OUTBOX")]
+    pub mail_outbox: Option<PathBuf>,
+    /// Sender address of outgoing mail.
+    #[arg(
+        long,
+        env = "GATEWAY_MAIL_FROM",
+        default_value = "Cloudlysis <no-reply@cloudlysis.localhost>"
+    )]
+    pub mail_from: String,
+    /// Base URL of the client application, used in links sent by mail.
+    #[arg(
+        long,
+        env = "GATEWAY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+    /// Lifetime of password-reset and email-verification tokens.
+    #[arg(long, env = "GATEWAY_ONE_TIME_TOKEN_TTL", default_value = "30m", value_parser = parse_duration)]
+    pub one_time_token_ttl: Duration,
+}
+
+impl MailArgs {
+    fn mailer(&self) -> Result<Mailer, ConfigError> {
+        let from = self.mail_from.clone();
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError::new(
+                "mail-from",
+                "GATEWAY_MAIL_FROM",
+                "is not a mail address",
+            ));
+        }
+        match (&self.smtp_url, &self.mail_outbox) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "mail-outbox",
+                "GATEWAY_MAIL_OUTBOX",
+                "set either --smtp-url or --mail-outbox, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                "smtp-url",
+                "GATEWAY_SMTP_URL",
+                "is required (or --mail-outbox for a local run)",
+            )),
+            (None, Some(path)) => Ok(Mailer::outbox(path.clone(), from)),
+            (Some(url), None) => {
+                let credentials = match (&self.smtp_username, &self.smtp_password_file) {
+                    (Some(user), Some(file)) => Some((
+                        user.clone(),
+                        read_secret_file("smtp-password-file", "GATEWAY_SMTP_PASSWORD_FILE", file)?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string(),
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "smtp-password-file",
+                            "GATEWAY_SMTP_PASSWORD_FILE",
+                            "--smtp-username and --smtp-password-file go together",
+                        ));
+                    }
+                };
+                Mailer::smtp(url, credentials, from).map_err(|err| {
+                    ConfigError::new("smtp-url", "GATEWAY_SMTP_URL", err.to_string())
+                })
+            }
+        }
+    }
+}
+
 /// Password flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PasswordArgs {
@@ -136,6 +221,7 @@ pub struct PasswordArgs {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub mailer: Mailer,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -217,8 +303,10 @@ impl ServeArgs {
                 "argon2id needs at least 19456 KiB, 2 iterations and 1 lane",
             ));
         }
+        let mailer = self.mail.mailer()?;
         Ok(Config {
             listen: self.listen,
+            mailer,
             signing_key,
             kek,
             keys: KeySettings {
@@ -240,6 +328,8 @@ impl ServeArgs {
                     min_chars: p.password_min_length,
                 },
                 require_verified_email: t.require_verified_email,
+                one_time_ttl: self.mail.one_time_token_ttl,
+                public_url: self.mail.public_url.clone(),
             },
             argon2: Argon2Settings {
                 memory_kib: p.argon2_memory_kib,
@@ -337,6 +427,8 @@ mod tests {
             files.snapshot_signing.to_str().unwrap(),
             "--key-encryption-key-file",
             files.key_encryption.to_str().unwrap(),
+            "--mail-outbox",
+            "/tmp/outbox.txt",
         ];
         args.extend_from_slice(extra);
         parse(&args)

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod keys;
+pub mod mail;
 
 use std::sync::Arc;
 
@@ -88,6 +89,7 @@ pub async fn run(
         store: store.clone(),
         keys: Arc::clone(&keys),
         hasher,
+        mailer: config.mailer,
         settings: config.auth,
     });
     let state = AppState {

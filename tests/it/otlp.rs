@@ -70,6 +70,7 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
     let nats_url = nats.url();
     let signing = keys.signing_path();
     let kek = keys.kek_path();
+    let outbox = keys.outbox_path();
     let prefix = gateway_tests::unique_prefix();
     let mut control = PlaneProcess::spawn(
         "control-plane",
@@ -84,6 +85,8 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
             &signing,
             "--key-encryption-key-file",
             &kek,
+            "--mail-outbox",
+            &outbox,
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),

@@ -34,6 +34,7 @@ impl Env {
         let url = self.nats.url();
         let signing = self.keys.signing_path();
         let kek = self.keys.kek_path();
+        let outbox = self.keys.outbox_path();
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -45,6 +46,8 @@ impl Env {
             &signing,
             "--key-encryption-key-file",
             &kek,
+            "--mail-outbox",
+            &outbox,
             "--store-timeout",
             "1s",
         ];
@@ -503,6 +506,8 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
                 keys.signing_path(),
                 "--key-encryption-key-file".into(),
                 keys.kek_path(),
+                "--mail-outbox".into(),
+                keys.outbox_path(),
                 "--store-prefix".into(),
                 "has.dots".into(),
             ],

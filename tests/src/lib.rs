@@ -5,6 +5,7 @@
 
 pub mod nats;
 pub mod process;
+pub mod smtp;
 pub mod upstream;
 
 use gateway_shared::signed::DocSigningKey;
@@ -50,6 +51,15 @@ impl SnapshotKeys {
     /// A second handle on the same signing key.
     pub fn signer_clone(&self) -> DocSigningKey {
         DocSigningKey::from_pkcs8_pem(&self.signer.to_pkcs8_pem().unwrap()).unwrap()
+    }
+
+    /// An outbox file for mail, beside the keys.
+    pub fn outbox_path(&self) -> String {
+        self.dir
+            .path()
+            .join("outbox.txt")
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// The key-encryption key file (base64 of 32 bytes).

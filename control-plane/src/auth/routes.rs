@@ -41,6 +41,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/signout", post(signout))
         .route("/v1/auth/session", get(current_session))
+        .route("/v1/auth/verify-email", post(verify_email))
+        .route("/v1/auth/verify-email/resend", post(resend_verification))
+        .route("/v1/auth/forgot", post(forgot))
+        .route("/v1/auth/reset", post(reset))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
@@ -115,6 +119,70 @@ async fn signout(
             .all
     };
     state.auth.signout(&principal, all, ip, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: String,
+}
+
+async fn verify_email(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<StatusCode, ApiError> {
+    state.auth.verify_email(&body.token, ip, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resend_verification(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<StatusCode, ApiError> {
+    let (user, _) = super::users::get(&state.store, &principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if !user.email_verified {
+        state.auth.send_verification(&user, unix_now()).await?;
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+struct ForgotBody {
+    email: String,
+}
+
+async fn forgot(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<ForgotBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.auth.forgot(&body.email, ip, unix_now()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"message": "if the address belongs to an account, a reset link is on its way"}),
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ResetBody {
+    token: String,
+    new_password: String,
+}
+
+async fn reset(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<ResetBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .reset(&body.token, &body.new_password, ip, unix_now())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

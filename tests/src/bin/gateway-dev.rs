@@ -50,6 +50,8 @@ fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_pl
         &path("snapshot-signing.pem"),
         "--key-encryption-key-file",
         &path("key-encryption.key"),
+        "--mail-outbox",
+        &path("outbox.txt"),
         "--log",
         log,
         "--drain-timeout",
