@@ -1,6 +1,7 @@
 //! Authentication: sign-up, sign-in, rotating refresh sessions, sign-out, and verification
 //! of our own access tokens for the signed-in routes.
 
+pub mod mfa;
 pub mod onetime;
 pub mod passwords;
 pub mod routes;
@@ -51,6 +52,20 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
 }
 
+/// The answer to a sign-in: tokens, or a second-factor challenge.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum SigninOutcome {
+    Tokens(TokenResponse),
+    MfaRequired {
+        mfa_required: bool,
+        mfa_token: String,
+    },
+}
+
+/// Lifetime of a sign-in MFA challenge.
+const MFA_CHALLENGE_TTL: Duration = Duration::from_secs(300);
+
 /// The caller of a signed-in route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -62,6 +77,7 @@ pub struct AuthService {
     pub store: Store,
     pub keys: Arc<KeyManager>,
     pub hasher: PasswordHasherPool,
+    pub mfa: mfa::Mfa,
     pub mailer: Mailer,
     pub settings: AuthSettings,
 }
@@ -264,7 +280,7 @@ impl AuthService {
         password: &str,
         ip: IpAddr,
         now: i64,
-    ) -> Result<TokenResponse, ApiError> {
+    ) -> Result<SigninOutcome, ApiError> {
         let (Ok(email), Some(password)) = (
             users::normalize_email(email),
             passwords::normalize(password),
@@ -320,12 +336,44 @@ impl AuthService {
             let phc = self.hasher.hash(&password).await.map_err(hash_failed)?;
             users::set_password(&self.store, &user.id, phc, now).await?;
         }
+        if user.mfa_enabled {
+            let mfa_token = onetime::issue(
+                &self.store,
+                Purpose::MfaChallenge,
+                &user.id,
+                &user.email,
+                MFA_CHALLENGE_TTL,
+                now,
+            )
+            .await?;
+            Audit::new("auth.signin", "mfa_required", now)
+                .ip(ip)
+                .target(&user.id)
+                .record(&self.store)
+                .await;
+            return Ok(SigninOutcome::MfaRequired {
+                mfa_required: true,
+                mfa_token,
+            });
+        }
+        self.open_session(&user, false, ip, now)
+            .await
+            .map(SigninOutcome::Tokens)
+    }
+
+    async fn open_session(
+        &self,
+        user: &User,
+        mfa: bool,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<TokenResponse, ApiError> {
         let (session, refresh_token) = sessions::open(
             &self.store,
             &user.id,
             &self.settings.sessions,
             now,
-            false,
+            mfa,
             Some(ip.to_string()),
         )
         .await?;
@@ -333,10 +381,165 @@ impl AuthService {
             .ip(ip)
             .actor(&user.id)
             .target(&user.id)
-            .detail(json!({"session_id": session.id}))
+            .detail(json!({"session_id": session.id, "mfa": mfa}))
             .record(&self.store)
             .await;
         self.token_response(&user.id, Some(&session.id), Some(refresh_token), now)
+    }
+
+    /// Second step of a sign-in with MFA: a TOTP code or a recovery code for the challenge.
+    pub async fn mfa_verify(
+        &self,
+        mfa_token: &str,
+        code: Option<&str>,
+        recovery_code: Option<&str>,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<TokenResponse, ApiError> {
+        let invalid_challenge = || {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the sign-in has expired; start again",
+            )
+            .with_reason("invalid_mfa_token")
+        };
+        let (challenge, _) = onetime::peek(&self.store, Purpose::MfaChallenge, mfa_token, now)
+            .await?
+            .ok_or_else(invalid_challenge)?;
+        let Some((user, _)) = users::get(&self.store, &challenge.user_id)
+            .await?
+            .filter(|(u, _)| u.status == UserStatus::Active && u.mfa_enabled)
+        else {
+            return Err(invalid_challenge());
+        };
+        let (accepted, method) = match (code, recovery_code) {
+            (Some(code), None) => (
+                self.mfa
+                    .verify_code(&user.id, &user.email, code, now)
+                    .await?,
+                "totp",
+            ),
+            (None, Some(recovery)) => (
+                self.mfa.use_recovery_code(&user.id, recovery).await?,
+                "recovery_code",
+            ),
+            _ => {
+                return Err(ApiError::bad_request("send either code or recovery_code")
+                    .with_reason("invalid_body"));
+            }
+        };
+        if !accepted {
+            let usable = onetime::record_failure(
+                &self.store,
+                Purpose::MfaChallenge,
+                mfa_token,
+                mfa::MAX_CHALLENGE_FAILURES,
+                now,
+            )
+            .await?;
+            Audit::new("auth.mfa.verify", "failed", now)
+                .ip(ip)
+                .target(&user.id)
+                .detail(json!({"method": method}))
+                .record(&self.store)
+                .await;
+            return Err(if usable {
+                mfa::invalid_code()
+            } else {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "too many wrong codes; sign in again",
+                )
+                .with_reason("mfa_attempts_exhausted")
+            });
+        }
+        // the challenge is spent by exactly one success
+        let Some((_, revision)) =
+            onetime::peek(&self.store, Purpose::MfaChallenge, mfa_token, now).await?
+        else {
+            return Err(invalid_challenge());
+        };
+        if !onetime::consume(&self.store, Purpose::MfaChallenge, mfa_token, revision).await? {
+            return Err(invalid_challenge());
+        }
+        Audit::new("auth.mfa.verify", "ok", now)
+            .ip(ip)
+            .actor(&user.id)
+            .target(&user.id)
+            .detail(json!({"method": method}))
+            .record(&self.store)
+            .await;
+        self.open_session(&user, true, ip, now).await
+    }
+
+    /// Starts TOTP enrolment for the caller.
+    pub async fn totp_enroll(
+        &self,
+        principal: &Principal,
+        now: i64,
+    ) -> Result<mfa::Enrolment, ApiError> {
+        let user = self.user(principal).await?;
+        self.mfa.enroll(&user.id, &user.email, now).await
+    }
+
+    /// Confirms TOTP with a first code and turns MFA on; returns the recovery codes.
+    pub async fn totp_confirm(
+        &self,
+        principal: &Principal,
+        code: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let user = self.user(principal).await?;
+        let codes = self.mfa.confirm(&user.id, &user.email, code, now).await?;
+        users::update(&self.store, &user.id, now, |u| u.mfa_enabled = true).await?;
+        Audit::new("auth.mfa.enable", "ok", now)
+            .ip(ip)
+            .actor(&user.id)
+            .target(&user.id)
+            .record(&self.store)
+            .await;
+        Ok(codes)
+    }
+
+    /// Turns MFA off after a valid code.
+    pub async fn totp_disable(
+        &self,
+        principal: &Principal,
+        code: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let user = self.user(principal).await?;
+        if !user.mfa_enabled {
+            return Err(
+                ApiError::new(ErrorCode::Conflict, "two-factor authentication is off")
+                    .with_reason("mfa_not_enabled"),
+            );
+        }
+        if !self
+            .mfa
+            .verify_code(&user.id, &user.email, code, now)
+            .await?
+        {
+            return Err(mfa::invalid_code());
+        }
+        self.mfa.remove(&user.id).await?;
+        users::update(&self.store, &user.id, now, |u| u.mfa_enabled = false).await?;
+        Audit::new("auth.mfa.disable", "ok", now)
+            .ip(ip)
+            .actor(&user.id)
+            .target(&user.id)
+            .record(&self.store)
+            .await;
+        Ok(())
+    }
+
+    async fn user(&self, principal: &Principal) -> Result<User, ApiError> {
+        users::get(&self.store, &principal.user_id)
+            .await?
+            .map(|(u, _)| u)
+            .ok_or_else(|| ApiError::not_found("no such user"))
     }
 
     /// Rotates a refresh token into a new token pair.

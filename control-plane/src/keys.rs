@@ -90,8 +90,9 @@ impl Kek {
         Kek(XChaCha20Poly1305::new((&bytes).into()))
     }
 
-    /// Encrypts `plaintext` bound to `kid` (so sealed keys cannot be swapped between records).
-    fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<String, KeyError> {
+    /// Encrypts `plaintext` bound to `context` (authenticated, so a sealed value cannot be
+    /// moved to another record).
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<String, KeyError> {
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
@@ -100,7 +101,7 @@ impl Kek {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: aad(kid).as_bytes(),
+                    aad: context.as_bytes(),
                 },
             )
             .map_err(|_| KeyError::Crypto("sealing failed".into()))?;
@@ -109,7 +110,7 @@ impl Kek {
         Ok(STANDARD.encode(out))
     }
 
-    fn open(&self, kid: &str, sealed: &str) -> Result<Vec<u8>, KeyError> {
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, KeyError> {
         let raw = STANDARD
             .decode(sealed)
             .map_err(|_| KeyError::Crypto("sealed key is not base64".into()))?;
@@ -122,12 +123,12 @@ impl Kek {
                 XNonce::from_slice(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: aad(kid).as_bytes(),
+                    aad: context.as_bytes(),
                 },
             )
             .map_err(|_| {
                 KeyError::Crypto(format!(
-                    "cannot open signing key {kid}: wrong key-encryption key or damaged record"
+                    "cannot open {context}: wrong key-encryption key or damaged record"
                 ))
             })
     }
@@ -249,7 +250,7 @@ fn generate(alg: SigningAlg, kek: &Kek, now: i64) -> Result<KeyRecord, KeyError>
         }
     };
     Ok(KeyRecord {
-        sealed_private: kek.seal(&kid, &der)?,
+        sealed_private: kek.seal(&aad(&kid), &der)?,
         kid,
         alg,
         created_at: now,
@@ -317,7 +318,7 @@ const SKEW_SECS: i64 = 60;
 
 pub struct KeyManager {
     store: Store,
-    kek: Kek,
+    kek: Arc<Kek>,
     settings: KeySettings,
     doc_signer: Arc<DocSigningKey>,
     loaded: ArcSwap<Loaded>,
@@ -326,7 +327,7 @@ pub struct KeyManager {
 impl KeyManager {
     pub fn new(
         store: Store,
-        kek: Kek,
+        kek: Arc<Kek>,
         settings: KeySettings,
         doc_signer: Arc<DocSigningKey>,
     ) -> Self {
@@ -399,7 +400,7 @@ impl KeyManager {
     pub async fn refresh(&self) -> Result<(), KeyError> {
         let (ring, _) = self.ring().await?;
         let current = self.record(&ring.current).await?;
-        let der = self.kek.open(&current.kid, &current.sealed_private)?;
+        let der = self.kek.open(&aad(&current.kid), &current.sealed_private)?;
         let encoding = match current.alg {
             SigningAlg::EdDsa => jsonwebtoken::EncodingKey::from_ed_der(&der),
             SigningAlg::Es256 => jsonwebtoken::EncodingKey::from_ec_der(&der),
@@ -736,7 +737,7 @@ mod tests {
         let kek = Kek::generate();
         for alg in [SigningAlg::EdDsa, SigningAlg::Es256] {
             let record = generate(alg, &kek, 100).unwrap();
-            let der = kek.open(&record.kid, &record.sealed_private).unwrap();
+            let der = kek.open(&aad(&record.kid), &record.sealed_private).unwrap();
             let encoding = match alg {
                 SigningAlg::EdDsa => jsonwebtoken::EncodingKey::from_ed_der(&der),
                 SigningAlg::Es256 => jsonwebtoken::EncodingKey::from_ec_der(&der),

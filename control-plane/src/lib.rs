@@ -75,9 +75,10 @@ pub async fn run(
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(StoreReady(store.clone()))];
     let readiness = Arc::new(Readiness::new(checks));
     let signing_key = Arc::new(config.signing_key);
+    let kek = Arc::new(config.kek);
     let keys = Arc::new(KeyManager::new(
         store.clone(),
-        config.kek,
+        Arc::clone(&kek),
         config.keys,
         Arc::clone(&signing_key),
     ));
@@ -89,6 +90,10 @@ pub async fn run(
         store: store.clone(),
         keys: Arc::clone(&keys),
         hasher,
+        mfa: auth::mfa::Mfa {
+            store: store.clone(),
+            kek,
+        },
         mailer: config.mailer,
         settings: config.auth,
     });

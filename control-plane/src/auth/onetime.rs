@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub enum Purpose {
     Reset,
     VerifyEmail,
+    /// The second step of a sign-in with MFA.
+    MfaChallenge,
 }
 
 impl Purpose {
@@ -23,6 +25,7 @@ impl Purpose {
         match self {
             Purpose::Reset => "reset",
             Purpose::VerifyEmail => "verify",
+            Purpose::MfaChallenge => "mfa_challenge",
         }
     }
 }
@@ -35,6 +38,9 @@ pub struct OneTimeToken {
     pub email: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Wrong answers so far (MFA challenges).
+    #[serde(default)]
+    pub failures: u32,
 }
 
 impl Record for OneTimeToken {
@@ -71,6 +77,7 @@ pub async fn issue(
         email: email.to_string(),
         created_at: now,
         expires_at: now + ttl.as_secs() as i64,
+        failures: 0,
     };
     let bytes = record
         .to_bytes()
@@ -119,4 +126,38 @@ pub async fn consume(
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Counts a wrong answer against a token; past `max` failures the token is deleted.
+/// Returns whether the token is still usable.
+pub async fn record_failure(
+    store: &Store,
+    purpose: Purpose,
+    token: &str,
+    max: u32,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let kv = store.kv(Bucket::Tokens);
+    for _ in 0..8 {
+        let Some((mut record, revision)) = peek(store, purpose, token, now).await? else {
+            return Ok(false);
+        };
+        record.failures += 1;
+        let result = if record.failures >= max {
+            kv.delete(&key(purpose, token), Some(revision)).await
+        } else {
+            let bytes = record
+                .to_bytes()
+                .map_err(|err| ApiError::internal("one-time token record", &err))?;
+            kv.update(&key(purpose, token), bytes, revision)
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) => return Ok(record.failures < max),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(false)
 }

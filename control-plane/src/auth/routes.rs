@@ -45,6 +45,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/verify-email/resend", post(resend_verification))
         .route("/v1/auth/forgot", post(forgot))
         .route("/v1/auth/reset", post(reset))
+        .route("/v1/auth/mfa/verify", post(mfa_verify))
+        .route("/v1/auth/mfa/totp/enroll", post(totp_enroll))
+        .route("/v1/auth/mfa/totp/confirm", post(totp_confirm))
+        .route("/v1/auth/mfa/totp/disable", post(totp_disable))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
@@ -182,6 +186,72 @@ async fn reset(
     state
         .auth
         .reset(&body.token, &body.new_password, ip, unix_now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct MfaVerifyBody {
+    mfa_token: String,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
+}
+
+async fn mfa_verify(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<MfaVerifyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tokens = state
+        .auth
+        .mfa_verify(
+            &body.mfa_token,
+            body.code.as_deref(),
+            body.recovery_code.as_deref(),
+            ip,
+            unix_now(),
+        )
+        .await?;
+    Ok(no_store(Json(tokens)))
+}
+
+async fn totp_enroll(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<impl IntoResponse, ApiError> {
+    let enrolment = state.auth.totp_enroll(&principal, unix_now()).await?;
+    Ok(no_store(Json(enrolment)))
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn totp_confirm(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<CodeBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let codes = state
+        .auth
+        .totp_confirm(&principal, &body.code, ip, unix_now())
+        .await?;
+    Ok(no_store(Json(json!({"recovery_codes": codes}))))
+}
+
+async fn totp_disable(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<CodeBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .totp_disable(&principal, &body.code, ip, unix_now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
