@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::audit::Audit;
 use crate::keys::KeyManager;
+use crate::limits::{AccountBackoff, IpLimits, KeyedLimiter, too_many};
 use crate::mail::{Mail, Mailer};
 use onetime::Purpose;
 use passwords::{PasswordHasherPool, PasswordPolicy};
@@ -36,6 +37,8 @@ pub struct AuthSettings {
     pub password_policy: PasswordPolicy,
     /// Refuse sign-in until the email address is verified.
     pub require_verified_email: bool,
+    /// Reset mails per address per hour.
+    pub forgot_per_account_per_hour: u32,
     /// Lifetime of reset and verification tokens.
     pub one_time_ttl: Duration,
     /// Base URL of the client application, for links in mails.
@@ -79,7 +82,16 @@ pub struct AuthService {
     pub hasher: PasswordHasherPool,
     pub mfa: mfa::Mfa,
     pub mailer: Mailer,
+    pub ip_limits: IpLimits,
+    pub backoff: AccountBackoff,
     pub settings: AuthSettings,
+}
+
+/// One token of `limiter` for `ip`, or 429.
+fn limit(limiter: &KeyedLimiter, ip: IpAddr, now: i64) -> Result<(), ApiError> {
+    limiter
+        .check(ip, now.saturating_mul(1000))
+        .map_err(|wait| too_many(wait, "rate_limited"))
 }
 
 fn invalid_token() -> ApiError {
@@ -107,6 +119,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<User, ApiError> {
+        limit(&self.ip_limits.signup, ip, now)?;
         let email = users::normalize_email(email)?;
         let password = self
             .settings
@@ -192,12 +205,35 @@ impl AuthService {
     /// Starts a password reset. Answers the same whether or not the address has an account;
     /// the token and the mail are made in the background so the timing does not tell either.
     pub async fn forgot(&self, email: &str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
+        limit(&self.ip_limits.forgot, ip, now)?;
         let Ok(email) = users::normalize_email(email) else {
             return Ok(());
         };
+        // a mailbox gets a bounded number of reset mails per hour (flooding), silently
+        let within_budget = self
+            .backoff
+            .spend(
+                "forgot",
+                &email,
+                self.settings.forgot_per_account_per_hour,
+                Duration::from_secs(3600),
+                now,
+            )
+            .await?;
         let found = users::find_by_email(&self.store, &email).await?;
-        let mut audit = Audit::new("auth.forgot", "accepted", now).ip(ip);
-        if let Some((user, _)) = found.filter(|(u, _)| u.status == UserStatus::Active) {
+        let mut audit = Audit::new(
+            "auth.forgot",
+            if within_budget {
+                "accepted"
+            } else {
+                "throttled"
+            },
+            now,
+        )
+        .ip(ip);
+        if let Some((user, _)) =
+            found.filter(|(u, _)| within_budget && u.status == UserStatus::Active)
+        {
             audit = audit.target(&user.id);
             let store = self.store.clone();
             let mailer = self.mailer.clone();
@@ -233,6 +269,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<(), ApiError> {
+        limit(&self.ip_limits.reset, ip, now)?;
         let (record, revision) = onetime::peek(&self.store, Purpose::Reset, token, now)
             .await?
             .ok_or_else(invalid_token)?;
@@ -281,6 +318,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<SigninOutcome, ApiError> {
+        limit(&self.ip_limits.signin, ip, now)?;
         let (Ok(email), Some(password)) = (
             users::normalize_email(email),
             passwords::normalize(password),
@@ -289,6 +327,8 @@ impl AuthService {
             let _ = self.hasher.verify("", None).await;
             return Err(invalid_credentials());
         };
+        // the login name is slowed down after repeated failures, whether or not it exists
+        self.backoff.check("signin", &email, now).await?;
         let found = users::find_by_email(&self.store, &email).await?;
         let credential = match &found {
             Some((user, _)) => users::password(&self.store, &user.id).await?,
@@ -302,6 +342,7 @@ impl AuthService {
         let user = match (found, matched) {
             (Some((user, _)), true) => user,
             (found, _) => {
+                self.backoff.failed("signin", &email, now).await?;
                 let mut audit = Audit::new("auth.signin", "failed", now).ip(ip);
                 if let Some((user, _)) = &found {
                     audit = audit.target(&user.id);
@@ -310,6 +351,7 @@ impl AuthService {
                 return Err(invalid_credentials());
             }
         };
+        self.backoff.succeeded("signin", &email).await?;
         if user.status != UserStatus::Active {
             Audit::new("auth.signin", "refused", now)
                 .ip(ip)
@@ -396,6 +438,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<TokenResponse, ApiError> {
+        limit(&self.ip_limits.mfa, ip, now)?;
         let invalid_challenge = || {
             ApiError::new(
                 ErrorCode::Unauthenticated,
@@ -412,6 +455,7 @@ impl AuthService {
         else {
             return Err(invalid_challenge());
         };
+        self.backoff.check("mfa", &user.id, now).await?;
         let (accepted, method) = match (code, recovery_code) {
             (Some(code), None) => (
                 self.mfa
@@ -429,6 +473,7 @@ impl AuthService {
             }
         };
         if !accepted {
+            self.backoff.failed("mfa", &user.id, now).await?;
             let usable = onetime::record_failure(
                 &self.store,
                 Purpose::MfaChallenge,
@@ -453,6 +498,7 @@ impl AuthService {
                 .with_reason("mfa_attempts_exhausted")
             });
         }
+        self.backoff.succeeded("mfa", &user.id).await?;
         // the challenge is spent by exactly one success
         let Some((_, revision)) =
             onetime::peek(&self.store, Purpose::MfaChallenge, mfa_token, now).await?

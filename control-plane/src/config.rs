@@ -12,6 +12,7 @@ use crate::auth::AuthSettings;
 use crate::auth::passwords::{Argon2Settings, PasswordPolicy};
 use crate::auth::sessions::SessionSettings;
 use crate::keys::{Kek, KeySettings, SigningAlg};
+use crate::limits::{BackoffSettings, IpQuotas, Quota};
 use crate::mail::Mailer;
 use gateway_shared::signed::DocSigningKey;
 use gateway_shared::store::StoreConfig;
@@ -63,6 +64,8 @@ pub struct ServeArgs {
     pub tokens: TokenArgs,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub passwords: PasswordArgs,
     #[command(flatten)]
@@ -196,6 +199,39 @@ impl MailArgs {
     }
 }
 
+/// Abuse limits of the auth routes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Sign-ups per client IP (`N/s`, `N/m` or `N/h`; per replica).
+    #[arg(long, env = "GATEWAY_LIMIT_SIGNUP_PER_IP", default_value = "10/m", value_parser = Quota::parse)]
+    pub limit_signup_per_ip: Quota,
+    /// Sign-in attempts per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_SIGNIN_PER_IP", default_value = "30/m", value_parser = Quota::parse)]
+    pub limit_signin_per_ip: Quota,
+    /// Forgot-password requests per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_FORGOT_PER_IP", default_value = "5/m", value_parser = Quota::parse)]
+    pub limit_forgot_per_ip: Quota,
+    /// Password resets per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_RESET_PER_IP", default_value = "10/m", value_parser = Quota::parse)]
+    pub limit_reset_per_ip: Quota,
+    /// MFA code attempts per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_MFA_PER_IP", default_value = "10/m", value_parser = Quota::parse)]
+    pub limit_mfa_per_ip: Quota,
+    /// Token-endpoint requests per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_TOKEN_PER_IP", default_value = "60/m", value_parser = Quota::parse)]
+    pub limit_token_per_ip: Quota,
+    /// Failed sign-ins (or MFA codes) per account before it is slowed down (shared by
+    /// every replica).
+    #[arg(long, env = "GATEWAY_LOCKOUT_FREE_FAILURES", default_value_t = 5)]
+    pub lockout_free_failures: u32,
+    /// Longest lock of an account after repeated failures.
+    #[arg(long, env = "GATEWAY_LOCKOUT_MAX", default_value = "15m", value_parser = parse_duration)]
+    pub lockout_max: Duration,
+    /// Password-reset mails per address per hour.
+    #[arg(long, env = "GATEWAY_FORGOT_PER_ACCOUNT_PER_HOUR", default_value_t = 3)]
+    pub forgot_per_account_per_hour: u32,
+}
+
 /// Password flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PasswordArgs {
@@ -222,6 +258,8 @@ pub struct PasswordArgs {
 pub struct Config {
     pub listen: SocketAddr,
     pub mailer: Mailer,
+    pub ip_quotas: IpQuotas,
+    pub backoff: BackoffSettings,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -304,9 +342,30 @@ impl ServeArgs {
             ));
         }
         let mailer = self.mail.mailer()?;
+        let l = &self.limits;
+        if l.lockout_free_failures == 0 || l.forgot_per_account_per_hour == 0 {
+            return Err(ConfigError::new(
+                "lockout-free-failures",
+                "GATEWAY_LOCKOUT_FREE_FAILURES",
+                "this and --forgot-per-account-per-hour must be at least 1",
+            ));
+        }
         Ok(Config {
             listen: self.listen,
             mailer,
+            ip_quotas: IpQuotas {
+                signup: l.limit_signup_per_ip,
+                signin: l.limit_signin_per_ip,
+                forgot: l.limit_forgot_per_ip,
+                reset: l.limit_reset_per_ip,
+                mfa: l.limit_mfa_per_ip,
+                token: l.limit_token_per_ip,
+            },
+            backoff: BackoffSettings {
+                free_failures: l.lockout_free_failures,
+                max_lock: l.lockout_max,
+                forget_after: Duration::from_secs(3600),
+            },
             signing_key,
             kek,
             keys: KeySettings {
@@ -328,6 +387,7 @@ impl ServeArgs {
                     min_chars: p.password_min_length,
                 },
                 require_verified_email: t.require_verified_email,
+                forgot_per_account_per_hour: l.forgot_per_account_per_hour,
                 one_time_ttl: self.mail.one_time_token_ttl,
                 public_url: self.mail.public_url.clone(),
             },

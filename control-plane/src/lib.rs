@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod keys;
+pub mod limits;
 pub mod mail;
 
 use std::sync::Arc;
@@ -95,6 +96,11 @@ pub async fn run(
             kek,
         },
         mailer: config.mailer,
+        ip_limits: limits::IpLimits::new(config.ip_quotas),
+        backoff: limits::AccountBackoff {
+            store: store.clone(),
+            settings: config.backoff,
+        },
         settings: config.auth,
     });
     let state = AppState {

@@ -1,0 +1,332 @@
+//! Abuse limits of the auth routes: per-client-IP token buckets (in memory, per replica) and
+//! per-account failure backoff shared by every replica through the store. Time is a
+//! parameter everywhere, so tests control it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gateway_shared::store::{Bucket, Record, Store, StoreError, hash_key_token};
+use gateway_shared::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+/// Keys kept per limiter before stale ones are swept.
+const SWEEP_AT: usize = 50_000;
+
+/// `rate` requests per `period`, with bursts up to `rate`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quota {
+    pub rate: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    pub const fn per_minute(rate: u32) -> Quota {
+        Quota {
+            rate,
+            period: Duration::from_secs(60),
+        }
+    }
+
+    /// Parses `20/m`, `5/s`, `100/h`.
+    pub fn parse(text: &str) -> Result<Quota, String> {
+        let (rate, unit) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a quota like 20/m"))?;
+        let rate: u32 = rate
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a quota like 20/m"))?;
+        let period = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(format!("{text:?}: the unit is s, m or h")),
+        };
+        if rate == 0 {
+            return Err(format!("{text:?}: the rate must be at least 1"));
+        }
+        Ok(Quota { rate, period })
+    }
+}
+
+/// A keyed token bucket: each key holds up to `rate` tokens, refilled continuously.
+pub struct KeyedLimiter {
+    quota: Quota,
+    buckets: Mutex<HashMap<IpAddr, (f64, i64)>>,
+}
+
+impl KeyedLimiter {
+    pub fn new(quota: Quota) -> KeyedLimiter {
+        KeyedLimiter {
+            quota,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key` at `now_ms`; `Err(wait)` when empty.
+    pub fn check(&self, key: IpAddr, now_ms: i64) -> Result<(), Duration> {
+        let capacity = f64::from(self.quota.rate);
+        let per_ms = capacity / self.quota.period.as_millis() as f64;
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= SWEEP_AT {
+            // drop keys that have refilled completely: they carry no state
+            let full_after = self.quota.period.as_millis() as i64;
+            buckets.retain(|_, (_, at)| now_ms - *at < full_after);
+        }
+        let (tokens, at) = buckets.entry(key).or_insert((capacity, now_ms));
+        let refilled = (*tokens + (now_ms - *at).max(0) as f64 * per_ms).min(capacity);
+        *at = now_ms;
+        if refilled >= 1.0 {
+            *tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            *tokens = refilled;
+            Err(Duration::from_millis(
+                ((1.0 - refilled) / per_ms).ceil() as u64
+            ))
+        }
+    }
+}
+
+/// 429 with `retry-after` (whole seconds, at least 1).
+pub fn too_many(wait: Duration, reason: &'static str) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(ErrorCode::RateLimited, "too many attempts; try again later")
+        .with_reason(reason)
+        .with_retry_after(seconds.max(1))
+}
+
+/// Per-IP limiters of the auth routes.
+pub struct IpLimits {
+    pub signup: KeyedLimiter,
+    pub signin: KeyedLimiter,
+    pub forgot: KeyedLimiter,
+    pub reset: KeyedLimiter,
+    pub mfa: KeyedLimiter,
+    pub token: KeyedLimiter,
+}
+
+/// Per-IP quotas.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IpQuotas {
+    pub signup: Quota,
+    pub signin: Quota,
+    pub forgot: Quota,
+    pub reset: Quota,
+    pub mfa: Quota,
+    pub token: Quota,
+}
+
+impl IpLimits {
+    pub fn new(q: IpQuotas) -> IpLimits {
+        IpLimits {
+            signup: KeyedLimiter::new(q.signup),
+            signin: KeyedLimiter::new(q.signin),
+            forgot: KeyedLimiter::new(q.forgot),
+            reset: KeyedLimiter::new(q.reset),
+            mfa: KeyedLimiter::new(q.mfa),
+            token: KeyedLimiter::new(q.token),
+        }
+    }
+}
+
+/// Failure backoff of one account (or one login name, known or not), in the `tokens`
+/// bucket so every replica sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Backoff {
+    failures: u32,
+    last_failure: i64,
+    locked_until: i64,
+}
+
+impl Record for Backoff {
+    const KIND: &'static str = "backoff";
+    const VERSION: u32 = 1;
+}
+
+/// Settings of the per-account backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffSettings {
+    /// Failures allowed before the account is slowed down.
+    pub free_failures: u32,
+    /// Longest lock after repeated failures.
+    pub max_lock: Duration,
+    /// Failures older than this are forgotten.
+    pub forget_after: Duration,
+}
+
+/// Shared per-account backoff.
+#[derive(Clone)]
+pub struct AccountBackoff {
+    pub store: Store,
+    pub settings: BackoffSettings,
+}
+
+fn backoff_key(scope: &str, subject: &str) -> String {
+    format!("backoff.{scope}.{}", hash_key_token(subject.as_bytes()))
+}
+
+impl AccountBackoff {
+    /// `Err(429)` while `subject` is locked (checked before any password work).
+    pub async fn check(&self, scope: &str, subject: &str, now: i64) -> Result<(), ApiError> {
+        let Some(entry) = self
+            .store
+            .kv(Bucket::Tokens)
+            .get(&backoff_key(scope, subject))
+            .await?
+        else {
+            return Ok(());
+        };
+        let backoff = Backoff::from_bytes(&entry.value).unwrap_or_default();
+        if backoff.locked_until > now {
+            return Err(too_many(
+                Duration::from_secs((backoff.locked_until - now) as u64),
+                "account_locked",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a failure; past the free failures the subject is locked for an exponentially
+    /// growing time (1 s, 2 s, 4 s … up to `max_lock`).
+    pub async fn failed(&self, scope: &str, subject: &str, now: i64) -> Result<(), ApiError> {
+        let kv = self.store.kv(Bucket::Tokens);
+        let key = backoff_key(scope, subject);
+        for _ in 0..8 {
+            let current = kv.get(&key).await?;
+            let mut backoff = current
+                .as_ref()
+                .and_then(|e| Backoff::from_bytes(&e.value).ok())
+                .unwrap_or_default();
+            if now - backoff.last_failure > self.settings.forget_after.as_secs() as i64 {
+                backoff = Backoff::default();
+            }
+            backoff.failures += 1;
+            backoff.last_failure = now;
+            if backoff.failures > self.settings.free_failures {
+                let exponent = (backoff.failures - self.settings.free_failures - 1).min(20);
+                let lock = (1i64 << exponent).min(self.settings.max_lock.as_secs() as i64);
+                backoff.locked_until = now + lock;
+            }
+            let bytes = backoff
+                .to_bytes()
+                .map_err(|err| ApiError::internal("backoff record", &err))?;
+            let written = match &current {
+                Some(entry) => kv.update(&key, bytes, entry.revision).await.map(|_| ()),
+                None => kv.create(&key, bytes).await.map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the failures after a success.
+    pub async fn succeeded(&self, scope: &str, subject: &str) -> Result<(), ApiError> {
+        self.store
+            .kv(Bucket::Tokens)
+            .delete(&backoff_key(scope, subject), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts one use against a per-subject budget of `budget` per `window` (e.g. reset
+    /// mails per address per hour); `false` when spent. Spending is silent for the caller.
+    pub async fn spend(
+        &self,
+        scope: &str,
+        subject: &str,
+        budget: u32,
+        window: Duration,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let kv = self.store.kv(Bucket::Tokens);
+        let key = backoff_key(scope, subject);
+        for _ in 0..8 {
+            let current = kv.get(&key).await?;
+            let mut used = current
+                .as_ref()
+                .and_then(|e| Backoff::from_bytes(&e.value).ok())
+                .unwrap_or_default();
+            if now - used.last_failure >= window.as_secs() as i64 {
+                used = Backoff {
+                    failures: 0,
+                    last_failure: now,
+                    locked_until: 0,
+                };
+            }
+            if used.failures >= budget {
+                return Ok(false);
+            }
+            used.failures += 1;
+            let bytes = used
+                .to_bytes()
+                .map_err(|err| ApiError::internal("budget record", &err))?;
+            let written = match &current {
+                Some(entry) => kv.update(&key, bytes, entry.revision).await.map(|_| ()),
+                None => kv.create(&key, bytes).await.map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn buckets_allow_bursts_then_refill_with_time() {
+        let limiter = KeyedLimiter::new(Quota::per_minute(3));
+        let t0 = 1_000_000;
+        for _ in 0..3 {
+            assert!(limiter.check(ip(1), t0).is_ok());
+        }
+        let wait = limiter.check(ip(1), t0).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        // another client is unaffected
+        assert!(limiter.check(ip(2), t0).is_ok());
+        // one token is back after 20 s
+        assert!(limiter.check(ip(1), t0 + 20_000).is_ok());
+        assert!(limiter.check(ip(1), t0 + 20_000).is_err());
+    }
+
+    #[test]
+    fn quotas_parse() {
+        assert_eq!(Quota::parse("20/m").unwrap(), Quota::per_minute(20));
+        assert_eq!(Quota::parse("5/s").unwrap().period, Duration::from_secs(1));
+        for bad in ["", "20", "0/m", "x/m", "5/d"] {
+            assert!(Quota::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let err = too_many(Duration::from_millis(1500), "rate_limited");
+        assert_eq!(err.retry_after, Some(2));
+        assert_eq!(
+            too_many(Duration::ZERO, "rate_limited").retry_after,
+            Some(1)
+        );
+    }
+}
