@@ -5,6 +5,7 @@ pub mod mfa;
 pub mod onetime;
 pub mod passwords;
 pub mod routes;
+pub mod service_accounts;
 pub mod sessions;
 pub mod users;
 
@@ -696,6 +697,41 @@ impl AuthService {
         })
     }
 
+    /// OAuth 2.0 client-credentials grant: an access token for a service account.
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<TokenResponse, ApiError> {
+        limit(&self.ip_limits.token, ip, now)?;
+        self.backoff.check("client", client_id, now).await?;
+        let invalid_client = || {
+            ApiError::new(ErrorCode::Unauthenticated, "client authentication failed")
+                .with_reason("invalid_client")
+        };
+        let Some(account) =
+            service_accounts::verify(&self.store, client_id, client_secret, now).await?
+        else {
+            self.backoff.failed("client", client_id, now).await?;
+            Audit::new("auth.token", "failed", now)
+                .ip(ip)
+                .target(client_id.get(..64).unwrap_or(client_id))
+                .record(&self.store)
+                .await;
+            return Err(invalid_client());
+        };
+        self.backoff.succeeded("client", client_id).await?;
+        Audit::new("auth.token", "ok", now)
+            .ip(ip)
+            .actor(&account.id)
+            .target(&account.id)
+            .record(&self.store)
+            .await;
+        self.token_response(&account.id, None, None, now)
+    }
+
     /// Verifies one of our access tokens and that its user and session are still valid.
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Principal, ApiError> {
         let claims = self
@@ -708,6 +744,31 @@ impl AuthService {
                 )
                 .with_reason(reason)
             })?;
+        if claims
+            .sub
+            .starts_with(gateway_shared::token::SERVICE_PREFIX)
+        {
+            let refused = |reason| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "a valid bearer token is required",
+                )
+                .with_reason(reason)
+            };
+            let Some((account, _)) = service_accounts::get(&self.store, &claims.sub).await? else {
+                return Err(refused("unknown_principal"));
+            };
+            if account.disabled {
+                return Err(refused("principal_disabled"));
+            }
+            if claims.iat < account.tokens_valid_after {
+                return Err(refused("token_revoked"));
+            }
+            return Ok(Principal {
+                user_id: claims.sub,
+                session_id: None,
+            });
+        }
         let refused = |reason| {
             ApiError::new(
                 ErrorCode::Unauthenticated,

@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/forgot", post(forgot))
         .route("/v1/auth/reset", post(reset))
         .route("/v1/auth/mfa/verify", post(mfa_verify))
+        .route("/v1/auth/token", post(token))
         .route("/v1/auth/mfa/totp/enroll", post(totp_enroll))
         .route("/v1/auth/mfa/totp/confirm", post(totp_confirm))
         .route("/v1/auth/mfa/totp/disable", post(totp_disable))
@@ -256,14 +257,103 @@ async fn totp_disable(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize)]
+struct TokenRequest {
+    grant_type: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+}
+
+/// `POST /v1/auth/token`: the client-credentials grant, as a form (RFC 6749) or JSON, with
+/// the client authenticated in the body or with HTTP Basic.
+async fn token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let bad_body = || {
+        ApiError::bad_request("grant_type (and the client credentials) are required")
+            .with_reason("invalid_request")
+    };
+    let request: TokenRequest = if content_type.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded_form(&body).ok_or_else(bad_body)?
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice(&body).map_err(|_| bad_body())?
+    } else {
+        return Err(ApiError::new(
+            gateway_shared::ErrorCode::UnsupportedMediaType,
+            "send a form (application/x-www-form-urlencoded) or json",
+        ));
+    };
+    if request.grant_type != "client_credentials" {
+        return Err(
+            ApiError::bad_request("only client_credentials is supported here")
+                .with_reason("unsupported_grant_type"),
+        );
+    }
+    let basic = basic_credentials(&headers);
+    let (client_id, client_secret) = match (basic, request.client_id, request.client_secret) {
+        (Some(pair), None, None) => pair,
+        (None, Some(id), Some(secret)) => (id, secret),
+        _ => return Err(bad_body()),
+    };
+    let tokens = state
+        .auth
+        .client_credentials(&client_id, &client_secret, ip, unix_now())
+        .await?;
+    Ok(no_store(Json(tokens)))
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Option<TokenRequest> {
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+/// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1).
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
 async fn current_session(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<impl IntoResponse, ApiError> {
+    if let Some((account, _)) =
+        super::service_accounts::get(&state.store, &principal.user_id).await?
+    {
+        return Ok(Json(json!({
+            "principal_id": account.id,
+            "kind": "service_account",
+            "name": account.name,
+        })));
+    }
     let (user, _) = super::users::get(&state.store, &principal.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(Json(json!({
+        "principal_id": user.id,
+        "kind": "user",
         "user_id": user.id,
         "email": user.email,
         "email_verified": user.email_verified,
