@@ -9,6 +9,7 @@ use gateway_shared::config::{
 };
 
 use crate::auth::AuthSettings;
+use crate::auth::oidc::OidcSettings;
 use crate::auth::passwords::{Argon2Settings, PasswordPolicy};
 use crate::auth::sessions::SessionSettings;
 use crate::keys::{Kek, KeySettings, SigningAlg};
@@ -66,6 +67,8 @@ pub struct ServeArgs {
     pub mail: MailArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub google: GoogleArgs,
     #[command(flatten)]
     pub passwords: PasswordArgs,
     #[command(flatten)]
@@ -232,6 +235,88 @@ pub struct LimitArgs {
     pub forgot_per_account_per_hour: u32,
 }
 
+/// Google sign-in (OpenID Connect); off unless a client id is set.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GoogleArgs {
+    /// OAuth client id of the gateway at Google (turns Google sign-in on).
+    #[arg(long, env = "GATEWAY_GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// File holding the OAuth client secret (a Swarm secret).
+    #[arg(long, env = "GATEWAY_GOOGLE_CLIENT_SECRET_FILE")]
+    pub google_client_secret_file: Option<PathBuf>,
+    /// Issuer URL of the provider (any standards-compliant OpenID provider works).
+    #[arg(
+        long,
+        env = "GATEWAY_GOOGLE_ISSUER_URL",
+        default_value = "https://accounts.google.com"
+    )]
+    pub google_issuer_url: String,
+    /// Our callback URL as registered at the provider
+    /// (`https://<host>/v1/auth/oidc/google/callback`).
+    #[arg(long, env = "GATEWAY_GOOGLE_REDIRECT_URL")]
+    pub google_redirect_url: Option<String>,
+    /// Link a Google login to an existing account with the same provider-verified email
+    /// (otherwise the user must sign in and link explicitly).
+    #[arg(
+        long,
+        env = "GATEWAY_GOOGLE_AUTO_LINK_VERIFIED_EMAIL",
+        default_value_t = false
+    )]
+    pub google_auto_link_verified_email: bool,
+}
+
+impl GoogleArgs {
+    fn settings(&self) -> Result<Option<OidcSettings>, ConfigError> {
+        let Some(client_id) = &self.google_client_id else {
+            return Ok(None);
+        };
+        let secret_file = self.google_client_secret_file.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "google-client-secret-file",
+                "GATEWAY_GOOGLE_CLIENT_SECRET_FILE",
+                "is required with --google-client-id",
+            )
+        })?;
+        let client_secret = read_secret_file(
+            "google-client-secret-file",
+            "GATEWAY_GOOGLE_CLIENT_SECRET_FILE",
+            secret_file,
+        )?
+        .trim()
+        .to_string();
+        let redirect_url = self.google_redirect_url.clone().ok_or_else(|| {
+            ConfigError::new(
+                "google-redirect-url",
+                "GATEWAY_GOOGLE_REDIRECT_URL",
+                "is required with --google-client-id",
+            )
+        })?;
+        for (flag, env, value) in [
+            (
+                "google-issuer-url",
+                "GATEWAY_GOOGLE_ISSUER_URL",
+                &self.google_issuer_url,
+            ),
+            (
+                "google-redirect-url",
+                "GATEWAY_GOOGLE_REDIRECT_URL",
+                &redirect_url,
+            ),
+        ] {
+            if openidconnect::url::Url::parse(value).is_err() {
+                return Err(ConfigError::new(flag, env, "is not a URL"));
+            }
+        }
+        Ok(Some(OidcSettings {
+            issuer_url: self.google_issuer_url.clone(),
+            client_id: client_id.clone(),
+            client_secret,
+            redirect_url,
+            auto_link_verified_email: self.google_auto_link_verified_email,
+        }))
+    }
+}
+
 /// Password flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PasswordArgs {
@@ -260,6 +345,7 @@ pub struct Config {
     pub mailer: Mailer,
     pub ip_quotas: IpQuotas,
     pub backoff: BackoffSettings,
+    pub google: Option<OidcSettings>,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -350,9 +436,11 @@ impl ServeArgs {
                 "this and --forgot-per-account-per-hour must be at least 1",
             ));
         }
+        let google = self.google.settings()?;
         Ok(Config {
             listen: self.listen,
             mailer,
+            google,
             ip_quotas: IpQuotas {
                 signup: l.limit_signup_per_ip,
                 signin: l.limit_signin_per_ip,

@@ -45,6 +45,8 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
     #[error("signing keys: {0}")]
     Keys(#[from] keys::KeyError),
+    #[error("google sign-in: {0}")]
+    Oidc(String),
     #[error("password hashing: {0}")]
     Hashing(#[from] auth::passwords::HashError),
 }
@@ -87,6 +89,13 @@ pub async fn run(
     tokio::spawn(Arc::clone(&keys).maintain(shutdown.clone()));
     let hasher =
         auth::passwords::PasswordHasherPool::new(config.argon2, config.argon2_max_concurrency)?;
+    let google = match config.google {
+        Some(settings) => Some(Arc::new(
+            auth::oidc::GoogleOidc::new(settings, store.clone(), Arc::clone(&kek))
+                .map_err(RunError::Oidc)?,
+        )),
+        None => None,
+    };
     let auth = Arc::new(AuthService {
         store: store.clone(),
         keys: Arc::clone(&keys),
@@ -97,6 +106,7 @@ pub async fn run(
         },
         mailer: config.mailer,
         ip_limits: limits::IpLimits::new(config.ip_quotas),
+        google,
         backoff: limits::AccountBackoff {
             store: store.clone(),
             settings: config.backoff,

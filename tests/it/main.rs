@@ -3,6 +3,7 @@
 
 mod auth;
 mod dev;
+mod oidc;
 mod otlp;
 mod planes;
 mod store;

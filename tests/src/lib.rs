@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod nats;
+pub mod oidc;
 pub mod process;
 pub mod smtp;
 pub mod upstream;

@@ -47,6 +47,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/reset", post(reset))
         .route("/v1/auth/mfa/verify", post(mfa_verify))
         .route("/v1/auth/token", post(token))
+        .route("/v1/auth/oidc/google/start", post(google_start))
+        .route("/v1/auth/oidc/google/link", post(google_link))
+        .route("/v1/auth/oidc/google/callback", get(google_callback))
         .route("/v1/auth/mfa/totp/enroll", post(totp_enroll))
         .route("/v1/auth/mfa/totp/confirm", post(totp_confirm))
         .route("/v1/auth/mfa/totp/disable", post(totp_disable))
@@ -333,6 +336,58 @@ fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_string(), secret.to_string()))
+}
+
+async fn google_start(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let url = state.auth.google_start(None, unix_now()).await?;
+    Ok(no_store(Json(json!({"authorization_url": url}))))
+}
+
+async fn google_link(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<impl IntoResponse, ApiError> {
+    let url = state
+        .auth
+        .google_start(Some(&principal), unix_now())
+        .await?;
+    Ok(no_store(Json(json!({"authorization_url": url}))))
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+async fn google_callback(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    query: Result<axum::extract::Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let axum::extract::Query(query) = query
+        .map_err(|_| ApiError::bad_request("malformed callback").with_reason("invalid_request"))?;
+    if query.error.is_some() {
+        return Err(ApiError::new(
+            gateway_shared::ErrorCode::Unauthenticated,
+            "the identity provider refused the sign-in",
+        )
+        .with_reason("access_denied"));
+    }
+    let (Some(code), Some(oidc_state)) = (query.code, query.state) else {
+        return Err(
+            ApiError::bad_request("code and state are required").with_reason("invalid_request")
+        );
+    };
+    let outcome = state
+        .auth
+        .google_callback(&code, &oidc_state, ip, unix_now())
+        .await?;
+    Ok(no_store(Json(outcome)))
 }
 
 async fn current_session(

@@ -108,7 +108,7 @@ fn record_error(err: RecordError) -> ApiError {
 pub async fn create(
     store: &Store,
     email: &str,
-    phc: String,
+    phc: Option<String>,
     email_verified: bool,
     now: i64,
 ) -> Result<User, ApiError> {
@@ -126,12 +126,17 @@ pub async fn create(
     let credentials = store.kv(Bucket::Credentials);
     // every value is serialised before the first write, so nothing fails half-way
     let user_bytes = user.to_bytes().map_err(record_error)?;
-    let credential_bytes = PasswordCredential {
-        phc,
-        updated_at: now,
-    }
-    .to_bytes()
-    .map_err(record_error)?;
+    let credential_bytes = match phc {
+        Some(phc) => Some(
+            PasswordCredential {
+                phc,
+                updated_at: now,
+            }
+            .to_bytes()
+            .map_err(record_error)?,
+        ),
+        None => None,
+    };
     let index_bytes = EmailIndex {
         user_id: user.id.clone(),
     }
@@ -143,9 +148,8 @@ pub async fn create(
         let _ = credentials.delete(&password_key(&user_id), None).await;
         let _ = users.delete(&user_key(&user_id), None).await;
     };
-    if let Err(err) = credentials
-        .put(&password_key(&user.id), credential_bytes)
-        .await
+    if let Some(bytes) = credential_bytes
+        && let Err(err) = credentials.put(&password_key(&user.id), bytes).await
     {
         undo.await;
         return Err(err.into());

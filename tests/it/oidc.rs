@@ -1,0 +1,341 @@
+//! Google sign-in against a standards-compliant OpenID provider on loopback.
+
+use std::time::Duration;
+
+use gateway_tests::SnapshotKeys;
+use gateway_tests::nats::NatsServer;
+use gateway_tests::oidc::{Faults, Person, TestProvider};
+use gateway_tests::process::PlaneProcess;
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(30);
+const REDIRECT: &str = "https://app.example/v1/auth/oidc/google/callback";
+const PASSWORD: &str = "plum tractor velvet lagoon";
+
+struct Env {
+    _nats: NatsServer,
+    _keys: SnapshotKeys,
+    _control: PlaneProcess,
+    base: String,
+    provider: TestProvider,
+    client: reqwest::Client,
+}
+
+async fn env(extra: &[&str]) -> Env {
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let provider = TestProvider::start("gateway-test-client", "provider-client-secret").await;
+    let secret_file = keys.dir.path().join("google-secret");
+    std::fs::write(&secret_file, &provider.client_secret).unwrap();
+    let (url, prefix) = (nats.url(), gateway_tests::unique_prefix());
+    let (signing, kek, outbox) = (keys.signing_path(), keys.kek_path(), keys.outbox_path());
+    let secret_path = secret_file.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        &url,
+        "--store-prefix",
+        &prefix,
+        "--snapshot-signing-key-file",
+        &signing,
+        "--key-encryption-key-file",
+        &kek,
+        "--mail-outbox",
+        &outbox,
+        "--google-client-id",
+        &provider.client_id,
+        "--google-client-secret-file",
+        &secret_path,
+        "--google-issuer-url",
+        &provider.issuer,
+        "--google-redirect-url",
+        REDIRECT,
+    ];
+    args.extend_from_slice(extra);
+    let mut control = PlaneProcess::spawn("control-plane", &args, &[]);
+    let base = format!(
+        "http://{}",
+        control.wait_for_log("control plane listening", START)["addr"]
+    );
+    Env {
+        _nats: nats,
+        _keys: keys,
+        _control: control,
+        base,
+        provider,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
+}
+
+impl Env {
+    /// Runs the browser's part: the provider's authorization endpoint answers with a
+    /// redirect to our callback, whose code and state are returned.
+    async fn authorize(&self, authorization_url: &str) -> (String, String) {
+        let response = self.client.get(authorization_url).send().await.unwrap();
+        assert_eq!(response.status(), 303, "{:?}", response.text().await);
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(REDIRECT), "{location}");
+        let url = reqwest::Url::parse(&location).unwrap();
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .unwrap()
+        };
+        (param("code"), param("state"))
+    }
+
+    async fn callback(&self, code: &str, state: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}/v1/auth/oidc/google/callback", self.base))
+            .query(&[("code", code), ("state", state)])
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn start(&self, access_token: Option<&str>) -> String {
+        let path = if access_token.is_some() {
+            "link"
+        } else {
+            "start"
+        };
+        let mut request = self
+            .client
+            .post(format!("{}/v1/auth/oidc/google/{path}", self.base));
+        if let Some(token) = access_token {
+            request = request.bearer_auth(token);
+        }
+        let body: Value = request.send().await.unwrap().json().await.unwrap();
+        body["authorization_url"].as_str().unwrap().to_string()
+    }
+
+    /// The whole Google sign-in.
+    async fn google_login(&self) -> (u16, Value) {
+        let url = self.start(None).await;
+        let (code, state) = self.authorize(&url).await;
+        self.callback(&code, &state).await
+    }
+
+    async fn session(&self, access_token: &str) -> Value {
+        self.client
+            .get(format!("{}/v1/auth/session", self.base))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_sign_in_creates_the_account_once_and_signs_in_again() {
+    let env = env(&[]).await;
+    let url = env.start(None).await;
+    let parsed = reqwest::Url::parse(&url).unwrap();
+    let query: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert!(query.contains_key("nonce") && query.contains_key("state"));
+    assert!(query["scope"].contains("openid"));
+    let (code, state) = env.authorize(&url).await;
+    let (status, tokens) = env.callback(&code, &state).await;
+    assert_eq!(status, 200, "{tokens}");
+    let first = env.session(tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(first["email"], "person@gmail.example");
+    assert_eq!(first["email_verified"], true);
+
+    // the state is one-time: replaying the callback is refused
+    let (status, body) = env.callback(&code, &state).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_state"))
+    );
+    let (status, body) = env.callback("anything", "forged-state").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_state"))
+    );
+    let response = env
+        .client
+        .get(format!(
+            "{}/v1/auth/oidc/google/callback?error=access_denied&state=x",
+            env.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let (status, again) = env.google_login().await;
+    assert_eq!(status, 200);
+    let second = env.session(again["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        second["user_id"], first["user_id"],
+        "same identity, same account"
+    );
+    // no password was set: password sign-in is impossible
+    let (status, _) = env
+        .post(
+            "/v1/auth/signin",
+            json!({"email": "person@gmail.example", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonce_and_audience_mismatches_are_refused() {
+    let env = env(&[]).await;
+    env.provider.set_faults(Faults {
+        wrong_nonce: true,
+        ..Faults::default()
+    });
+    let (status, body) = env.google_login().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_id_token"))
+    );
+    env.provider.set_faults(Faults {
+        wrong_audience: true,
+        ..Faults::default()
+    });
+    let (status, body) = env.google_login().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_id_token"))
+    );
+    env.provider.set_faults(Faults::default());
+    let (status, _) = env.google_login().await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_never_takes_over_a_password_account_but_links_explicitly() {
+    let env = env(&[]).await;
+    let (status, signup) = env
+        .post(
+            "/v1/auth/signup",
+            json!({"email": "owner@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let owner_id = signup["user_id"].as_str().unwrap().to_string();
+    env.provider.set_person(Person {
+        subject: "2000002".into(),
+        email: "owner@example.com".into(),
+        email_verified: true,
+    });
+    let (status, body) = env.google_login().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("account_exists"))
+    );
+
+    // the owner signs in with the password and links Google
+    let (_, tokens) = env
+        .post(
+            "/v1/auth/signin",
+            json!({"email": "owner@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let url = env.start(Some(&access)).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, linked) = env.callback(&code, &state).await;
+    assert_eq!(
+        (status, linked["linked"].as_bool()),
+        (200, Some(true)),
+        "{linked}"
+    );
+    let (status, via_google) = env.google_login().await;
+    assert_eq!(status, 200);
+    let session = env
+        .session(via_google["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(session["user_id"], owner_id.as_str());
+
+    // another user cannot link the same Google identity
+    env.post(
+        "/v1/auth/signup",
+        json!({"email": "other@example.com", "password": PASSWORD}),
+    )
+    .await;
+    let (_, other) = env
+        .post(
+            "/v1/auth/signin",
+            json!({"email": "other@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let url = env.start(other["access_token"].as_str()).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, body) = env.callback(&code, &state).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("identity_in_use"))
+    );
+    // linking needs a signed-in user
+    let response = env
+        .client
+        .post(format!("{}/v1/auth/oidc/google/link", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_linking_by_verified_email_only_when_configured() {
+    let env = env(&["--google-auto-link-verified-email"]).await;
+    let (_, signup) = env
+        .post(
+            "/v1/auth/signup",
+            json!({"email": "auto@example.com", "password": PASSWORD}),
+        )
+        .await;
+    env.provider.set_person(Person {
+        subject: "3000003".into(),
+        email: "auto@example.com".into(),
+        email_verified: false,
+    });
+    let (status, body) = env.google_login().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("account_exists")),
+        "unverified email never links"
+    );
+    env.provider.set_person(Person {
+        subject: "3000004".into(),
+        email: "auto@example.com".into(),
+        email_verified: true,
+    });
+    let (status, tokens) = env.google_login().await;
+    assert_eq!(status, 200, "{tokens}");
+    let session = env.session(tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(session["user_id"], signup["user_id"]);
+}
