@@ -64,6 +64,12 @@ impl Audit {
         self
     }
 
+    /// Files the entry under a tenant (default: platform scope).
+    pub fn tenant(mut self, tenant: &str) -> Self {
+        self.entry.tenant = tenant.to_string();
+        self
+    }
+
     pub fn ip(mut self, ip: IpAddr) -> Self {
         self.entry.client_ip = Some(ip.to_string());
         self

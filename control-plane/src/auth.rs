@@ -47,6 +47,21 @@ pub struct AuthSettings {
     pub public_url: String,
 }
 
+/// The first platform admin, from configuration.
+#[derive(Clone)]
+pub struct BootstrapAdmin {
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
 /// OAuth 2.0 token response (RFC 6749 §5.1).
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenResponse {
@@ -91,6 +106,8 @@ pub struct Principal {
 
 pub struct AuthService {
     pub store: Store,
+    /// Republishes a principal's effective rights after a change of status.
+    pub publisher: Arc<crate::iam::publish::Publisher>,
     pub keys: Arc<KeyManager>,
     pub hasher: PasswordHasherPool,
     pub mfa: mfa::Mfa,
@@ -156,6 +173,8 @@ impl AuthService {
                     .target(&user.id)
                     .record(&self.store)
                     .await;
+                // every principal has a document from the start
+                self.publisher.publish(&user.id, now).await?;
                 self.send_verification(user, now).await?;
             }
             Err(err) => {
@@ -315,6 +334,7 @@ impl AuthService {
             u.email_verified = true;
         })
         .await?;
+        self.publisher.publish(&user.id, now).await?;
         Audit::new("auth.reset", "ok", now)
             .ip(ip)
             .actor(&user.id)
@@ -664,6 +684,7 @@ impl AuthService {
                 user.tokens_valid_after = user.tokens_valid_after.max(now);
             })
             .await?;
+            self.publisher.publish(&principal.user_id, now).await?;
         } else if let Some(session_id) = &principal.session_id {
             sessions::revoke(&self.store, &principal.user_id, session_id, now, "signout").await?;
         }
@@ -800,6 +821,7 @@ impl AuthService {
                             users::create(&self.store, &email, None, identity.email_verified, now)
                                 .await?;
                         oidc::link(&self.store, oidc::GOOGLE, &identity, &user.id, now).await?;
+                        self.publisher.publish(&user.id, now).await?;
                         Audit::new("auth.signup", "ok", now)
                             .ip(ip)
                             .actor(&user.id)
@@ -835,6 +857,54 @@ impl AuthService {
         }
         let tokens = self.open_session(&user, false, ip, now).await?;
         Ok(CallbackOutcome::SignedIn(SigninOutcome::Tokens(tokens)))
+    }
+
+    /// Makes sure the configured first admin exists, holds `platform_admin` platform-wide
+    /// and has a published document (idempotent; safe on two replicas at once).
+    pub async fn bootstrap_admin(&self, admin: &BootstrapAdmin, now: i64) -> Result<(), ApiError> {
+        let email = users::normalize_email(&admin.email)?;
+        let user = match users::find_by_email(&self.store, &email).await? {
+            Some((user, _)) => user,
+            None => {
+                let password = self
+                    .settings
+                    .password_policy
+                    .check(&admin.password, &email)
+                    .map_err(|err| {
+                        ApiError::bad_request(format!("bootstrap admin password: {err}"))
+                    })?;
+                let phc = self.hasher.hash(&password).await.map_err(hash_failed)?;
+                match users::create(&self.store, &email, Some(phc), true, now).await {
+                    Ok(user) => user,
+                    // another replica created it a moment ago
+                    Err(err) if err.reason == Some("email_taken") => {
+                        users::find_by_email(&self.store, &email)
+                            .await?
+                            .map(|(u, _)| u)
+                            .ok_or(err)?
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        };
+        let changed = crate::iam::assignments::change(
+            &self.store,
+            &user.id,
+            &gateway_shared::authz::Scope::Platform,
+            gateway_shared::authz::PLATFORM_ADMIN,
+            true,
+            now,
+        )
+        .await?;
+        self.publisher.publish(&user.id, now).await?;
+        if changed {
+            tracing::info!(user_id = %user.id, "bootstrap platform admin assigned");
+            Audit::new("admin.bootstrap", "ok", now)
+                .target(&user.id)
+                .record(&self.store)
+                .await;
+        }
+        Ok(())
     }
 
     /// OAuth 2.0 client-credentials grant: an access token for a service account.

@@ -8,10 +8,10 @@ use gateway_shared::config::{
     ConfigError, LifecycleArgs, LogArgs, StoreArgs, parse_duration, read_secret_file,
 };
 
-use crate::auth::AuthSettings;
 use crate::auth::oidc::OidcSettings;
 use crate::auth::passwords::{Argon2Settings, PasswordPolicy};
 use crate::auth::sessions::SessionSettings;
+use crate::auth::{AuthSettings, BootstrapAdmin};
 use crate::keys::{Kek, KeySettings, SigningAlg};
 use crate::limits::{BackoffSettings, IpQuotas, Quota};
 use crate::mail::Mailer;
@@ -69,6 +69,12 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub google: GoogleArgs,
+    /// Email of the first platform admin, created on an empty store.
+    #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_EMAIL")]
+    pub bootstrap_admin_email: Option<String>,
+    /// File holding the first platform admin's password (a Swarm secret).
+    #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE")]
+    pub bootstrap_admin_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub passwords: PasswordArgs,
     #[command(flatten)]
@@ -346,6 +352,7 @@ pub struct Config {
     pub ip_quotas: IpQuotas,
     pub backoff: BackoffSettings,
     pub google: Option<OidcSettings>,
+    pub bootstrap_admin: Option<BootstrapAdmin>,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -437,10 +444,34 @@ impl ServeArgs {
             ));
         }
         let google = self.google.settings()?;
+        let bootstrap_admin = match (
+            &self.bootstrap_admin_email,
+            &self.bootstrap_admin_password_file,
+        ) {
+            (Some(email), Some(file)) => Some(BootstrapAdmin {
+                email: email.clone(),
+                password: read_secret_file(
+                    "bootstrap-admin-password-file",
+                    "GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE",
+                    file,
+                )?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    "bootstrap-admin-password-file",
+                    "GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE",
+                    "--bootstrap-admin-email and --bootstrap-admin-password-file go together",
+                ));
+            }
+        };
         Ok(Config {
             listen: self.listen,
             mailer,
             google,
+            bootstrap_admin,
             ip_quotas: IpQuotas {
                 signup: l.limit_signup_per_ip,
                 signin: l.limit_signin_per_ip,

@@ -2,10 +2,12 @@
 //! publishes signed documents for the data planes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod iam;
 pub mod keys;
 pub mod limits;
 pub mod mail;
@@ -34,6 +36,7 @@ pub struct AppState {
     pub signing_key: Arc<DocSigningKey>,
     pub keys: Arc<KeyManager>,
     pub auth: Arc<AuthService>,
+    pub publisher: Arc<iam::publish::Publisher>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -45,6 +48,12 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
     #[error("signing keys: {0}")]
     Keys(#[from] keys::KeyError),
+    #[error(
+        "no platform admin exists: set --bootstrap-admin-email and --bootstrap-admin-password-file (GATEWAY_BOOTSTRAP_ADMIN_EMAIL, GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE)"
+    )]
+    NoAdmin,
+    #[error("bootstrap admin: {0}")]
+    Bootstrap(#[from] gateway_shared::ApiError),
     #[error("google sign-in: {0}")]
     Oidc(String),
     #[error("password hashing: {0}")]
@@ -54,6 +63,7 @@ pub enum RunError {
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
     let api = auth::routes::router()
+        .merge(admin::iam_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .with_state(state.clone());
     Router::new()
@@ -96,7 +106,12 @@ pub async fn run(
         )),
         None => None,
     };
+    let publisher = Arc::new(iam::publish::Publisher {
+        store: store.clone(),
+        signer: Arc::clone(&signing_key),
+    });
     let auth = Arc::new(AuthService {
+        publisher: Arc::clone(&publisher),
         store: store.clone(),
         keys: Arc::clone(&keys),
         hasher,
@@ -113,11 +128,18 @@ pub async fn run(
         },
         settings: config.auth,
     });
+    if let Some(bootstrap) = &config.bootstrap_admin {
+        auth.bootstrap_admin(bootstrap, gateway_shared::unix_now())
+            .await?;
+    } else if !iam::has_platform_admin(&store).await? {
+        return Err(RunError::NoAdmin);
+    }
     let state = AppState {
         store,
         signing_key,
         keys,
         auth,
+        publisher,
         readiness: Arc::clone(&readiness),
     };
     let app = router(state, metrics);

@@ -2,6 +2,7 @@
 //! envelope, the state store (NATS JetStream and embedded), signed documents.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod http;

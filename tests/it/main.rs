@@ -1,6 +1,7 @@
 //! Integration tests: real `nats-server`, real plane binaries, real reference upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod auth;
 mod dev;
 mod oidc;

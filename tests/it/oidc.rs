@@ -52,6 +52,8 @@ async fn env(extra: &[&str]) -> Env {
         "--google-redirect-url",
         REDIRECT,
     ];
+    let bootstrap = keys.bootstrap_args();
+    args.extend(bootstrap.iter().map(String::as_str));
     args.extend_from_slice(extra);
     let mut control = PlaneProcess::spawn("control-plane", &args, &[]);
     let base = format!(

@@ -71,6 +71,7 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
     let signing = keys.signing_path();
     let kek = keys.kek_path();
     let outbox = keys.outbox_path();
+    let admin_password = keys.bootstrap_args()[3].clone();
     let prefix = gateway_tests::unique_prefix();
     let mut control = PlaneProcess::spawn(
         "control-plane",
@@ -87,6 +88,10 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
             &kek,
             "--mail-outbox",
             &outbox,
+            "--bootstrap-admin-email",
+            SnapshotKeys::ADMIN_EMAIL,
+            "--bootstrap-admin-password-file",
+            &admin_password,
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),

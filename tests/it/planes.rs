@@ -51,6 +51,8 @@ impl Env {
             "--store-timeout",
             "1s",
         ];
+        let bootstrap = self.keys.bootstrap_args();
+        args.extend(bootstrap.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let mut process = PlaneProcess::spawn("control-plane", &args, &[]);
         let fields = process.wait_for_log("control plane listening", START);

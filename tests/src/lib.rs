@@ -63,6 +63,25 @@ impl SnapshotKeys {
             .into_owned()
     }
 
+    /// Email of the bootstrap platform admin used by the tests.
+    pub const ADMIN_EMAIL: &'static str = "admin@gateway.test";
+    /// Password of the bootstrap platform admin used by the tests.
+    pub const ADMIN_PASSWORD: &'static str = "quartz meadow bicycle harbour";
+
+    /// The bootstrap flags: `--bootstrap-admin-email` and the password file.
+    pub fn bootstrap_args(&self) -> Vec<String> {
+        let path = self.dir.path().join("admin-password");
+        if !path.exists() {
+            std::fs::write(&path, Self::ADMIN_PASSWORD).unwrap();
+        }
+        vec![
+            "--bootstrap-admin-email".into(),
+            Self::ADMIN_EMAIL.into(),
+            "--bootstrap-admin-password-file".into(),
+            path.to_string_lossy().into_owned(),
+        ]
+    }
+
     /// The key-encryption key file (base64 of 32 bytes).
     pub fn kek_path(&self) -> String {
         self.dir.path().join("kek").to_string_lossy().into_owned()

@@ -87,7 +87,7 @@ pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
     let ok = email.len() <= MAX_EMAIL_LEN
         && !local.is_empty()
         && local.len() <= 64
-        && domain.contains('.')
+        && (domain.contains('.') || domain == "localhost")
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains('@')

@@ -34,12 +34,49 @@ struct Args {
     log: String,
 }
 
+/// The first platform admin of the local run: `GATEWAY_BOOTSTRAP_ADMIN_EMAIL` and
+/// `GATEWAY_BOOTSTRAP_ADMIN_PASSWORD` when set; otherwise `admin@localhost` with a random
+/// password generated on the first run and printed once.
+fn bootstrap_admin(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    use std::io::Write;
+    let file = dir.join("admin-password");
+    let email =
+        std::env::var("GATEWAY_BOOTSTRAP_ADMIN_EMAIL").unwrap_or_else(|_| "admin@localhost".into());
+    let write_private = |text: &str| -> anyhow::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(&file)?.write_all(text.as_bytes())?;
+        Ok(())
+    };
+    if let Ok(password) = std::env::var("GATEWAY_BOOTSTRAP_ADMIN_PASSWORD") {
+        write_private(&password)?;
+    } else if !file.exists() {
+        use base64::Engine;
+        let bytes: [u8; 18] = rand::random();
+        let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        write_private(&password)?;
+        println!();
+        println!("First run: platform admin {email} with password {password}");
+        println!(
+            "(shown once; it is kept in {} for this local run)",
+            file.display()
+        );
+    }
+    Ok((email, file.to_string_lossy().into_owned()))
+}
+
 /// The control-plane configuration of the local run, with keys generated once into `dir`.
 fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_plane::Config> {
     if !dir.join("key-encryption.key").exists() {
         control_plane::config::keygen(dir, true).map_err(anyhow::Error::msg)?;
     }
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (admin_email, admin_password_file) = bootstrap_admin(dir)?;
     let cli = control_plane::Cli::try_parse_from([
         "control-plane",
         "--store",
@@ -56,6 +93,10 @@ fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_pl
         log,
         "--drain-timeout",
         "5s",
+        "--bootstrap-admin-email",
+        &admin_email,
+        "--bootstrap-admin-password-file",
+        &admin_password_file,
     ])?;
     Ok(cli.serve.validate()?)
 }
@@ -145,9 +186,18 @@ async fn main() -> anyhow::Result<()> {
     println!("Ctrl-C stops everything.");
     println!();
 
-    let (control, data) = tokio::join!(control, data);
-    control??;
-    data??;
+    // if one plane stops (or fails to start), stop the other and report
+    let mut control = control;
+    let mut data = data;
+    let first_control = tokio::select! {
+        result = &mut control => { shutdown.cancel(); result??; true }
+        result = &mut data => { shutdown.cancel(); result??; false }
+    };
+    if first_control {
+        data.await??;
+    } else {
+        control.await??;
+    }
     drop(upstream);
     Ok(())
 }

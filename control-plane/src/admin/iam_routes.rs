@@ -1,0 +1,545 @@
+//! Admin routes for roles, rights, assignments, the authorization explainer, signing-key
+//! rotation and the audit trail.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gateway_shared::authz::{Reason, Request, Right, Scope, decide};
+use gateway_shared::store::{AuditQuery, PLATFORM_SCOPE};
+use gateway_shared::{ApiError, ErrorCode, unix_now};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Admin;
+use crate::AppState;
+use crate::api::{ApiJson, ClientIp};
+use crate::audit::Audit;
+use crate::iam::{assignments, principal_id, roles, tenant};
+
+/// Every mutating admin route, as (method, path template): the audit test enumerates
+/// them, so a new route without an audit record fails it.
+pub const MUTATING_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/admin/roles"),
+    ("PUT", "/admin/roles/{name}"),
+    ("DELETE", "/admin/roles/{name}"),
+    ("POST", "/admin/rights"),
+    ("DELETE", "/admin/rights/{name}"),
+    ("POST", "/admin/assignments"),
+    ("DELETE", "/admin/assignments"),
+    ("POST", "/admin/keys/rotate"),
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/roles", get(list_roles).post(create_role))
+        .route(
+            "/admin/roles/{name}",
+            put(update_role).delete(delete_role).get(get_role),
+        )
+        .route("/admin/rights", get(list_rights).post(create_right))
+        .route("/admin/rights/{name}", axum::routing::delete(delete_right))
+        .route(
+            "/admin/assignments",
+            get(list_assignments)
+                .post(create_assignment)
+                .delete(delete_assignment),
+        )
+        .route("/admin/authz/explain", post(explain))
+        .route("/admin/authz/principals/{id}", get(effective))
+        .route("/admin/keys/rotate", post(rotate_keys))
+        .route("/admin/audit", get(read_audit))
+}
+
+fn audit(admin: &Admin, action: &str, ip: std::net::IpAddr, now: i64) -> Audit {
+    Audit::new(action, "ok", now).actor(admin.id()).ip(ip)
+}
+
+async fn list_roles(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    {
+        admin.require(None, "iam.roles.read")?;
+    }
+    Ok(Json(json!({"roles": roles::list(&state.store).await?})))
+}
+
+async fn get_role(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    {
+        admin.require(None, "iam.roles.read")?;
+    }
+    let role = roles::get(&state.store, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such role"))?;
+    Ok(Json(role))
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    rights: Vec<String>,
+}
+
+async fn create_role(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RoleBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "iam.roles.write")?;
+    let rights = roles::parse_rights(&body.rights)?;
+    let now = unix_now();
+    let role = roles::create(&state.store, &body.name, &body.description, rights, now).await?;
+    audit(&admin, "admin.role.create", ip, now)
+        .target(&role.name)
+        .detail(json!({"after": role}))
+        .record(&state.store)
+        .await;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+#[derive(Deserialize)]
+struct RoleUpdate {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    rights: Option<Vec<String>>,
+}
+
+async fn update_role(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RoleUpdate>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "iam.roles.write")?;
+    let rights = body
+        .rights
+        .as_deref()
+        .map(roles::parse_rights)
+        .transpose()?;
+    let now = unix_now();
+    let (before, after) = roles::update(
+        &state.store,
+        &name,
+        body.description.as_deref(),
+        rights,
+        now,
+    )
+    .await?;
+    let holders = state.publisher.holders_of(&name).await?;
+    let published = state.publisher.publish_many(holders, now).await?;
+    audit(&admin, "admin.role.update", ip, now)
+        .target(&name)
+        .detail(json!({"before": before, "after": after, "principals_republished": published}))
+        .record(&state.store)
+        .await;
+    Ok(Json(after))
+}
+
+async fn delete_role(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin.require(None, "iam.roles.write")?;
+    let now = unix_now();
+    let holders = state.publisher.holders_of(&name).await?;
+    let before = roles::delete(&state.store, &name).await?;
+    // the holders keep the (now empty) assignment until it is removed; their documents
+    // drop the role's rights at once
+    let published = state.publisher.publish_many(holders, now).await?;
+    audit(&admin, "admin.role.delete", ip, now)
+        .target(&name)
+        .detail(json!({"before": before, "principals_republished": published}))
+        .record(&state.store)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_rights(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    {
+        admin.require(None, "iam.roles.read")?;
+    }
+    Ok(Json(
+        json!({"rights": roles::list_rights(&state.store).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RightBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_right(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RightBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "iam.rights.write")?;
+    let right = Right::parse(&body.name)
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_right"))?;
+    let now = unix_now();
+    let info = roles::register_right(&state.store, right, &body.description, now).await?;
+    audit(&admin, "admin.right.create", ip, now)
+        .target(info.name.as_str())
+        .record(&state.store)
+        .await;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn delete_right(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin.require(None, "iam.rights.write")?;
+    let right = Right::parse(&name)
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_right"))?;
+    if !roles::delete_right(&state.store, &right).await? {
+        return Err(ApiError::not_found("no such right"));
+    }
+    let now = unix_now();
+    audit(&admin, "admin.right.delete", ip, now)
+        .target(right.as_str())
+        .record(&state.store)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AssignmentFilter {
+    #[serde(default)]
+    principal_id: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+}
+
+async fn list_assignments(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(filter): Query<AssignmentFilter>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
+    if !admin.is_platform("iam.assignments.read") {
+        // tenant admins list one of their tenants at a time
+        let Some(t) = &tenant else {
+            return Err(
+                ApiError::bad_request("tenant_id is required").with_reason("missing_tenant")
+            );
+        };
+        admin.require(Some(t), "iam.assignments.read")?;
+    }
+    let mut found = match &filter.principal_id {
+        Some(id) => assignments::for_principal(&state.store, &principal_id(id)?).await?,
+        None => assignments::all(&state.store).await?,
+    };
+    if let Some(t) = &tenant {
+        found.retain(|a| matches!(&a.scope, Scope::Tenant { tenant } if tenant == t));
+    }
+    Ok(Json(json!({"assignments": found})))
+}
+
+#[derive(Deserialize)]
+struct AssignmentBody {
+    principal_id: String,
+    /// Absent or null: platform-wide.
+    #[serde(default)]
+    tenant_id: Option<String>,
+    role: String,
+}
+
+/// Checks that the caller may grant or revoke `role` in `scope`, and that the role and
+/// the principal exist.
+async fn check_assignment(
+    state: &AppState,
+    admin: &Admin,
+    body: &AssignmentBody,
+) -> Result<(String, Scope, roles::Role), ApiError> {
+    let principal = principal_id(&body.principal_id)?;
+    let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
+    let decision = admin.require(tenant.as_ref(), "iam.assignments.write")?;
+    let role = roles::get(&state.store, &body.role)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("no such role").with_reason("unknown_role"))?;
+    if decision.reason != Reason::PlatformRight {
+        // a tenant admin: never more than they hold themselves, in that tenant
+        let held: Vec<Right> = admin
+            .rights
+            .grants
+            .iter()
+            .filter(
+                |g| matches!(&g.scope, Scope::Tenant { tenant: t } if Some(t) == tenant.as_ref()),
+            )
+            .flat_map(|g| g.rights.iter().cloned())
+            .collect();
+        if let Some(missing) = role
+            .rights
+            .iter()
+            .find(|r| !held.iter().any(|h| r.covered_by(h)))
+        {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "cannot grant {}: it is not held by the caller in this tenant",
+                    missing.as_str()
+                ),
+            )
+            .with_reason("privilege_escalation"));
+        }
+    }
+    let exists = if principal.starts_with(gateway_shared::token::SERVICE_PREFIX) {
+        crate::auth::service_accounts::get(&state.store, &principal)
+            .await?
+            .is_some()
+    } else {
+        crate::auth::users::get(&state.store, &principal)
+            .await?
+            .is_some()
+    };
+    if !exists {
+        return Err(ApiError::bad_request("no such principal").with_reason("unknown_principal"));
+    }
+    Ok((principal, assignments::scope_of(tenant), role))
+}
+
+async fn create_assignment(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<AssignmentBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let checked = check_assignment(&state, &admin, &body).await;
+    let now = unix_now();
+    let (principal, scope, role) = match checked {
+        Ok(checked) => checked,
+        Err(err) => {
+            if err.reason == Some("privilege_escalation") {
+                Audit::new("admin.assignment.create", "refused", now)
+                    .actor(admin.id())
+                    .ip(ip)
+                    .target(&body.principal_id)
+                    .detail(json!({"role": body.role, "tenant_id": body.tenant_id, "reason": "privilege_escalation"}))
+                    .record(&state.store)
+                    .await;
+            }
+            return Err(err);
+        }
+    };
+    let changed =
+        assignments::change(&state.store, &principal, &scope, &role.name, true, now).await?;
+    let revision = state.publisher.publish(&principal, now).await?;
+    let mut entry = audit(&admin, "admin.assignment.create", ip, now)
+        .target(&principal)
+        .detail(json!({"role": role.name, "scope": scope, "changed": changed}));
+    if let Scope::Tenant { tenant } = &scope {
+        entry = entry.tenant(tenant.as_str());
+    }
+    entry.record(&state.store).await;
+    Ok((
+        if changed {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(
+            json!({"principal_id": principal, "role": role.name, "scope": scope, "changed": changed, "document_revision": revision}),
+        ),
+    ))
+}
+
+async fn delete_assignment(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<AssignmentBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (principal, scope, role) = check_assignment(&state, &admin, &body).await?;
+    let now = unix_now();
+    let changed =
+        assignments::change(&state.store, &principal, &scope, &role.name, false, now).await?;
+    if !changed {
+        return Err(ApiError::not_found("no such assignment"));
+    }
+    state.publisher.publish(&principal, now).await?;
+    let mut entry = audit(&admin, "admin.assignment.delete", ip, now)
+        .target(&principal)
+        .detail(json!({"role": role.name, "scope": scope}));
+    if let Scope::Tenant { tenant } = &scope {
+        entry = entry.tenant(tenant.as_str());
+    }
+    entry.record(&state.store).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ExplainBody {
+    principal_id: String,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    action: String,
+    #[serde(default)]
+    resource: Option<String>,
+}
+
+async fn explain(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(body): ApiJson<ExplainBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = principal_id(&body.principal_id)?;
+    let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
+    admin.require(tenant.as_ref(), "iam.assignments.read")?;
+    if body.action.is_empty() || body.action.len() > 128 {
+        return Err(ApiError::bad_request("action is required").with_reason("invalid_action"));
+    }
+    let rights = state.publisher.effective(&principal, unix_now()).await?;
+    let decision = decide(
+        &rights,
+        &Request {
+            tenant: tenant.as_ref(),
+            action: &body.action,
+            resource: body.resource.as_deref(),
+        },
+    );
+    Ok(Json(json!({
+        "allowed": decision.allowed,
+        "reason": decision.reason.code(),
+        "role": decision.role,
+        "right": decision.right,
+        "principal_id": principal,
+        "tenant_id": tenant,
+    })))
+}
+
+async fn effective(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "iam.assignments.read")?;
+    let principal = principal_id(&id)?;
+    Ok(Json(
+        state.publisher.effective(&principal, unix_now()).await?,
+    ))
+}
+
+async fn rotate_keys(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "keys.rotate")?;
+    let now = unix_now();
+    let kid = state.keys.rotate(now).await?;
+    audit(&admin, "admin.keys.rotate", ip, now)
+        .target(&kid)
+        .record(&state.store)
+        .await;
+    Ok(Json(json!({"current_kid": kid})))
+}
+
+#[derive(Deserialize)]
+struct AuditFilter {
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    since: Option<i64>,
+    #[serde(default)]
+    until: Option<i64>,
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn read_audit(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(filter): Query<AuditFilter>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
+    match &tenant {
+        Some(t) => {
+            admin.require(Some(t), "audit.read")?;
+        }
+        None => {
+            admin.require(None, "audit.read")?;
+        }
+    }
+    let limit = filter.limit.unwrap_or(100).clamp(1, 500);
+    let mut records = Vec::new();
+    let mut from = filter.after.map_or(1, |a| a + 1);
+    let mut next = None;
+    // read pages until `limit` records pass the filters (bounded work per request)
+    for _ in 0..20 {
+        let page = state
+            .store
+            .audit()
+            .read(&AuditQuery {
+                tenant: tenant.as_ref().map(|t| t.as_str().to_string()),
+                from_seq: from,
+                limit: 500,
+            })
+            .await?;
+        let exhausted = page.len() < 500;
+        for record in page {
+            from = record.seq + 1;
+            let Ok(mut value) = serde_json::from_slice::<Value>(&record.data) else {
+                continue;
+            };
+            let keep = filter
+                .actor
+                .as_ref()
+                .is_none_or(|a| value["actor"] == a.as_str())
+                && filter
+                    .action
+                    .as_ref()
+                    .is_none_or(|a| record.action.starts_with(a.as_str()))
+                && filter
+                    .since
+                    .is_none_or(|s| value["at"].as_i64().is_some_and(|at| at >= s))
+                && filter
+                    .until
+                    .is_none_or(|u| value["at"].as_i64().is_some_and(|at| at < u));
+            if keep {
+                value["seq"] = json!(record.seq);
+                records.push(value);
+                if records.len() == limit {
+                    next = Some(record.seq);
+                    break;
+                }
+            }
+        }
+        if next.is_some() || exhausted {
+            break;
+        }
+    }
+    Ok(Json(
+        json!({"records": records, "next_after": next, "scope": tenant.map_or(PLATFORM_SCOPE.to_string(), |t| t.to_string())}),
+    ))
+}
