@@ -3,6 +3,7 @@
 //! escalation, and appends exactly one audit record per mutation.
 
 pub mod iam_routes;
+pub mod principal_routes;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

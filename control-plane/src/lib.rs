@@ -64,6 +64,7 @@ pub enum RunError {
 pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
     let api = auth::routes::router()
         .merge(admin::iam_routes::router())
+        .merge(admin::principal_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .with_state(state.clone());
     Router::new()

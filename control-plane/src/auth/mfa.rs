@@ -351,6 +351,15 @@ impl Mfa {
         Ok(())
     }
 
+    /// Revokes every unused recovery code (the factor stays).
+    pub async fn revoke_recovery_codes(&self, user_id: &str) -> Result<(), ApiError> {
+        self.store
+            .kv(Bucket::Credentials)
+            .delete(&recovery_key(user_id), None)
+            .await?;
+        Ok(())
+    }
+
     /// Unused recovery codes left.
     pub async fn recovery_codes_left(&self, user_id: &str) -> Result<usize, ApiError> {
         match self

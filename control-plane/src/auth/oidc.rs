@@ -333,3 +333,34 @@ pub async fn link(
         Err(err) => Err(err.into()),
     }
 }
+
+/// Every identity linked to a user (scans the identities bucket).
+pub async fn identities_of(store: &Store, user_id: &str) -> Result<Vec<IdentityLink>, ApiError> {
+    let kv = store.kv(Bucket::Identities);
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv.keys("oidc.", after.as_deref(), 1000).await?;
+        for key in &page.keys {
+            if let Some(entry) = kv.get(key).await? {
+                let link = IdentityLink::from_bytes(&entry.value).map_err(record_err)?;
+                if link.user_id == user_id {
+                    out.push(link);
+                }
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Removes one identity link.
+pub async fn unlink(store: &Store, provider: &str, subject: &str) -> Result<(), ApiError> {
+    store
+        .kv(Bucket::Identities)
+        .delete(&identity_key(provider, subject), None)
+        .await?;
+    Ok(())
+}

@@ -35,6 +35,9 @@ pub struct ServiceAccount {
     #[serde(default)]
     pub tokens_valid_after: i64,
     secrets: Vec<ClientSecret>,
+    /// The tenant whose admins manage it (`None`: platform admins only).
+    #[serde(default)]
+    pub owner_tenant: Option<String>,
 }
 
 impl Record for ServiceAccount {
@@ -94,6 +97,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         tokens_valid_after: 0,
+        owner_tenant: None,
         secrets: vec![ClientSecret {
             id: uuid::Uuid::new_v4().simple().to_string(),
             hash,
@@ -178,4 +182,52 @@ pub async fn verify(
         found | bool::from(s.hash.as_bytes().ct_eq(presented.as_bytes()))
     });
     Ok((matched && !account.disabled).then_some(account))
+}
+
+/// Every service account, in key order.
+pub async fn list(store: &Store) -> Result<Vec<ServiceAccount>, ApiError> {
+    let kv = store.kv(Bucket::Iam);
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv.keys("service_account.", after.as_deref(), 1000).await?;
+        for key in &page.keys {
+            if let Some(entry) = kv.get(key).await? {
+                out.push(ServiceAccount::from_bytes(&entry.value).map_err(record_err)?);
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Sets the owning tenant of a new account.
+pub async fn set_owner(
+    store: &Store,
+    id: &str,
+    tenant: Option<String>,
+) -> Result<ServiceAccount, ApiError> {
+    for _ in 0..8 {
+        let Some((mut account, revision)) = get(store, id).await? else {
+            return Err(ApiError::not_found("no such service account"));
+        };
+        account.owner_tenant = tenant.clone();
+        match store
+            .kv(Bucket::Iam)
+            .update(&key(id), account.to_bytes().map_err(record_err)?, revision)
+            .await
+        {
+            Ok(_) => return Ok(account),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(StoreError::Conflict { key: key(id) }.into())
+}
+
+pub async fn delete(store: &Store, id: &str) -> Result<(), ApiError> {
+    store.kv(Bucket::Iam).delete(&key(id), None).await?;
+    Ok(())
 }

@@ -267,6 +267,95 @@ pub async fn update(
     Err(StoreError::Conflict { key: user_key(id) }.into())
 }
 
+/// One page of users in key order, starting after `after` (a user id).
+pub async fn list_page(
+    store: &Store,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<User>, Option<String>), ApiError> {
+    let kv = store.kv(Bucket::Users);
+    let after_key = after.map(user_key);
+    let page = kv.keys("user.", after_key.as_deref(), limit).await?;
+    let mut out = Vec::with_capacity(page.keys.len());
+    for key in &page.keys {
+        if let Some(entry) = kv.get(key).await? {
+            out.push(User::from_bytes(&entry.value).map_err(record_error)?);
+        }
+    }
+    let next = page
+        .next
+        .and_then(|k| k.strip_prefix("user.").map(str::to_string));
+    Ok((out, next))
+}
+
+/// Moves a user to a new (normalised) email: the new index entry is created first
+/// (exclusive), then the record, then the old entry goes.
+pub async fn change_email(
+    store: &Store,
+    id: &str,
+    email: &str,
+    now: i64,
+) -> Result<User, ApiError> {
+    let Some((user, _)) = get(store, id).await? else {
+        return Err(ApiError::not_found("no such user"));
+    };
+    if user.email == email {
+        return Ok(user);
+    }
+    let users = store.kv(Bucket::Users);
+    let index = EmailIndex {
+        user_id: id.to_string(),
+    }
+    .to_bytes()
+    .map_err(record_error)?;
+    match users.create(&email_key(email), index).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "an account with this email already exists",
+            )
+            .with_reason("email_taken"));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let new_email = email.to_string();
+    let updated = match update(store, id, now, |u| {
+        u.email = new_email.clone();
+        u.email_verified = false;
+    })
+    .await
+    {
+        Ok(updated) => updated,
+        Err(err) => {
+            let _ = users.delete(&email_key(email), None).await;
+            return Err(err);
+        }
+    };
+    users.delete(&email_key(&user.email), None).await?;
+    Ok(updated)
+}
+
+/// Removes the user record, its email index entry and its password.
+pub async fn remove(store: &Store, user: &User) -> Result<(), ApiError> {
+    store
+        .kv(Bucket::Credentials)
+        .delete(&password_key(&user.id), None)
+        .await?;
+    let users = store.kv(Bucket::Users);
+    users.delete(&email_key(&user.email), None).await?;
+    users.delete(&user_key(&user.id), None).await?;
+    Ok(())
+}
+
+pub async fn remove_password(store: &Store, user_id: &str) -> Result<(), ApiError> {
+    store
+        .kv(Bucket::Credentials)
+        .delete(&password_key(user_id), None)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
