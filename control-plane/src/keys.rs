@@ -444,6 +444,12 @@ impl KeyManager {
     /// next → current, current → retiring (until every token it signed has expired), a new
     /// next; retiring keys past their time are dropped. Returns the new current kid.
     pub async fn rotate(&self, now: i64) -> Result<String, KeyError> {
+        self.rotate_once(now).await.map(|(kid, _)| kid)
+    }
+
+    /// Like [`KeyManager::rotate`]; also tells whether this call made the rotation (not a
+    /// concurrent one from another replica).
+    async fn rotate_once(&self, now: i64) -> Result<(String, bool), KeyError> {
         let kv = self.store.kv(Bucket::Keys);
         let (ring, revision) = self.ring().await?;
         let next = generate(self.settings.alg, &self.kek, now)?;
@@ -468,7 +474,7 @@ impl KeyManager {
                 kv.delete(&record_key(&next.kid), None).await?;
                 self.refresh().await?;
                 let (ring, _) = self.ring().await?;
-                return Ok(ring.current);
+                return Ok((ring.current, false));
             }
             Err(err) => return Err(err.into()),
         }
@@ -478,7 +484,7 @@ impl KeyManager {
         tracing::info!(kid = %rotated.current, retired = %ring.current, "signing keys rotated");
         self.refresh().await?;
         self.publish(now).await?;
-        Ok(rotated.current)
+        Ok((rotated.current, true))
     }
 
     /// Drops retiring keys whose tokens have all expired (and republishes).
@@ -690,7 +696,14 @@ impl KeyManager {
         if let Some(interval) = self.settings.rotation_interval
             && now - ring.rotated_at >= interval.as_secs() as i64
         {
-            self.rotate(now).await?;
+            let (kid, rotated) = self.rotate_once(now).await?;
+            if rotated {
+                crate::audit::Audit::new("keys.rotate.scheduled", "ok", now)
+                    .actor("scheduler")
+                    .target(&kid)
+                    .record(&self.store)
+                    .await;
+            }
         } else {
             self.prune(now).await?;
         }
@@ -712,6 +725,63 @@ pub fn parse_jwks_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn manager(dir: &std::path::Path, interval: Option<Duration>) -> (KeyManager, Store) {
+        let store = Store::open(&gateway_shared::store::StoreConfig::Embedded {
+            path: dir.join("state.redb"),
+        })
+        .await
+        .unwrap();
+        let manager = KeyManager::new(
+            store.clone(),
+            Arc::new(Kek::generate()),
+            KeySettings {
+                alg: SigningAlg::EdDsa,
+                token_ttl: Duration::from_secs(600),
+                rotation_interval: interval,
+            },
+            Arc::new(DocSigningKey::generate()),
+        );
+        (manager, store)
+    }
+
+    #[tokio::test]
+    async fn the_schedule_rotates_once_per_interval_and_audits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = manager(dir.path(), Some(Duration::from_secs(3600))).await;
+        let t0 = 1_000_000;
+        manager.start(t0).await.unwrap();
+        let first = manager.current_kid().unwrap();
+        manager.scheduled(t0 + 60).await.unwrap();
+        assert_eq!(manager.current_kid().unwrap(), first, "not due yet");
+        manager.scheduled(t0 + 3600).await.unwrap();
+        let second = manager.current_kid().unwrap();
+        assert_ne!(second, first);
+        manager.scheduled(t0 + 3601).await.unwrap();
+        assert_eq!(manager.current_kid().unwrap(), second, "once per interval");
+        let audit = store
+            .audit()
+            .read(&gateway_shared::store::AuditQuery {
+                tenant: None,
+                from_seq: 1,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].action, "keys.rotate.scheduled");
+        // the retiring key is published until its tokens expire, then pruned
+        let published = |m: &KeyManager| {
+            m.jwk_set()
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(published(&manager).contains(&first));
+        manager.scheduled(t0 + 3600 + 600 + 61).await.unwrap();
+        assert!(!published(&manager).contains(&first));
+    }
 
     #[test]
     fn sealed_keys_open_only_with_the_same_kek_and_kid() {

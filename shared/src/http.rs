@@ -226,6 +226,43 @@ pub async fn observe(
     response
 }
 
+/// Header naming the tenant of a tenant-scoped call.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The tenant of a tenant-scoped route, from exactly one well-formed `x-tenant-id`
+/// header: missing, malformed or repeated headers are a 400 in the envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantHeader(pub crate::authz::TenantId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all(TENANT_HEADER).iter();
+        let bad = |reason, message: &str| {
+            ApiError::new(ErrorCode::InvalidTenant, message).with_reason(reason)
+        };
+        let Some(value) = values.next() else {
+            return Err(bad("missing_tenant", "the x-tenant-id header is required"));
+        };
+        if values.next().is_some() {
+            return Err(bad(
+                "ambiguous_tenant",
+                "send exactly one x-tenant-id header",
+            ));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| bad("invalid_tenant", "x-tenant-id is not a tenant id"))?;
+        crate::authz::TenantId::parse(value)
+            .map(TenantHeader)
+            .map_err(|err| bad("invalid_tenant", &err.to_string()))
+    }
+}
+
 /// Fallback for unknown routes, in the envelope.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
@@ -453,6 +490,45 @@ pub fn cancel_on_signals(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tenant_headers_are_required_single_and_well_formed() {
+        use tower::ServiceExt;
+        let app = Router::new().route(
+            "/t",
+            get(|TenantHeader(t): TenantHeader| async move { t.to_string() }),
+        );
+        let call = |headers: Vec<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut request = axum::http::Request::builder().uri("/t");
+                for value in headers {
+                    request = request.header(TENANT_HEADER, value);
+                }
+                let response = app
+                    .oneshot(request.body(axum::body::Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        assert_eq!(call(vec!["acme"]).await, (200, "acme".into()));
+        for (headers, reason) in [
+            (vec![], "missing_tenant"),
+            (vec!["ACME"], "invalid_tenant"),
+            (vec!["acme/../globex"], "invalid_tenant"),
+            (vec![""], "invalid_tenant"),
+            (vec!["acme", "globex"], "ambiguous_tenant"),
+        ] {
+            let (status, body) = call(headers.clone()).await;
+            assert_eq!(status, 400, "{headers:?}");
+            assert!(body.contains(reason), "{headers:?}: {body}");
+        }
+    }
 
     #[test]
     fn correlation_ids_are_bounded_and_plain() {
