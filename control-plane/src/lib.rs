@@ -11,6 +11,7 @@ pub mod iam;
 pub mod keys;
 pub mod limits;
 pub mod mail;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -69,6 +70,10 @@ pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusH
         .with_state(state.clone());
     Router::new()
         .merge(api)
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(openapi::document()) }),
+        )
         .merge(http::ops_router(
             Arc::clone(&state.readiness),
             metrics,

@@ -213,6 +213,17 @@ async fn both_planes_serve_health_ready_metrics_and_version() {
             .unwrap();
         assert!(version["version"].is_string());
     }
+    // the control plane documents its API
+    let doc: Value = client
+        .get(format!("{control}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/admin/assignments"]["post"].is_object());
     // metrics and version stay off the public data-plane listener
     let public_metrics = client.get(format!("{data}/metrics")).send().await.unwrap();
     assert_eq!(public_metrics.status(), 404);

@@ -56,7 +56,8 @@ fn audit(admin: &Admin, action: &str, ip: std::net::IpAddr, now: i64) -> Audit {
     Audit::new(action, "ok", now).actor(admin.id()).ip(ip)
 }
 
-async fn list_roles(
+#[utoipa::path(get, path = "/admin/roles", tag = "admin.iam", summary = "List roles", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_roles(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -67,7 +68,8 @@ async fn list_roles(
     Ok(Json(json!({"roles": roles::list(&state.store).await?})))
 }
 
-async fn get_role(
+#[utoipa::path(get, path = "/admin/roles/{name}", tag = "admin.iam", summary = "One role", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn get_role(
     State(state): State<AppState>,
     admin: Admin,
     Path(name): Path<String>,
@@ -82,15 +84,16 @@ async fn get_role(
     Ok(Json(role))
 }
 
-#[derive(Deserialize)]
-struct RoleBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RoleBody {
     name: String,
     #[serde(default)]
     description: String,
     rights: Vec<String>,
 }
 
-async fn create_role(
+#[utoipa::path(post, path = "/admin/roles", tag = "admin.iam", summary = "Create a custom role", request_body = RoleBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create_role(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -108,15 +111,16 @@ async fn create_role(
     Ok((StatusCode::CREATED, Json(role)))
 }
 
-#[derive(Deserialize)]
-struct RoleUpdate {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RoleUpdate {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
     rights: Option<Vec<String>>,
 }
 
-async fn update_role(
+#[utoipa::path(put, path = "/admin/roles/{name}", tag = "admin.iam", summary = "Change a custom role (fans out)", params(("name" = String, Path)), request_body = RoleUpdate, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn update_role(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -148,7 +152,8 @@ async fn update_role(
     Ok(Json(after))
 }
 
-async fn delete_role(
+#[utoipa::path(delete, path = "/admin/roles/{name}", tag = "admin.iam", summary = "Delete a custom role", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_role(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -169,7 +174,8 @@ async fn delete_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_rights(
+#[utoipa::path(get, path = "/admin/rights", tag = "admin.iam", summary = "List registered rights", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_rights(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -182,14 +188,15 @@ async fn list_rights(
     ))
 }
 
-#[derive(Deserialize)]
-struct RightBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RightBody {
     name: String,
     #[serde(default)]
     description: String,
 }
 
-async fn create_right(
+#[utoipa::path(post, path = "/admin/rights", tag = "admin.iam", summary = "Register a right", request_body = RightBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create_right(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -207,7 +214,8 @@ async fn create_right(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn delete_right(
+#[utoipa::path(delete, path = "/admin/rights/{name}", tag = "admin.iam", summary = "Remove a registered right", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_right(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -228,14 +236,15 @@ async fn delete_right(
 }
 
 #[derive(Deserialize)]
-struct AssignmentFilter {
+pub(crate) struct AssignmentFilter {
     #[serde(default)]
     principal_id: Option<String>,
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-async fn list_assignments(
+#[utoipa::path(get, path = "/admin/assignments", tag = "admin.iam", summary = "List assignments (principal_id, tenant_id filters)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_assignments(
     State(state): State<AppState>,
     admin: Admin,
     Query(filter): Query<AssignmentFilter>,
@@ -260,8 +269,8 @@ async fn list_assignments(
     Ok(Json(json!({"assignments": found})))
 }
 
-#[derive(Deserialize)]
-struct AssignmentBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct AssignmentBody {
     principal_id: String,
     /// Absent or null: platform-wide.
     #[serde(default)]
@@ -323,7 +332,8 @@ async fn check_assignment(
     Ok((principal, assignments::scope_of(tenant), role))
 }
 
-async fn create_assignment(
+#[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create_assignment(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -368,7 +378,8 @@ async fn create_assignment(
     ))
 }
 
-async fn delete_assignment(
+#[utoipa::path(delete, path = "/admin/assignments", tag = "admin.iam", summary = "Revoke a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_assignment(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -392,8 +403,8 @@ async fn delete_assignment(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct ExplainBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ExplainBody {
     principal_id: String,
     #[serde(default)]
     tenant_id: Option<String>,
@@ -402,7 +413,8 @@ struct ExplainBody {
     resource: Option<String>,
 }
 
-async fn explain(
+#[utoipa::path(post, path = "/admin/authz/explain", tag = "admin.iam", summary = "Explain an authorization decision", request_body = ExplainBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn explain(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(body): ApiJson<ExplainBody>,
@@ -432,7 +444,8 @@ async fn explain(
     })))
 }
 
-async fn effective(
+#[utoipa::path(get, path = "/admin/authz/principals/{id}", tag = "admin.iam", summary = "Effective rights of a principal", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn effective(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
@@ -444,7 +457,8 @@ async fn effective(
     ))
 }
 
-async fn rotate_keys(
+#[utoipa::path(post, path = "/admin/keys/rotate", tag = "admin.keys", summary = "Rotate the token signing keys", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn rotate_keys(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -460,7 +474,7 @@ async fn rotate_keys(
 }
 
 #[derive(Deserialize)]
-struct AuditFilter {
+pub(crate) struct AuditFilter {
     #[serde(default)]
     tenant_id: Option<String>,
     #[serde(default)]
@@ -477,7 +491,8 @@ struct AuditFilter {
     limit: Option<usize>,
 }
 
-async fn read_audit(
+#[utoipa::path(get, path = "/admin/audit", tag = "admin.audit", summary = "Read the audit trail (tenant_id, actor, action, since, until, after, limit)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn read_audit(
     State(state): State<AppState>,
     admin: Admin,
     Query(filter): Query<AuditFilter>,

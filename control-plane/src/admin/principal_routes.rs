@@ -180,7 +180,7 @@ fn entry(
 }
 
 #[derive(Deserialize)]
-struct UserFilter {
+pub(crate) struct UserFilter {
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -193,7 +193,8 @@ struct UserFilter {
     limit: Option<usize>,
 }
 
-async fn list_users(
+#[utoipa::path(get, path = "/admin/users", tag = "admin.users", summary = "List users (email, tenant_id, status, after, limit)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_users(
     State(state): State<AppState>,
     admin: Admin,
     Query(filter): Query<UserFilter>,
@@ -250,7 +251,8 @@ async fn list_users(
     Ok(Json(json!({"users": found, "next_after": next})))
 }
 
-async fn get_user(
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin.users", summary = "One user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn get_user(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
@@ -265,8 +267,8 @@ async fn get_user(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
-struct CreateUser {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CreateUser {
     email: String,
     #[serde(default)]
     password: Option<String>,
@@ -274,7 +276,8 @@ struct CreateUser {
     email_verified: bool,
 }
 
-async fn create_user(
+#[utoipa::path(post, path = "/admin/users", tag = "admin.users", summary = "Create a user", request_body = CreateUser, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create_user(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -311,15 +314,16 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user_view(&user))))
 }
 
-#[derive(Deserialize)]
-struct UpdateUser {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct UpdateUser {
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
     email_verified: Option<bool>,
 }
 
-async fn update_user(
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin.users", summary = "Change email or verification", params(("id" = String, Path)), request_body = UpdateUser, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn update_user(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -388,7 +392,8 @@ async fn set_status(
     Ok(user)
 }
 
-async fn disable_user(
+#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin.users", summary = "Disable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn disable_user(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -399,7 +404,8 @@ async fn disable_user(
     )))
 }
 
-async fn enable_user(
+#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin.users", summary = "Enable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn enable_user(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -412,7 +418,8 @@ async fn enable_user(
 
 /// Deletion removes credentials, MFA, sessions, identities, assignments and the record;
 /// the published document turns disabled so every data plane refuses the principal.
-async fn delete_user(
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin.users", summary = "Delete a user and everything about it", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_user(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -442,12 +449,13 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct PasswordBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PasswordBody {
     password: String,
 }
 
-async fn set_password(
+#[utoipa::path(put, path = "/admin/users/{id}/password", tag = "admin.users", summary = "Set a password", params(("id" = String, Path)), request_body = PasswordBody, security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn set_password(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -483,7 +491,8 @@ async fn set_password(
 }
 
 /// The password stops working, every session ends, and a reset link goes to the user.
-async fn force_reset(
+#[utoipa::path(post, path = "/admin/users/{id}/password/force-reset", tag = "admin.users", summary = "Force a password reset by mail", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn force_reset(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -533,7 +542,8 @@ async fn force_reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn reset_mfa(
+#[utoipa::path(post, path = "/admin/users/{id}/mfa/reset", tag = "admin.users", summary = "Remove the second factor", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn reset_mfa(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -550,7 +560,8 @@ async fn reset_mfa(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn revoke_recovery(
+#[utoipa::path(post, path = "/admin/users/{id}/mfa/recovery-codes/revoke", tag = "admin.users", summary = "Revoke recovery codes", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn revoke_recovery(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -573,7 +584,8 @@ async fn revoke_recovery(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_sessions(
+#[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "List sessions", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
@@ -595,7 +607,8 @@ async fn list_sessions(
     Ok(Json(json!({"sessions": list})))
 }
 
-async fn revoke_session(
+#[utoipa::path(delete, path = "/admin/users/{id}/sessions/{session_id}", tag = "admin.sessions", summary = "Revoke one session", params(("id" = String, Path), ("session_id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn revoke_session(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -614,7 +627,8 @@ async fn revoke_session(
 }
 
 /// Global sign-out: every session ends and every access token issued so far is refused.
-async fn revoke_sessions(
+#[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "Global sign-out", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn revoke_sessions(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -643,7 +657,8 @@ async fn revoke_sessions(
     Ok(Json(json!({"sessions_ended": ended})))
 }
 
-async fn list_identities(
+#[utoipa::path(get, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Linked identities", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_identities(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
@@ -655,15 +670,16 @@ async fn list_identities(
     ))
 }
 
-#[derive(Deserialize)]
-struct IdentityBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct IdentityBody {
     provider: String,
     subject: String,
     #[serde(default)]
     email: Option<String>,
 }
 
-async fn link_identity(
+#[utoipa::path(post, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Link an identity", params(("id" = String, Path)), request_body = IdentityBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn link_identity(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -692,7 +708,8 @@ async fn link_identity(
     Ok(StatusCode::CREATED)
 }
 
-async fn unlink_identity(
+#[utoipa::path(delete, path = "/admin/users/{id}/identities/{provider}/{subject}", tag = "admin.users", summary = "Unlink an identity", params(("id" = String, Path), ("provider" = String, Path), ("subject" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn unlink_identity(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -741,12 +758,13 @@ fn authorize_account(
 }
 
 #[derive(Deserialize)]
-struct AccountFilter {
+pub(crate) struct AccountFilter {
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-async fn list_service_accounts(
+#[utoipa::path(get, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "List service accounts", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn list_service_accounts(
     State(state): State<AppState>,
     admin: Admin,
     Query(filter): Query<AccountFilter>,
@@ -771,7 +789,8 @@ async fn list_service_accounts(
     Ok(Json(json!({"service_accounts": accounts})))
 }
 
-async fn get_service_account(
+#[utoipa::path(get, path = "/admin/service-accounts/{id}", tag = "admin.service_accounts", summary = "One service account", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn get_service_account(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
@@ -787,15 +806,16 @@ async fn get_service_account(
     Ok(Json(account_view(&account, unix_now())))
 }
 
-#[derive(Deserialize)]
-struct CreateAccount {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CreateAccount {
     name: String,
     /// Owner tenant: its admins manage the account.
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-async fn create_service_account(
+#[utoipa::path(post, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "Create a service account (secret shown once)", request_body = CreateAccount, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create_service_account(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -836,14 +856,15 @@ async fn create_service_account(
     ))
 }
 
-#[derive(Deserialize, Default)]
-struct RotateBody {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct RotateBody {
     /// How long older secrets keep working (default 24 h, at most 30 days).
     #[serde(default)]
     overlap_seconds: Option<u64>,
 }
 
-async fn rotate_service_account(
+#[utoipa::path(post, path = "/admin/service-accounts/{id}/rotate", tag = "admin.service_accounts", summary = "Rotate the client secret", params(("id" = String, Path)), request_body = RotateBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn rotate_service_account(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,
@@ -893,7 +914,8 @@ async fn rotate_service_account(
     ))
 }
 
-async fn delete_service_account(
+#[utoipa::path(delete, path = "/admin/service-accounts/{id}", tag = "admin.service_accounts", summary = "Delete a service account", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_service_account(
     State(state): State<AppState>,
     admin: Admin,
     ClientIp(ip): ClientIp,

@@ -56,13 +56,14 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
 }
 
-#[derive(Deserialize)]
-struct Credentials {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct Credentials {
     email: String,
     password: String,
 }
 
-async fn signup(
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", summary = "Register an account with a password", request_body = Credentials, responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn signup(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<Credentials>,
@@ -74,7 +75,8 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(json!({"user_id": user.id}))))
 }
 
-async fn signin(
+#[utoipa::path(post, path = "/v1/auth/signin", tag = "auth", summary = "Sign in; tokens or an MFA challenge", request_body = Credentials, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn signin(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<Credentials>,
@@ -86,12 +88,13 @@ async fn signin(
     Ok(no_store(Json(tokens)))
 }
 
-#[derive(Deserialize)]
-struct RefreshBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -103,13 +106,14 @@ async fn refresh(
     Ok(no_store(Json(tokens)))
 }
 
-#[derive(Deserialize)]
-struct SignoutBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SignoutBody {
     #[serde(default)]
     all: bool,
 }
 
-async fn signout(
+#[utoipa::path(post, path = "/v1/auth/signout", tag = "auth", summary = "End this session, or every session with all = true", request_body = SignoutBody, security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn signout(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
@@ -130,12 +134,13 @@ async fn signout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct TokenBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TokenBody {
     token: String,
 }
 
-async fn verify_email(
+#[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", summary = "Confirm an email address", request_body = TokenBody, responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn verify_email(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<TokenBody>,
@@ -144,7 +149,8 @@ async fn verify_email(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn resend_verification(
+#[utoipa::path(post, path = "/v1/auth/verify-email/resend", tag = "auth", summary = "Send a new verification mail", security(("bearer" = [])), responses((status = 202, description = "Accepted"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn resend_verification(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<StatusCode, ApiError> {
@@ -157,12 +163,13 @@ async fn resend_verification(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Deserialize)]
-struct ForgotBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ForgotBody {
     email: String,
 }
 
-async fn forgot(
+#[utoipa::path(post, path = "/v1/auth/forgot", tag = "auth", summary = "Start a password reset (always 202)", request_body = ForgotBody, responses((status = 202, description = "Accepted"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn forgot(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<ForgotBody>,
@@ -176,13 +183,14 @@ async fn forgot(
     ))
 }
 
-#[derive(Deserialize)]
-struct ResetBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ResetBody {
     token: String,
     new_password: String,
 }
 
-async fn reset(
+#[utoipa::path(post, path = "/v1/auth/reset", tag = "auth", summary = "Set a new password with a reset token", request_body = ResetBody, responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn reset(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<ResetBody>,
@@ -194,8 +202,8 @@ async fn reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct MfaVerifyBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct MfaVerifyBody {
     mfa_token: String,
     #[serde(default)]
     code: Option<String>,
@@ -203,7 +211,8 @@ struct MfaVerifyBody {
     recovery_code: Option<String>,
 }
 
-async fn mfa_verify(
+#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", summary = "Answer an MFA challenge", request_body = MfaVerifyBody, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn mfa_verify(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<MfaVerifyBody>,
@@ -221,7 +230,8 @@ async fn mfa_verify(
     Ok(no_store(Json(tokens)))
 }
 
-async fn totp_enroll(
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "mfa", summary = "Start TOTP enrolment", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn totp_enroll(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -229,12 +239,13 @@ async fn totp_enroll(
     Ok(no_store(Json(enrolment)))
 }
 
-#[derive(Deserialize)]
-struct CodeBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CodeBody {
     code: String,
 }
 
-async fn totp_confirm(
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/confirm", tag = "mfa", summary = "Confirm TOTP; returns recovery codes once", request_body = CodeBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn totp_confirm(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
@@ -247,7 +258,8 @@ async fn totp_confirm(
     Ok(no_store(Json(json!({"recovery_codes": codes}))))
 }
 
-async fn totp_disable(
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/disable", tag = "mfa", summary = "Turn TOTP off", request_body = CodeBody, security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn totp_disable(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
@@ -260,8 +272,8 @@ async fn totp_disable(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TokenRequest {
     grant_type: String,
     #[serde(default)]
     client_id: Option<String>,
@@ -271,7 +283,8 @@ struct TokenRequest {
 
 /// `POST /v1/auth/token`: the client-credentials grant, as a form (RFC 6749) or JSON, with
 /// the client authenticated in the body or with HTTP Basic.
-async fn token(
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", summary = "Client-credentials grant (form or JSON)", request_body = TokenRequest, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: axum::http::HeaderMap,
@@ -338,12 +351,16 @@ fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)
     Some((id.to_string(), secret.to_string()))
 }
 
-async fn google_start(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(post, path = "/v1/auth/oidc/google/start", tag = "oidc", summary = "Start a Google sign-in", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn google_start(
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
     let url = state.auth.google_start(None, unix_now()).await?;
     Ok(no_store(Json(json!({"authorization_url": url}))))
 }
 
-async fn google_link(
+#[utoipa::path(post, path = "/v1/auth/oidc/google/link", tag = "oidc", summary = "Start linking a Google identity", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn google_link(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -355,7 +372,7 @@ async fn google_link(
 }
 
 #[derive(Deserialize)]
-struct CallbackQuery {
+pub(crate) struct CallbackQuery {
     #[serde(default)]
     code: Option<String>,
     #[serde(default)]
@@ -364,7 +381,8 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn google_callback(
+#[utoipa::path(get, path = "/v1/auth/oidc/google/callback", tag = "oidc", summary = "Provider callback (code, state)", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn google_callback(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     query: Result<axum::extract::Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
@@ -390,7 +408,8 @@ async fn google_callback(
     Ok(no_store(Json(outcome)))
 }
 
-async fn current_session(
+#[utoipa::path(get, path = "/v1/auth/session", tag = "auth", summary = "The signed-in caller", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn current_session(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -417,7 +436,8 @@ async fn current_session(
     })))
 }
 
-async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", summary = "Public keys of access tokens", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
         Json(state.keys.jwk_set()),
