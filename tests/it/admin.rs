@@ -1152,3 +1152,136 @@ async fn service_accounts_are_managed_through_the_admin_api() {
     let doc = published(&env, &store, &id).await.unwrap();
     assert!(doc.payload.disabled && doc.payload.grants.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_on_every_admin_route_are_refused_and_write_nothing() {
+    let env = env().await;
+    let admin = env.admin().await;
+    let store = env.store().await;
+    let (_, someone) = env.user("victim@example.com").await;
+    let audit_before = env.audit_actions(&store).await.len();
+    let users_before = store
+        .kv(Bucket::Users)
+        .keys("", None, 1000)
+        .await
+        .unwrap()
+        .keys;
+    // the mutating routes that take a JSON body (the others take none)
+    let with_body: [(&str, &str); 11] = [
+        ("POST", "/admin/roles"),
+        ("PUT", "/admin/roles/{name}"),
+        ("POST", "/admin/rights"),
+        ("POST", "/admin/assignments"),
+        ("DELETE", "/admin/assignments"),
+        ("POST", "/admin/users"),
+        ("PATCH", "/admin/users/{id}"),
+        ("PUT", "/admin/users/{id}/password"),
+        ("POST", "/admin/users/{id}/identities"),
+        ("POST", "/admin/service-accounts"),
+        ("POST", "/admin/service-accounts/{id}/rotate"),
+    ];
+    let declared: Vec<&(&str, &str)> = control_plane::admin::iam_routes::MUTATING_ROUTES
+        .iter()
+        .chain(control_plane::admin::principal_routes::MUTATING_ROUTES)
+        .collect();
+    assert!(with_body.iter().all(|r| declared.contains(&r)));
+    for (method, template) in with_body {
+        let path = template
+            .replace("{id}", &someone)
+            .replace("{name}", "some_role");
+        for body in ["{\"unterminated\": ", "[1, 2, 3]", "\"a string\""] {
+            let response = env
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", env.base))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 400, "{method} {path} {body}: {answer}");
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {path} {body}: {answer}"
+            );
+        }
+    }
+    // semantic refusals on the principal routes
+    let cases = [
+        (
+            "POST",
+            "/admin/users".to_string(),
+            json!({"email": "not-an-email"}),
+            "invalid_email",
+        ),
+        (
+            "POST",
+            "/admin/users".to_string(),
+            json!({"email": "new@example.com", "password": "short"}),
+            "password_too_short",
+        ),
+        (
+            "PATCH",
+            format!("/admin/users/{someone}"),
+            json!({"email": "nope"}),
+            "invalid_email",
+        ),
+        (
+            "PUT",
+            format!("/admin/users/{someone}/password"),
+            json!({"password": "passwordpassword"}),
+            "password_too_common",
+        ),
+        (
+            "POST",
+            format!("/admin/users/{someone}/identities"),
+            json!({"provider": "myspace", "subject": "1"}),
+            "unknown_provider",
+        ),
+        (
+            "POST",
+            "/admin/service-accounts".to_string(),
+            json!({"name": "  "}),
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/admin/service-accounts".to_string(),
+            json!({"name": "x", "tenant_id": "Bad Tenant"}),
+            "invalid_tenant",
+        ),
+    ];
+    for (method, path, body, code) in cases {
+        let (status, answer) = env
+            .call(method, &path, Some(&admin), Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{method} {path} {body}"
+        );
+    }
+    let users_after = store
+        .kv(Bucket::Users)
+        .keys("", None, 1000)
+        .await
+        .unwrap()
+        .keys;
+    assert_eq!(users_before, users_after, "no user written");
+    let new_actions: Vec<String> = env.audit_actions(&store).await[audit_before..].to_vec();
+    assert!(
+        new_actions.iter().all(|a| !a.starts_with("admin.")),
+        "nothing audited as done: {new_actions:?}"
+    );
+    let (status, _) = env
+        .call(
+            "GET",
+            &format!("/admin/users/{someone}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the user is untouched");
+}
