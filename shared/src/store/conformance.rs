@@ -271,6 +271,32 @@ pub async fn keys_pagination_is_complete(store: &Store) {
     assert_eq!(everything.len(), want.len() + 103);
 }
 
+/// Listing keys and reading the audit log many times in a row holds no server resources
+/// (NATS: each call's ephemeral consumer is released).
+pub async fn repeated_listings_release_their_resources(store: &Store) {
+    let kv = store.kv(Bucket::Iam);
+    kv.put("role.a", b("x")).await.unwrap();
+    store.audit().append("acme", "x.y", b("{}")).await.unwrap();
+    for _ in 0..1200 {
+        assert_eq!(
+            kv.keys("role.", None, 10).await.unwrap().keys,
+            vec!["role.a".to_string()]
+        );
+    }
+    for _ in 0..300 {
+        let read = store
+            .audit()
+            .read(&AuditQuery {
+                tenant: Some("acme".into()),
+                from_seq: 1,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+    }
+}
+
 /// The audit log appends in order and reads back by tenant, position and limit.
 pub async fn audit_log_appends_and_reads(store: &Store) {
     let audit = store.audit();
@@ -344,6 +370,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@case $open, watch_replays_current_state_and_from_revision);
         $crate::store_conformance_tests!(@case $open, keys_pagination_is_complete);
         $crate::store_conformance_tests!(@case $open, audit_log_appends_and_reads);
+        $crate::store_conformance_tests!(@case $open, repeated_listings_release_their_resources);
     };
     (@case $open:path, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,7 @@ impl KvBucket for NatsBucket {
             .await
             .map_err(unavailable)?;
         let mut keys = Vec::new();
+        let name = consumer.cached_info().name.clone();
         if consumer.cached_info().num_pending > 0 {
             let mut messages = consumer.messages().await.map_err(unavailable)?;
             while let Some(message) = messages.try_next().await.map_err(unavailable)? {
@@ -320,6 +321,8 @@ impl KvBucket for NatsBucket {
                 }
             }
         }
+        // ephemeral consumers count against server limits: release this one now
+        let _ = self.kv.stream.delete_consumer(&name).await;
         keys.sort_unstable();
         let next = if keys.len() > limit {
             keys.truncate(limit);
@@ -404,7 +407,9 @@ impl AuditLog for NatsAudit {
             .await
             .map_err(unavailable)?;
         let mut out = Vec::new();
+        let name = consumer.cached_info().name.clone();
         if consumer.cached_info().num_pending == 0 {
+            let _ = self.stream.delete_consumer(&name).await;
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(unavailable)?;
@@ -427,6 +432,9 @@ impl AuditLog for NatsAudit {
                 break;
             }
         }
+        // ephemeral consumers count against server limits: release this one now
+        drop(messages);
+        let _ = self.stream.delete_consumer(&name).await;
         Ok(out)
     }
 }

@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     while seen.try_recv().is_ok() {}
     let mut request_times = Vec::new();
     let mut after_response = Vec::new();
+    let mut after_request = Vec::new();
     for i in 0..args.changes {
         let method = if i % 2 == 0 { "POST" } else { "DELETE" };
         let sent = Instant::now();
@@ -141,12 +142,14 @@ async fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("watch ended"))?;
             if id == user_id {
                 after_response.push(at.saturating_duration_since(answered));
+                after_request.push(at.saturating_duration_since(sent));
                 break;
             }
         }
     }
     request_times.sort();
     after_response.sort();
+    after_request.sort();
 
     // 2. a role held by many principals changes: setup straight into the store
     let role = format!(
