@@ -413,6 +413,16 @@ impl AuthService {
             let phc = self.hasher.hash(&password).await.map_err(hash_failed)?;
             users::set_password(&self.store, &user.id, phc, now).await?;
         }
+        self.complete_signin(&user, ip, now).await
+    }
+
+    /// After the first factor: an MFA challenge when MFA is on, otherwise a session.
+    async fn complete_signin(
+        &self,
+        user: &User,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<SigninOutcome, ApiError> {
         if user.mfa_enabled {
             let mfa_token = onetime::issue(
                 &self.store,
@@ -433,7 +443,7 @@ impl AuthService {
                 mfa_token,
             });
         }
-        self.open_session(&user, false, ip, now)
+        self.open_session(user, false, ip, now)
             .await
             .map(SigninOutcome::Tokens)
     }
@@ -840,23 +850,9 @@ impl AuthService {
                     .with_reason("account_disabled"),
             );
         }
-        if user.mfa_enabled {
-            let mfa_token = onetime::issue(
-                &self.store,
-                Purpose::MfaChallenge,
-                &user.id,
-                &user.email,
-                MFA_CHALLENGE_TTL,
-                now,
-            )
-            .await?;
-            return Ok(CallbackOutcome::SignedIn(SigninOutcome::MfaRequired {
-                mfa_required: true,
-                mfa_token,
-            }));
-        }
-        let tokens = self.open_session(&user, false, ip, now).await?;
-        Ok(CallbackOutcome::SignedIn(SigninOutcome::Tokens(tokens)))
+        self.complete_signin(&user, ip, now)
+            .await
+            .map(CallbackOutcome::SignedIn)
     }
 
     /// Makes sure the configured first admin exists, holds `platform_admin` platform-wide

@@ -29,33 +29,7 @@ async fn env() -> Env {
     let nats = NatsServer::start();
     let keys = SnapshotKeys::generate();
     let prefix = gateway_tests::unique_prefix();
-    let (url, signing, kek, outbox) = (
-        nats.url(),
-        keys.signing_path(),
-        keys.kek_path(),
-        keys.outbox_path(),
-    );
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--nats-url",
-        &url,
-        "--store-prefix",
-        &prefix,
-        "--snapshot-signing-key-file",
-        &signing,
-        "--key-encryption-key-file",
-        &kek,
-        "--mail-outbox",
-        &outbox,
-    ];
-    let bootstrap = keys.bootstrap_args();
-    args.extend(bootstrap.iter().map(String::as_str));
-    let mut control = PlaneProcess::spawn("control-plane", &args, &[]);
-    let base = format!(
-        "http://{}",
-        control.wait_for_log("control plane listening", START)["addr"]
-    );
+    let (control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
     Env {
         nats,
         keys,

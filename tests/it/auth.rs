@@ -31,34 +31,11 @@ impl Env {
     }
 
     fn control(&self, extra: &[&str]) -> (PlaneProcess, String) {
-        let url = self.nats.url();
-        let signing = self.keys.signing_path();
-        let kek = self.keys.kek_path();
-        let outbox = self.keys.outbox_path();
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &url,
-            "--store-prefix",
-            &self.prefix,
-            "--snapshot-signing-key-file",
-            &signing,
-            "--key-encryption-key-file",
-            &kek,
-        ];
+        let mut flags = extra.to_vec();
         if !extra.contains(&"--log") {
-            args.extend_from_slice(&["--log", "debug"]);
+            flags.extend_from_slice(&["--log", "debug"]);
         }
-        if !extra.contains(&"--smtp-url") {
-            args.extend_from_slice(&["--mail-outbox", &outbox]);
-        }
-        let bootstrap = self.keys.bootstrap_args();
-        args.extend(bootstrap.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let mut process = PlaneProcess::spawn("control-plane", &args, &[]);
-        let fields = process.wait_for_log("control plane listening", START);
-        (process, format!("http://{}", fields["addr"]))
+        gateway_tests::spawn_control_plane(&self.nats.url(), &self.prefix, &self.keys, &flags)
     }
 
     async fn store(&self) -> Store {

@@ -8,7 +8,6 @@ use gateway_tests::oidc::{Faults, Person, TestProvider};
 use gateway_tests::process::PlaneProcess;
 use serde_json::{Value, json};
 
-const START: Duration = Duration::from_secs(30);
 const REDIRECT: &str = "https://app.example/v1/auth/oidc/google/callback";
 const PASSWORD: &str = "plum tractor velvet lagoon";
 
@@ -27,22 +26,8 @@ async fn env(extra: &[&str]) -> Env {
     let provider = TestProvider::start("gateway-test-client", "provider-client-secret").await;
     let secret_file = keys.dir.path().join("google-secret");
     std::fs::write(&secret_file, &provider.client_secret).unwrap();
-    let (url, prefix) = (nats.url(), gateway_tests::unique_prefix());
-    let (signing, kek, outbox) = (keys.signing_path(), keys.kek_path(), keys.outbox_path());
     let secret_path = secret_file.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--nats-url",
-        &url,
-        "--store-prefix",
-        &prefix,
-        "--snapshot-signing-key-file",
-        &signing,
-        "--key-encryption-key-file",
-        &kek,
-        "--mail-outbox",
-        &outbox,
+    let mut flags = vec![
         "--google-client-id",
         &provider.client_id,
         "--google-client-secret-file",
@@ -52,13 +37,12 @@ async fn env(extra: &[&str]) -> Env {
         "--google-redirect-url",
         REDIRECT,
     ];
-    let bootstrap = keys.bootstrap_args();
-    args.extend(bootstrap.iter().map(String::as_str));
-    args.extend_from_slice(extra);
-    let mut control = PlaneProcess::spawn("control-plane", &args, &[]);
-    let base = format!(
-        "http://{}",
-        control.wait_for_log("control plane listening", START)["addr"]
+    flags.extend_from_slice(extra);
+    let (control, base) = gateway_tests::spawn_control_plane(
+        &nats.url(),
+        &gateway_tests::unique_prefix(),
+        &keys,
+        &flags,
     );
     Env {
         _nats: nats,

@@ -67,32 +67,12 @@ async fn request_spans_are_exported_over_otlp_when_configured() {
 
     let nats = NatsServer::start();
     let keys = SnapshotKeys::generate();
-    let nats_url = nats.url();
-    let signing = keys.signing_path();
-    let kek = keys.kek_path();
-    let outbox = keys.outbox_path();
-    let admin_password = keys.bootstrap_args()[3].clone();
-    let prefix = gateway_tests::unique_prefix();
+    let args =
+        gateway_tests::control_plane_args(&nats.url(), &gateway_tests::unique_prefix(), &keys, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut control = PlaneProcess::spawn(
         "control-plane",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &nats_url,
-            "--store-prefix",
-            &prefix,
-            "--snapshot-signing-key-file",
-            &signing,
-            "--key-encryption-key-file",
-            &kek,
-            "--mail-outbox",
-            &outbox,
-            "--bootstrap-admin-email",
-            SnapshotKeys::ADMIN_EMAIL,
-            "--bootstrap-admin-password-file",
-            &admin_password,
-        ],
+        &args,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),

@@ -31,33 +31,9 @@ impl Env {
     }
 
     fn control(&self, extra: &[&str]) -> (PlaneProcess, String) {
-        let url = self.nats.url();
-        let signing = self.keys.signing_path();
-        let kek = self.keys.kek_path();
-        let outbox = self.keys.outbox_path();
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &url,
-            "--store-prefix",
-            &self.prefix,
-            "--snapshot-signing-key-file",
-            &signing,
-            "--key-encryption-key-file",
-            &kek,
-            "--mail-outbox",
-            &outbox,
-            "--store-timeout",
-            "1s",
-        ];
-        let bootstrap = self.keys.bootstrap_args();
-        args.extend(bootstrap.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let mut process = PlaneProcess::spawn("control-plane", &args, &[]);
-        let fields = process.wait_for_log("control plane listening", START);
-        let base = format!("http://{}", fields["addr"]);
-        (process, base)
+        let mut flags = vec!["--store-timeout", "1s"];
+        flags.extend_from_slice(extra);
+        gateway_tests::spawn_control_plane(&self.nats.url(), &self.prefix, &self.keys, &flags)
     }
 
     /// Returns the process, the public base URL and the ops base URL.

@@ -96,6 +96,57 @@ impl SnapshotKeys {
     }
 }
 
+/// How long a plane may take to start in tests.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The flags that start a control plane on a free loopback port against `nats_url`, with
+/// the keys, the bootstrap admin and (unless `extra` names `--smtp-url`) a mail outbox
+/// from `keys`, then `extra`.
+pub fn control_plane_args(
+    nats_url: &str,
+    prefix: &str,
+    keys: &SnapshotKeys,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        nats_url,
+        "--store-prefix",
+        prefix,
+        "--snapshot-signing-key-file",
+        &keys.signing_path(),
+        "--key-encryption-key-file",
+        &keys.kek_path(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.contains(&"--smtp-url") {
+        args.extend(["--mail-outbox".to_string(), keys.outbox_path()]);
+    }
+    args.extend(keys.bootstrap_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Spawns a control plane (see [`control_plane_args`]) and returns it with its base URL
+/// once it listens.
+pub fn spawn_control_plane(
+    nats_url: &str,
+    prefix: &str,
+    keys: &SnapshotKeys,
+    extra: &[&str],
+) -> (process::PlaneProcess, String) {
+    let args = control_plane_args(nats_url, prefix, keys, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut plane = process::PlaneProcess::spawn("control-plane", &args, &[]);
+    let fields = plane.wait_for_log("control plane listening", START_TIMEOUT);
+    let base = format!("http://{}", fields["addr"]);
+    (plane, base)
+}
+
 /// A store prefix unique to one test, so tests may share a server.
 pub fn unique_prefix() -> String {
     format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12])
