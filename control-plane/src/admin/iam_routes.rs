@@ -142,8 +142,7 @@ pub(crate) async fn update_role(
         now,
     )
     .await?;
-    let holders = state.publisher.holders_of(&name).await?;
-    let published = state.publisher.publish_many(holders, now).await?;
+    let published = state.publisher.publish_holders_of(&name, now).await?;
     audit(&admin, "admin.role.update", ip, now)
         .target(&name)
         .detail(json!({"before": before, "after": after, "principals_republished": published}))
@@ -161,11 +160,10 @@ pub(crate) async fn delete_role(
 ) -> Result<StatusCode, ApiError> {
     admin.require(None, "iam.roles.write")?;
     let now = unix_now();
-    let holders = state.publisher.holders_of(&name).await?;
     let before = roles::delete(&state.store, &name).await?;
-    // the holders keep the (now empty) assignment until it is removed; their documents
-    // drop the role's rights at once
-    let published = state.publisher.publish_many(holders, now).await?;
+    // the holders keep the assignment until it is removed; their documents drop the
+    // role's rights at once
+    let published = state.publisher.publish_holders_of(&name, now).await?;
     audit(&admin, "admin.role.delete", ip, now)
         .target(&name)
         .detail(json!({"before": before, "principals_republished": published}))

@@ -2,7 +2,7 @@
 //! principal's status, and published as the signed `principal.<id>` document in the
 //! `authz` bucket (revision + 1, compare-and-set) for the data planes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -38,6 +38,19 @@ impl Publisher {
         principal_id: &str,
         now: i64,
     ) -> Result<EffectiveRights, ApiError> {
+        let held = assignments::for_principal(&self.store, principal_id).await?;
+        let mut roles = RoleCache::default();
+        self.compose(principal_id, &held, &mut roles, now).await
+    }
+
+    /// Effective rights from already-loaded assignments, resolving roles through `roles`.
+    async fn compose(
+        &self,
+        principal_id: &str,
+        held: &[assignments::Assignment],
+        roles: &mut RoleCache,
+        now: i64,
+    ) -> Result<EffectiveRights, ApiError> {
         let (exists, disabled, tokens_valid_after) = if principal_id.starts_with(SERVICE_PREFIX) {
             match service_accounts::get(&self.store, principal_id).await? {
                 Some((account, _)) => (true, account.disabled, account.tokens_valid_after),
@@ -55,14 +68,14 @@ impl Publisher {
         };
         let mut grants = Vec::new();
         if exists {
-            for assignment in assignments::for_principal(&self.store, principal_id).await? {
+            for assignment in held {
                 for role_name in &assignment.roles {
                     // a role deleted meanwhile grants nothing
-                    if let Some(role) = roles::get(&self.store, role_name).await? {
+                    if let Some(role) = roles.get(&self.store, role_name).await? {
                         grants.push(Grant {
                             scope: assignment.scope.clone(),
-                            role: role.name,
-                            rights: role.rights,
+                            role: role.name.clone(),
+                            rights: role.rights.clone(),
                         });
                     }
                 }
@@ -79,6 +92,16 @@ impl Publisher {
     /// Recomputes and publishes one principal's document; returns its revision.
     pub async fn publish(&self, principal_id: &str, now: i64) -> Result<u64, ApiError> {
         let document = self.effective(principal_id, now).await?;
+        self.write(principal_id, document, now).await
+    }
+
+    /// Signs and stores `document` as the next revision (no-op when unchanged).
+    async fn write(
+        &self,
+        principal_id: &str,
+        document: EffectiveRights,
+        now: i64,
+    ) -> Result<u64, ApiError> {
         let kv = self.store.kv(Bucket::Authz);
         let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
         let key = doc_key(principal_id);
@@ -113,15 +136,34 @@ impl Publisher {
         Err(StoreError::Conflict { key }.into())
     }
 
-    /// Publishes many principals, a bounded number at once; the first error wins.
-    pub async fn publish_many(
-        &self,
-        principal_ids: BTreeSet<String>,
-        now: i64,
-    ) -> Result<usize, ApiError> {
-        let count = principal_ids.len();
-        let results: Vec<Result<u64, ApiError>> = futures::stream::iter(principal_ids)
-            .map(|id| async move { self.publish(&id, now).await })
+    /// Republishes every holder of `role` (after the role changed): the assignments are
+    /// read once and each role resolved once, then the documents are written a bounded
+    /// number at a time. Returns how many were published.
+    pub async fn publish_holders_of(&self, role: &str, now: i64) -> Result<usize, ApiError> {
+        let mut by_principal: BTreeMap<String, Vec<assignments::Assignment>> = BTreeMap::new();
+        for assignment in assignments::all(&self.store).await? {
+            by_principal
+                .entry(assignment.principal_id.clone())
+                .or_default()
+                .push(assignment);
+        }
+        by_principal.retain(|_, held| held.iter().any(|a| a.roles.contains(role)));
+        let mut roles = RoleCache::default();
+        for held in by_principal.values() {
+            for assignment in held {
+                for name in &assignment.roles {
+                    roles.get(&self.store, name).await?;
+                }
+            }
+        }
+        let roles = &roles;
+        let count = by_principal.len();
+        let results: Vec<Result<u64, ApiError>> = futures::stream::iter(by_principal)
+            .map(|(id, held)| async move {
+                let mut roles = roles.clone();
+                let document = self.compose(&id, &held, &mut roles, now).await?;
+                self.write(&id, document, now).await
+            })
             .buffer_unordered(FAN_OUT)
             .collect()
             .await;
@@ -130,14 +172,20 @@ impl Publisher {
         }
         Ok(count)
     }
+}
 
-    /// Every principal holding `role` anywhere.
-    pub async fn holders_of(&self, role: &str) -> Result<BTreeSet<String>, ApiError> {
-        Ok(assignments::all(&self.store)
-            .await?
-            .into_iter()
-            .filter(|a| a.roles.contains(role))
-            .map(|a| a.principal_id)
-            .collect())
+/// Roles resolved once per computation.
+#[derive(Clone, Default)]
+struct RoleCache {
+    roles: HashMap<String, Option<roles::Role>>,
+}
+
+impl RoleCache {
+    async fn get(&mut self, store: &Store, name: &str) -> Result<Option<&roles::Role>, ApiError> {
+        if !self.roles.contains_key(name) {
+            let role = roles::get(store, name).await?;
+            self.roles.insert(name.to_string(), role);
+        }
+        Ok(self.roles.get(name).and_then(Option::as_ref))
     }
 }
