@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 cargo build --release --locked -p control-plane -p gateway-tests --bin control-plane --bin auth-bench >&2
 work="$(mktemp -d)"
-cleanup() { kill "${cp_pid:-}" "${nats_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${cp_pid:-}" "${nats_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$NATS_SERVER_BIN" -a 127.0.0.1 -p -1 -js -sd "$work/js" --ports_file_dir "$work" >/dev/null 2>&1 &
