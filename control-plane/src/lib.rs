@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod mail;
 pub mod openapi;
+pub mod routing;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub keys: Arc<KeyManager>,
     pub auth: Arc<AuthService>,
     pub publisher: Arc<iam::publish::Publisher>,
+    pub routing: Arc<routing::RoutingAdmin>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -66,6 +68,7 @@ pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusH
     let api = auth::routes::router()
         .merge(admin::iam_routes::router())
         .merge(admin::principal_routes::router())
+        .merge(admin::routing_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .with_state(state.clone());
     Router::new()
@@ -140,12 +143,17 @@ pub async fn run(
     } else if !iam::has_platform_admin(&store).await? {
         return Err(RunError::NoAdmin);
     }
+    let routing = Arc::new(routing::RoutingAdmin {
+        store: store.clone(),
+        signer: Arc::clone(&signing_key),
+    });
     let state = AppState {
         store,
         signing_key,
         keys,
         auth,
         publisher,
+        routing,
         readiness: Arc::clone(&readiness),
     };
     let app = router(state, metrics);

@@ -100,7 +100,15 @@ impl Modify for BearerAuth {
         crate::admin::principal_routes::create_service_account,
         crate::admin::principal_routes::get_service_account,
         crate::admin::principal_routes::rotate_service_account,
-        crate::admin::principal_routes::delete_service_account
+        crate::admin::principal_routes::delete_service_account,
+        crate::admin::routing_routes::read,
+        crate::admin::routing_routes::replace,
+        crate::admin::routing_routes::reload,
+        crate::admin::routing_routes::tenant_routes,
+        crate::admin::routing_routes::place,
+        crate::admin::routing_routes::unplace,
+        crate::admin::routing_routes::put_shard,
+        crate::admin::routing_routes::delete_shard
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     modifiers(&BearerAuth)
@@ -125,6 +133,7 @@ mod tests {
         for (method, path) in crate::admin::iam_routes::MUTATING_ROUTES
             .iter()
             .chain(crate::admin::principal_routes::MUTATING_ROUTES)
+            .chain(crate::admin::routing_routes::MUTATING_ROUTES)
         {
             let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing"));
             assert!(

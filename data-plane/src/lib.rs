@@ -45,6 +45,21 @@ pub fn public_router(readiness: Arc<Readiness>) -> Router {
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
 }
 
+/// `GET /admin/routing` on the ops listener: the table this replica uses now.
+async fn routing_in_use(
+    axum::extract::State(mirrors): axum::extract::State<Arc<Mirrors>>,
+) -> Result<axum::Json<serde_json::Value>, gateway_shared::ApiError> {
+    let table = mirrors.routing.load_full().ok_or_else(|| {
+        gateway_shared::ApiError::new(gateway_shared::ErrorCode::NotReady, "no routing loaded yet")
+    })?;
+    Ok(axum::Json(serde_json::json!({
+        "revision": table.revision,
+        "issued_at": table.issued_at,
+        "age_seconds": gateway_shared::unix_now() - table.issued_at,
+        "routing": table.document,
+    })))
+}
+
 /// Keeps the gRPC health status (service `""`) in step with readiness.
 async fn report_grpc_health(
     readiness: Arc<Readiness>,
@@ -125,6 +140,11 @@ pub async fn run(
     );
     let public = public_router(Arc::clone(&readiness));
     let ops = ops
+        .merge(
+            Router::new()
+                .route("/admin/routing", axum::routing::get(routing_in_use))
+                .with_state(Arc::clone(&mirrors)),
+        )
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));
 

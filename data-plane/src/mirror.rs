@@ -9,6 +9,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures::StreamExt;
 use gateway_shared::http::ReadyCheck;
+use gateway_shared::routing::{RoutingDocument, RoutingTable};
 use gateway_shared::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
 use gateway_shared::store::{Bucket, Store, WatchEvent, WatchFrom};
 use serde_json::Value;
@@ -22,19 +23,12 @@ pub const JWKS: &str = "jwks";
 /// The current verified documents. Readers `load()` once per request.
 #[derive(Default)]
 pub struct Mirrors {
-    pub routing: ArcSwapOption<Verified<Value>>,
+    /// The routing table, built aside from each new verified and valid document.
+    pub routing: ArcSwapOption<RoutingTable>,
     pub jwks: ArcSwapOption<Verified<Value>>,
 }
 
 impl Mirrors {
-    fn slot(&self, kind: &str) -> Option<&ArcSwapOption<Verified<Value>>> {
-        match kind {
-            ROUTING => Some(&self.routing),
-            JWKS => Some(&self.jwks),
-            _ => None,
-        }
-    }
-
     /// Verifies `bytes` as a document of `kind` and swaps it in when newer. Returns whether
     /// the mirror changed; on error the current copy stays in force.
     pub fn apply(
@@ -43,22 +37,40 @@ impl Mirrors {
         kind: &str,
         bytes: &[u8],
     ) -> Result<bool, DocError> {
-        let Some(slot) = self.slot(kind) else {
-            return Ok(false);
-        };
-        let doc: Verified<Value> = keys.verify(bytes, kind)?;
-        let current = slot.load().as_ref().map(|d| d.revision);
-        if !accept_revision(current, doc.revision)? {
-            return Ok(false);
+        match kind {
+            ROUTING => {
+                let doc: Verified<RoutingDocument> = keys.verify(bytes, kind)?;
+                let current = self.routing.load().as_ref().map(|t| t.revision);
+                if !accept_revision(current, doc.revision)? {
+                    return Ok(false);
+                }
+                // the whole table is built before it is swapped in, once
+                let table = RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
+                    .map_err(|err| DocError::Payload(err.to_string()))?;
+                applied(kind, table.revision, table.issued_at, &doc.key_id);
+                self.routing.store(Some(Arc::new(table)));
+                Ok(true)
+            }
+            JWKS => {
+                let doc: Verified<Value> = keys.verify(bytes, kind)?;
+                let current = self.jwks.load().as_ref().map(|d| d.revision);
+                if !accept_revision(current, doc.revision)? {
+                    return Ok(false);
+                }
+                applied(kind, doc.revision, doc.issued_at, &doc.key_id);
+                self.jwks.store(Some(Arc::new(doc)));
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string())
-            .set(doc.revision as f64);
-        metrics::gauge!("gateway_snapshot_issued_at_seconds", "kind" => kind.to_string())
-            .set(doc.issued_at as f64);
-        tracing::info!(kind, revision = doc.revision, key_id = %doc.key_id, "snapshot applied");
-        slot.store(Some(Arc::new(doc)));
-        Ok(true)
     }
+}
+
+fn applied(kind: &str, revision: u64, issued_at: i64, key_id: &str) {
+    metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string()).set(revision as f64);
+    metrics::gauge!("gateway_snapshot_issued_at_seconds", "kind" => kind.to_string())
+        .set(issued_at as f64);
+    tracing::info!(kind, revision, key_id, "snapshot applied");
 }
 
 fn reject(kind: &str, err: &DocError) {
@@ -173,20 +185,21 @@ mod tests {
         let signer = DocSigningKey::generate();
         let keys = DocVerifyingKeys::new([signer.verifying_key()]);
         let mirrors = Mirrors::default();
-        let v2 = signer.sign(ROUTING, 2, 10, &json!({"rev": 2})).unwrap();
+        let routing = |shard: &str| json!({"aggregate": {"shards": {shard: ["http://127.0.0.1:9102"]}, "placement": {"acme": shard}}});
+        let v2 = signer.sign(ROUTING, 2, 10, &routing("agg-2")).unwrap();
         assert_eq!(mirrors.apply(&keys, ROUTING, &v2), Ok(true));
         assert_eq!(
             mirrors.apply(&keys, ROUTING, &v2),
             Ok(false),
             "replay is a no-op"
         );
-        let v1 = signer.sign(ROUTING, 1, 9, &json!({"rev": 1})).unwrap();
+        let v1 = signer.sign(ROUTING, 1, 9, &routing("agg-1")).unwrap();
         assert!(matches!(
             mirrors.apply(&keys, ROUTING, &v1),
             Err(DocError::StaleRevision { .. })
         ));
         let forged = DocSigningKey::generate()
-            .sign(ROUTING, 3, 11, &json!({"rev": 3}))
+            .sign(ROUTING, 3, 11, &routing("agg-3"))
             .unwrap();
         assert!(mirrors.apply(&keys, ROUTING, &forged).is_err());
         // a jwks document stored under the routing key is refused
@@ -195,9 +208,29 @@ mod tests {
             mirrors.apply(&keys, ROUTING, &jwks),
             Err(DocError::WrongKind { .. })
         ));
+        // a signed but invalid table (placement on a missing shard) is refused too
+        let invalid = signer
+            .sign(
+                ROUTING,
+                4,
+                12,
+                &json!({"aggregate": {"placement": {"acme": "ghost"}}}),
+            )
+            .unwrap();
+        assert!(matches!(
+            mirrors.apply(&keys, ROUTING, &invalid),
+            Err(DocError::Payload(_))
+        ));
         let current = mirrors.routing.load_full().unwrap();
         assert_eq!(current.revision, 2);
-        assert_eq!(current.payload, json!({"rev": 2}));
+        let acme = gateway_shared::authz::TenantId::parse("acme").unwrap();
+        assert_eq!(
+            current
+                .route(&acme, gateway_shared::routing::ServiceKind::Aggregate)
+                .unwrap()
+                .shard,
+            "agg-2"
+        );
         // unknown keys of the bucket are ignored
         assert_eq!(mirrors.apply(&keys, "other", b"x"), Ok(false));
     }

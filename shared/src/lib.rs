@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod jwks;
+pub mod routing;
 pub mod signed;
 pub mod store;
 pub mod telemetry;

@@ -7,5 +7,6 @@ mod dev;
 mod oidc;
 mod otlp;
 mod planes;
+mod routing;
 mod store;
 mod upstream;

@@ -147,6 +147,47 @@ pub fn spawn_control_plane(
     (plane, base)
 }
 
+/// A running data plane's base URLs.
+pub struct DataPlaneUrls {
+    pub http: String,
+    pub grpc: String,
+    pub ops: String,
+}
+
+/// Spawns a data plane on free loopback ports against `nats_url`, verifying documents with
+/// `keys`, then `extra` flags.
+pub fn spawn_data_plane(
+    nats_url: &str,
+    prefix: &str,
+    keys: &SnapshotKeys,
+    extra: &[&str],
+) -> (process::PlaneProcess, DataPlaneUrls) {
+    let verify = keys.verify_path();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        nats_url,
+        "--store-prefix",
+        prefix,
+        "--snapshot-verify-key-file",
+        &verify,
+    ];
+    args.extend_from_slice(extra);
+    let mut plane = process::PlaneProcess::spawn("data-plane", &args, &[]);
+    let fields = plane.wait_for_log("data plane listening", START_TIMEOUT);
+    let urls = DataPlaneUrls {
+        http: format!("http://{}", fields["http_addr"]),
+        grpc: format!("http://{}", fields["grpc_addr"]),
+        ops: format!("http://{}", fields["ops_addr"]),
+    };
+    (plane, urls)
+}
+
 /// A store prefix unique to one test, so tests may share a server.
 pub fn unique_prefix() -> String {
     format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12])

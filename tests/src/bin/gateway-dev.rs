@@ -70,6 +70,45 @@ fn bootstrap_admin(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     Ok((email, file.to_string_lossy().into_owned()))
 }
 
+/// Routes tenant `demo` on every service kind to the reference upstream node, unless a
+/// routing is already published (a restart keeps what the developer changed).
+async fn publish_demo_routing(
+    dir: &std::path::Path,
+    store: &Store,
+    upstream: &gateway_tests::upstream::RunningNode,
+) -> anyhow::Result<()> {
+    use gateway_shared::routing::{KindRouting, RoutingDocument};
+    let signer = gateway_shared::signed::DocSigningKey::from_pkcs8_pem(&std::fs::read_to_string(
+        dir.join("snapshot-signing.pem"),
+    )?)?;
+    let routing = control_plane::routing::RoutingAdmin {
+        store: store.clone(),
+        signer: std::sync::Arc::new(signer),
+    };
+    if routing.current().await?.0.is_some() {
+        return Ok(());
+    }
+    let demo = gateway_shared::authz::TenantId::parse("demo")?;
+    let kind = |endpoint: String| KindRouting {
+        placement: [(demo.clone(), "shard-a".to_string())].into(),
+        shards: [("shard-a".to_string(), vec![endpoint])].into(),
+        default_shard: None,
+    };
+    let document = RoutingDocument {
+        aggregate: kind(upstream.grpc_url()),
+        projection: kind(upstream.http_url()),
+        runner: kind(upstream.http_url()),
+    };
+    let revision = routing
+        .publish(document, Some(0), gateway_shared::unix_now())
+        .await?;
+    tracing::info!(
+        revision,
+        "demo routing published: tenant demo -> reference upstream"
+    );
+    Ok(())
+}
+
 /// The control-plane configuration of the local run, with keys generated once into `dir`.
 fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_plane::Config> {
     if !dir.join("key-encryption.key").exists() {
@@ -131,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         args.upstream_grpc_listen,
     )
     .await?;
+    publish_demo_routing(&args.dir, &store, &upstream).await?;
     let control_listener = tokio::net::TcpListener::bind(args.control_listen).await?;
     let data_listeners = data_plane::Listeners {
         http: tokio::net::TcpListener::bind(args.data_listen).await?,
@@ -156,8 +196,8 @@ async fn main() -> anyhow::Result<()> {
             grpc_listen: data_grpc_addr,
             ops_listen: data_ops_addr,
             verify_keys,
-            // nothing publishes routing and keys yet in a fresh local run
-            snapshots_optional: true,
+            // the control plane publishes the keys; the demo routing is published above
+            snapshots_optional: false,
             store: StoreConfig::Embedded {
                 path: args.dir.join("state.redb"),
             },

@@ -1,0 +1,314 @@
+//! Admin routes of the routing placement (`routing.read` / `routing.write`, platform).
+
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gateway_shared::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
+use gateway_shared::{ApiError, ErrorCode, unix_now};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Admin;
+use crate::AppState;
+use crate::api::{ApiJson, ClientIp};
+use crate::audit::Audit;
+use crate::iam::tenant;
+
+/// Mutating routes of this module (the audit test enumerates them).
+pub const MUTATING_ROUTES: &[(&str, &str)] = &[
+    ("PUT", "/admin/routing"),
+    ("POST", "/admin/routing/reload"),
+    ("PUT", "/admin/routing/{kind}/placements/{tenant_id}"),
+    ("DELETE", "/admin/routing/{kind}/placements/{tenant_id}"),
+    ("PUT", "/admin/routing/{kind}/shards/{shard}"),
+    ("DELETE", "/admin/routing/{kind}/shards/{shard}"),
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/routing", get(read).put(replace))
+        .route("/admin/routing/reload", post(reload))
+        .route("/admin/routing/tenants/{tenant_id}", get(tenant_routes))
+        .route(
+            "/admin/routing/{kind}/placements/{tenant_id}",
+            put(place).delete(unplace),
+        )
+        .route(
+            "/admin/routing/{kind}/shards/{shard}",
+            put(put_shard).delete(delete_shard),
+        )
+}
+
+fn kind(value: &str) -> Result<ServiceKind, ApiError> {
+    ServiceKind::parse(value).ok_or_else(|| {
+        ApiError::bad_request("kind is aggregate, projection or runner").with_reason("invalid_kind")
+    })
+}
+
+fn record(
+    admin: &Admin,
+    action: &str,
+    target: &str,
+    ip: std::net::IpAddr,
+    now: i64,
+    detail: serde_json::Value,
+) -> Audit {
+    Audit::new(action, "ok", now)
+        .actor(admin.id())
+        .target(target)
+        .ip(ip)
+        .detail(detail)
+}
+
+/// The published routing: `{revision, issued_at, routing}`.
+#[utoipa::path(get, path = "/admin/routing", tag = "admin.routing", summary = "The published routing", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn read(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.read")?;
+    let (current, _) = state.routing.current().await?;
+    Ok(Json(match current {
+        Some(doc) => {
+            json!({"revision": doc.revision, "issued_at": doc.issued_at, "routing": doc.payload})
+        }
+        None => json!({"revision": 0, "issued_at": null, "routing": RoutingDocument::default()}),
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ReplaceBody {
+    /// The revision read before the change (refused with 409 if it moved).
+    #[serde(default)]
+    expected_revision: Option<u64>,
+    #[schema(value_type = Object)]
+    routing: RoutingDocument,
+}
+
+#[utoipa::path(put, path = "/admin/routing", tag = "admin.routing", summary = "Replace the whole routing (validated; one new revision)", request_body = ReplaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Invalid routing", body = crate::openapi::ErrorEnvelope), (status = 409, description = "Revision conflict", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn replace(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<ReplaceBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let now = unix_now();
+    let revision = state
+        .routing
+        .publish(body.routing, body.expected_revision, now)
+        .await?;
+    record(
+        &admin,
+        "admin.routing.replace",
+        "routing",
+        ip,
+        now,
+        json!({"revision": revision}),
+    )
+    .record(&state.store)
+    .await;
+    Ok(Json(json!({"revision": revision})))
+}
+
+#[utoipa::path(post, path = "/admin/routing/reload", tag = "admin.routing", summary = "Re-publish the current routing as a new revision", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn reload(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let now = unix_now();
+    let (_, _, revision) = state.routing.modify(now, |_| Ok(())).await?;
+    record(
+        &admin,
+        "admin.routing.reload",
+        "routing",
+        ip,
+        now,
+        json!({"revision": revision}),
+    )
+    .record(&state.store)
+    .await;
+    Ok(Json(json!({"revision": revision})))
+}
+
+/// The effective decision per kind for one tenant.
+#[utoipa::path(get, path = "/admin/routing/tenants/{tenant_id}", tag = "admin.routing", summary = "Where a tenant is routed, per kind", params(("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn tenant_routes(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.read")?;
+    let tenant = tenant(&tenant_id)?;
+    let (current, _) = state.routing.current().await?;
+    let Some(doc) = current else {
+        return Ok(Json(
+            json!({"tenant_id": tenant, "revision": 0, "routes": {}}),
+        ));
+    };
+    let table =
+        gateway_shared::routing::RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
+            .map_err(|err| ApiError::internal("published routing invalid", &err))?;
+    let routes: serde_json::Map<String, serde_json::Value> = ServiceKind::ALL
+        .iter()
+        .map(|k| {
+            let decision = match table.route(&tenant, *k) {
+                Ok(route) => json!({"shard": route.shard, "endpoints": route.endpoints.to_vec()}),
+                Err(err) => json!({"error": "tenant_not_routed", "message": err.to_string()}),
+            };
+            (k.as_str().to_string(), decision)
+        })
+        .collect();
+    Ok(Json(
+        json!({"tenant_id": tenant, "revision": table.revision, "routes": routes}),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PlaceBody {
+    shard: String,
+}
+
+#[utoipa::path(put, path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Place a tenant on a shard", params(("kind" = String, Path), ("tenant_id" = String, Path)), request_body = PlaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn place(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path((kind_name, tenant_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PlaceBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let (kind, tenant) = (kind(&kind_name)?, tenant(&tenant_id)?);
+    let now = unix_now();
+    let shard = body.shard.clone();
+    let (before, _, revision) = state
+        .routing
+        .modify(now, |doc| {
+            doc.kind_mut(kind)
+                .placement
+                .insert(tenant.clone(), shard.clone());
+            Ok(())
+        })
+        .await?;
+    record(&admin, "admin.routing.place", tenant.as_str(), ip, now, json!({"kind": kind, "shard": body.shard, "before": before.kind(kind).placement.get(&tenant), "revision": revision}))
+        .record(&state.store)
+        .await;
+    Ok(Json(json!({"revision": revision})))
+}
+
+#[utoipa::path(delete, path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Remove a tenant's placement", params(("kind" = String, Path), ("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "Not placed", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn unplace(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path((kind_name, tenant_id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let (kind, tenant) = (kind(&kind_name)?, tenant(&tenant_id)?);
+    let now = unix_now();
+    let (_, _, revision) = state
+        .routing
+        .modify(now, |doc| {
+            match doc.kind_mut(kind).placement.remove(&tenant) {
+                Some(_) => Ok(()),
+                None => Err(ApiError::not_found(
+                    "the tenant has no placement for this kind",
+                )),
+            }
+        })
+        .await?;
+    record(
+        &admin,
+        "admin.routing.unplace",
+        tenant.as_str(),
+        ip,
+        now,
+        json!({"kind": kind, "revision": revision}),
+    )
+    .record(&state.store)
+    .await;
+    Ok(Json(json!({"revision": revision})))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ShardBody {
+    endpoints: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Create or replace a shard's endpoints", params(("kind" = String, Path), ("shard" = String, Path)), request_body = ShardBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn put_shard(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path((kind_name, shard)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ShardBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let kind = kind(&kind_name)?;
+    validate_shard_id(&shard)
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_routing"))?;
+    if body.endpoints.is_empty()
+        || body.endpoints.len() > 64
+        || body.endpoints.iter().any(|e| !validate_endpoint(e))
+    {
+        return Err(
+            ApiError::bad_request("endpoints are 1 to 64 http(s)://host:port URLs")
+                .with_reason("invalid_routing"),
+        );
+    }
+    let now = unix_now();
+    let endpoints = body.endpoints.clone();
+    let (_, _, revision) = state
+        .routing
+        .modify(now, |doc| {
+            doc.kind_mut(kind)
+                .shards
+                .insert(shard.clone(), endpoints.clone());
+            Ok(())
+        })
+        .await?;
+    record(
+        &admin,
+        "admin.routing.shard.put",
+        &shard,
+        ip,
+        now,
+        json!({"kind": kind, "endpoints": body.endpoints, "revision": revision}),
+    )
+    .record(&state.store)
+    .await;
+    Ok(Json(json!({"revision": revision})))
+}
+
+#[utoipa::path(delete, path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Remove a shard (refused while tenants are placed on it)", params(("kind" = String, Path), ("shard" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Still in use", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn delete_shard(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path((kind_name, shard)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.write")?;
+    let kind = kind(&kind_name)?;
+    let now = unix_now();
+    let (_, _, revision) = state
+        .routing
+        .modify(now, |doc| match doc.kind_mut(kind).shards.remove(&shard) {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(ErrorCode::NotFound, "no such shard")),
+        })
+        .await?;
+    record(
+        &admin,
+        "admin.routing.shard.delete",
+        &shard,
+        ip,
+        now,
+        json!({"kind": kind, "revision": revision}),
+    )
+    .record(&state.store)
+    .await;
+    Ok(Json(json!({"revision": revision})))
+}

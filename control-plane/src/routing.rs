@@ -1,0 +1,103 @@
+//! The routing placement: the signed `routing` document in the snapshots bucket is its
+//! source of truth. Every accepted change is validated whole and published as one new
+//! revision with compare-and-set, so two replicas never publish the same revision.
+
+use std::sync::Arc;
+
+use gateway_shared::routing::RoutingDocument;
+use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys, Verified};
+use gateway_shared::store::{Bucket, Store, StoreError};
+use gateway_shared::{ApiError, ErrorCode};
+
+/// Key and kind of the routing document.
+pub const ROUTING_DOC: &str = "routing";
+
+pub struct RoutingAdmin {
+    pub store: Store,
+    pub signer: Arc<DocSigningKey>,
+}
+
+fn conflict(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, message).with_reason("routing_revision_conflict")
+}
+
+impl RoutingAdmin {
+    /// The published document (verified with our own key) and its store revision.
+    pub async fn current(
+        &self,
+    ) -> Result<(Option<Verified<RoutingDocument>>, Option<u64>), ApiError> {
+        let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
+        match self.store.kv(Bucket::Snapshots).get(ROUTING_DOC).await? {
+            Some(entry) => {
+                let doc = own
+                    .verify::<RoutingDocument>(&entry.value, ROUTING_DOC)
+                    .map_err(|err| ApiError::internal("published routing unreadable", &err))?;
+                Ok((Some(doc), Some(entry.revision)))
+            }
+            None => Ok((None, None)),
+        }
+    }
+
+    /// Validates `document` and publishes it as the next revision. With `expected`, only if
+    /// the current revision is that one (0: none published yet).
+    pub async fn publish(
+        &self,
+        document: RoutingDocument,
+        expected: Option<u64>,
+        now: i64,
+    ) -> Result<u64, ApiError> {
+        document
+            .validate()
+            .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_routing"))?;
+        let (current, kv_revision) = self.current().await?;
+        let current_revision = current.as_ref().map_or(0, |d| d.revision);
+        if expected.is_some_and(|e| e != current_revision) {
+            return Err(conflict(
+                "the routing changed since it was read; read it again",
+            ));
+        }
+        let revision = current_revision + 1;
+        let bytes = self
+            .signer
+            .sign(ROUTING_DOC, revision, now, &document)
+            .map_err(|err| ApiError::internal("signing routing", &err))?;
+        let kv = self.store.kv(Bucket::Snapshots);
+        let written = match kv_revision {
+            Some(kv_revision) => kv.update(ROUTING_DOC, bytes, kv_revision).await.map(|_| ()),
+            None => kv.create(ROUTING_DOC, bytes).await.map(|_| ()),
+        };
+        match written {
+            Ok(()) => {
+                metrics::gauge!("gateway_routing_published_revision").set(revision as f64);
+                tracing::info!(revision, "routing published");
+                Ok(revision)
+            }
+            Err(StoreError::Conflict { .. }) => Err(conflict(
+                "another change was published at the same time; read it again",
+            )),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Applies `change` to the current document (an empty one if none) and publishes it,
+    /// retrying when another replica published meanwhile. Returns (before, after, revision).
+    pub async fn modify(
+        &self,
+        now: i64,
+        change: impl Fn(&mut RoutingDocument) -> Result<(), ApiError>,
+    ) -> Result<(RoutingDocument, RoutingDocument, u64), ApiError> {
+        for _ in 0..5 {
+            let (current, _) = self.current().await?;
+            let revision = current.as_ref().map_or(0, |d| d.revision);
+            let before = current.map(|d| d.payload).unwrap_or_default();
+            let mut after = before.clone();
+            change(&mut after)?;
+            match self.publish(after.clone(), Some(revision), now).await {
+                Ok(published) => return Ok((before, after, published)),
+                Err(err) if err.reason == Some("routing_revision_conflict") => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(conflict("the routing keeps changing; try again"))
+    }
+}

@@ -1,0 +1,348 @@
+//! Routing placement: validated admin changes published as signed revisions, seen by the
+//! data plane, introspected per tenant, audited.
+
+use std::time::Duration;
+
+use gateway_shared::store::nats::NatsConfig;
+use gateway_shared::store::{AuditQuery, Store, StoreConfig};
+use gateway_tests::SnapshotKeys;
+use gateway_tests::nats::NatsServer;
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(30);
+
+async fn call(
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    let (_data, data) =
+        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--snapshots-optional"]);
+    let client = reqwest::Client::new();
+    let (status, tokens) = {
+        let response = client
+            .post(format!("{base}/v1/auth/signin"))
+            .json(&json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let admin = tokens["access_token"].as_str().unwrap().to_string();
+    let store = Store::open(&StoreConfig::Nats(NatsConfig {
+        url: nats.url(),
+        prefix: prefix.clone(),
+        ..NatsConfig::default()
+    }))
+    .await
+    .unwrap();
+
+    let (_, empty) = call(
+        &client,
+        "GET",
+        format!("{base}/admin/routing"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(empty["revision"], 0);
+    // build a table step by step, each step one revision
+    let steps = [
+        (
+            "PUT",
+            "/admin/routing/aggregate/shards/agg-1",
+            json!({"endpoints": ["http://127.0.0.1:9102"]}),
+        ),
+        (
+            "PUT",
+            "/admin/routing/aggregate/shards/agg-2",
+            json!({"endpoints": ["http://127.0.0.1:9202", "http://127.0.0.1:9203"]}),
+        ),
+        (
+            "PUT",
+            "/admin/routing/aggregate/placements/acme",
+            json!({"shard": "agg-2"}),
+        ),
+        (
+            "PUT",
+            "/admin/routing/projection/shards/proj-1",
+            json!({"endpoints": ["http://127.0.0.1:9101"]}),
+        ),
+        (
+            "PUT",
+            "/admin/routing/projection/placements/acme",
+            json!({"shard": "proj-1"}),
+        ),
+    ];
+    let mut revision = 0;
+    for (method, path, body) in steps {
+        let (status, answer) =
+            call(&client, method, format!("{base}{path}"), &admin, Some(body)).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(answer["revision"], revision + 1);
+        revision += 1;
+    }
+    // T3.1: the data plane uses the same revision (poll with a deadline)
+    let deadline = std::time::Instant::now() + START;
+    let used = loop {
+        let response = client
+            .get(format!("{}/admin/routing", data.ops))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            if body["revision"] == revision {
+                break body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "data plane did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(used["routing"]["aggregate"]["placement"]["acme"], "agg-2");
+
+    // introspection per tenant, with the typed miss (T3.3)
+    let (status, acme) = call(
+        &client,
+        "GET",
+        format!("{base}/admin/routing/tenants/acme"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(acme["routes"]["aggregate"]["shard"], "agg-2");
+    assert_eq!(
+        acme["routes"]["projection"]["endpoints"],
+        json!(["http://127.0.0.1:9101"])
+    );
+    assert_eq!(acme["routes"]["runner"]["error"], "tenant_not_routed");
+    let (_, globex) = call(
+        &client,
+        "GET",
+        format!("{base}/admin/routing/tenants/globex"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(globex["routes"]["aggregate"]["error"], "tenant_not_routed");
+
+    // rejected updates change nothing
+    let refused = [
+        (
+            "PUT",
+            "/admin/routing/aggregate/placements/acme",
+            json!({"shard": "ghost"}),
+            400,
+            "invalid_routing",
+        ),
+        (
+            "PUT",
+            "/admin/routing/runner/shards/r1",
+            json!({"endpoints": ["ftp://x:1"]}),
+            400,
+            "invalid_routing",
+        ),
+        (
+            "PUT",
+            "/admin/routing/runner/shards/r1",
+            json!({"endpoints": []}),
+            400,
+            "invalid_routing",
+        ),
+        (
+            "PUT",
+            "/admin/routing/runner/shards/Bad_Shard",
+            json!({"endpoints": ["http://h:1"]}),
+            400,
+            "invalid_routing",
+        ),
+        (
+            "PUT",
+            "/admin/routing/warehouse/shards/w1",
+            json!({"endpoints": ["http://h:1"]}),
+            400,
+            "invalid_kind",
+        ),
+        (
+            "PUT",
+            "/admin/routing/aggregate/placements/ACME",
+            json!({"shard": "agg-1"}),
+            400,
+            "invalid_tenant",
+        ),
+        (
+            "DELETE",
+            "/admin/routing/aggregate/shards/agg-2",
+            json!({}),
+            400,
+            "invalid_routing",
+        ),
+        (
+            "PUT",
+            "/admin/routing",
+            json!({"expected_revision": 1, "routing": {}}),
+            409,
+            "routing_revision_conflict",
+        ),
+        (
+            "PUT",
+            "/admin/routing",
+            json!({"routing": {"aggregate": {"default_shard": "nowhere"}}}),
+            400,
+            "invalid_routing",
+        ),
+    ];
+    let audit_before = store
+        .audit()
+        .read(&AuditQuery {
+            tenant: None,
+            from_seq: 1,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .len();
+    for (method, path, body, status, code) in refused {
+        let (got, answer) = call(
+            &client,
+            method,
+            format!("{base}{path}"),
+            &admin,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path} {body}"
+        );
+    }
+    let (_, after) = call(
+        &client,
+        "GET",
+        format!("{base}/admin/routing"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(after["revision"], revision, "nothing published");
+    let audit_after = store
+        .audit()
+        .read(&AuditQuery {
+            tenant: None,
+            from_seq: 1,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(audit_before, audit_after);
+
+    // every mutating routing route audits exactly once
+    let cases = [
+        (
+            ("PUT", "/admin/routing"),
+            "/admin/routing".to_string(),
+            Some(json!({"expected_revision": revision, "routing": after["routing"]})),
+            "admin.routing.replace",
+        ),
+        (
+            ("POST", "/admin/routing/reload"),
+            "/admin/routing/reload".to_string(),
+            None,
+            "admin.routing.reload",
+        ),
+        (
+            ("PUT", "/admin/routing/{kind}/shards/{shard}"),
+            "/admin/routing/runner/shards/run-1".to_string(),
+            Some(json!({"endpoints": ["http://127.0.0.1:9301"]})),
+            "admin.routing.shard.put",
+        ),
+        (
+            ("PUT", "/admin/routing/{kind}/placements/{tenant_id}"),
+            "/admin/routing/runner/placements/acme".to_string(),
+            Some(json!({"shard": "run-1"})),
+            "admin.routing.place",
+        ),
+        (
+            ("DELETE", "/admin/routing/{kind}/placements/{tenant_id}"),
+            "/admin/routing/runner/placements/acme".to_string(),
+            None,
+            "admin.routing.unplace",
+        ),
+        (
+            ("DELETE", "/admin/routing/{kind}/shards/{shard}"),
+            "/admin/routing/runner/shards/run-1".to_string(),
+            None,
+            "admin.routing.shard.delete",
+        ),
+    ];
+    let declared: std::collections::BTreeSet<(&str, &str)> =
+        control_plane::admin::routing_routes::MUTATING_ROUTES
+            .iter()
+            .copied()
+            .collect();
+    let covered: std::collections::BTreeSet<(&str, &str)> = cases.iter().map(|c| c.0).collect();
+    assert_eq!(declared, covered);
+    for (route, path, body, action) in cases {
+        let before = store
+            .audit()
+            .read(&AuditQuery {
+                tenant: None,
+                from_seq: 1,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        let (status, answer) = call(&client, route.0, format!("{base}{path}"), &admin, body).await;
+        assert_eq!(status, 200, "{route:?}: {answer}");
+        let after = store
+            .audit()
+            .read(&AuditQuery {
+                tenant: None,
+                from_seq: 1,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        let new: Vec<&str> = after[before.len()..]
+            .iter()
+            .map(|r| r.action.as_str())
+            .collect();
+        assert_eq!(new, vec![action], "{route:?}");
+    }
+    // a plain user may not read or change routing
+    let response = client
+        .get(format!("{base}/admin/routing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
