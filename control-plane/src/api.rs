@@ -89,32 +89,14 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let unauthenticated = |reason| {
-            ApiError::new(
-                ErrorCode::Unauthenticated,
-                "a valid bearer token is required",
-            )
-            .with_reason(reason)
-        };
-        let mut values = parts
-            .headers
-            .get_all(axum::http::header::AUTHORIZATION)
-            .iter();
-        let value = values
-            .next()
-            .ok_or_else(|| unauthenticated("missing_token"))?;
-        if values.next().is_some() {
-            return Err(unauthenticated("ambiguous_token"));
-        }
-        let value = value
-            .to_str()
-            .map_err(|_| unauthenticated("malformed_token"))?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or_else(|| unauthenticated("malformed_token"))?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.len() > 8192 {
-            return Err(unauthenticated("malformed_token"));
-        }
-        Ok(BearerToken(token.trim().to_string()))
+        gateway_shared::http::bearer_token(&parts.headers)
+            .map(|token| BearerToken(token.to_string()))
+            .map_err(|reason| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "a valid bearer token is required",
+                )
+                .with_reason(reason)
+            })
     }
 }

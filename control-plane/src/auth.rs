@@ -471,7 +471,13 @@ impl AuthService {
             .detail(json!({"session_id": session.id, "mfa": mfa}))
             .record(&self.store)
             .await;
-        self.token_response(&user.id, Some(&session.id), Some(refresh_token), now)
+        self.token_response(
+            &user.id,
+            Some(&session.id),
+            Some(refresh_token),
+            now,
+            user.tokens_valid_after,
+        )
     }
 
     /// Second step of a sign-in with MFA: a TOTP code or a recovery code for the challenge.
@@ -642,8 +648,8 @@ impl AuthService {
     ) -> Result<TokenResponse, ApiError> {
         match sessions::rotate(&self.store, refresh_token, &self.settings.sessions, now).await {
             Ok((session, next)) => {
-                match users::get(&self.store, &session.user_id).await? {
-                    Some((user, _)) if user.status == UserStatus::Active => {}
+                let valid_after = match users::get(&self.store, &session.user_id).await? {
+                    Some((user, _)) if user.status == UserStatus::Active => user.tokens_valid_after,
                     _ => {
                         sessions::revoke(
                             &self.store,
@@ -655,8 +661,14 @@ impl AuthService {
                         .await?;
                         return Err(RefreshError::Revoked.into());
                     }
-                }
-                self.token_response(&session.user_id, Some(&session.id), Some(next), now)
+                };
+                self.token_response(
+                    &session.user_id,
+                    Some(&session.id),
+                    Some(next),
+                    now,
+                    valid_after,
+                )
             }
             Err(RefreshError::Reused {
                 user_id,
@@ -715,12 +727,16 @@ impl AuthService {
         Ok(())
     }
 
+    /// An access token for `subject`. `valid_after` is the principal's
+    /// `tokens_valid_after`: tokens issued at or before it are refused everywhere, so a token
+    /// issued in the same second as a sign-out carries the next second as `iat`.
     fn token_response(
         &self,
         subject: &str,
         session_id: Option<&str>,
         refresh_token: Option<String>,
         now: i64,
+        valid_after: i64,
     ) -> Result<TokenResponse, ApiError> {
         let ttl = self.settings.access_ttl.as_secs();
         let claims = AccessClaims {
@@ -728,7 +744,11 @@ impl AuthService {
             aud: self.settings.audience.clone(),
             sub: subject.to_string(),
             sid: session_id.map(str::to_string),
-            iat: now,
+            iat: if valid_after > 0 {
+                now.max(valid_after + 1)
+            } else {
+                now
+            },
             nbf: now,
             exp: now + ttl as i64,
             jti: uuid::Uuid::new_v4().simple().to_string(),
@@ -935,7 +955,7 @@ impl AuthService {
             .target(&account.id)
             .record(&self.store)
             .await;
-        self.token_response(&account.id, None, None, now)
+        self.token_response(&account.id, None, None, now, account.tokens_valid_after)
     }
 
     /// Verifies one of our access tokens and that its user and session are still valid.
@@ -967,7 +987,7 @@ impl AuthService {
             if account.disabled {
                 return Err(refused("principal_disabled"));
             }
-            if claims.iat < account.tokens_valid_after {
+            if account.tokens_valid_after > 0 && claims.iat <= account.tokens_valid_after {
                 return Err(refused("token_revoked"));
             }
             return Ok(Principal {
@@ -988,7 +1008,7 @@ impl AuthService {
         if user.status != UserStatus::Active {
             return Err(refused("principal_disabled"));
         }
-        if claims.iat < user.tokens_valid_after {
+        if user.tokens_valid_after > 0 && claims.iat <= user.tokens_valid_after {
             return Err(refused("token_revoked"));
         }
         if let Some(session_id) = &claims.sid {

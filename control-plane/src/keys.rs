@@ -265,42 +265,10 @@ struct ActiveKey {
     encoding: jsonwebtoken::EncodingKey,
 }
 
-/// A published public key, ready to verify.
-struct VerifyKey {
-    kid: String,
-    alg: jsonwebtoken::Algorithm,
-    key: jsonwebtoken::DecodingKey,
-    not_after: Option<i64>,
-}
-
 struct Loaded {
     active: Option<ActiveKey>,
     published: JwksDocument,
-    verify: Vec<VerifyKey>,
-}
-
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: i64 = 30;
-
-fn verify_key(published: &PublishedKey) -> Option<VerifyKey> {
-    let jwk = &published.jwk;
-    let (alg, key) = match (jwk.kty.as_str(), jwk.crv.as_str()) {
-        ("OKP", "Ed25519") => (
-            jsonwebtoken::Algorithm::EdDSA,
-            jsonwebtoken::DecodingKey::from_ed_components(&jwk.x).ok()?,
-        ),
-        ("EC", "P-256") => (
-            jsonwebtoken::Algorithm::ES256,
-            jsonwebtoken::DecodingKey::from_ec_components(&jwk.x, jwk.y.as_deref()?).ok()?,
-        ),
-        _ => return None,
-    };
-    Some(VerifyKey {
-        kid: jwk.kid.clone(),
-        alg,
-        key,
-        not_after: published.not_after,
-    })
+    verifier: gateway_shared::token::TokenVerifier,
 }
 
 /// Settings of the key manager.
@@ -339,7 +307,7 @@ impl KeyManager {
             loaded: ArcSwap::from_pointee(Loaded {
                 active: None,
                 published: JwksDocument::default(),
-                verify: Vec::new(),
+                verifier: gateway_shared::token::TokenVerifier::default(),
             }),
         }
     }
@@ -428,15 +396,16 @@ impl KeyManager {
         if previous.as_deref() != Some(current.kid.as_str()) {
             tracing::info!(kid = %current.kid, "signing with key");
         }
-        let verify = keys.iter().filter_map(verify_key).collect();
+        let published = JwksDocument { keys };
+        let verifier = gateway_shared::token::TokenVerifier::from_document(&published);
         self.loaded.store(Arc::new(Loaded {
             active: Some(ActiveKey {
                 kid: current.kid,
                 alg: current.alg,
                 encoding,
             }),
-            published: JwksDocument { keys },
-            verify,
+            published,
+            verifier,
         }));
         Ok(())
     }
@@ -577,49 +546,10 @@ impl KeyManager {
         audience: &str,
         now: i64,
     ) -> Result<gateway_shared::token::AccessClaims, &'static str> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed_token")?;
-        if header.typ.as_deref() != Some("at+jwt") {
-            return Err("wrong_token_type");
-        }
-        let kid = header.kid.ok_or("unknown_key")?;
-        let loaded = self.loaded.load();
-        let key = loaded
-            .verify
-            .iter()
-            .find(|k| k.kid == kid && k.not_after.is_none_or(|t| now <= t))
-            .ok_or("unknown_key")?;
-        if header.alg != key.alg {
-            return Err("algorithm_mismatch");
-        }
-        let mut validation = jsonwebtoken::Validation::new(key.alg);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        // time is checked below against `now`
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<gateway_shared::token::AccessClaims>(
-            token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|err| match err.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad_signature",
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong_issuer",
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong_audience",
-            _ => "malformed_token",
-        })?;
-        let claims = data.claims;
-        if claims.typ != gateway_shared::token::ACCESS_TOKEN_TYPE {
-            return Err("wrong_token_type");
-        }
-        if now > claims.exp + LEEWAY_SECS {
-            return Err("token_expired");
-        }
-        if claims.nbf > now + LEEWAY_SECS {
-            return Err("token_not_yet_valid");
-        }
-        Ok(claims)
+        self.loaded
+            .load()
+            .verifier
+            .verify(token, issuer, audience, now)
     }
 
     /// Id of the key that signs now.

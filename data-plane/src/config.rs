@@ -39,6 +39,22 @@ pub struct Cli {
     /// and tests without a control plane).
     #[arg(long, env = "GATEWAY_SNAPSHOTS_OPTIONAL", default_value_t = false)]
     pub snapshots_optional: bool,
+    /// `iss` expected in access tokens (the control plane's `--token-issuer`).
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN_ISSUER",
+        default_value = "cloudlysis-gateway"
+    )]
+    pub token_issuer: String,
+    /// `aud` expected in access tokens.
+    #[arg(long, env = "GATEWAY_TOKEN_AUDIENCE", default_value = "cloudlysis")]
+    pub token_audience: String,
+    /// Deadline of one upstream call.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_shared::config::parse_duration)]
+    pub upstream_timeout: std::time::Duration,
+    /// Largest request body forwarded.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -55,6 +71,10 @@ pub struct Config {
     pub ops_listen: SocketAddr,
     pub verify_keys: DocVerifyingKeys,
     pub snapshots_optional: bool,
+    pub token_issuer: String,
+    pub token_audience: String,
+    pub upstream_timeout: std::time::Duration,
+    pub max_body_bytes: usize,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
 }
@@ -90,6 +110,10 @@ impl Cli {
             ops_listen: self.ops_listen,
             verify_keys,
             snapshots_optional: self.snapshots_optional,
+            token_issuer: self.token_issuer.clone(),
+            token_audience: self.token_audience.clone(),
+            upstream_timeout: self.upstream_timeout,
+            max_body_bytes: self.max_body_bytes,
             store: self.store.to_config("gateway-data-plane")?,
             lifecycle: self.lifecycle.clone(),
         })

@@ -4,12 +4,13 @@
 
 pub mod config;
 pub mod mirror;
+pub mod proxy;
 
 use std::sync::Arc;
 
 use axum::Router;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
-use gateway_shared::store::Store;
+use gateway_shared::store::{Bucket, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,8 @@ pub enum RunError {
     Metrics(String),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("upstream client: {0}")]
+    Client(String),
     #[error("grpc server: {0}")]
     Grpc(String),
 }
@@ -38,8 +41,17 @@ pub struct Listeners {
 
 /// The public router: client traffic plus `/health` and `/ready` for load balancers;
 /// `/metrics` and `/version` stay on the ops listener.
-pub fn public_router(readiness: Arc<Readiness>) -> Router {
+pub fn public_router(
+    readiness: Arc<Readiness>,
+    proxy: proxy::ProxyState,
+    max_body: usize,
+) -> Router {
+    let api = Router::new()
+        .route("/v1/query/{view_type}", axum::routing::post(proxy::query))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(proxy);
     Router::new()
+        .merge(api)
         .merge(http::probe_router(readiness))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
@@ -126,19 +138,30 @@ pub async fn run(
         }),
     ];
     let readiness = Arc::new(Readiness::new(checks));
-    tokio::spawn(mirror::follow(
-        store.clone(),
-        Arc::new(config.verify_keys.clone()),
-        Arc::clone(&mirrors),
-        shutdown.clone(),
-    ));
+    let verify_keys = Arc::new(config.verify_keys.clone());
+    for bucket in [Bucket::Snapshots, Bucket::Authz] {
+        tokio::spawn(mirror::follow(
+            store.clone(),
+            bucket,
+            Arc::clone(&verify_keys),
+            Arc::clone(&mirrors),
+            shutdown.clone(),
+        ));
+    }
 
     let ops = http::ops_router(
         Arc::clone(&readiness),
         metrics,
         gateway_shared::build_info!(),
     );
-    let public = public_router(Arc::clone(&readiness));
+    let proxy = proxy::ProxyState::new(
+        Arc::clone(&mirrors),
+        config.token_issuer.clone(),
+        config.token_audience.clone(),
+        config.upstream_timeout,
+    )
+    .map_err(RunError::Client)?;
+    let public = public_router(Arc::clone(&readiness), proxy, config.max_body_bytes);
     let ops = ops
         .merge(
             Router::new()

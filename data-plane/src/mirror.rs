@@ -12,7 +12,11 @@ use gateway_shared::http::ReadyCheck;
 use gateway_shared::routing::{RoutingDocument, RoutingTable};
 use gateway_shared::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
 use gateway_shared::store::{Bucket, Store, WatchEvent, WatchFrom};
-use serde_json::Value;
+use std::collections::HashMap;
+
+use gateway_shared::authz::EffectiveRights;
+use gateway_shared::jwks::JwksDocument;
+use gateway_shared::token::TokenVerifier;
 use tokio_util::sync::CancellationToken;
 
 /// Key (and document kind) of the routing snapshot.
@@ -25,7 +29,17 @@ pub const JWKS: &str = "jwks";
 pub struct Mirrors {
     /// The routing table, built aside from each new verified and valid document.
     pub routing: ArcSwapOption<RoutingTable>,
-    pub jwks: ArcSwapOption<Verified<Value>>,
+    /// Access-token verification keys, built from each new `jwks` document.
+    pub jwks: ArcSwapOption<KeysInUse>,
+    /// Effective rights per principal (`principal.<id>` documents of the authz bucket).
+    pub principals: std::sync::RwLock<HashMap<String, Arc<Verified<EffectiveRights>>>>,
+}
+
+/// The verification keys of one `jwks` revision.
+pub struct KeysInUse {
+    pub revision: u64,
+    pub issued_at: i64,
+    pub verifier: TokenVerifier,
 }
 
 impl Mirrors {
@@ -52,19 +66,61 @@ impl Mirrors {
                 Ok(true)
             }
             JWKS => {
-                let doc: Verified<Value> = keys.verify(bytes, kind)?;
+                let doc: Verified<JwksDocument> = keys.verify(bytes, kind)?;
                 let current = self.jwks.load().as_ref().map(|d| d.revision);
                 if !accept_revision(current, doc.revision)? {
                     return Ok(false);
                 }
+                let verifier = TokenVerifier::from_document(&doc.payload);
+                if verifier.is_empty() {
+                    return Err(DocError::Payload("no usable key".into()));
+                }
                 applied(kind, doc.revision, doc.issued_at, &doc.key_id);
-                self.jwks.store(Some(Arc::new(doc)));
+                self.jwks.store(Some(Arc::new(KeysInUse {
+                    revision: doc.revision,
+                    issued_at: doc.issued_at,
+                    verifier,
+                })));
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
+
+    /// Verifies and applies a `principal.<id>` document (newer revisions only).
+    pub fn apply_principal(
+        &self,
+        keys: &DocVerifyingKeys,
+        principal_id: &str,
+        bytes: &[u8],
+    ) -> Result<bool, DocError> {
+        let doc: Verified<EffectiveRights> = keys.verify(bytes, PRINCIPAL)?;
+        if doc.payload.principal_id != principal_id {
+            return Err(DocError::Payload(
+                "document filed under another principal".into(),
+            ));
+        }
+        let mut principals = self
+            .principals
+            .write()
+            .map_err(|_| DocError::Payload("principal mirror poisoned".into()))?;
+        let current = principals.get(principal_id).map(|d| d.revision);
+        if !accept_revision(current, doc.revision)? {
+            return Ok(false);
+        }
+        principals.insert(principal_id.to_string(), Arc::new(doc));
+        metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
+        Ok(true)
+    }
+
+    /// The current effective rights of a principal.
+    pub fn principal(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
+        self.principals.read().ok()?.get(principal_id).cloned()
+    }
 }
+
+/// Kind of the effective-rights documents.
+pub const PRINCIPAL: &str = "principal";
 
 fn applied(kind: &str, revision: u64, issued_at: i64, key_id: &str) {
     metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string()).set(revision as f64);
@@ -92,16 +148,22 @@ fn reject(kind: &str, err: &DocError) {
 /// goes away, and never ends on a transient error.
 pub async fn follow(
     store: Store,
+    bucket: Bucket,
     keys: Arc<DocVerifyingKeys>,
     mirrors: Arc<Mirrors>,
     shutdown: CancellationToken,
 ) {
-    let kv = store.kv(Bucket::Snapshots);
+    let kv = store.kv(bucket);
+    let prefix = if bucket == Bucket::Authz {
+        "principal."
+    } else {
+        ""
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let watch = tokio::select! {
             _ = shutdown.cancelled() => return,
-            watch = kv.watch("", WatchFrom::Current) => watch,
+            watch = kv.watch(prefix, WatchFrom::Current) => watch,
         };
         let mut watch = match watch {
             Ok(watch) => {
@@ -125,8 +187,19 @@ pub async fn follow(
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
-                    if let Err(err) = mirrors.apply(&keys, &entry.key, &entry.value) {
-                        reject(&entry.key, &err);
+                    let result = match entry.key.strip_prefix("principal.") {
+                        Some(principal) if bucket == Bucket::Authz => {
+                            mirrors.apply_principal(&keys, principal, &entry.value)
+                        }
+                        _ => mirrors.apply(&keys, &entry.key, &entry.value),
+                    };
+                    if let Err(err) = result {
+                        let kind = if bucket == Bucket::Authz {
+                            PRINCIPAL
+                        } else {
+                            entry.key.as_str()
+                        };
+                        reject(kind, &err);
                     }
                 }
                 Some(Ok(WatchEvent::Delete { key, .. })) => {

@@ -200,7 +200,7 @@ pub struct EffectiveRights {
     pub principal_id: String,
     #[serde(default)]
     pub disabled: bool,
-    /// Access tokens issued before this Unix time are refused.
+    /// Access tokens issued at or before this Unix time are refused (0: none).
     #[serde(default)]
     pub tokens_valid_after: i64,
     #[serde(default)]

@@ -234,14 +234,10 @@ pub const TENANT_HEADER: &str = "x-tenant-id";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantHeader(pub crate::authz::TenantId);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let mut values = parts.headers.get_all(TENANT_HEADER).iter();
+impl TenantHeader {
+    /// The tenant named by `headers` (see [`TenantHeader`]).
+    pub fn from_headers(headers: &HeaderMap) -> Result<TenantHeader, ApiError> {
+        let mut values = headers.get_all(TENANT_HEADER).iter();
         let bad = |reason, message: &str| {
             ApiError::new(ErrorCode::InvalidTenant, message).with_reason(reason)
         };
@@ -261,6 +257,34 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
             .map(TenantHeader)
             .map_err(|err| bad("invalid_tenant", &err.to_string()))
     }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        TenantHeader::from_headers(&parts.headers)
+    }
+}
+
+/// The bearer token of `headers`: exactly one `Authorization: Bearer <token>`; errors are
+/// reason codes (`missing_token`, `ambiguous_token`, `malformed_token`).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or("missing_token")?;
+    if values.next().is_some() {
+        return Err("ambiguous_token");
+    }
+    let value = value.to_str().map_err(|_| "malformed_token")?;
+    let (scheme, token) = value.split_once(' ').ok_or("malformed_token")?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 8192 {
+        return Err("malformed_token");
+    }
+    Ok(token)
 }
 
 /// Fallback for unknown routes, in the envelope.

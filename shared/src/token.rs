@@ -27,3 +27,115 @@ pub const ACCESS_TOKEN_TYPE: &str = "access";
 /// Principal kinds, as the prefix of principal ids (`usr_...`, `svc_...`).
 pub const USER_PREFIX: &str = "usr_";
 pub const SERVICE_PREFIX: &str = "svc_";
+
+use crate::jwks::{JwksDocument, KeyStatus};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: i64 = 30;
+
+/// A published public key, ready to verify.
+struct VerifyKey {
+    kid: String,
+    alg: jsonwebtoken::Algorithm,
+    key: jsonwebtoken::DecodingKey,
+    not_after: Option<i64>,
+}
+
+/// Verifies access tokens against a set of published keys (both planes use it). The
+/// algorithm comes from our key, never from the token; time is a parameter.
+#[derive(Default)]
+pub struct TokenVerifier {
+    keys: Vec<VerifyKey>,
+}
+
+impl TokenVerifier {
+    /// Keys of a `jwks` document (next, current and retiring keys all verify; retiring
+    /// ones until their `not_after`).
+    pub fn from_document(document: &JwksDocument) -> TokenVerifier {
+        let keys = document
+            .keys
+            .iter()
+            .filter_map(|published| {
+                let jwk = &published.jwk;
+                let (alg, key) = match (jwk.kty.as_str(), jwk.crv.as_str()) {
+                    ("OKP", "Ed25519") => (
+                        jsonwebtoken::Algorithm::EdDSA,
+                        jsonwebtoken::DecodingKey::from_ed_components(&jwk.x).ok()?,
+                    ),
+                    ("EC", "P-256") => (
+                        jsonwebtoken::Algorithm::ES256,
+                        jsonwebtoken::DecodingKey::from_ec_components(&jwk.x, jwk.y.as_deref()?)
+                            .ok()?,
+                    ),
+                    _ => return None,
+                };
+                Some(VerifyKey {
+                    kid: jwk.kid.clone(),
+                    alg,
+                    key,
+                    not_after: (published.status == KeyStatus::Retiring)
+                        .then_some(published.not_after)
+                        .flatten(),
+                })
+            })
+            .collect();
+        TokenVerifier { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks an access token at time `now`; errors are reason codes
+    /// (`malformed_token`, `unknown_key`, `bad_signature`, `token_expired`, …).
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<AccessClaims, &'static str> {
+        if token.len() > 8192 {
+            return Err("malformed_token");
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed_token")?;
+        if header.typ.as_deref() != Some("at+jwt") {
+            return Err("wrong_token_type");
+        }
+        let kid = header.kid.ok_or("unknown_key")?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid && k.not_after.is_none_or(|t| now <= t))
+            .ok_or("unknown_key")?;
+        if header.alg != key.alg {
+            return Err("algorithm_mismatch");
+        }
+        let mut validation = jsonwebtoken::Validation::new(key.alg);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation).map_err(|err| {
+                match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad_signature",
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong_issuer",
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong_audience",
+                    _ => "malformed_token",
+                }
+            })?;
+        let claims = data.claims;
+        if claims.typ != ACCESS_TOKEN_TYPE {
+            return Err("wrong_token_type");
+        }
+        if now > claims.exp + LEEWAY_SECS {
+            return Err("token_expired");
+        }
+        if claims.nbf > now + LEEWAY_SECS {
+            return Err("token_not_yet_valid");
+        }
+        Ok(claims)
+    }
+}

@@ -7,6 +7,7 @@ mod dev;
 mod oidc;
 mod otlp;
 mod planes;
+mod proxy;
 mod routing;
 mod store;
 mod upstream;

@@ -344,7 +344,7 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
     let forger = gateway_shared::signed::DocSigningKey::generate();
     kv.put(
         "jwks",
-        signer.sign("jwks", 1, 100, &json!({"keys": []})).unwrap(),
+        signer.sign("jwks", 1, 100, &json!({"keys": [{"status": "current", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc", "kid": "k1", "alg": "EdDSA", "use": "sig"}}]})).unwrap(),
     )
     .await
     .unwrap();

@@ -28,7 +28,7 @@ pub struct User {
     pub status: UserStatus,
     pub created_at: i64,
     pub updated_at: i64,
-    /// Access tokens issued before this Unix time are refused (global sign-out, reset,
+    /// Access tokens issued at or before this Unix time are refused (global sign-out, reset,
     /// disable).
     #[serde(default)]
     pub tokens_valid_after: i64,

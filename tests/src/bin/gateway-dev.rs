@@ -198,6 +198,10 @@ async fn main() -> anyhow::Result<()> {
             verify_keys,
             // the control plane publishes the keys; the demo routing is published above
             snapshots_optional: false,
+            token_issuer: "cloudlysis-gateway".into(),
+            token_audience: "cloudlysis".into(),
+            upstream_timeout: std::time::Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
             store: StoreConfig::Embedded {
                 path: args.dir.join("state.redb"),
             },

@@ -1,0 +1,220 @@
+//! The request path: authenticate the bearer token against the `jwks` mirror and the
+//! principal's published document, resolve the tenant, authorize with the shared engine,
+//! route to the owning shard, forward with correlation and trace headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
+use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, bearer_token};
+use gateway_shared::routing::{Route, RoutingError, ServiceKind};
+use gateway_shared::signed::Verified;
+use gateway_shared::token::AccessClaims;
+use gateway_shared::{ApiError, ErrorCode, unix_now};
+
+use crate::mirror::Mirrors;
+
+/// What the request path needs.
+#[derive(Clone)]
+pub struct ProxyState {
+    pub mirrors: Arc<Mirrors>,
+    pub client: reqwest::Client,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl ProxyState {
+    pub fn new(
+        mirrors: Arc<Mirrors>,
+        issuer: String,
+        audience: String,
+        timeout: Duration,
+    ) -> Result<ProxyState, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| err.to_string())?;
+        Ok(ProxyState {
+            mirrors,
+            client,
+            issuer,
+            audience,
+        })
+    }
+
+    /// Verifies the token and the principal's standing from the mirrors alone.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now: i64,
+    ) -> Result<(AccessClaims, Arc<Verified<EffectiveRights>>), ApiError> {
+        let refuse = |reason: &'static str| {
+            metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "a valid bearer token is required",
+            )
+            .with_reason(reason)
+        };
+        let token = bearer_token(headers).map_err(refuse)?;
+        let keys = self.mirrors.jwks.load_full().ok_or_else(|| {
+            ApiError::new(ErrorCode::NotReady, "verification keys not loaded").with_retry_after(1)
+        })?;
+        let claims = keys
+            .verifier
+            .verify(token, &self.issuer, &self.audience, now)
+            .map_err(refuse)?;
+        let rights = self
+            .mirrors
+            .principal(&claims.sub)
+            .ok_or_else(|| refuse("unknown_principal"))?;
+        if rights.payload.disabled {
+            return Err(refuse("principal_disabled"));
+        }
+        // tokens issued at or before a global sign-out (same second included) are refused;
+        // the control plane issues later tokens with a later iat
+        let valid_after = rights.payload.tokens_valid_after;
+        if valid_after > 0 && claims.iat <= valid_after {
+            return Err(refuse("token_revoked"));
+        }
+        Ok((claims, rights))
+    }
+
+    fn authorize(
+        &self,
+        rights: &EffectiveRights,
+        tenant: &TenantId,
+        action: &str,
+        resource: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let decision = decide(
+            rights,
+            &Request {
+                tenant: Some(tenant),
+                action,
+                resource,
+            },
+        );
+        if decision.allowed {
+            Ok(())
+        } else {
+            metrics::counter!("gateway_authz_denials_total", "reason" => decision.reason.code())
+                .increment(1);
+            Err(
+                ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
+                    .with_reason(decision.reason.code()),
+            )
+        }
+    }
+
+    fn route(&self, tenant: &TenantId, kind: ServiceKind) -> Result<Route, ApiError> {
+        let table = self.mirrors.routing.load_full().ok_or_else(|| {
+            ApiError::new(ErrorCode::NotReady, "routing not loaded").with_retry_after(1)
+        })?;
+        table.route(tenant, kind).map_err(|err| match err {
+            RoutingError::TenantNotRouted { .. } => {
+                metrics::counter!("gateway_routing_misses_total", "kind" => kind.as_str())
+                    .increment(1);
+                ApiError::new(ErrorCode::NotFound, err.to_string()).with_reason("tenant_not_routed")
+            }
+            other => ApiError::internal("routing", &other),
+        })
+    }
+}
+
+/// Path segments the gateway forwards: `[A-Za-z0-9_.-]{1,128}`, never `.` or `..`.
+fn safe_segment(value: &str) -> Result<&str, ApiError> {
+    let ok = (1..=128).contains(&value.len())
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request("invalid path segment").with_reason("invalid_path"))
+    }
+}
+
+/// `POST /v1/query/{view_type}` → the projection shard of the tenant.
+pub async fn query(
+    State(state): State<ProxyState>,
+    Path(view_type): Path<String>,
+    Extension(correlation): Extension<CorrelationId>,
+    Extension(trace): Extension<TraceContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let now = unix_now();
+    let (claims, rights) = state.authenticate(&headers, now)?;
+    let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
+    let view_type = safe_segment(&view_type)?;
+    state.authorize(&rights.payload, &tenant, "query.read", Some(view_type))?;
+    let route = state.route(&tenant, ServiceKind::Projection)?;
+    let endpoint = route
+        .endpoints
+        .first()
+        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
+    let url = format!("{endpoint}/v1/query/{view_type}");
+    tracing::debug!(principal = %claims.sub, tenant = %tenant, shard = %route.shard, "forwarding query");
+    let mut upstream = state
+        .client
+        .post(&url)
+        .header("x-tenant-id", tenant.as_str())
+        .header("x-principal-id", claims.sub.as_str())
+        .header("x-correlation-id", correlation.0.as_str())
+        .header("traceparent", trace.header_value())
+        .body(body);
+    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
+        upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    forward(upstream, &route).await
+}
+
+/// Sends the upstream request and maps its failures to the envelope.
+async fn forward(request: reqwest::RequestBuilder, route: &Route) -> Result<Response, ApiError> {
+    let response = request.send().await.map_err(|err| {
+        metrics::counter!("gateway_upstream_errors_total", "shard" => route.shard.clone())
+            .increment(1);
+        if err.is_timeout() {
+            ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "the upstream did not answer in time",
+            )
+        } else {
+            tracing::warn!(shard = %route.shard, error = %err, "upstream unreachable");
+            ApiError::new(
+                ErrorCode::UpstreamUnavailable,
+                "the upstream is unavailable",
+            )
+            .with_retry_after(1)
+        }
+    })?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .cloned();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short"))?;
+    let mut answer = (status, bytes).into_response();
+    if let Some(content_type) =
+        content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    Ok(answer)
+}

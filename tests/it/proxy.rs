@@ -1,0 +1,317 @@
+//! The data plane's request path for queries: token, principal document, tenant, rights,
+//! routing, forwarding with correlation and trace headers.
+
+use std::time::Duration;
+
+use gateway_tests::SnapshotKeys;
+use gateway_tests::nats::NatsServer;
+use gateway_tests::upstream;
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "plum tractor velvet lagoon";
+
+async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = client.request(method.parse().unwrap(), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_are_authenticated_authorized_routed_and_forwarded() {
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    let (_data, data) =
+        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--upstream-timeout", "2s"]);
+    let node = upstream::start(
+        "shard-q",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let (_, admin) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
+        &[],
+    )
+    .await;
+    let admin = admin["access_token"].as_str().unwrap().to_string();
+    for (path, body) in [
+        (
+            "/admin/routing/projection/shards/proj-1",
+            json!({"endpoints": [node.http_url()]}),
+        ),
+        (
+            "/admin/routing/projection/placements/acme",
+            json!({"shard": "proj-1"}),
+        ),
+    ] {
+        let (status, answer) = send(
+            &client,
+            "PUT",
+            format!("{base}{path}"),
+            Some(&admin),
+            Some(body),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, user) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signup"),
+        None,
+        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let user_id = user["user_id"].as_str().unwrap().to_string();
+    for tenant in ["acme", "globex"] {
+        let (status, _) = send(
+            &client,
+            "POST",
+            format!("{base}/admin/assignments"),
+            Some(&admin),
+            Some(json!({"principal_id": user_id, "tenant_id": tenant, "role": "tenant_member"})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (_, tokens) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let query = format!("{}/v1/query/orders_by_customer", data.http);
+    let acme = [("x-tenant-id", "acme")];
+
+    // the mirrors converge: poll until the query goes through
+    let deadline = std::time::Instant::now() + START;
+    let answer = loop {
+        let (status, answer) = send(
+            &client,
+            "POST",
+            query.clone(),
+            Some(&token),
+            Some(json!({"customer": "c-1"})),
+            &acme,
+        )
+        .await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "query never allowed: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(answer["node"], "shard-q");
+    assert_eq!(answer["tenant_id"], "acme");
+    assert_eq!(answer["query"]["customer"], "c-1");
+
+    // correlation, trace and identity reach the upstream; a spoofed identity header does not
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, _) = send(
+        &client,
+        "POST",
+        query.clone(),
+        Some(&token),
+        Some(json!({})),
+        &[
+            ("x-tenant-id", "acme"),
+            ("x-correlation-id", "q-77"),
+            ("traceparent", traceparent),
+            ("x-principal-id", "usr_evil"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = node.node.recorded().into_iter().last().unwrap();
+    assert_eq!(seen.header("x-tenant-id"), Some("acme"));
+    assert_eq!(seen.header("x-principal-id"), Some(user_id.as_str()));
+    assert_eq!(seen.header("x-correlation-id"), Some("q-77"));
+    assert!(
+        seen.header("traceparent")
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
+    assert!(
+        !seen
+            .header("traceparent")
+            .unwrap()
+            .contains("00f067aa0ba902b7"),
+        "the gateway is the parent"
+    );
+
+    // refusals, each in the envelope
+    type Case<'a> = (
+        Option<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        String,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (None, acme.to_vec(), query.clone(), 401, "missing_token"),
+        (
+            Some("not.a.token"),
+            acme.to_vec(),
+            query.clone(),
+            401,
+            "malformed_token",
+        ),
+        (Some(&admin), vec![], query.clone(), 400, "missing_tenant"),
+        (
+            Some(&token),
+            vec![("x-tenant-id", "Not A Tenant")],
+            query.clone(),
+            400,
+            "invalid_tenant",
+        ),
+        (
+            Some(&token),
+            vec![("x-tenant-id", "acme"), ("x-tenant-id", "globex")],
+            query.clone(),
+            400,
+            "ambiguous_tenant",
+        ),
+        (
+            Some(&token),
+            vec![("x-tenant-id", "initech")],
+            query.clone(),
+            403,
+            "not_tenant_member",
+        ),
+        (
+            Some(&token),
+            vec![("x-tenant-id", "globex")],
+            query.clone(),
+            404,
+            "tenant_not_routed",
+        ),
+        (
+            Some(&token),
+            acme.to_vec(),
+            format!("{}/v1/query/a%2Fb", data.http),
+            400,
+            "invalid_path",
+        ),
+    ];
+    for (token, headers, url, status, code) in cases {
+        let (got, answer) = send(
+            &client,
+            "POST",
+            url.clone(),
+            token,
+            Some(json!({})),
+            &headers,
+        )
+        .await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{url} {headers:?}: {answer}"
+        );
+        assert!(answer["error"]["correlation_id"].is_string());
+    }
+
+    // global sign-out reaches the data plane: the old token is refused (poll with a deadline)
+    let (status, _) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signout"),
+        Some(&token),
+        Some(json!({"all": true})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 204);
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let (status, answer) = send(
+            &client,
+            "POST",
+            query.clone(),
+            Some(&token),
+            Some(json!({})),
+            &acme,
+        )
+        .await;
+        if status == 401 {
+            assert_eq!(answer["error"]["code"], "token_revoked");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sign-out not enforced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // the upstream goes away: a typed 503, not a hang
+    let (_, fresh) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    let fresh = fresh["access_token"].as_str().unwrap().to_string();
+    drop(node);
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let (status, answer) = send(
+            &client,
+            "POST",
+            query.clone(),
+            Some(&fresh),
+            Some(json!({})),
+            &acme,
+        )
+        .await;
+        if status == 503 {
+            assert_eq!(answer["error"]["code"], "upstream_unavailable");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream outage not reported: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
