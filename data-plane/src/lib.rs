@@ -2,6 +2,7 @@
 //! documents the control plane publishes, and keeps serving from last-known-good copies.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod mirror;
 pub mod proxy;
@@ -44,12 +45,20 @@ pub struct Listeners {
 pub fn public_router(
     readiness: Arc<Readiness>,
     proxy: proxy::ProxyState,
+    channels: commands::Channels,
     max_body: usize,
 ) -> Router {
+    let commands = Router::new()
+        .route(
+            "/v1/commands/{aggregate_type}/{aggregate_id}",
+            axum::routing::post(commands::submit_http),
+        )
+        .with_state((proxy.clone(), channels));
     let api = Router::new()
         .route("/v1/query/{view_type}", axum::routing::post(proxy::query))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .with_state(proxy);
+        .with_state(proxy)
+        .merge(commands)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
     Router::new()
         .merge(api)
         .merge(http::probe_router(readiness))
@@ -96,6 +105,7 @@ async fn report_grpc_health(
 /// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.
 async fn serve_grpc(
     listener: TcpListener,
+    commands: commands::CommandProxy,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
     drain_timeout: std::time::Duration,
@@ -107,6 +117,11 @@ async fn serve_grpc(
     tokio::spawn(report_grpc_health(readiness, reporter, stop.clone()));
     let server = tonic::transport::Server::builder()
         .add_service(health)
+        .add_service(
+            gateway_proto::aggregate::v1::command_service_server::CommandServiceServer::new(
+                commands,
+            ),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.clone().cancelled_owned(),
@@ -161,7 +176,17 @@ pub async fn run(
         config.upstream_timeout,
     )
     .map_err(RunError::Client)?;
-    let public = public_router(Arc::clone(&readiness), proxy, config.max_body_bytes);
+    let channels = commands::Channels::default();
+    let command_service = commands::CommandProxy {
+        state: proxy.clone(),
+        channels: channels.clone(),
+    };
+    let public = public_router(
+        Arc::clone(&readiness),
+        proxy,
+        channels,
+        config.max_body_bytes,
+    );
     let ops = ops
         .merge(
             Router::new()
@@ -190,6 +215,7 @@ pub async fn run(
         http::serve(listeners.http, public, stop_accepting.clone(), drain),
         serve_grpc(
             listeners.grpc,
+            command_service,
             Arc::clone(&readiness),
             stop_accepting.clone(),
             drain

@@ -25,6 +25,7 @@ pub struct ProxyState {
     pub client: reqwest::Client,
     pub issuer: String,
     pub audience: String,
+    pub upstream_timeout: Duration,
 }
 
 impl ProxyState {
@@ -46,11 +47,12 @@ impl ProxyState {
             client,
             issuer,
             audience,
+            upstream_timeout: timeout,
         })
     }
 
     /// Verifies the token and the principal's standing from the mirrors alone.
-    fn authenticate(
+    pub fn authenticate(
         &self,
         headers: &HeaderMap,
         now: i64,
@@ -87,7 +89,7 @@ impl ProxyState {
         Ok((claims, rights))
     }
 
-    fn authorize(
+    pub fn authorize(
         &self,
         rights: &EffectiveRights,
         tenant: &TenantId,
@@ -114,7 +116,7 @@ impl ProxyState {
         }
     }
 
-    fn route(&self, tenant: &TenantId, kind: ServiceKind) -> Result<Route, ApiError> {
+    pub fn route(&self, tenant: &TenantId, kind: ServiceKind) -> Result<Route, ApiError> {
         let table = self.mirrors.routing.load_full().ok_or_else(|| {
             ApiError::new(ErrorCode::NotReady, "routing not loaded").with_retry_after(1)
         })?;
@@ -130,7 +132,7 @@ impl ProxyState {
 }
 
 /// Path segments the gateway forwards: `[A-Za-z0-9_.-]{1,128}`, never `.` or `..`.
-fn safe_segment(value: &str) -> Result<&str, ApiError> {
+pub fn safe_segment(value: &str) -> Result<&str, ApiError> {
     let ok = (1..=128).contains(&value.len())
         && value != "."
         && value != ".."

@@ -315,3 +315,211 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
+    use gateway_proto::aggregate::v1::SubmitCommandRequest;
+    use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    let (_data, data) = gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &[]);
+    let node = upstream::start(
+        "shard-c",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let (_, admin) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
+        &[],
+    )
+    .await;
+    let admin = admin["access_token"].as_str().unwrap().to_string();
+    for (path, body) in [
+        (
+            "/admin/routing/aggregate/shards/agg-1",
+            json!({"endpoints": [node.grpc_url()]}),
+        ),
+        (
+            "/admin/routing/aggregate/placements/acme",
+            json!({"shard": "agg-1"}),
+        ),
+        (
+            "/admin/roles",
+            json!({"name": "order_writer", "rights": ["command.submit:order"]}),
+        ),
+    ] {
+        let method = if path == "/admin/roles" {
+            "POST"
+        } else {
+            "PUT"
+        };
+        let (status, answer) = send(
+            &client,
+            method,
+            format!("{base}{path}"),
+            Some(&admin),
+            Some(body),
+            &[],
+        )
+        .await;
+        assert!(status == 200 || status == 201, "{answer}");
+    }
+    let (_, user) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signup"),
+        None,
+        Some(json!({"email": "writer@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    let user_id = user["user_id"].as_str().unwrap().to_string();
+    send(
+        &client,
+        "POST",
+        format!("{base}/admin/assignments"),
+        Some(&admin),
+        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "order_writer"})),
+        &[],
+    )
+    .await;
+    let (_, tokens) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": "writer@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+
+    let mut grpc = CommandServiceClient::connect(data.grpc.clone())
+        .await
+        .unwrap();
+    let command = |id: &str,
+                   aggregate_type: &str,
+                   expected: Option<u64>,
+                   tenant: &str,
+                   token: Option<&str>| {
+        let mut request = tonic::Request::new(SubmitCommandRequest {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: "o-1".into(),
+            command_type: "PlaceOrder".into(),
+            command_id: id.into(),
+            payload: br#"{"sku":"x"}"#.to_vec(),
+            content_type: "application/json".into(),
+            expected_version: expected,
+            metadata: Default::default(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-tenant-id", tenant.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-correlation-id", "cmd-1".parse().unwrap());
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    };
+    // T6.1: forwarded with tenant metadata, events returned (poll until the mirrors converge)
+    let deadline = std::time::Instant::now() + START;
+    let first = loop {
+        match grpc
+            .submit_command(command("c-1", "order", Some(0), "acme", Some(&token)))
+            .await
+        {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "command never accepted: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    assert_eq!(first.aggregate_version, 1);
+    assert_eq!(first.events[0].event_type, "PlaceOrder");
+    assert_eq!(first.events[0].metadata["tenant_id"], "acme");
+    let seen = node.node.recorded().into_iter().last().unwrap();
+    assert_eq!(seen.header("x-tenant-id"), Some("acme"));
+    assert_eq!(seen.header("x-principal-id"), Some(user_id.as_str()));
+    assert_eq!(seen.header("x-correlation-id"), Some("cmd-1"));
+    assert!(seen.header("traceparent").is_some());
+
+    // refusals map to gRPC codes; domain errors of the aggregate pass through
+    let cases = [
+        (
+            command("c-2", "order", None, "acme", None),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            command("c-3", "invoice", None, "acme", Some(&token)),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            command("c-4", "order", None, "globex", Some(&token)),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            command("c-5", "order", Some(0), "acme", Some(&token)),
+            tonic::Code::FailedPrecondition,
+        ),
+    ];
+    for (request, code) in cases {
+        let status = grpc.submit_command(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+
+    // T6.2: the HTTP wrapper answers the same shape; the gateway supplies a command_id
+    let (status, answer) = send(
+        &client,
+        "POST",
+        format!("{}/v1/commands/order/o-1", data.http),
+        Some(&token),
+        Some(json!({"command_type": "AddLine", "payload": {"sku": "y"}, "expected_version": 1})),
+        &[("x-tenant-id", "acme")],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["aggregate_version"], 2);
+    assert_eq!(answer["events"][0]["payload"]["sku"], "y");
+    assert_eq!(answer["events"][0]["sequence"], 2);
+    assert_eq!(answer["command_id"].as_str().unwrap().len(), 36);
+    let (status, answer) = send(
+        &client,
+        "POST",
+        format!("{}/v1/commands/order/o-1", data.http),
+        Some(&token),
+        Some(json!({"command_type": "AddLine", "expected_version": 1})),
+        &[("x-tenant-id", "acme")],
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("failed_precondition"))
+    );
+    let (status, _) = send(
+        &client,
+        "POST",
+        format!("{}/v1/commands/order/o-1", data.http),
+        Some(&token),
+        Some(json!({"no": "type"})),
+        &[("x-tenant-id", "acme")],
+    )
+    .await;
+    assert_eq!(status, 400);
+}

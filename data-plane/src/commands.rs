@@ -1,0 +1,271 @@
+//! Commands: the gRPC `aggregate.gateway.v1.CommandService` served to clients and its HTTP
+//! wrapper, both forwarded to the aggregate shard of the tenant over pooled gRPC channels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use base64::Engine;
+use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
+use gateway_proto::aggregate::v1::command_service_server::CommandService;
+use gateway_proto::aggregate::v1::{SubmitCommandRequest, SubmitCommandResponse};
+use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, valid_correlation_id};
+use gateway_shared::routing::ServiceKind;
+use gateway_shared::{ApiError, ErrorCode, unix_now};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::proxy::{ProxyState, safe_segment};
+
+/// Why a command did not go through: refused by the gateway, or answered with an error by
+/// the aggregate (passed on as it is).
+pub enum SubmitError {
+    Gateway(ApiError),
+    Upstream(tonic::Status),
+}
+
+impl From<ApiError> for SubmitError {
+    fn from(err: ApiError) -> Self {
+        SubmitError::Gateway(err)
+    }
+}
+
+/// Pooled channels to aggregate endpoints.
+#[derive(Clone, Default)]
+pub struct Channels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    fn get(&self, endpoint: &str) -> Result<Channel, ApiError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| ApiError::internal("channel pool", &"poisoned"))?;
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|err| ApiError::internal("aggregate endpoint", &err))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy();
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Authenticates, authorizes `command.submit:<aggregate_type>`, routes and forwards one
+/// command. The gateway supplies a `command_id` when the client gave none.
+pub async fn submit(
+    state: &ProxyState,
+    channels: &Channels,
+    headers: &HeaderMap,
+    correlation_id: &str,
+    trace: &TraceContext,
+    mut command: SubmitCommandRequest,
+) -> Result<SubmitCommandResponse, SubmitError> {
+    let (claims, rights) = state.authenticate(headers, unix_now())?;
+    let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
+    safe_segment(&command.aggregate_type)?;
+    if command.aggregate_id.is_empty() || command.aggregate_id.len() > 256 {
+        return Err(
+            ApiError::bad_request("aggregate_id is required (at most 256 bytes)")
+                .with_reason("invalid_aggregate_id")
+                .into(),
+        );
+    }
+    state.authorize(
+        &rights.payload,
+        &tenant,
+        "command.submit",
+        Some(&command.aggregate_type),
+    )?;
+    let route = state.route(&tenant, ServiceKind::Aggregate)?;
+    let endpoint = route
+        .endpoints
+        .first()
+        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
+    if command.command_id.trim().is_empty() {
+        command.command_id = uuid::Uuid::new_v4().to_string();
+    }
+    let mut request = tonic::Request::new(command);
+    let metadata = request.metadata_mut();
+    for (name, value) in [
+        ("x-tenant-id", tenant.as_str().to_string()),
+        ("x-principal-id", claims.sub.clone()),
+        ("x-correlation-id", correlation_id.to_string()),
+        ("traceparent", trace.header_value()),
+    ] {
+        if let Ok(value) = value.parse() {
+            metadata.insert(name, value);
+        }
+    }
+    request.set_timeout(state.upstream_timeout);
+    let mut client = CommandServiceClient::new(channels.get(endpoint)?);
+    match client.submit_command(request).await {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) => match status.code() {
+            tonic::Code::Unavailable => {
+                metrics::counter!("gateway_upstream_errors_total", "shard" => route.shard.clone())
+                    .increment(1);
+                Err(ApiError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    "the upstream is unavailable",
+                )
+                .with_retry_after(1)
+                .into())
+            }
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Err(ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "the upstream did not answer in time",
+            )
+            .into()),
+            _ => Err(SubmitError::Upstream(status)),
+        },
+    }
+}
+
+/// The gRPC service clients call.
+pub struct CommandProxy {
+    pub state: ProxyState,
+    pub channels: Channels,
+}
+
+#[tonic::async_trait]
+impl CommandService for CommandProxy {
+    async fn submit_command(
+        &self,
+        request: tonic::Request<SubmitCommandRequest>,
+    ) -> Result<tonic::Response<SubmitCommandResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        let correlation_id = headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_correlation_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let trace =
+            TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        let started = std::time::Instant::now();
+        let result = submit(
+            &self.state,
+            &self.channels,
+            &headers,
+            &correlation_id,
+            &trace,
+            request.into_inner(),
+        )
+        .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(SubmitError::Gateway(err)) => err.code.grpc_code(),
+            Err(SubmitError::Upstream(status)) => status.code(),
+        };
+        metrics::counter!("gateway_grpc_requests_total", "method" => "SubmitCommand", "code" => format!("{code:?}")).increment(1);
+        tracing::info!(correlation_id, trace_id = %trace.trace_id, code = ?code, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "grpc request finished");
+        let mut response = match result {
+            Ok(answer) => Ok(tonic::Response::new(answer)),
+            Err(SubmitError::Gateway(err)) => {
+                let mut status = tonic::Status::new(err.code.grpc_code(), err.message.clone());
+                if let Ok(reason) = err.envelope_code().parse() {
+                    status.metadata_mut().insert("x-error-code", reason);
+                }
+                Err(status)
+            }
+            Err(SubmitError::Upstream(status)) => Err(status),
+        };
+        if let (Ok(answer), Ok(value)) = (response.as_mut(), correlation_id.parse()) {
+            answer.metadata_mut().insert("x-correlation-id", value);
+        }
+        response
+    }
+}
+
+/// Body of `POST /v1/commands/{aggregate_type}/{aggregate_id}`.
+#[derive(Deserialize)]
+pub struct CommandBody {
+    command_type: String,
+    #[serde(default)]
+    command_id: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    expected_version: Option<u64>,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+fn upstream_to_api(status: &tonic::Status) -> ApiError {
+    let (code, reason) = match status.code() {
+        tonic::Code::InvalidArgument => (ErrorCode::BadRequest, "invalid_argument"),
+        tonic::Code::FailedPrecondition => (ErrorCode::Conflict, "failed_precondition"),
+        tonic::Code::AlreadyExists => (ErrorCode::Conflict, "already_exists"),
+        tonic::Code::Aborted => (ErrorCode::Conflict, "aborted"),
+        tonic::Code::NotFound => (ErrorCode::NotFound, "not_found"),
+        tonic::Code::PermissionDenied => (ErrorCode::Forbidden, "permission_denied"),
+        tonic::Code::ResourceExhausted => (ErrorCode::RateLimited, "resource_exhausted"),
+        _ => (ErrorCode::BadGateway, "upstream_error"),
+    };
+    ApiError::new(code, status.message().chars().take(500).collect::<String>()).with_reason(reason)
+}
+
+/// `POST /v1/commands/{aggregate_type}/{aggregate_id}`: the HTTP form of SubmitCommand,
+/// answering the same shape as JSON.
+pub async fn submit_http(
+    State((state, channels)): State<(ProxyState, Channels)>,
+    Path((aggregate_type, aggregate_id)): Path<(String, String)>,
+    Extension(correlation): Extension<CorrelationId>,
+    Extension(trace): Extension<TraceContext>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    // authenticate before reading the body (401 before 400)
+    state.authenticate(&headers, unix_now())?;
+    let body: CommandBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request("the body must be {command_type, payload, …}")
+            .with_reason("invalid_body")
+    })?;
+    let command = SubmitCommandRequest {
+        aggregate_type,
+        aggregate_id,
+        command_type: body.command_type,
+        command_id: body.command_id.unwrap_or_default(),
+        payload: serde_json::to_vec(&body.payload).unwrap_or_default(),
+        content_type: "application/json".into(),
+        expected_version: body.expected_version,
+        metadata: body.metadata,
+    };
+    let answer = submit(&state, &channels, &headers, &correlation.0, &trace, command)
+        .await
+        .map_err(|err| match err {
+            SubmitError::Gateway(err) => err,
+            SubmitError::Upstream(status) => upstream_to_api(&status),
+        })?;
+    let events: Vec<Value> = answer
+        .events
+        .iter()
+        .map(|e| {
+            let payload = if e.content_type.is_empty() || e.content_type == "application/json" {
+                serde_json::from_slice(&e.payload).unwrap_or(Value::Null)
+            } else {
+                json!(base64::engine::general_purpose::STANDARD.encode(&e.payload))
+            };
+            json!({
+                "event_type": e.event_type, "sequence": e.sequence, "payload": payload,
+                "content_type": e.content_type, "metadata": e.metadata,
+                "recorded_at_unix_ms": e.recorded_at_unix_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "aggregate_type": answer.aggregate_type,
+        "aggregate_id": answer.aggregate_id,
+        "command_id": answer.command_id,
+        "events": events,
+        "aggregate_version": answer.aggregate_version,
+        "replayed": answer.replayed,
+    })))
+}
