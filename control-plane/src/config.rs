@@ -69,6 +69,10 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub google: GoogleArgs,
+    /// Peers (IPs or CIDRs, comma-separated) whose `x-forwarded-for` names the client: the
+    /// data planes in front of this control plane.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Email of the first platform admin, created on an empty store.
     #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_EMAIL")]
     pub bootstrap_admin_email: Option<String>,
@@ -353,6 +357,7 @@ pub struct Config {
     pub backoff: BackoffSettings,
     pub google: Option<OidcSettings>,
     pub bootstrap_admin: Option<BootstrapAdmin>,
+    pub trusted_proxies: Vec<gateway_shared::http::IpNet>,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -472,6 +477,13 @@ impl ServeArgs {
             mailer,
             google,
             bootstrap_admin,
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| gateway_shared::http::IpNet::parse(t))
+                .collect::<Result<_, _>>()
+                .map_err(|m| ConfigError::new("trusted-proxies", "GATEWAY_TRUSTED_PROXIES", m))?,
             ip_quotas: IpQuotas {
                 signup: l.limit_signup_per_ip,
                 signin: l.limit_signin_per_ip,

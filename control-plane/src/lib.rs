@@ -40,6 +40,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub publisher: Arc<iam::publish::Publisher>,
     pub routing: Arc<routing::RoutingAdmin>,
+    /// Peers whose `x-forwarded-for` is believed (the data planes).
+    pub trusted_proxies: Arc<[gateway_shared::http::IpNet]>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -154,6 +156,7 @@ pub async fn run(
         auth,
         publisher,
         routing,
+        trusted_proxies: config.trusted_proxies.clone().into(),
         readiness: Arc::clone(&readiness),
     };
     let app = router(state, metrics);

@@ -55,6 +55,14 @@ pub struct Cli {
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Control-plane base URLs (comma-separated) that `/v1/auth/*` and
+    /// `/.well-known/jwks.json` are forwarded to.
+    #[arg(
+        long = "control-plane-url",
+        env = "GATEWAY_CONTROL_PLANE_URL",
+        value_delimiter = ','
+    )]
+    pub control_planes: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -75,6 +83,7 @@ pub struct Config {
     pub token_audience: String,
     pub upstream_timeout: std::time::Duration,
     pub max_body_bytes: usize,
+    pub control_planes: Vec<String>,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
 }
@@ -114,6 +123,23 @@ impl Cli {
             token_audience: self.token_audience.clone(),
             upstream_timeout: self.upstream_timeout,
             max_body_bytes: self.max_body_bytes,
+            control_planes: self
+                .control_planes
+                .iter()
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .map(|u| {
+                    if gateway_shared::routing::validate_endpoint(&u) {
+                        Ok(u)
+                    } else {
+                        Err(ConfigError::new(
+                            "control-plane-url",
+                            "GATEWAY_CONTROL_PLANE_URL",
+                            format!("{u:?} is not an http(s)://host:port URL"),
+                        ))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
             store: self.store.to_config("gateway-data-plane")?,
             lifecycle: self.lifecycle.clone(),
         })

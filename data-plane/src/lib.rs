@@ -2,6 +2,7 @@
 //! documents the control plane publishes, and keeps serving from last-known-good copies.
 #![forbid(unsafe_code)]
 
+pub mod auth_forward;
 pub mod commands;
 pub mod config;
 pub mod mirror;
@@ -46,6 +47,7 @@ pub fn public_router(
     readiness: Arc<Readiness>,
     proxy: proxy::ProxyState,
     channels: commands::Channels,
+    auth: auth_forward::AuthForward,
     max_body: usize,
 ) -> Router {
     let commands = Router::new()
@@ -54,10 +56,22 @@ pub fn public_router(
             axum::routing::post(commands::submit_http),
         )
         .with_state((proxy.clone(), channels));
+    let auth = Router::new()
+        .route(
+            "/v1/auth/{*rest}",
+            axum::routing::any(auth_forward::forward),
+        )
+        .route(
+            "/.well-known/jwks.json",
+            axum::routing::get(auth_forward::forward),
+        )
+        .with_state(auth);
     let api = Router::new()
         .route("/v1/query/{view_type}", axum::routing::post(proxy::query))
+        .route("/admin/runner/{*path}", axum::routing::any(proxy::runner))
         .with_state(proxy)
         .merge(commands)
+        .merge(auth)
         .layer(axum::extract::DefaultBodyLimit::max(max_body));
     Router::new()
         .merge(api)
@@ -181,10 +195,12 @@ pub async fn run(
         state: proxy.clone(),
         channels: channels.clone(),
     };
+    let auth = auth_forward::AuthForward::new(proxy.client.clone(), config.control_planes.clone());
     let public = public_router(
         Arc::clone(&readiness),
         proxy,
         channels,
+        auth,
         config.max_body_bytes,
     );
     let ops = ops

@@ -220,3 +220,93 @@ async fn forward(request: reqwest::RequestBuilder, route: &Route) -> Result<Resp
     }
     Ok(answer)
 }
+
+/// Normalises a runner sub-path: segments of `[A-Za-z0-9_.-]`, no empty, `.` or `..`
+/// segments (no traversal), no encoded separators; refused otherwise.
+pub fn normalize_runner_path(path: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::bad_request("invalid runner path").with_reason("invalid_path");
+    if path.is_empty() || path.len() > 1024 {
+        return Err(invalid());
+    }
+    let mut segments = Vec::new();
+    for segment in path.split('/') {
+        safe_segment(segment).map_err(|_| invalid())?;
+        segments.push(segment);
+    }
+    Ok(segments.join("/"))
+}
+
+/// `/admin/runner/{*path}` (any method) → the runner shard of the tenant; `runner.admin`.
+#[allow(clippy::too_many_arguments)] // one axum extractor per argument
+pub async fn runner(
+    State(state): State<ProxyState>,
+    method: axum::http::Method,
+    Path(path): Path<String>,
+    Extension(correlation): Extension<CorrelationId>,
+    Extension(trace): Extension<TraceContext>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let now = unix_now();
+    let (claims, rights) = state.authenticate(&headers, now)?;
+    let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
+    // the raw path is checked too: axum has already decoded %2F into '/'
+    if uri.path().contains("%2") || uri.path().contains("%5") || uri.path().contains("//") {
+        return Err(ApiError::bad_request("invalid runner path").with_reason("invalid_path"));
+    }
+    let path = normalize_runner_path(&path)?;
+    state.authorize(&rights.payload, &tenant, "runner.admin", None)?;
+    let route = state.route(&tenant, ServiceKind::Runner)?;
+    let endpoint = route
+        .endpoints
+        .first()
+        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
+    let mut url = format!("{endpoint}/admin/runner/{path}");
+    if let Some(query) = uri.query() {
+        url.push('?');
+        url.push_str(query);
+    }
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
+        .map_err(|_| ApiError::new(ErrorCode::MethodNotAllowed, "method not supported"))?;
+    let mut upstream = state
+        .client
+        .request(method, &url)
+        .header("x-tenant-id", tenant.as_str())
+        .header("x-principal-id", claims.sub.as_str())
+        .header("x-correlation-id", correlation.0.as_str())
+        .header("traceparent", trace.header_value())
+        .body(body);
+    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
+        upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    forward(upstream, &route).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_paths_are_normalised_or_refused() {
+        assert_eq!(
+            normalize_runner_path("workflows/wf-1").unwrap(),
+            "workflows/wf-1"
+        );
+        for bad in [
+            "",
+            "..",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "/a",
+            "a/",
+            "a\\b",
+            "a b",
+            "%2e%2e",
+            &"x/".repeat(600),
+        ] {
+            assert!(normalize_runner_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

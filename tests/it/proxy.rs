@@ -523,3 +523,203 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
     .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let (_control, base) = gateway_tests::spawn_control_plane(
+        &nats.url(),
+        &prefix,
+        &keys,
+        &["--trusted-proxies", "127.0.0.1"],
+    );
+    let (_data, data) = gateway_tests::spawn_data_plane(
+        &nats.url(),
+        &prefix,
+        &keys,
+        &["--control-plane-url", &base],
+    );
+    let node = upstream::start(
+        "shard-r",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    // the auth flows work through the data plane, and the control plane sees the real client
+    let (status, _) = send(
+        &client,
+        "POST",
+        format!("{}/v1/auth/signup", data.http),
+        None,
+        Some(json!({"email": "ops@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = send(
+        &from(23),
+        "POST",
+        format!("{}/v1/auth/signin", data.http),
+        None,
+        Some(json!({"email": "ops@example.com", "password": PASSWORD})),
+        &[("x-forwarded-for", "6.6.6.6")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let jwks: Value = client
+        .get(format!("{}/.well-known/jwks.json", data.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!jwks["keys"].as_array().unwrap().is_empty());
+    let store = gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
+        gateway_shared::store::nats::NatsConfig {
+            url: nats.url(),
+            prefix: prefix.clone(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let audit = store
+        .audit()
+        .read(&gateway_shared::store::AuditQuery {
+            tenant: None,
+            from_seq: 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let signin = audit
+        .iter()
+        .rev()
+        .map(|r| serde_json::from_slice::<Value>(&r.data).unwrap())
+        .find(|r| r["action"] == "auth.signin" && r["outcome"] == "ok")
+        .unwrap();
+    assert_eq!(
+        signin["client_ip"], "127.0.0.23",
+        "the client's address, not the spoofed header"
+    );
+
+    // runner admin: runner.admin in the tenant, normalised paths
+    let (_, admin) = send(
+        &client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
+        &[],
+    )
+    .await;
+    let admin = admin["access_token"].as_str().unwrap().to_string();
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/admin/routing/runner/shards/run-1".to_string(),
+            json!({"endpoints": [node.http_url()]}),
+        ),
+        (
+            "PUT",
+            "/admin/routing/runner/placements/acme".to_string(),
+            json!({"shard": "run-1"}),
+        ),
+    ] {
+        let (status, answer) = send(
+            &client,
+            method,
+            format!("{base}{path}"),
+            Some(&admin),
+            Some(body),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (_, me) = send(
+        &client,
+        "GET",
+        format!("{}/v1/auth/session", data.http),
+        Some(&token),
+        None,
+        &[],
+    )
+    .await;
+    let user_id = me["user_id"].as_str().unwrap().to_string();
+    send(
+        &client,
+        "POST",
+        format!("{base}/admin/assignments"),
+        Some(&admin),
+        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"})),
+        &[],
+    )
+    .await;
+    let runner = format!("{}/admin/runner/workflows/wf-1?force=true", data.http);
+    let acme = [("x-tenant-id", "acme")];
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let (status, answer) =
+            send(&client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
+        if status == 403 && answer["error"]["code"] == "no_matching_right" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member not refused: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    send(
+        &client,
+        "POST",
+        format!("{base}/admin/assignments"),
+        Some(&admin),
+        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_admin"})),
+        &[],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + START;
+    let answer = loop {
+        let (status, answer) =
+            send(&client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin not allowed: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        (answer["runner_path"].as_str(), answer["method"].as_str()),
+        (Some("workflows/wf-1"), Some("DELETE"))
+    );
+    let (status, answer) = send(
+        &client,
+        "GET",
+        format!("{}/admin/runner/a%2F..%2Fsecrets", data.http),
+        Some(&token),
+        None,
+        &acme,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_path"))
+    );
+}

@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
             token_audience: "cloudlysis".into(),
             upstream_timeout: std::time::Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
+            control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
                 path: args.dir.join("state.redb"),
             },
