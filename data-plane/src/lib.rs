@@ -129,8 +129,15 @@ async fn serve_grpc(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     tokio::spawn(report_grpc_health(readiness, reporter, stop.clone()));
+    // reflection lets grpcurl and other tools call the gateway without the .proto files
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gateway_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|err| RunError::Grpc(err.to_string()))?;
     let server = tonic::transport::Server::builder()
         .add_service(health)
+        .add_service(reflection)
         .add_service(
             gateway_proto::aggregate::v1::command_service_server::CommandServiceServer::new(
                 commands,

@@ -7,3 +7,6 @@ pub mod aggregate {
         tonic::include_proto!("aggregate.gateway.v1");
     }
 }
+
+/// Encoded file descriptors of every contract here (for gRPC server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
