@@ -88,6 +88,9 @@ pub async fn forward(
                     )
                 })?;
                 let mut answer = (status, bytes).into_response();
+                answer
+                    .extensions_mut()
+                    .insert(gateway_shared::http::Relayed);
                 for (name, value) in passed {
                     answer.headers_mut().insert(name, value);
                 }

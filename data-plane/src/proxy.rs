@@ -211,6 +211,9 @@ async fn forward(request: reqwest::RequestBuilder, route: &Route) -> Result<Resp
         .await
         .map_err(|_| ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short"))?;
     let mut answer = (status, bytes).into_response();
+    answer
+        .extensions_mut()
+        .insert(gateway_shared::http::Relayed);
     if let Some(content_type) =
         content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
     {
