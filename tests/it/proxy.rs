@@ -34,14 +34,134 @@ async fn send(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Control plane, data plane and NATS, with the bootstrap admin signed in.
+struct Stack {
+    nats: NatsServer,
+    keys: SnapshotKeys,
+    prefix: String,
+    _control: gateway_tests::process::PlaneProcess,
+    base: String,
+    _data: gateway_tests::process::PlaneProcess,
+    data: gateway_tests::DataPlaneUrls,
+    client: reqwest::Client,
+    admin: String,
+}
+
+impl Stack {
+    /// `data_flags` receives the control plane's base URL.
+    async fn start(control_flags: &[&str], data_flags: impl Fn(&str) -> Vec<String>) -> Stack {
+        let nats = NatsServer::start();
+        let keys = SnapshotKeys::generate();
+        let prefix = gateway_tests::unique_prefix();
+        let (control, base) =
+            gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, control_flags);
+        let flags = data_flags(&base);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (data_process, data) =
+            gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &flags);
+        let client = reqwest::Client::new();
+        let (status, admin) = send(&client, "POST", format!("{base}/v1/auth/signin"), None, Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})), &[]).await;
+        assert_eq!(status, 200, "{admin}");
+        let admin = admin["access_token"].as_str().unwrap().to_string();
+        Stack {
+            nats,
+            keys,
+            prefix,
+            _control: control,
+            base,
+            _data: data_process,
+            data,
+            client,
+            admin,
+        }
+    }
+
+    /// An admin call that must succeed.
+    async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, answer) = send(
+            &self.client,
+            method,
+            format!("{}{path}", self.base),
+            Some(&self.admin),
+            Some(body),
+            &[],
+        )
+        .await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    }
+
+    /// Routes `tenant` for `kind` to a one-endpoint shard.
+    async fn route(&self, kind: &str, shard: &str, endpoint: &str, tenant: &str) {
+        self.admin(
+            "PUT",
+            &format!("/admin/routing/{kind}/shards/{shard}"),
+            json!({"endpoints": [endpoint]}),
+        )
+        .await;
+        self.admin(
+            "PUT",
+            &format!("/admin/routing/{kind}/placements/{tenant}"),
+            json!({"shard": shard}),
+        )
+        .await;
+    }
+
+    /// A new user holding `role` in each tenant, signed in: (access token, user id).
+    async fn member(&self, email: &str, grants: &[(&str, &str)]) -> (String, String) {
+        let (status, user) = send(
+            &self.client,
+            "POST",
+            format!("{}/v1/auth/signup", self.base),
+            None,
+            Some(json!({"email": email, "password": PASSWORD})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201, "{user}");
+        let user_id = user["user_id"].as_str().unwrap().to_string();
+        for (tenant, role) in grants {
+            self.admin(
+                "POST",
+                "/admin/assignments",
+                json!({"principal_id": user_id, "tenant_id": tenant, "role": role}),
+            )
+            .await;
+        }
+        let (_, tokens) = send(
+            &self.client,
+            "POST",
+            format!("{}/v1/auth/signin", self.base),
+            None,
+            Some(json!({"email": email, "password": PASSWORD})),
+            &[],
+        )
+        .await;
+        (
+            tokens["access_token"].as_str().unwrap().to_string(),
+            user_id,
+        )
+    }
+
+    async fn store(&self) -> gateway_shared::store::Store {
+        gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
+            gateway_shared::store::nats::NatsConfig {
+                url: self.nats.url(),
+                prefix: self.prefix.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_are_authenticated_authorized_routed_and_forwarded() {
-    let nats = NatsServer::start();
-    let keys = SnapshotKeys::generate();
-    let prefix = gateway_tests::unique_prefix();
-    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
-    let (_data, data) =
-        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--upstream-timeout", "2s"]);
+    let stack = Stack::start(&[], |_| vec!["--upstream-timeout".into(), "2s".into()]).await;
     let node = upstream::start(
         "shard-q",
         "127.0.0.1:0".parse().unwrap(),
@@ -49,71 +169,16 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     )
     .await
     .unwrap();
-    let client = reqwest::Client::new();
-    let (_, admin) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
-        &[],
-    )
-    .await;
-    let admin = admin["access_token"].as_str().unwrap().to_string();
-    for (path, body) in [
-        (
-            "/admin/routing/projection/shards/proj-1",
-            json!({"endpoints": [node.http_url()]}),
-        ),
-        (
-            "/admin/routing/projection/placements/acme",
-            json!({"shard": "proj-1"}),
-        ),
-    ] {
-        let (status, answer) = send(
-            &client,
-            "PUT",
-            format!("{base}{path}"),
-            Some(&admin),
-            Some(body),
-            &[],
+    stack
+        .route("projection", "proj-1", &node.http_url(), "acme")
+        .await;
+    let (token, user_id) = stack
+        .member(
+            "reader@example.com",
+            &[("acme", "tenant_member"), ("globex", "tenant_member")],
         )
         .await;
-        assert_eq!(status, 200, "{answer}");
-    }
-    let (status, user) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signup"),
-        None,
-        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 201);
-    let user_id = user["user_id"].as_str().unwrap().to_string();
-    for tenant in ["acme", "globex"] {
-        let (status, _) = send(
-            &client,
-            "POST",
-            format!("{base}/admin/assignments"),
-            Some(&admin),
-            Some(json!({"principal_id": user_id, "tenant_id": tenant, "role": "tenant_member"})),
-            &[],
-        )
-        .await;
-        assert_eq!(status, 201);
-    }
-    let (_, tokens) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let (client, base, data, admin) = (&stack.client, &stack.base, &stack.data, &stack.admin);
     let query = format!("{}/v1/query/orders_by_customer", data.http);
     let acme = [("x-tenant-id", "acme")];
 
@@ -121,7 +186,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     let deadline = std::time::Instant::now() + START;
     let answer = loop {
         let (status, answer) = send(
-            &client,
+            client,
             "POST",
             query.clone(),
             Some(&token),
@@ -145,7 +210,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     // correlation, trace and identity reach the upstream; a spoofed identity header does not
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, _) = send(
-        &client,
+        client,
         "POST",
         query.clone(),
         Some(&token),
@@ -193,7 +258,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
             401,
             "malformed_token",
         ),
-        (Some(&admin), vec![], query.clone(), 400, "missing_tenant"),
+        (Some(admin), vec![], query.clone(), 400, "missing_tenant"),
         (
             Some(&token),
             vec![("x-tenant-id", "Not A Tenant")],
@@ -232,7 +297,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     ];
     for (token, headers, url, status, code) in cases {
         let (got, answer) = send(
-            &client,
+            client,
             "POST",
             url.clone(),
             token,
@@ -250,7 +315,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
 
     // global sign-out reaches the data plane: the old token is refused (poll with a deadline)
     let (status, _) = send(
-        &client,
+        client,
         "POST",
         format!("{base}/v1/auth/signout"),
         Some(&token),
@@ -262,7 +327,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     let deadline = std::time::Instant::now() + START;
     loop {
         let (status, answer) = send(
-            &client,
+            client,
             "POST",
             query.clone(),
             Some(&token),
@@ -283,7 +348,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
 
     // the upstream goes away: a typed 503, not a hang
     let (_, fresh) = send(
-        &client,
+        client,
         "POST",
         format!("{base}/v1/auth/signin"),
         None,
@@ -296,7 +361,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     let deadline = std::time::Instant::now() + START;
     loop {
         let (status, answer) = send(
-            &client,
+            client,
             "POST",
             query.clone(),
             Some(&fresh),
@@ -320,11 +385,7 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
 async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
     use gateway_proto::aggregate::v1::SubmitCommandRequest;
     use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
-    let nats = NatsServer::start();
-    let keys = SnapshotKeys::generate();
-    let prefix = gateway_tests::unique_prefix();
-    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
-    let (_data, data) = gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &[]);
+    let stack = Stack::start(&[], |_| vec![]).await;
     let node = upstream::start(
         "shard-c",
         "127.0.0.1:0".parse().unwrap(),
@@ -332,76 +393,20 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
     )
     .await
     .unwrap();
-    let client = reqwest::Client::new();
-    let (_, admin) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
-        &[],
-    )
-    .await;
-    let admin = admin["access_token"].as_str().unwrap().to_string();
-    for (path, body) in [
-        (
-            "/admin/routing/aggregate/shards/agg-1",
-            json!({"endpoints": [node.grpc_url()]}),
-        ),
-        (
-            "/admin/routing/aggregate/placements/acme",
-            json!({"shard": "agg-1"}),
-        ),
-        (
+    stack
+        .route("aggregate", "agg-1", &node.grpc_url(), "acme")
+        .await;
+    stack
+        .admin(
+            "POST",
             "/admin/roles",
             json!({"name": "order_writer", "rights": ["command.submit:order"]}),
-        ),
-    ] {
-        let method = if path == "/admin/roles" {
-            "POST"
-        } else {
-            "PUT"
-        };
-        let (status, answer) = send(
-            &client,
-            method,
-            format!("{base}{path}"),
-            Some(&admin),
-            Some(body),
-            &[],
         )
         .await;
-        assert!(status == 200 || status == 201, "{answer}");
-    }
-    let (_, user) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signup"),
-        None,
-        Some(json!({"email": "writer@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let user_id = user["user_id"].as_str().unwrap().to_string();
-    send(
-        &client,
-        "POST",
-        format!("{base}/admin/assignments"),
-        Some(&admin),
-        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "order_writer"})),
-        &[],
-    )
-    .await;
-    let (_, tokens) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": "writer@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let (token, user_id) = stack
+        .member("writer@example.com", &[("acme", "order_writer")])
+        .await;
+    let (client, data) = (&stack.client, &stack.data);
 
     let mut grpc = CommandServiceClient::connect(data.grpc.clone())
         .await
@@ -486,7 +491,7 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
 
     // T6.2: the HTTP wrapper answers the same shape; the gateway supplies a command_id
     let (status, answer) = send(
-        &client,
+        client,
         "POST",
         format!("{}/v1/commands/order/o-1", data.http),
         Some(&token),
@@ -500,7 +505,7 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
     assert_eq!(answer["events"][0]["sequence"], 2);
     assert_eq!(answer["command_id"].as_str().unwrap().len(), 36);
     let (status, answer) = send(
-        &client,
+        client,
         "POST",
         format!("{}/v1/commands/order/o-1", data.http),
         Some(&token),
@@ -513,7 +518,7 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
         (409, Some("failed_precondition"))
     );
     let (status, _) = send(
-        &client,
+        client,
         "POST",
         format!("{}/v1/commands/order/o-1", data.http),
         Some(&token),
@@ -526,21 +531,10 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
-    let nats = NatsServer::start();
-    let keys = SnapshotKeys::generate();
-    let prefix = gateway_tests::unique_prefix();
-    let (_control, base) = gateway_tests::spawn_control_plane(
-        &nats.url(),
-        &prefix,
-        &keys,
-        &["--trusted-proxies", "127.0.0.1"],
-    );
-    let (_data, data) = gateway_tests::spawn_data_plane(
-        &nats.url(),
-        &prefix,
-        &keys,
-        &["--control-plane-url", &base],
-    );
+    let stack = Stack::start(&["--trusted-proxies", "127.0.0.1"], |base| {
+        vec!["--control-plane-url".into(), base.to_string()]
+    })
+    .await;
     let node = upstream::start(
         "shard-r",
         "127.0.0.1:0".parse().unwrap(),
@@ -548,7 +542,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
     )
     .await
     .unwrap();
-    let client = reqwest::Client::new();
+    let (client, data) = (&stack.client, &stack.data);
     let from = |last: u8| {
         reqwest::Client::builder()
             .local_address(std::net::IpAddr::from([127, 0, 0, last]))
@@ -557,7 +551,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
     };
     // the auth flows work through the data plane, and the control plane sees the real client
     let (status, _) = send(
-        &client,
+        client,
         "POST",
         format!("{}/v1/auth/signup", data.http),
         None,
@@ -586,15 +580,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
         .await
         .unwrap();
     assert!(!jwks["keys"].as_array().unwrap().is_empty());
-    let store = gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
-        gateway_shared::store::nats::NatsConfig {
-            url: nats.url(),
-            prefix: prefix.clone(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .unwrap();
+    let store = stack.store().await;
     let audit = store
         .audit()
         .read(&gateway_shared::store::AuditQuery {
@@ -616,41 +602,11 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
     );
 
     // runner admin: runner.admin in the tenant, normalised paths
-    let (_, admin) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
-        &[],
-    )
-    .await;
-    let admin = admin["access_token"].as_str().unwrap().to_string();
-    for (method, path, body) in [
-        (
-            "PUT",
-            "/admin/routing/runner/shards/run-1".to_string(),
-            json!({"endpoints": [node.http_url()]}),
-        ),
-        (
-            "PUT",
-            "/admin/routing/runner/placements/acme".to_string(),
-            json!({"shard": "run-1"}),
-        ),
-    ] {
-        let (status, answer) = send(
-            &client,
-            method,
-            format!("{base}{path}"),
-            Some(&admin),
-            Some(body),
-            &[],
-        )
+    stack
+        .route("runner", "run-1", &node.http_url(), "acme")
         .await;
-        assert_eq!(status, 200, "{answer}");
-    }
     let (_, me) = send(
-        &client,
+        client,
         "GET",
         format!("{}/v1/auth/session", data.http),
         Some(&token),
@@ -659,21 +615,19 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
     )
     .await;
     let user_id = me["user_id"].as_str().unwrap().to_string();
-    send(
-        &client,
-        "POST",
-        format!("{base}/admin/assignments"),
-        Some(&admin),
-        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"})),
-        &[],
-    )
-    .await;
+    stack
+        .admin(
+            "POST",
+            "/admin/assignments",
+            json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"}),
+        )
+        .await;
     let runner = format!("{}/admin/runner/workflows/wf-1?force=true", data.http);
     let acme = [("x-tenant-id", "acme")];
     let deadline = std::time::Instant::now() + START;
     loop {
         let (status, answer) =
-            send(&client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
+            send(client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
         if status == 403 && answer["error"]["code"] == "no_matching_right" {
             break;
         }
@@ -683,19 +637,17 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    send(
-        &client,
-        "POST",
-        format!("{base}/admin/assignments"),
-        Some(&admin),
-        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_admin"})),
-        &[],
-    )
-    .await;
+    stack
+        .admin(
+            "POST",
+            "/admin/assignments",
+            json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_admin"}),
+        )
+        .await;
     let deadline = std::time::Instant::now() + START;
     let answer = loop {
         let (status, answer) =
-            send(&client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
+            send(client, "DELETE", runner.clone(), Some(&token), None, &acme).await;
         if status == 200 {
             break answer;
         }
@@ -710,7 +662,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
         (Some("workflows/wf-1"), Some("DELETE"))
     );
     let (status, answer) = send(
-        &client,
+        client,
         "GET",
         format!("{}/admin/runner/a%2F..%2Fsecrets", data.http),
         Some(&token),
@@ -728,12 +680,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
 async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let nats = NatsServer::start();
-    let keys = SnapshotKeys::generate();
-    let prefix = gateway_tests::unique_prefix();
-    let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
-    let (_data, data) =
-        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--max-body-bytes", "1024"]);
+    let stack = Stack::start(&[], |_| vec!["--max-body-bytes".into(), "1024".into()]).await;
     let node = upstream::start(
         "shard-t",
         "127.0.0.1:0".parse().unwrap(),
@@ -741,71 +688,24 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     )
     .await
     .unwrap();
-    let client = reqwest::Client::new();
-    let (_, admin) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD})),
-        &[],
-    )
-    .await;
-    let admin = admin["access_token"].as_str().unwrap().to_string();
-    for (path, body) in [
-        (
-            "/admin/routing/projection/shards/p1",
-            json!({"endpoints": [node.http_url()]}),
-        ),
-        (
-            "/admin/routing/projection/placements/acme",
-            json!({"shard": "p1"}),
-        ),
-    ] {
-        send(
-            &client,
-            "PUT",
-            format!("{base}{path}"),
-            Some(&admin),
-            Some(body),
-            &[],
-        )
+    stack
+        .route("projection", "p1", &node.http_url(), "acme")
         .await;
-    }
-    let (_, user) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signup"),
-        None,
-        Some(json!({"email": "target@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let user_id = user["user_id"].as_str().unwrap().to_string();
-    send(
-        &client,
-        "POST",
-        format!("{base}/admin/assignments"),
-        Some(&admin),
-        Some(json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"})),
-        &[],
-    )
-    .await;
-    let (_, tokens) = send(
-        &client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": "target@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let (token, user_id) = stack
+        .member("target@example.com", &[("acme", "tenant_member")])
+        .await;
+    let (client, base, data, admin, keys) = (
+        &stack.client,
+        &stack.base,
+        &stack.data,
+        &stack.admin,
+        &stack.keys,
+    );
     let query = format!("{}/v1/query/v", data.http);
     let acme = [("x-tenant-id", "acme")];
     let deadline = std::time::Instant::now() + START;
     while send(
-        &client,
+        client,
         "POST",
         query.clone(),
         Some(&token),
@@ -866,15 +766,7 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     other_sub["sub"] = json!("usr_00000000000000000000000000000000");
     let tampered = format!("{}.{}.{}", parts[0], b64(&other_sub), parts[2]);
     // validly signed tokens with wrong claims, signed here with the real key (sealed under the KEK)
-    let store = gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
-        gateway_shared::store::nats::NatsConfig {
-            url: nats.url(),
-            prefix: prefix.clone(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .unwrap();
+    let store = stack.store().await;
     let kek =
         control_plane::keys::Kek::from_base64(&std::fs::read_to_string(keys.kek_path()).unwrap())
             .unwrap();
@@ -926,7 +818,7 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     ];
     for (forged, reason) in cases {
         let (status, answer) = send(
-            &client,
+            client,
             "POST",
             query.clone(),
             Some(&forged),
@@ -945,7 +837,7 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     // an oversized body: 413 in the envelope
     let big = json!({"blob": "z".repeat(4096)});
     let (status, answer) = send(
-        &client,
+        client,
         "POST",
         query.clone(),
         Some(&token),
@@ -960,10 +852,10 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
 
     // a disabled principal is refused within the propagation delay
     send(
-        &client,
+        client,
         "POST",
         format!("{base}/admin/users/{user_id}/disable"),
-        Some(&admin),
+        Some(admin),
         None,
         &[],
     )
@@ -971,7 +863,7 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
     let deadline = std::time::Instant::now() + START;
     loop {
         let (status, answer) = send(
-            &client,
+            client,
             "POST",
             query.clone(),
             Some(&token),
