@@ -879,3 +879,110 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_plane_serves_from_its_mirrors_while_nats_is_down_and_catches_up() {
+    let mut stack = Stack::start(&[], |_| vec![]).await;
+    let node = upstream::start(
+        "shard-o",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    stack
+        .route("projection", "p1", &node.http_url(), "acme")
+        .await;
+    let (token, _) = stack
+        .member(
+            "steady@example.com",
+            &[("acme", "tenant_member"), ("globex", "tenant_member")],
+        )
+        .await;
+    let query = format!("{}/v1/query/v", stack.data.http);
+    let deadline = std::time::Instant::now() + START;
+    while send(
+        &stack.client,
+        "POST",
+        query.clone(),
+        Some(&token),
+        Some(json!({})),
+        &[("x-tenant-id", "acme")],
+    )
+    .await
+    .0 != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    stack.nats.stop();
+    // allowed calls keep going through, refused ones stay refused, from last-known-good state
+    for _ in 0..20 {
+        let (status, answer) = send(
+            &stack.client,
+            "POST",
+            query.clone(),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "acme")],
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let (status, _) = send(
+            &stack.client,
+            "POST",
+            query.clone(),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "initech")],
+        )
+        .await;
+        assert_eq!(status, 403);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // NATS back: a change made afterwards reaches the data plane
+    stack.nats.restart();
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let (status, _) = send(
+            &stack.client,
+            "PUT",
+            format!("{}/admin/routing/projection/placements/globex", stack.base),
+            Some(&stack.admin),
+            Some(json!({"shard": "p1"})),
+            &[],
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control plane did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let (status, answer) = send(
+            &stack.client,
+            "POST",
+            query.clone(),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "globex")],
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(answer["tenant_id"], "globex");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "data plane did not catch up: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
