@@ -327,14 +327,10 @@ impl AuthService {
             return Err(invalid_token());
         }
         users::set_password(&self.store, &user.id, phc, now).await?;
-        sessions::revoke_all(&self.store, &user.id, now, "password_reset").await?;
-        users::update(&self.store, &user.id, now, |u| {
-            u.tokens_valid_after = u.tokens_valid_after.max(now);
-            // the reset link proved control of the mailbox
-            u.email_verified = true;
-        })
-        .await?;
-        self.publisher.publish(&user.id, now).await?;
+        // the reset link proved control of the mailbox
+        users::update(&self.store, &user.id, now, |u| u.email_verified = true).await?;
+        self.sign_out_everywhere(&user.id, "password_reset", now)
+            .await?;
         Audit::new("auth.reset", "ok", now)
             .ip(ip)
             .actor(&user.id)
@@ -701,12 +697,8 @@ impl AuthService {
         now: i64,
     ) -> Result<(), ApiError> {
         if all {
-            sessions::revoke_all(&self.store, &principal.user_id, now, "signout_all").await?;
-            users::update(&self.store, &principal.user_id, now, |user| {
-                user.tokens_valid_after = user.tokens_valid_after.max(now);
-            })
-            .await?;
-            self.publisher.publish(&principal.user_id, now).await?;
+            self.sign_out_everywhere(&principal.user_id, "signout_all", now)
+                .await?;
         } else if let Some(session_id) = &principal.session_id {
             sessions::revoke(&self.store, &principal.user_id, session_id, now, "signout").await?;
         }
@@ -730,6 +722,24 @@ impl AuthService {
     /// An access token for `subject`. `valid_after` is the principal's
     /// `tokens_valid_after`: tokens issued at or before it are refused everywhere, so a token
     /// issued in the same second as a sign-out carries the next second as `iat`.
+    /// Global sign-out of a user: every session ends, every access token issued so far is
+    /// refused (`tokens_valid_after`), and the user's published document says so.
+    /// Returns how many sessions were active.
+    pub async fn sign_out_everywhere(
+        &self,
+        user_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<usize, ApiError> {
+        let ended = sessions::revoke_all(&self.store, user_id, now, reason).await?;
+        users::update(&self.store, user_id, now, |u| {
+            u.tokens_valid_after = u.tokens_valid_after.max(now);
+        })
+        .await?;
+        self.publisher.publish(user_id, now).await?;
+        Ok(ended)
+    }
+
     fn token_response(
         &self,
         subject: &str,

@@ -23,8 +23,9 @@ use crate::mirror::Mirrors;
 pub struct ProxyState {
     pub mirrors: Arc<Mirrors>,
     pub client: reqwest::Client,
-    pub issuer: String,
-    pub audience: String,
+    /// Shared, not copied: the state is cloned for every request.
+    pub issuer: Arc<str>,
+    pub audience: Arc<str>,
     pub upstream_timeout: Duration,
 }
 
@@ -45,8 +46,8 @@ impl ProxyState {
         Ok(ProxyState {
             mirrors,
             client,
-            issuer,
-            audience,
+            issuer: issuer.into(),
+            audience: audience.into(),
             upstream_timeout: timeout,
         })
     }

@@ -302,6 +302,25 @@ pub enum StoreConfig {
     Embedded { path: std::path::PathBuf },
 }
 
+/// Every live entry under `prefix`, read page by page (admin listings: O(entries)).
+pub async fn read_all(kv: &dyn KvBucket, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
+    let mut entries = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv.keys(prefix, after.as_deref(), MAX_PAGE).await?;
+        for key in &page.keys {
+            // a key deleted between the listing and the read is simply gone
+            if let Some(entry) = kv.get(key).await? {
+                entries.push(entry);
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(entries),
+        }
+    }
+}
+
 pub(crate) fn capped(limit: usize) -> usize {
     limit.clamp(1, MAX_PAGE)
 }

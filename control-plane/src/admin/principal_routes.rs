@@ -478,12 +478,10 @@ pub(crate) async fn set_password(
         .map_err(|err| ApiError::internal("hashing", &err))?;
     let now = unix_now();
     users::set_password(&state.store, &id, phc, now).await?;
-    sessions::revoke_all(&state.store, &id, now, "password_set_by_admin").await?;
-    users::update(&state.store, &id, now, |u| {
-        u.tokens_valid_after = u.tokens_valid_after.max(now)
-    })
-    .await?;
-    state.publisher.publish(&id, now).await?;
+    state
+        .auth
+        .sign_out_everywhere(&id, "password_set_by_admin", now)
+        .await?;
     entry(&admin, "admin.user.password.set", &id, &None, ip, now)
         .record(&state.store)
         .await;
@@ -502,12 +500,10 @@ pub(crate) async fn force_reset(
     let user = load_user(&state, &id).await?;
     let now = unix_now();
     users::remove_password(&state.store, &id).await?;
-    sessions::revoke_all(&state.store, &id, now, "forced_reset").await?;
-    users::update(&state.store, &id, now, |u| {
-        u.tokens_valid_after = u.tokens_valid_after.max(now)
-    })
-    .await?;
-    state.publisher.publish(&id, now).await?;
+    state
+        .auth
+        .sign_out_everywhere(&id, "forced_reset", now)
+        .await?;
     let token = onetime::issue(
         &state.store,
         Purpose::Reset,
@@ -637,12 +633,10 @@ pub(crate) async fn revoke_sessions(
     let tenant = authorize_on(&state, &admin, &id, "iam.sessions.write").await?;
     load_user(&state, &id).await?;
     let now = unix_now();
-    let ended = sessions::revoke_all(&state.store, &id, now, "global_signout_by_admin").await?;
-    users::update(&state.store, &id, now, |u| {
-        u.tokens_valid_after = u.tokens_valid_after.max(now)
-    })
-    .await?;
-    state.publisher.publish(&id, now).await?;
+    let ended = state
+        .auth
+        .sign_out_everywhere(&id, "global_signout_by_admin", now)
+        .await?;
     entry(
         &admin,
         "admin.user.sessions.revoke_all",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_shared::store::{
-    Bucket, Record, Revision, Store, StoreError, encode_key_token, hash_key_token,
+    Bucket, Record, Revision, Store, StoreError, encode_key_token, hash_key_token, read_all,
 };
 use gateway_shared::{ApiError, ErrorCode};
 use openidconnect::core::{CoreClient, CoreProviderMetadata, CoreResponseType};
@@ -336,24 +336,14 @@ pub async fn link(
 
 /// Every identity linked to a user (scans the identities bucket).
 pub async fn identities_of(store: &Store, user_id: &str) -> Result<Vec<IdentityLink>, ApiError> {
-    let kv = store.kv(Bucket::Identities);
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.keys("oidc.", after.as_deref(), 1000).await?;
-        for key in &page.keys {
-            if let Some(entry) = kv.get(key).await? {
-                let link = IdentityLink::from_bytes(&entry.value).map_err(record_err)?;
-                if link.user_id == user_id {
-                    out.push(link);
-                }
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
+    for entry in read_all(store.kv(Bucket::Identities).as_ref(), "oidc.").await? {
+        let link = IdentityLink::from_bytes(&entry.value).map_err(record_err)?;
+        if link.user_id == user_id {
+            out.push(link);
         }
     }
+    Ok(out)
 }
 
 /// Removes one identity link.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_shared::ApiError;
-use gateway_shared::store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
+use gateway_shared::store::{
+    Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all,
+};
 use gateway_shared::token::SERVICE_PREFIX;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -186,21 +188,11 @@ pub async fn verify(
 
 /// Every service account, in key order.
 pub async fn list(store: &Store) -> Result<Vec<ServiceAccount>, ApiError> {
-    let kv = store.kv(Bucket::Iam);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.keys("service_account.", after.as_deref(), 1000).await?;
-        for key in &page.keys {
-            if let Some(entry) = kv.get(key).await? {
-                out.push(ServiceAccount::from_bytes(&entry.value).map_err(record_err)?);
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
-        }
-    }
+    read_all(store.kv(Bucket::Iam).as_ref(), "service_account.")
+        .await?
+        .iter()
+        .map(|entry| ServiceAccount::from_bytes(&entry.value).map_err(record_err))
+        .collect()
 }
 
 /// Sets the owning tenant of a new account.

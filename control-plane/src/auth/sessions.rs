@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_shared::store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
+use gateway_shared::store::{
+    Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all,
+};
 use gateway_shared::{ApiError, ErrorCode};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -374,22 +376,14 @@ pub async fn revoke(
 
 /// Every session of a user (active or not), oldest key first.
 pub async fn list(store: &Store, user_id: &str) -> Result<Vec<Session>, ApiError> {
-    let kv = store.kv(Bucket::Sessions);
-    let prefix = format!("session.{user_id}.");
-    let mut sessions = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.keys(&prefix, after.as_deref(), 500).await?;
-        for key in &page.keys {
-            if let Some(entry) = kv.get(key).await? {
-                sessions.push(Session::from_bytes(&entry.value).map_err(record_err)?);
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(sessions),
-        }
-    }
+    read_all(
+        store.kv(Bucket::Sessions).as_ref(),
+        &format!("session.{user_id}."),
+    )
+    .await?
+    .iter()
+    .map(|entry| Session::from_bytes(&entry.value).map_err(record_err))
+    .collect()
 }
 
 /// Ends every session of a user; returns how many were active.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use gateway_shared::ApiError;
 use gateway_shared::authz::{Scope, TenantId};
-use gateway_shared::store::{Bucket, Record, Store, StoreError};
+use gateway_shared::store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
 
 use super::{PLATFORM_SCOPE_KEY, record_err};
@@ -43,21 +43,11 @@ pub fn scope_of(tenant: Option<TenantId>) -> Scope {
 }
 
 async fn read_prefix(store: &Store, prefix: &str) -> Result<Vec<Assignment>, ApiError> {
-    let kv = store.kv(Bucket::Iam);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.keys(prefix, after.as_deref(), 1000).await?;
-        for key in &page.keys {
-            if let Some(entry) = kv.get(key).await? {
-                out.push(Assignment::from_bytes(&entry.value).map_err(record_err)?);
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
-        }
-    }
+    read_all(store.kv(Bucket::Iam).as_ref(), prefix)
+        .await?
+        .iter()
+        .map(|entry| Assignment::from_bytes(&entry.value).map_err(record_err))
+        .collect()
 }
 
 /// Every assignment of one principal.

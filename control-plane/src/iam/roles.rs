@@ -2,7 +2,7 @@
 //! cannot be created, edited or deleted through the API.
 
 use gateway_shared::authz::{Right, builtin_role};
-use gateway_shared::store::{Bucket, Record, Store, StoreError};
+use gateway_shared::store::{Bucket, Record, Store, StoreError, read_all};
 use gateway_shared::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 
@@ -126,20 +126,10 @@ pub async fn list(store: &Store) -> Result<Vec<Role>, ApiError> {
     .iter()
     .filter_map(|n| builtin(n))
     .collect();
-    let kv = store.kv(Bucket::Iam);
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.keys("role.", after.as_deref(), 500).await?;
-        for key in &page.keys {
-            if let Some(entry) = kv.get(key).await? {
-                roles.push(Role::from_bytes(&entry.value).map_err(record_err)?);
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(roles),
-        }
+    for entry in read_all(store.kv(Bucket::Iam).as_ref(), "role.").await? {
+        roles.push(Role::from_bytes(&entry.value).map_err(record_err)?);
     }
+    Ok(roles)
 }
 
 pub async fn create(
@@ -259,15 +249,11 @@ pub async fn register_right(
 }
 
 pub async fn list_rights(store: &Store) -> Result<Vec<RightInfo>, ApiError> {
-    let kv = store.kv(Bucket::Iam);
-    let page = kv.keys("right.", None, 1000).await?;
-    let mut out = Vec::new();
-    for key in &page.keys {
-        if let Some(entry) = kv.get(key).await? {
-            out.push(RightInfo::from_bytes(&entry.value).map_err(record_err)?);
-        }
-    }
-    Ok(out)
+    read_all(store.kv(Bucket::Iam).as_ref(), "right.")
+        .await?
+        .iter()
+        .map(|entry| RightInfo::from_bytes(&entry.value).map_err(record_err))
+        .collect()
 }
 
 pub async fn delete_right(store: &Store, name: &Right) -> Result<bool, ApiError> {
