@@ -395,13 +395,41 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
     wait_for_status(&client, &format!("{ops}/ready"), 200, START).await;
     wait_for_status(&client, &format!("{data}/ready"), 200, START).await;
 
-    // an older revision and a tampered document change nothing
+    // an older revision and a tampered document change nothing. Each is awaited before
+    // the next write: with one value kept per key, a write the watcher has not delivered
+    // yet is replaced by the next one.
+    let rejected = |reason: &'static str| {
+        let client = client.clone();
+        let ops = ops.clone();
+        async move {
+            let deadline = std::time::Instant::now() + START;
+            loop {
+                let metrics = client
+                    .get(format!("{ops}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if metrics.contains(&format!("reason=\"{reason}\"")) {
+                    return metrics;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{reason} not counted: {metrics}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
     kv.put(
         "routing",
         signer.sign("routing", 4, 100, &json!({"rev": 4})).unwrap(),
     )
     .await
     .unwrap();
+    rejected("stale_revision").await;
     let tampered = String::from_utf8(
         signer
             .sign("routing", 9, 100, &json!({"rev": 9}))
@@ -411,31 +439,11 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
     .unwrap()
     .replace("\"rev\":9", "\"rev\":10");
     kv.put("routing", tampered.into()).await.unwrap();
-    let deadline = std::time::Instant::now() + START;
-    loop {
-        let metrics = client
-            .get(format!("{ops}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let stale = metrics.contains("reason=\"stale_revision\"");
-        let bad = metrics.contains("reason=\"bad_signature\"");
-        if stale && bad {
-            assert!(
-                metrics.contains("gateway_snapshot_revision{kind=\"routing\"} 5"),
-                "last good revision stays: {metrics}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rejects not counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let metrics = rejected("bad_signature").await;
+    assert!(
+        metrics.contains("gateway_snapshot_revision{kind=\"routing\"} 5"),
+        "last good revision stays: {metrics}"
+    );
     let status = client
         .get(format!("{ops}/ready"))
         .send()
