@@ -22,14 +22,20 @@ const RESPONSE_HEADERS: [&str; 4] = ["content-type", "cache-control", "pragma", 
 pub struct AuthForward {
     pub client: reqwest::Client,
     pub control_planes: Arc<[String]>,
+    pub timeout: std::time::Duration,
     next: Arc<AtomicUsize>,
 }
 
 impl AuthForward {
-    pub fn new(client: reqwest::Client, control_planes: Vec<String>) -> AuthForward {
+    pub fn new(
+        client: reqwest::Client,
+        control_planes: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> AuthForward {
         AuthForward {
             client,
             control_planes: control_planes.into(),
+            timeout,
             next: Arc::default(),
         }
     }
@@ -60,6 +66,7 @@ pub async fn forward(
         let mut request = state
             .client
             .request(method.clone(), format!("{base}{path}"))
+            .timeout(state.timeout)
             // the data plane is the edge: it names the client, whatever the client claims
             .header("x-forwarded-for", peer.ip().to_string())
             .header("x-correlation-id", correlation.0.as_str())

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
@@ -17,8 +18,10 @@ use gateway_shared::{ApiError, ErrorCode, unix_now};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
-use crate::proxy::{ProxyState, safe_segment};
+use crate::proxy::{ProxyState, note_principal, safe_segment, unavailable};
+use crate::upstream::{Deadline, Outcome, parse_grpc_timeout, timed_out};
 
 /// Why a command did not go through: refused by the gateway, or answered with an error by
 /// the aggregate (passed on as it is).
@@ -58,15 +61,20 @@ impl Channels {
 }
 
 /// Authenticates, authorizes `command.submit:<aggregate_type>`, routes and forwards one
-/// command. The gateway supplies a `command_id` when the client gave none.
+/// command within `budget` (the command deadline, or the client's shorter `grpc-timeout`).
+/// The gateway supplies a `command_id` when the client gave none, so the aggregate can
+/// deduplicate: that makes a second attempt on another endpoint safe when the first one
+/// was unavailable.
 pub async fn submit(
     state: &ProxyState,
     channels: &Channels,
     headers: &HeaderMap,
     correlation_id: &str,
     trace: &TraceContext,
+    budget: Duration,
     mut command: SubmitCommandRequest,
 ) -> Result<SubmitCommandResponse, SubmitError> {
+    let deadline = Deadline::after(budget);
     let (claims, rights) = state.authenticate(headers, unix_now())?;
     let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
     safe_segment(&command.aggregate_type)?;
@@ -84,48 +92,70 @@ pub async fn submit(
         Some(&command.aggregate_type),
     )?;
     let route = state.route(&tenant, ServiceKind::Aggregate)?;
-    let endpoint = route
-        .endpoints
-        .first()
-        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
+    let _slot = state.upstreams.admit("command")?;
+    note_principal(&claims.sub, &tenant);
     if command.command_id.trim().is_empty() {
         command.command_id = uuid::Uuid::new_v4().to_string();
     }
-    let mut request = tonic::Request::new(command);
-    let metadata = request.metadata_mut();
+    let mut metadata = tonic::metadata::MetadataMap::new();
     for (name, value) in [
-        ("x-tenant-id", tenant.as_str().to_string()),
-        ("x-principal-id", claims.sub.clone()),
-        ("x-correlation-id", correlation_id.to_string()),
-        ("traceparent", trace.header_value()),
+        ("x-tenant-id", tenant.as_str()),
+        ("x-principal-id", claims.sub.as_str()),
+        ("x-correlation-id", correlation_id),
+        ("traceparent", &trace.header_value()),
     ] {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
         }
     }
-    request.set_timeout(state.upstream_timeout);
-    let mut client = CommandServiceClient::new(channels.get(endpoint)?);
-    match client.submit_command(request).await {
-        Ok(response) => Ok(response.into_inner()),
-        Err(status) => match status.code() {
-            tonic::Code::Unavailable => {
-                metrics::counter!("gateway_upstream_errors_total", "shard" => route.shard.clone())
-                    .increment(1);
-                Err(ApiError::new(
-                    ErrorCode::UpstreamUnavailable,
-                    "the upstream is unavailable",
-                )
-                .with_retry_after(1)
-                .into())
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut last_error = None;
+    for _ in 0..=state.upstreams.policy().retries {
+        let attempt = match state.upstreams.pick(&route.endpoints, &tried) {
+            Ok(attempt) => attempt,
+            Err(err) => return Err(last_error.unwrap_or(err).into()),
+        };
+        if !tried.is_empty() {
+            metrics::counter!("gateway_upstream_retries_total", "kind" => "aggregate").increment(1);
+        }
+        tracing::Span::current().record("upstream", attempt.url());
+        tried.push(attempt.url().into());
+        let mut request = tonic::Request::new(command.clone());
+        *request.metadata_mut() = metadata.clone();
+        // the time left travels on as the upstream's grpc-timeout
+        request.set_timeout(deadline.remaining()?);
+        let mut client = CommandServiceClient::new(channels.get(attempt.url())?);
+        let status = match client.submit_command(request).await {
+            Ok(response) => {
+                attempt.report(Outcome::Answered);
+                return Ok(response.into_inner());
             }
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Err(ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "the upstream did not answer in time",
-            )
-            .into()),
-            _ => Err(SubmitError::Upstream(status)),
-        },
+            Err(status) => status,
+        };
+        let reason = match status.code() {
+            tonic::Code::Unavailable => "unreachable",
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => "timeout",
+            _ => {
+                // the aggregate's own answer (invalid, conflict, …) is passed on
+                attempt.report(Outcome::Answered);
+                return Err(SubmitError::Upstream(status));
+            }
+        };
+        metrics::counter!(
+            "gateway_upstream_errors_total",
+            "kind" => "aggregate",
+            "endpoint" => attempt.url().to_string(),
+            "reason" => reason
+        )
+        .increment(1);
+        tracing::warn!(endpoint = attempt.url(), shard = %route.shard, code = ?status.code(), message = status.message(), "upstream call failed");
+        attempt.report(Outcome::Failed);
+        if reason == "timeout" {
+            return Err(timed_out().into());
+        }
+        last_error = Some(unavailable());
     }
+    Err(last_error.unwrap_or_else(unavailable).into())
 }
 
 /// The gRPC service clients call.
@@ -150,22 +180,47 @@ impl CommandService for CommandProxy {
         let trace =
             TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok()));
         let started = std::time::Instant::now();
+        // the client's deadline, when shorter than ours, bounds the upstream call
+        let budget = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(self.state.timeouts.command, |client| {
+                client.min(self.state.timeouts.command)
+            });
+        let span = tracing::info_span!(
+            "grpc_request",
+            plane = crate::PLANE,
+            method = "SubmitCommand",
+            correlation_id = %correlation_id,
+            trace_id = %trace.trace_id,
+            principal = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+        );
         let result = submit(
             &self.state,
             &self.channels,
             &headers,
             &correlation_id,
             &trace,
+            budget,
             request.into_inner(),
         )
+        .instrument(span.clone())
         .await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(SubmitError::Gateway(err)) => err.code.grpc_code(),
             Err(SubmitError::Upstream(status)) => status.code(),
         };
+        let elapsed = started.elapsed();
         metrics::counter!("gateway_grpc_requests_total", "method" => "SubmitCommand", "code" => format!("{code:?}")).increment(1);
-        tracing::info!(correlation_id, trace_id = %trace.trace_id, code = ?code, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "grpc request finished");
+        metrics::histogram!("gateway_grpc_request_duration_seconds", "method" => "SubmitCommand")
+            .record(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(code = ?code, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "grpc request finished")
+        });
         let mut response = match result {
             Ok(answer) => Ok(tonic::Response::new(answer)),
             Err(SubmitError::Gateway(err)) => {
@@ -238,12 +293,20 @@ pub async fn submit_http(
         expected_version: body.expected_version,
         metadata: body.metadata,
     };
-    let answer = submit(&state, &channels, &headers, &correlation.0, &trace, command)
-        .await
-        .map_err(|err| match err {
-            SubmitError::Gateway(err) => err,
-            SubmitError::Upstream(status) => upstream_to_api(&status),
-        })?;
+    let answer = submit(
+        &state,
+        &channels,
+        &headers,
+        &correlation.0,
+        &trace,
+        state.timeouts.command,
+        command,
+    )
+    .await
+    .map_err(|err| match err {
+        SubmitError::Gateway(err) => err,
+        SubmitError::Upstream(status) => upstream_to_api(&status),
+    })?;
     let events: Vec<Value> = answer
         .events
         .iter()

@@ -52,6 +52,29 @@ pub struct Cli {
     /// Deadline of one upstream call.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_shared::config::parse_duration)]
     pub upstream_timeout: std::time::Duration,
+    /// Deadline of a command (overrides --upstream-timeout; a client's shorter
+    /// `grpc-timeout` wins and is passed on).
+    #[arg(long, env = "GATEWAY_COMMAND_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    pub command_timeout: Option<std::time::Duration>,
+    /// Deadline of a query (overrides --upstream-timeout).
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    pub query_timeout: Option<std::time::Duration>,
+    /// Deadline of a runner admin call (overrides --upstream-timeout).
+    #[arg(long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    pub runner_timeout: Option<std::time::Duration>,
+    /// Proxied requests in flight at once; beyond it, 503 `overloaded` with `retry-after`.
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Consecutive failures of an endpoint that open its circuit (eject it).
+    #[arg(long, env = "GATEWAY_CIRCUIT_FAILURES", default_value_t = 5)]
+    pub circuit_failures: u32,
+    /// How long an open circuit refuses calls before one probe goes through.
+    #[arg(long, env = "GATEWAY_CIRCUIT_OPEN_FOR", default_value = "5s", value_parser = gateway_shared::config::parse_duration)]
+    pub circuit_open_for: std::time::Duration,
+    /// Extra attempts on another endpoint of the shard, only where safe (never reached
+    /// the first endpoint, idempotent method, or a command with its `command_id`).
+    #[arg(long, env = "GATEWAY_UPSTREAM_RETRIES", default_value_t = 1)]
+    pub upstream_retries: u32,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -81,7 +104,8 @@ pub struct Config {
     pub snapshots_optional: bool,
     pub token_issuer: String,
     pub token_audience: String,
-    pub upstream_timeout: std::time::Duration,
+    pub timeouts: crate::proxy::Timeouts,
+    pub upstream: crate::upstream::UpstreamPolicy,
     pub max_body_bytes: usize,
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
@@ -101,6 +125,27 @@ impl Cli {
         })?;
         let verify_keys = DocVerifyingKeys::from_pem_bundle(&pem)
             .map_err(|err| ConfigError::new(FLAG, ENV, format!("{}: {err}", path.display())))?;
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max-in-flight",
+                "GATEWAY_MAX_IN_FLIGHT",
+                "must be at least 1",
+            ));
+        }
+        if self.circuit_failures == 0 {
+            return Err(ConfigError::new(
+                "circuit-failures",
+                "GATEWAY_CIRCUIT_FAILURES",
+                "must be at least 1",
+            ));
+        }
+        if self.upstream_retries > 3 {
+            return Err(ConfigError::new(
+                "upstream-retries",
+                "GATEWAY_UPSTREAM_RETRIES",
+                "at most 3: retries multiply the load on a struggling shard",
+            ));
+        }
         let distinct = [self.listen, self.grpc_listen, self.ops_listen];
         if distinct
             .iter()
@@ -121,7 +166,18 @@ impl Cli {
             snapshots_optional: self.snapshots_optional,
             token_issuer: self.token_issuer.clone(),
             token_audience: self.token_audience.clone(),
-            upstream_timeout: self.upstream_timeout,
+            timeouts: crate::proxy::Timeouts {
+                command: self.command_timeout.unwrap_or(self.upstream_timeout),
+                query: self.query_timeout.unwrap_or(self.upstream_timeout),
+                runner: self.runner_timeout.unwrap_or(self.upstream_timeout),
+                auth: self.upstream_timeout,
+            },
+            upstream: crate::upstream::UpstreamPolicy {
+                failure_threshold: self.circuit_failures,
+                open_for: self.circuit_open_for,
+                max_in_flight: self.max_in_flight,
+                retries: self.upstream_retries,
+            },
             max_body_bytes: self.max_body_bytes,
             control_planes: self
                 .control_planes

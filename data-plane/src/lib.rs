@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod mirror;
 pub mod proxy;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -195,7 +196,8 @@ pub async fn run(
         Arc::clone(&mirrors),
         config.token_issuer.clone(),
         config.token_audience.clone(),
-        config.upstream_timeout,
+        config.timeouts,
+        config.upstream.clone(),
     )
     .map_err(RunError::Client)?;
     let channels = commands::Channels::default();
@@ -203,7 +205,12 @@ pub async fn run(
         state: proxy.clone(),
         channels: channels.clone(),
     };
-    let auth = auth_forward::AuthForward::new(proxy.client.clone(), config.control_planes.clone());
+    let auth = auth_forward::AuthForward::new(
+        proxy.client.clone(),
+        config.control_planes.clone(),
+        config.timeouts.auth,
+    );
+    let upstreams = Arc::clone(&proxy.upstreams);
     let public = public_router(
         Arc::clone(&readiness),
         proxy,
@@ -216,6 +223,13 @@ pub async fn run(
             Router::new()
                 .route("/admin/routing", axum::routing::get(routing_in_use))
                 .with_state(Arc::clone(&mirrors)),
+        )
+        .route(
+            "/admin/upstreams",
+            axum::routing::get(move || {
+                let upstreams = Arc::clone(&upstreams);
+                async move { axum::Json(serde_json::json!({"endpoints": upstreams.report()})) }
+            }),
         )
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));

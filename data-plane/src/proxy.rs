@@ -17,16 +17,28 @@ use gateway_shared::token::AccessClaims;
 use gateway_shared::{ApiError, ErrorCode, unix_now};
 
 use crate::mirror::Mirrors;
+use crate::upstream::{Attempt, Deadline, Outcome, UpstreamPolicy, Upstreams};
+
+/// Deadlines of the forwarded calls, per route class.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub command: Duration,
+    pub query: Duration,
+    pub runner: Duration,
+    /// Calls forwarded to the control plane (`/v1/auth/*`, the JWKS).
+    pub auth: Duration,
+}
 
 /// What the request path needs.
 #[derive(Clone)]
 pub struct ProxyState {
     pub mirrors: Arc<Mirrors>,
     pub client: reqwest::Client,
+    pub upstreams: Arc<Upstreams>,
     /// Shared, not copied: the state is cloned for every request.
     pub issuer: Arc<str>,
     pub audience: Arc<str>,
-    pub upstream_timeout: Duration,
+    pub timeouts: Timeouts,
 }
 
 impl ProxyState {
@@ -34,10 +46,11 @@ impl ProxyState {
         mirrors: Arc<Mirrors>,
         issuer: String,
         audience: String,
-        timeout: Duration,
+        timeouts: Timeouts,
+        policy: UpstreamPolicy,
     ) -> Result<ProxyState, String> {
+        // deadlines are set per call (what is left of the request's budget)
         let client = reqwest::Client::builder()
-            .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .redirect(reqwest::redirect::Policy::none())
@@ -46,9 +59,10 @@ impl ProxyState {
         Ok(ProxyState {
             mirrors,
             client,
+            upstreams: Arc::new(Upstreams::new(policy)),
             issuer: issuer.into(),
             audience: audience.into(),
-            upstream_timeout: timeout,
+            timeouts,
         })
     }
 
@@ -162,67 +176,150 @@ pub async fn query(
     let view_type = safe_segment(&view_type)?;
     state.authorize(&rights.payload, &tenant, "query.read", Some(view_type))?;
     let route = state.route(&tenant, ServiceKind::Projection)?;
-    let endpoint = route
-        .endpoints
-        .first()
-        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
-    let url = format!("{endpoint}/v1/query/{view_type}");
-    tracing::debug!(principal = %claims.sub, tenant = %tenant, shard = %route.shard, "forwarding query");
-    let mut upstream = state
-        .client
-        .post(&url)
-        .header("x-tenant-id", tenant.as_str())
-        .header("x-principal-id", claims.sub.as_str())
-        .header("x-correlation-id", correlation.0.as_str())
-        .header("traceparent", trace.header_value())
-        .body(body);
-    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
-        upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
-    }
-    forward(upstream, &route).await
+    let _slot = state.upstreams.admit("query")?;
+    note_principal(&claims.sub, &tenant);
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE);
+    let send = |endpoint: &str, timeout: Duration| {
+        let mut upstream = state
+            .client
+            .post(format!("{endpoint}/v1/query/{view_type}"))
+            .timeout(timeout)
+            .header("x-tenant-id", tenant.as_str())
+            .header("x-principal-id", claims.sub.as_str())
+            .header("x-correlation-id", correlation.0.as_str())
+            .header("traceparent", trace.header_value())
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        upstream
+    };
+    // a query reads: sending it again to another endpoint is safe
+    forward(
+        &state,
+        &route,
+        Deadline::after(state.timeouts.query),
+        true,
+        send,
+    )
+    .await
 }
 
-/// Sends the upstream request and maps its failures to the envelope.
-async fn forward(request: reqwest::RequestBuilder, route: &Route) -> Result<Response, ApiError> {
-    let response = request.send().await.map_err(|err| {
-        metrics::counter!("gateway_upstream_errors_total", "shard" => route.shard.clone())
-            .increment(1);
-        if err.is_timeout() {
-            ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "the upstream did not answer in time",
-            )
-        } else {
-            tracing::warn!(shard = %route.shard, error = %err, "upstream unreachable");
-            ApiError::new(
-                ErrorCode::UpstreamUnavailable,
-                "the upstream is unavailable",
-            )
-            .with_retry_after(1)
+/// Records who the request is for on the request span (and so on its log lines).
+pub fn note_principal(principal: &str, tenant: &TenantId) {
+    let span = tracing::Span::current();
+    span.record("principal", principal);
+    span.record("tenant", tenant.as_str());
+}
+
+fn upstream_failed(route: &Route, attempt: &Attempt, reason: &'static str) {
+    metrics::counter!(
+        "gateway_upstream_errors_total",
+        "kind" => route.kind.as_str(),
+        "endpoint" => attempt.url().to_string(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Sends one call to the shard of `route`: picks an endpoint, sends with what is left of
+/// the deadline, and tries another endpoint once more (per policy) when that is safe: the
+/// request never reached the first one, or it is `idempotent`. Failures feed the circuit of
+/// the endpoint; the upstream's answer is relayed as it is.
+pub async fn forward(
+    state: &ProxyState,
+    route: &Route,
+    deadline: Deadline,
+    idempotent: bool,
+    send: impl Fn(&str, Duration) -> reqwest::RequestBuilder,
+) -> Result<Response, ApiError> {
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    let attempts = 1 + state.upstreams.policy().retries as usize;
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let attempt = match state.upstreams.pick(&route.endpoints, &tried) {
+            Ok(attempt) => attempt,
+            // nothing left to try: the first failure is the answer
+            Err(err) => return Err(last_error.unwrap_or(err)),
+        };
+        if !tried.is_empty() {
+            metrics::counter!("gateway_upstream_retries_total", "kind" => route.kind.as_str())
+                .increment(1);
         }
-    })?;
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .cloned();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short"))?;
-    let mut answer = (status, bytes).into_response();
-    answer
-        .extensions_mut()
-        .insert(gateway_shared::http::Relayed);
-    if let Some(content_type) =
-        content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-    {
+        tracing::Span::current().record("upstream", attempt.url());
+        tried.push(attempt.url().into());
+        let response = match send(attempt.url(), deadline.remaining()?).send().await {
+            Ok(response) => response,
+            Err(err) => {
+                let retry = err.is_connect() || (idempotent && !err.is_timeout());
+                let (reason, error) = if err.is_connect() {
+                    ("unreachable", unavailable())
+                } else if err.is_timeout() {
+                    ("timeout", crate::upstream::timed_out())
+                } else {
+                    ("failed", unavailable())
+                };
+                tracing::warn!(endpoint = attempt.url(), shard = %route.shard, error = %err, reason, "upstream call failed");
+                upstream_failed(route, &attempt, reason);
+                attempt.report(Outcome::Failed);
+                if !retry {
+                    return Err(error);
+                }
+                last_error = Some(error);
+                continue;
+            }
+        };
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .cloned();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                let reason = if err.is_timeout() {
+                    "timeout"
+                } else {
+                    "cut_short"
+                };
+                upstream_failed(route, &attempt, reason);
+                attempt.report(Outcome::Failed);
+                return Err(if err.is_timeout() {
+                    crate::upstream::timed_out()
+                } else {
+                    ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short")
+                });
+            }
+        };
+        if matches!(status.as_u16(), 502..=504) {
+            upstream_failed(route, &attempt, "status");
+            attempt.report(Outcome::Failed);
+        } else {
+            attempt.report(Outcome::Answered);
+        }
+        let mut answer = (status, bytes).into_response();
         answer
-            .headers_mut()
-            .insert(axum::http::header::CONTENT_TYPE, content_type);
+            .extensions_mut()
+            .insert(gateway_shared::http::Relayed);
+        if let Some(content_type) =
+            content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
+            answer
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        return Ok(answer);
     }
-    Ok(answer)
+    Err(last_error.unwrap_or_else(unavailable))
+}
+
+pub fn unavailable() -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamUnavailable,
+        "the upstream is unavailable",
+    )
+    .with_retry_after(1)
 }
 
 /// Normalises a runner sub-path: segments of `[A-Za-z0-9_.-]`, no empty, `.` or `..`
@@ -262,29 +359,41 @@ pub async fn runner(
     let path = normalize_runner_path(&path)?;
     state.authorize(&rights.payload, &tenant, "runner.admin", None)?;
     let route = state.route(&tenant, ServiceKind::Runner)?;
-    let endpoint = route
-        .endpoints
-        .first()
-        .ok_or_else(|| ApiError::internal("shard without endpoint", &route.shard))?;
-    let mut url = format!("{endpoint}/admin/runner/{path}");
-    if let Some(query) = uri.query() {
-        url.push('?');
-        url.push_str(query);
-    }
+    let _slot = state.upstreams.admit("runner")?;
+    note_principal(&claims.sub, &tenant);
+    let suffix = match uri.query() {
+        Some(query) => format!("/admin/runner/{path}?{query}"),
+        None => format!("/admin/runner/{path}"),
+    };
+    // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
+    // only when they never reached an endpoint
+    let idempotent = method.is_idempotent();
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|_| ApiError::new(ErrorCode::MethodNotAllowed, "method not supported"))?;
-    let mut upstream = state
-        .client
-        .request(method, &url)
-        .header("x-tenant-id", tenant.as_str())
-        .header("x-principal-id", claims.sub.as_str())
-        .header("x-correlation-id", correlation.0.as_str())
-        .header("traceparent", trace.header_value())
-        .body(body);
-    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
-        upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
-    }
-    forward(upstream, &route).await
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE);
+    let send = |endpoint: &str, timeout: Duration| {
+        let mut upstream = state
+            .client
+            .request(method.clone(), format!("{endpoint}{suffix}"))
+            .timeout(timeout)
+            .header("x-tenant-id", tenant.as_str())
+            .header("x-principal-id", claims.sub.as_str())
+            .header("x-correlation-id", correlation.0.as_str())
+            .header("traceparent", trace.header_value())
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        upstream
+    };
+    forward(
+        &state,
+        &route,
+        Deadline::after(state.timeouts.runner),
+        idempotent,
+        send,
+    )
+    .await
 }
 
 #[cfg(test)]

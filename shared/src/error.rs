@@ -28,6 +28,8 @@ pub enum ErrorCode {
     NotReady,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The gateway sheds load: too many requests in flight.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::NotReady => "not_ready",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -65,9 +68,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
-            ErrorCode::StoreUnavailable | ErrorCode::NotReady | ErrorCode::UpstreamUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorCode::StoreUnavailable
+            | ErrorCode::NotReady
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -87,7 +91,8 @@ impl ErrorCode {
             ErrorCode::BadGateway
             | ErrorCode::StoreUnavailable
             | ErrorCode::NotReady
-            | ErrorCode::UpstreamUnavailable => tonic::Code::Unavailable,
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::Overloaded => tonic::Code::Unavailable,
             ErrorCode::UpstreamTimeout => tonic::Code::DeadlineExceeded,
         }
     }

@@ -179,6 +179,10 @@ pub async fn observe(
         trace_id = %incoming.trace_id,
         method = %method,
         route = %route,
+        // filled in by the handlers that know them
+        principal = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        upstream = tracing::field::Empty,
     );
     let trace = link_span(&span, incoming);
     request

@@ -78,6 +78,13 @@ impl Node {
         self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.clear();
+        }
+    }
+
     fn record(&self, entry: Recorded) {
         if let Ok(mut recorded) = self.recorded.lock() {
             recorded.push(entry);
@@ -127,6 +134,20 @@ async fn query(
             );
         }
     };
+    // test hooks: {"_reference": {"delay_ms": N, "status": S}} delays or fails the answer
+    let hooks = &query["_reference"];
+    if let Some(delay) = hooks["delay_ms"].as_u64() {
+        tokio::time::sleep(std::time::Duration::from_millis(delay.min(30_000))).await;
+    }
+    if let Some(status) = hooks["status"]
+        .as_u64()
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+    {
+        return (
+            status,
+            Json(json!({"error": {"code": "injected", "message": "failure injected by the test"}})),
+        );
+    }
     let tenant = headers
         .get("x-tenant-id")
         .and_then(|v| v.to_str().ok())
@@ -165,9 +186,7 @@ async fn list_recorded(State(node): State<Node>) -> impl IntoResponse {
 }
 
 async fn clear_recorded(State(node): State<Node>) -> impl IntoResponse {
-    if let Ok(mut recorded) = node.recorded.lock() {
-        recorded.clear();
-    }
+    node.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -200,6 +219,14 @@ impl CommandService for Node {
                 command.command_id
             ),
         });
+        // test hook: metadata reference_delay_ms delays the answer
+        if let Some(delay) = command
+            .metadata
+            .get("reference_delay_ms")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(delay.min(30_000))).await;
+        }
         for (field, value) in [
             ("aggregate_type", &command.aggregate_type),
             ("aggregate_id", &command.aggregate_id),

@@ -200,7 +200,13 @@ async fn main() -> anyhow::Result<()> {
             snapshots_optional: false,
             token_issuer: "cloudlysis-gateway".into(),
             token_audience: "cloudlysis".into(),
-            upstream_timeout: std::time::Duration::from_secs(10),
+            timeouts: data_plane::proxy::Timeouts {
+                command: std::time::Duration::from_secs(10),
+                query: std::time::Duration::from_secs(10),
+                runner: std::time::Duration::from_secs(10),
+                auth: std::time::Duration::from_secs(10),
+            },
+            upstream: data_plane::upstream::UpstreamPolicy::default(),
             max_body_bytes: 1024 * 1024,
             control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
