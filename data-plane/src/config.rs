@@ -75,6 +75,10 @@ pub struct Cli {
     /// the first endpoint, idempotent method, or a command with its `command_id`).
     #[arg(long, env = "GATEWAY_UPSTREAM_RETRIES", default_value_t = 1)]
     pub upstream_retries: u32,
+    /// Verified access tokens remembered per generation (two generations; 0 turns the
+    /// cache off). See `token_cache.rs`.
+    #[arg(long, env = "GATEWAY_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
+    pub token_cache_size: usize,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -106,6 +110,7 @@ pub struct Config {
     pub token_audience: String,
     pub timeouts: crate::proxy::Timeouts,
     pub upstream: crate::upstream::UpstreamPolicy,
+    pub token_cache_size: usize,
     pub max_body_bytes: usize,
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
@@ -178,6 +183,7 @@ impl Cli {
                 max_in_flight: self.max_in_flight,
                 retries: self.upstream_retries,
             },
+            token_cache_size: self.token_cache_size,
             max_body_bytes: self.max_body_bytes,
             control_planes: self
                 .control_planes

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod mirror;
 pub mod proxy;
+pub mod token_cache;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -198,6 +199,7 @@ pub async fn run(
         config.token_audience.clone(),
         config.timeouts,
         config.upstream.clone(),
+        config.token_cache_size,
     )
     .map_err(RunError::Client)?;
     let channels = commands::Channels::default();

@@ -17,6 +17,7 @@ use gateway_shared::token::AccessClaims;
 use gateway_shared::{ApiError, ErrorCode, unix_now};
 
 use crate::mirror::Mirrors;
+use crate::token_cache::TokenCache;
 use crate::upstream::{Attempt, Deadline, Outcome, UpstreamPolicy, Upstreams};
 
 /// Deadlines of the forwarded calls, per route class.
@@ -35,6 +36,7 @@ pub struct ProxyState {
     pub mirrors: Arc<Mirrors>,
     pub client: reqwest::Client,
     pub upstreams: Arc<Upstreams>,
+    pub tokens: Arc<TokenCache>,
     /// Shared, not copied: the state is cloned for every request.
     pub issuer: Arc<str>,
     pub audience: Arc<str>,
@@ -48,6 +50,7 @@ impl ProxyState {
         audience: String,
         timeouts: Timeouts,
         policy: UpstreamPolicy,
+        token_cache_size: usize,
     ) -> Result<ProxyState, String> {
         // deadlines are set per call (what is left of the request's budget)
         let client = reqwest::Client::builder()
@@ -60,6 +63,7 @@ impl ProxyState {
             mirrors,
             client,
             upstreams: Arc::new(Upstreams::new(policy)),
+            tokens: Arc::new(TokenCache::new(token_cache_size)),
             issuer: issuer.into(),
             audience: audience.into(),
             timeouts,
@@ -71,7 +75,7 @@ impl ProxyState {
         &self,
         headers: &HeaderMap,
         now: i64,
-    ) -> Result<(AccessClaims, Arc<Verified<EffectiveRights>>), ApiError> {
+    ) -> Result<(Arc<AccessClaims>, Arc<Verified<EffectiveRights>>), ApiError> {
         let refuse = |reason: &'static str| {
             metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
             ApiError::new(
@@ -84,10 +88,19 @@ impl ProxyState {
         let keys = self.mirrors.jwks.load_full().ok_or_else(|| {
             ApiError::new(ErrorCode::NotReady, "verification keys not loaded").with_retry_after(1)
         })?;
-        let claims = keys
-            .verifier
-            .verify(token, &self.issuer, &self.audience, now)
-            .map_err(refuse)?;
+        let claims = match self.tokens.get(token, keys.revision, now) {
+            Some(claims) => claims,
+            None => {
+                let (claims, until) = keys
+                    .verifier
+                    .verify_until(token, &self.issuer, &self.audience, now)
+                    .map_err(refuse)?;
+                let claims = Arc::new(claims);
+                self.tokens
+                    .insert(token, keys.revision, Arc::clone(&claims), until);
+                claims
+            }
+        };
         let rights = self
             .mirrors
             .principal(&claims.sub)

@@ -95,6 +95,19 @@ impl TokenVerifier {
         audience: &str,
         now: i64,
     ) -> Result<AccessClaims, &'static str> {
+        self.verify_until(token, issuer, audience, now)
+            .map(|(claims, _)| claims)
+    }
+
+    /// [`TokenVerifier::verify`], and the last second the answer holds: the token's
+    /// expiry (with leeway), or the retirement of its key when that comes first.
+    pub fn verify_until(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<(AccessClaims, i64), &'static str> {
         if token.len() > 8192 {
             return Err("malformed_token");
         }
@@ -136,6 +149,9 @@ impl TokenVerifier {
         if claims.nbf > now + LEEWAY_SECS {
             return Err("token_not_yet_valid");
         }
-        Ok(claims)
+        let until = key.not_after.map_or(claims.exp + LEEWAY_SECS, |t| {
+            t.min(claims.exp + LEEWAY_SECS)
+        });
+        Ok((claims, until))
     }
 }

@@ -1292,4 +1292,26 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
     };
     assert!(logged("request finished", &a.http_url()));
     assert!(logged("grpc request finished", &a.grpc_url()));
+
+    // and the metrics say what happened
+    let metrics = client
+        .get(format!("{}/metrics", stack.data.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "gateway_token_cache_total{result=\"hit\"}",
+        "gateway_load_shed_total{route=\"query\"} 2",
+        "gateway_upstream_retries_total{kind=\"projection\"}",
+        "gateway_upstream_retries_total{kind=\"aggregate\"}",
+        &format!("gateway_upstream_circuit_state{{endpoint=\"{dead_1}\"}} 1"),
+        &format!("gateway_upstream_circuit_state{{endpoint=\"{dead_2}\"}} 0"),
+        "gateway_upstream_errors_total{kind=\"projection\",endpoint=",
+        "gateway_grpc_request_duration_seconds",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing");
+    }
 }

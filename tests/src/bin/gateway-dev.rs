@@ -207,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
                 auth: std::time::Duration::from_secs(10),
             },
             upstream: data_plane::upstream::UpstreamPolicy::default(),
+            token_cache_size: 10_000,
             max_body_bytes: 1024 * 1024,
             control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
