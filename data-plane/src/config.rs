@@ -79,6 +79,17 @@ pub struct Cli {
     /// cache off). See `token_cache.rs`.
     #[arg(long, env = "GATEWAY_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
     pub token_cache_size: usize,
+    /// Take routing from this JSON file (a plain routing document, for local development)
+    /// instead of the signed document of the store; re-read when it changes.
+    #[arg(long, env = "GATEWAY_ROUTING_FILE")]
+    pub routing_file: Option<PathBuf>,
+    /// How often the routing file is checked for changes.
+    #[arg(long, env = "GATEWAY_ROUTING_FILE_POLL", default_value = "1s", value_parser = gateway_shared::config::parse_duration)]
+    pub routing_file_poll: std::time::Duration,
+    /// Keep the last verified documents in this file and start from it (verified again)
+    /// when the store is unreachable at start.
+    #[arg(long, env = "GATEWAY_MIRROR_CACHE_FILE")]
+    pub mirror_cache_file: Option<PathBuf>,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -111,6 +122,9 @@ pub struct Config {
     pub timeouts: crate::proxy::Timeouts,
     pub upstream: crate::upstream::UpstreamPolicy,
     pub token_cache_size: usize,
+    pub routing_file: Option<PathBuf>,
+    pub routing_file_poll: std::time::Duration,
+    pub mirror_cache_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
@@ -151,6 +165,18 @@ impl Cli {
                 "at most 3: retries multiply the load on a struggling shard",
             ));
         }
+        if let Some(path) = &self.routing_file {
+            // a bad file stops the start, naming the problem
+            crate::routing_file::load(path, &crate::mirror::Mirrors::new(true, false))
+                .map_err(|err| ConfigError::new("routing-file", "GATEWAY_ROUTING_FILE", err))?;
+        }
+        if self.routing_file_poll.is_zero() {
+            return Err(ConfigError::new(
+                "routing-file-poll",
+                "GATEWAY_ROUTING_FILE_POLL",
+                "must be more than zero",
+            ));
+        }
         let distinct = [self.listen, self.grpc_listen, self.ops_listen];
         if distinct
             .iter()
@@ -184,6 +210,9 @@ impl Cli {
                 retries: self.upstream_retries,
             },
             token_cache_size: self.token_cache_size,
+            routing_file: self.routing_file.clone(),
+            routing_file_poll: self.routing_file_poll,
+            mirror_cache_file: self.mirror_cache_file.clone(),
             max_body_bytes: self.max_body_bytes,
             control_planes: self
                 .control_planes

@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth_forward;
+pub mod cache_file;
 pub mod commands;
 pub mod config;
 pub mod mirror;
 pub mod proxy;
+pub mod routing_file;
 pub mod token_cache;
 pub mod upstream;
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
-use gateway_shared::store::{Bucket, Store};
+use gateway_shared::store::{Bucket, Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +36,76 @@ pub enum RunError {
     Client(String),
     #[error("grpc server: {0}")]
     Grpc(String),
+    #[error("routing file: {0}")]
+    RoutingFile(String),
+}
+
+/// The store of the data plane: already open, or to connect to in the background (the
+/// data plane serves from its cache file meanwhile).
+pub enum StoreSource {
+    Open(Store),
+    Connect(StoreConfig),
+}
+
+/// Ready once the store is open and answers.
+struct StoreSlotReady(Arc<std::sync::OnceLock<Store>>);
+
+#[async_trait::async_trait]
+impl ReadyCheck for StoreSlotReady {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.0.get() {
+            Some(store) => StoreReady(store.clone()).check().await,
+            None => Err("not connected yet".into()),
+        }
+    }
+}
+
+/// Opens the store (retrying with backoff until `shutdown`), then follows the snapshot
+/// and authz buckets.
+async fn connect_and_follow(
+    source: StoreSource,
+    slot: Arc<std::sync::OnceLock<Store>>,
+    keys: Arc<gateway_shared::signed::DocVerifyingKeys>,
+    mirrors: Arc<Mirrors>,
+    shutdown: CancellationToken,
+) {
+    let store = match source {
+        StoreSource::Open(store) => store,
+        StoreSource::Connect(config) => {
+            let mut backoff = std::time::Duration::from_millis(200);
+            loop {
+                let opened = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    opened = Store::open(&config) => opened,
+                };
+                match opened {
+                    Ok(store) => break store,
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_ms = backoff.as_millis() as u64, "store unreachable, serving from the mirrors");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    };
+    let _ = slot.set(store.clone());
+    for bucket in [Bucket::Snapshots, Bucket::Authz] {
+        tokio::spawn(mirror::follow(
+            store.clone(),
+            bucket,
+            Arc::clone(&keys),
+            Arc::clone(&mirrors),
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// Bound listeners of the data plane.
@@ -164,29 +236,51 @@ async fn serve_grpc(
 pub async fn run(
     config: Config,
     listeners: Listeners,
-    store: Store,
+    store: StoreSource,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
-    let mirrors = Arc::new(Mirrors::default());
+    let mirrors = Arc::new(Mirrors::new(
+        config.routing_file.is_some(),
+        config.mirror_cache_file.is_some(),
+    ));
+    let verify_keys = Arc::new(config.verify_keys.clone());
+    if let Some(path) = &config.routing_file {
+        let bytes = routing_file::load(path, &mirrors).map_err(RunError::RoutingFile)?;
+        tokio::spawn(routing_file::watch(
+            path.clone(),
+            Arc::clone(&mirrors),
+            bytes,
+            config.routing_file_poll,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(path) = &config.mirror_cache_file {
+        // before the store: a replica restarting while NATS is away starts from here
+        cache_file::load(path, &mirrors, &verify_keys);
+        tokio::spawn(cache_file::keep(
+            path.clone(),
+            Arc::clone(&mirrors),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(mirror::report_age(Arc::clone(&mirrors), shutdown.clone()));
+    let store_slot = Arc::new(std::sync::OnceLock::new());
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![
-        Arc::new(StoreReady(store.clone())),
+        Arc::new(StoreSlotReady(Arc::clone(&store_slot))),
         Arc::new(mirror::SnapshotsReady {
             mirrors: Arc::clone(&mirrors),
             optional: config.snapshots_optional,
         }),
     ];
     let readiness = Arc::new(Readiness::new(checks));
-    let verify_keys = Arc::new(config.verify_keys.clone());
-    for bucket in [Bucket::Snapshots, Bucket::Authz] {
-        tokio::spawn(mirror::follow(
-            store.clone(),
-            bucket,
-            Arc::clone(&verify_keys),
-            Arc::clone(&mirrors),
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(connect_and_follow(
+        store,
+        store_slot,
+        Arc::clone(&verify_keys),
+        Arc::clone(&mirrors),
+        shutdown.clone(),
+    ));
 
     let ops = http::ops_router(
         Arc::clone(&readiness),

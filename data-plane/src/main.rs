@@ -1,8 +1,7 @@
 //! data-plane binary: parse the configuration, start telemetry, call the library.
 
 use clap::Parser;
-use data_plane::{Cli, Listeners};
-use gateway_shared::store::Store;
+use data_plane::{Cli, Listeners, StoreSource};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -51,7 +50,9 @@ async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
         .await?,
         ops: bind(config.ops_listen, "--ops-listen (GATEWAY_DATA_OPS_LISTEN)").await?,
     };
-    let store = Store::open(&config.store).await?;
+    // the store is connected in the background: until it answers, the data plane serves
+    // from its mirror cache file (if any) and reports not ready
+    let store = StoreSource::Connect(config.store.clone());
     let shutdown = CancellationToken::new();
     gateway_shared::http::cancel_on_signals(shutdown.clone());
     data_plane::run(config, listeners, store, shutdown).await?;

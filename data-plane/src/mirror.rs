@@ -33,6 +33,26 @@ pub struct Mirrors {
     pub jwks: ArcSwapOption<KeysInUse>,
     /// Effective rights per principal (`principal.<id>` documents of the authz bucket).
     pub principals: std::sync::RwLock<HashMap<String, Arc<Verified<EffectiveRights>>>>,
+    /// Routing comes from a local file (`--routing-file`): routing documents of the store
+    /// are ignored.
+    pub static_routing: bool,
+    /// The signed bytes of every applied document, for the local cache file; `None` when
+    /// no cache file is kept.
+    pub journal: Option<std::sync::Mutex<Journal>>,
+}
+
+/// The last verified documents, as signed bytes (base64), in the shape of the cache file.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Journal {
+    #[serde(default)]
+    pub routing: Option<String>,
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub principals: std::collections::BTreeMap<String, String>,
+    /// Changed since the cache file was last written.
+    #[serde(skip)]
+    pub dirty: bool,
 }
 
 /// The verification keys of one `jwks` revision.
@@ -43,6 +63,27 @@ pub struct KeysInUse {
 }
 
 impl Mirrors {
+    /// Mirrors that take routing from a file (`static_routing`) and journal the applied
+    /// documents for a cache file (`journal`).
+    pub fn new(static_routing: bool, journal: bool) -> Mirrors {
+        Mirrors {
+            static_routing,
+            journal: journal.then(|| std::sync::Mutex::new(Journal::default())),
+            ..Mirrors::default()
+        }
+    }
+
+    fn remember(&self, bytes: &[u8], record: impl FnOnce(&mut Journal, String)) {
+        use base64::Engine;
+        if let Some(Ok(mut journal)) = self.journal.as_ref().map(|j| j.lock()) {
+            record(
+                &mut journal,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+            journal.dirty = true;
+        }
+    }
+
     /// Verifies `bytes` as a document of `kind` and swaps it in when newer. Returns whether
     /// the mirror changed; on error the current copy stays in force.
     pub fn apply(
@@ -52,6 +93,7 @@ impl Mirrors {
         bytes: &[u8],
     ) -> Result<bool, DocError> {
         match kind {
+            ROUTING if self.static_routing => Ok(false),
             ROUTING => {
                 let doc: Verified<RoutingDocument> = keys.verify(bytes, kind)?;
                 let current = self.routing.load().as_ref().map(|t| t.revision);
@@ -63,6 +105,7 @@ impl Mirrors {
                     .map_err(|err| DocError::Payload(err.to_string()))?;
                 applied(kind, table.revision, table.issued_at, &doc.key_id);
                 self.routing.store(Some(Arc::new(table)));
+                self.remember(bytes, |j, b| j.routing = Some(b));
                 Ok(true)
             }
             JWKS => {
@@ -81,6 +124,7 @@ impl Mirrors {
                     issued_at: doc.issued_at,
                     verifier,
                 })));
+                self.remember(bytes, |j, b| j.jwks = Some(b));
                 Ok(true)
             }
             _ => Ok(false),
@@ -110,6 +154,10 @@ impl Mirrors {
         }
         principals.insert(principal_id.to_string(), Arc::new(doc));
         metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
+        drop(principals);
+        self.remember(bytes, |j, b| {
+            j.principals.insert(principal_id.to_string(), b);
+        });
         Ok(true)
     }
 
@@ -122,14 +170,14 @@ impl Mirrors {
 /// Kind of the effective-rights documents.
 pub const PRINCIPAL: &str = "principal";
 
-fn applied(kind: &str, revision: u64, issued_at: i64, key_id: &str) {
+pub(crate) fn applied(kind: &str, revision: u64, issued_at: i64, key_id: &str) {
     metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string()).set(revision as f64);
     metrics::gauge!("gateway_snapshot_issued_at_seconds", "kind" => kind.to_string())
         .set(issued_at as f64);
     tracing::info!(kind, revision, key_id, "snapshot applied");
 }
 
-fn reject(kind: &str, err: &DocError) {
+pub(crate) fn reject(kind: &str, err: &DocError) {
     let reason = match err {
         DocError::Malformed(_) => "malformed",
         DocError::WrongKind { .. } => "wrong_kind",
@@ -212,6 +260,27 @@ pub async fn follow(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Publishes how old the routing and key documents in use are
+/// (`gateway_snapshot_age_seconds`), every 5 s until `shutdown`.
+pub async fn report_age(mirrors: Arc<Mirrors>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = gateway_shared::unix_now();
+        if let Some(table) = mirrors.routing.load().as_ref() {
+            metrics::gauge!("gateway_snapshot_age_seconds", "kind" => ROUTING)
+                .set((now - table.issued_at) as f64);
+        }
+        if let Some(keys) = mirrors.jwks.load().as_ref() {
+            metrics::gauge!("gateway_snapshot_age_seconds", "kind" => JWKS)
+                .set((now - keys.issued_at) as f64);
         }
     }
 }

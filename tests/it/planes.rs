@@ -538,6 +538,37 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
             ],
             "--drain-timeout",
         ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--routing-file".into(),
+                "/nonexistent/routing.json".into(),
+            ],
+            "--routing-file",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--routing-file".into(),
+                // a file that is not a routing document
+                keys.verify_path(),
+            ],
+            "not a routing document",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--max-in-flight".into(),
+                "0".into(),
+            ],
+            "--max-in-flight",
+        ),
     ];
     let secret_lines: Vec<String> = std::fs::read_to_string(keys.signing_path())
         .unwrap()

@@ -1315,3 +1315,241 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
         assert!(metrics.contains(expected), "{expected} missing");
     }
 }
+
+/// A replica restarted while NATS is unreachable starts from its cache file of verified
+/// documents (verified again on load) and serves; a tampered file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_restarted_while_nats_is_down_serves_from_its_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("mirrors.json");
+    let cache_flag = cache.to_str().unwrap().to_string();
+    let flag = cache_flag.clone();
+    let mut stack = Stack::start(&[], move |_| {
+        vec!["--mirror-cache-file".into(), flag.clone()]
+    })
+    .await;
+    let node = upstream::start(
+        "shard-cached",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    stack
+        .route("projection", "p1", &node.http_url(), "acme")
+        .await;
+    let (token, user_id) = stack
+        .member("cached@example.com", &[("acme", "tenant_member")])
+        .await;
+    let query = |data: &gateway_tests::DataPlaneUrls, tenant: &'static str| {
+        let request = stack
+            .client
+            .post(format!("{}/v1/query/v", data.http))
+            .bearer_auth(&token)
+            .header("x-tenant-id", tenant)
+            .json(&json!({}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let deadline = std::time::Instant::now() + START;
+    while query(&stack.data, "acme").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // the cache file catches up with what the replica uses (written within a second)
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let file: Value = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let documents = &file["documents"];
+        if documents["routing"].is_string()
+            && documents["jwks"].is_string()
+            && documents["principals"][&user_id].is_string()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "cache never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // NATS goes away, and the replica restarts
+    stack.nats.stop();
+    stack._data.sigterm();
+    assert!(stack._data.wait_exit(START).success());
+    let restarted = {
+        let (process, urls) = gateway_tests::spawn_data_plane(
+            &stack.nats.url(),
+            &stack.prefix,
+            &stack.keys,
+            &["--mirror-cache-file", &cache_flag],
+        );
+        stack._data = process;
+        urls
+    };
+    // it serves from the cache: allowed calls go through, others stay refused
+    let (status, answer) = query(&restarted, "acme").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["node"], "shard-cached");
+    assert_eq!(query(&restarted, "globex").await.0, 403);
+    // and says it is not connected to the store
+    let ready = stack
+        .client
+        .get(format!("{}/ready", restarted.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // a tampered routing document in the file is refused on load
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let routing = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        file["documents"]["routing"].as_str().unwrap(),
+    )
+    .unwrap();
+    let routing = String::from_utf8(routing).unwrap();
+    let tampered = routing.replace(&node.http_url(), "http://127.0.0.1:9");
+    assert_ne!(routing, tampered);
+    file["documents"]["routing"] = json!(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        tampered
+    ));
+    let tampered_path = dir.path().join("tampered.json");
+    std::fs::write(&tampered_path, serde_json::to_vec(&file).unwrap()).unwrap();
+    let (_tampered_process, tampered_urls) = gateway_tests::spawn_data_plane(
+        &stack.nats.url(),
+        &stack.prefix,
+        &stack.keys,
+        &["--mirror-cache-file", tampered_path.to_str().unwrap()],
+    );
+    let (status, answer) = query(&tampered_urls, "acme").await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_ready");
+
+    // NATS back: the restarted replica connects and reports ready, without a restart
+    stack.nats.restart();
+    gateway_tests::process::wait_for_status(
+        &stack.client,
+        &format!("{}/ready", restarted.http),
+        200,
+        START,
+    )
+    .await;
+    assert_eq!(query(&restarted, "acme").await.0, 200);
+}
+
+/// Local development: routing from a plain JSON file, re-read when it changes; an invalid
+/// change is refused and the last good table stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_from_a_file_is_reloaded_when_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.json");
+    let one = upstream::start(
+        "file-one",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let two = upstream::start(
+        "file-two",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let routing = |endpoint: &str| {
+        json!({"projection": {"shards": {"p": [endpoint]}, "placement": {"acme": "p"}}}).to_string()
+    };
+    std::fs::write(&path, routing(&one.http_url())).unwrap();
+    let flag = path.to_str().unwrap().to_string();
+    let stack = Stack::start(&[], move |_| {
+        [
+            "--routing-file",
+            flag.as_str(),
+            "--routing-file-poll",
+            "100ms",
+        ]
+        .map(String::from)
+        .to_vec()
+    })
+    .await;
+    // a signed routing document in the store does not override the file
+    stack
+        .route("projection", "elsewhere", "http://127.0.0.1:9", "acme")
+        .await;
+    let (token, _) = stack
+        .member("filer@example.com", &[("acme", "tenant_member")])
+        .await;
+    let node_answering = || async {
+        let (status, answer) = send(
+            &stack.client,
+            "POST",
+            format!("{}/v1/query/v", stack.data.http),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "acme")],
+        )
+        .await;
+        (status == 200).then(|| answer["node"].as_str().unwrap_or_default().to_string())
+    };
+    let wait_for = |node: &'static str| async move {
+        let deadline = std::time::Instant::now() + START;
+        loop {
+            if node_answering().await.as_deref() == Some(node) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never routed to {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    wait_for("file-one").await;
+    std::fs::write(&path, routing(&two.http_url())).unwrap();
+    wait_for("file-two").await;
+    // an invalid file is refused (counted) and the last good table stays
+    std::fs::write(
+        &path,
+        json!({"projection": {"placement": {"acme": "ghost"}}}).to_string(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let metrics = stack
+            .client
+            .get(format!("{}/metrics", stack.data.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("gateway_snapshot_rejects_total{kind=\"routing_file\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(node_answering().await.as_deref(), Some("file-two"));
+    let (status, used) = send(
+        &stack.client,
+        "GET",
+        format!("{}/admin/routing", stack.data.ops),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(used["revision"], 2);
+}

@@ -208,6 +208,9 @@ async fn main() -> anyhow::Result<()> {
             },
             upstream: data_plane::upstream::UpstreamPolicy::default(),
             token_cache_size: 10_000,
+            routing_file: None,
+            routing_file_poll: std::time::Duration::from_secs(1),
+            mirror_cache_file: None,
             max_body_bytes: 1024 * 1024,
             control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
@@ -216,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
             lifecycle,
         },
         data_listeners,
-        store,
+        data_plane::StoreSource::Open(store),
         shutdown.clone(),
     ));
 
