@@ -216,7 +216,8 @@ pub async fn observe(
     metrics::histogram!(
         "gateway_http_request_duration_seconds",
         "plane" => plane,
-        "route" => route
+        "route" => route,
+        "status" => status_class(status)
     )
     .record(elapsed.as_secs_f64());
 
@@ -228,6 +229,17 @@ pub async fn observe(
         headers.insert(TRACEPARENT_HEADER, value);
     }
     response
+}
+
+/// `2xx`, `4xx`, … : latency is broken down by class, not by every status.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Header naming the tenant of a tenant-scoped call.
