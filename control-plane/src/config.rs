@@ -69,6 +69,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub google: GoogleArgs,
+    #[command(flatten)]
+    pub rebalance: RebalanceArgs,
     /// Peers (IPs or CIDRs, comma-separated) whose `x-forwarded-for` names the client: the
     /// data planes in front of this control plane.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -348,6 +350,27 @@ pub struct PasswordArgs {
     pub argon2_max_concurrency: usize,
 }
 
+/// Tenant rebalancing (readiness gates and plan leases).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RebalanceArgs {
+    /// Largest projection lag (events) a target shard may report at cutover.
+    #[arg(
+        long,
+        env = "GATEWAY_REBALANCE_MAX_PROJECTION_LAG",
+        default_value_t = 0
+    )]
+    pub rebalance_max_projection_lag: u64,
+    /// Pause between the two reads of a runner's checkpoint (it must not move).
+    #[arg(long, env = "GATEWAY_REBALANCE_CHECKPOINT_RECHECK", default_value = "500ms", value_parser = gateway_shared::config::parse_duration)]
+    pub rebalance_checkpoint_recheck: Duration,
+    /// Deadline of one readiness-gate call.
+    #[arg(long, env = "GATEWAY_REBALANCE_GATE_TIMEOUT", default_value = "5s", value_parser = gateway_shared::config::parse_duration)]
+    pub rebalance_gate_timeout: Duration,
+    /// How long an apply holds its plan; a plan whose holder died is taken over after it.
+    #[arg(long, env = "GATEWAY_REBALANCE_LEASE", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    pub rebalance_lease: Duration,
+}
+
 /// Validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -358,6 +381,7 @@ pub struct Config {
     pub google: Option<OidcSettings>,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub trusted_proxies: Vec<gateway_shared::http::IpNet>,
+    pub rebalance: crate::rebalance::RebalanceSettings,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
     pub keys: KeySettings,
@@ -484,6 +508,22 @@ impl ServeArgs {
                 .map(|t| gateway_shared::http::IpNet::parse(t))
                 .collect::<Result<_, _>>()
                 .map_err(|m| ConfigError::new("trusted-proxies", "GATEWAY_TRUSTED_PROXIES", m))?,
+            rebalance: {
+                let r = &self.rebalance;
+                if r.rebalance_lease < r.rebalance_gate_timeout * 3 {
+                    return Err(ConfigError::new(
+                        "rebalance-lease",
+                        "GATEWAY_REBALANCE_LEASE",
+                        "must be at least three gate timeouts (an apply asks several gates)",
+                    ));
+                }
+                crate::rebalance::RebalanceSettings {
+                    max_projection_lag: r.rebalance_max_projection_lag,
+                    checkpoint_recheck: r.rebalance_checkpoint_recheck,
+                    gate_timeout: r.rebalance_gate_timeout,
+                    lease: r.rebalance_lease,
+                }
+            },
             ip_quotas: IpQuotas {
                 signup: l.limit_signup_per_ip,
                 signin: l.limit_signin_per_ip,

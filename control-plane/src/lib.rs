@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod mail;
 pub mod openapi;
+pub mod rebalance;
 pub mod routing;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub publisher: Arc<iam::publish::Publisher>,
     pub routing: Arc<routing::RoutingAdmin>,
+    pub rebalancer: Arc<rebalance::Rebalancer>,
     /// Peers whose `x-forwarded-for` is believed (the data planes).
     pub trusted_proxies: Arc<[gateway_shared::http::IpNet]>,
     pub readiness: Arc<Readiness>,
@@ -59,6 +61,8 @@ pub enum RunError {
     NoAdmin,
     #[error("bootstrap admin: {0}")]
     Bootstrap(#[from] gateway_shared::ApiError),
+    #[error("http client: {0}")]
+    Client(String),
     #[error("google sign-in: {0}")]
     Oidc(String),
     #[error("password hashing: {0}")]
@@ -71,6 +75,7 @@ pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusH
         .merge(admin::iam_routes::router())
         .merge(admin::principal_routes::router())
         .merge(admin::routing_routes::router())
+        .merge(admin::rebalance_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .with_state(state.clone());
     Router::new()
@@ -150,7 +155,16 @@ pub async fn run(
         store: store.clone(),
         signer: Arc::clone(&signing_key),
     });
+    let rebalancer = Arc::new(
+        rebalance::Rebalancer::new(
+            store.clone(),
+            Arc::clone(&routing),
+            config.rebalance.clone(),
+        )
+        .map_err(RunError::Client)?,
+    );
     let state = AppState {
+        rebalancer,
         store,
         signing_key,
         keys,

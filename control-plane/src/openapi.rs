@@ -108,7 +108,15 @@ impl Modify for BearerAuth {
         crate::admin::routing_routes::place,
         crate::admin::routing_routes::unplace,
         crate::admin::routing_routes::put_shard,
-        crate::admin::routing_routes::delete_shard
+        crate::admin::routing_routes::delete_shard,
+        crate::admin::rebalance_routes::create,
+        crate::admin::rebalance_routes::list,
+        crate::admin::rebalance_routes::read,
+        crate::admin::rebalance_routes::gates,
+        crate::admin::rebalance_routes::apply,
+        crate::admin::rebalance_routes::rollback,
+        crate::admin::rebalance_routes::cancel,
+        crate::admin::rebalance_routes::replicas
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     modifiers(&BearerAuth)
@@ -134,6 +142,7 @@ mod tests {
             .iter()
             .chain(crate::admin::principal_routes::MUTATING_ROUTES)
             .chain(crate::admin::routing_routes::MUTATING_ROUTES)
+            .chain(crate::admin::rebalance_routes::MUTATING_ROUTES)
         {
             let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing"));
             assert!(

@@ -90,6 +90,9 @@ pub struct Cli {
     /// when the store is unreachable at start.
     #[arg(long, env = "GATEWAY_MIRROR_CACHE_FILE")]
     pub mirror_cache_file: Option<PathBuf>,
+    /// Name of this replica in its heartbeat (default: host name and a random suffix).
+    #[arg(long, env = "GATEWAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -122,6 +125,7 @@ pub struct Config {
     pub timeouts: crate::proxy::Timeouts,
     pub upstream: crate::upstream::UpstreamPolicy,
     pub token_cache_size: usize,
+    pub replica_id: String,
     pub routing_file: Option<PathBuf>,
     pub routing_file_poll: std::time::Duration,
     pub mirror_cache_file: Option<PathBuf>,
@@ -210,6 +214,11 @@ impl Cli {
                 retries: self.upstream_retries,
             },
             token_cache_size: self.token_cache_size,
+            replica_id: self
+                .replica_id
+                .as_deref()
+                .map(gateway_shared::heartbeat::replica_token)
+                .unwrap_or_else(gateway_shared::heartbeat::default_replica_id),
             routing_file: self.routing_file.clone(),
             routing_file_poll: self.routing_file_poll,
             mirror_cache_file: self.mirror_cache_file.clone(),

@@ -71,6 +71,7 @@ async fn connect_and_follow(
     slot: Arc<std::sync::OnceLock<Store>>,
     keys: Arc<gateway_shared::signed::DocVerifyingKeys>,
     mirrors: Arc<Mirrors>,
+    replica_id: String,
     shutdown: CancellationToken,
 ) {
     let store = match source {
@@ -97,6 +98,12 @@ async fn connect_and_follow(
         }
     };
     let _ = slot.set(store.clone());
+    tokio::spawn(mirror::heartbeat(
+        store.clone(),
+        Arc::clone(&mirrors),
+        replica_id,
+        shutdown.clone(),
+    ));
     for bucket in [Bucket::Snapshots, Bucket::Authz] {
         tokio::spawn(mirror::follow(
             store.clone(),
@@ -279,6 +286,7 @@ pub async fn run(
         store_slot,
         Arc::clone(&verify_keys),
         Arc::clone(&mirrors),
+        config.replica_id.clone(),
         shutdown.clone(),
     ));
 

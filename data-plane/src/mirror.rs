@@ -39,6 +39,8 @@ pub struct Mirrors {
     /// The signed bytes of every applied document, for the local cache file; `None` when
     /// no cache file is kept.
     pub journal: Option<std::sync::Mutex<Journal>>,
+    /// Signalled when a new routing table is swapped in (the heartbeat reports it).
+    pub routing_changed: tokio::sync::Notify,
 }
 
 /// The last verified documents, as signed bytes (base64), in the shape of the cache file.
@@ -105,6 +107,7 @@ impl Mirrors {
                     .map_err(|err| DocError::Payload(err.to_string()))?;
                 applied(kind, table.revision, table.issued_at, &doc.key_id);
                 self.routing.store(Some(Arc::new(table)));
+                self.routing_changed.notify_one();
                 self.remember(bytes, |j, b| j.routing = Some(b));
                 Ok(true)
             }
@@ -262,6 +265,44 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// Writes this replica's heartbeat (see `gateway_shared::heartbeat`) every interval and
+/// at once when the routing changes, until `shutdown`; then deletes it.
+pub async fn heartbeat(
+    store: Store,
+    mirrors: Arc<Mirrors>,
+    replica_id: String,
+    shutdown: CancellationToken,
+) {
+    use gateway_shared::heartbeat::{DATA_PREFIX, Heartbeat, INTERVAL_SECS};
+    use gateway_shared::store::Record;
+    let kv = store.kv(Bucket::Rebalance);
+    let key = format!("{DATA_PREFIX}{replica_id}");
+    let started_at = gateway_shared::unix_now();
+    let mut tick = tokio::time::interval(Duration::from_secs(INTERVAL_SECS));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = mirrors.routing_changed.notified() => {}
+        }
+        let beat = Heartbeat {
+            replica_id: replica_id.clone(),
+            plane: "data".into(),
+            routing_revision: mirrors.routing.load().as_ref().map_or(0, |t| t.revision),
+            jwks_revision: mirrors.jwks.load().as_ref().map_or(0, |k| k.revision),
+            principals: mirrors.principals.read().map_or(0, |p| p.len() as u64),
+            started_at,
+            seen_at: gateway_shared::unix_now(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let Ok(bytes) = beat.to_bytes() else { continue };
+        if let Err(err) = kv.put(&key, bytes).await {
+            tracing::debug!(error = %err, "heartbeat not written");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), kv.delete(&key, None)).await;
 }
 
 /// Publishes how old the routing and key documents in use are

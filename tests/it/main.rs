@@ -8,6 +8,7 @@ mod oidc;
 mod otlp;
 mod planes;
 mod proxy;
+mod rebalance;
 mod routing;
 mod store;
 mod upstream;

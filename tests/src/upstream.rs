@@ -45,12 +45,48 @@ struct Aggregates {
     outcomes: HashMap<(String, String), (Vec<u8>, SubmitCommandResponse)>,
 }
 
+/// What a node reports about one tenant to the gateway's readiness gates (see
+/// docs/readiness-gates.md). Tests set it through [`Node::set_readiness`] or
+/// `PUT /_reference/readiness/{kind}/{tenant_id}`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TenantReadiness {
+    /// Calls of the tenant still being processed here.
+    pub in_flight: u64,
+    /// Events behind the log (projections).
+    pub lag: u64,
+    /// Position the tenant's work resumes from (runners).
+    pub checkpoint: String,
+    /// The tenant's state can be served here (aggregates, as a target).
+    pub state_available: bool,
+    /// Test hook: answer the gate after this delay.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Test hook: the checkpoint advances at every read (a runner still working).
+    #[serde(default)]
+    pub checkpoint_moving: bool,
+}
+
+impl Default for TenantReadiness {
+    fn default() -> Self {
+        TenantReadiness {
+            in_flight: 0,
+            lag: 0,
+            checkpoint: "0".into(),
+            state_available: true,
+            delay_ms: 0,
+            checkpoint_moving: false,
+        }
+    }
+}
+
 /// Shared state of one node.
 #[derive(Clone)]
 pub struct Node {
     name: String,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     aggregates: Arc<Mutex<Aggregates>>,
+    readiness: Arc<Mutex<HashMap<(String, String), TenantReadiness>>>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn headers_of(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -66,6 +102,8 @@ impl Node {
             name: name.to_string(),
             recorded: Arc::default(),
             aggregates: Arc::default(),
+            readiness: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -76,6 +114,37 @@ impl Node {
     /// Everything received so far, oldest first.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Sets what the node reports for `tenant` of `kind` (`aggregate`, `projection`,
+    /// `runner`).
+    pub fn set_readiness(&self, kind: &str, tenant: &str, readiness: TenantReadiness) {
+        if let Ok(mut map) = self.readiness.lock() {
+            map.insert((kind.to_string(), tenant.to_string()), readiness);
+        }
+    }
+
+    pub fn readiness(&self, kind: &str, tenant: &str) -> TenantReadiness {
+        self.readiness
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(kind.to_string(), tenant.to_string())).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The readiness contract (docs/readiness-gates.md), served on the HTTP and the gRPC
+    /// listener alike (an aggregate shard's routed endpoint is its gRPC address).
+    pub fn readiness_router(&self) -> Router {
+        Router::new()
+            .route(
+                "/gateway/v1/readiness/{kind}/{tenant_id}",
+                get(readiness_gate),
+            )
+            .route(
+                "/_reference/readiness/{kind}/{tenant_id}",
+                axum::routing::put(set_readiness),
+            )
+            .with_state(self.clone())
     }
 
     /// Forgets what was received so far.
@@ -102,6 +171,7 @@ impl Node {
                 get(list_recorded).delete(clear_recorded),
             )
             .with_state(self.clone())
+            .merge(self.readiness_router())
     }
 
     /// The gRPC side: `aggregate.gateway.v1.CommandService`.
@@ -179,6 +249,70 @@ async fn runner(
         body,
     });
     Json(json!({"node": node.name, "method": method.as_str(), "runner_path": rest}))
+}
+
+#[derive(serde::Deserialize)]
+struct GateQuery {
+    role: String,
+    #[serde(default)]
+    max_lag: u64,
+}
+
+/// `GET /gateway/v1/readiness/{kind}/{tenant_id}?role=source|target[&max_lag=N]`.
+async fn readiness_gate(
+    State(node): State<Node>,
+    Path((kind, tenant)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<GateQuery>,
+) -> impl IntoResponse {
+    let mut state = node.readiness(&kind, &tenant);
+    if state.checkpoint_moving {
+        let read = node
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.checkpoint = format!("{}-{read}", state.checkpoint);
+    }
+    if state.delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(state.delay_ms.min(30_000))).await;
+    }
+    let (ready, reason) = match (kind.as_str(), query.role.as_str()) {
+        ("projection", _) if state.lag <= query.max_lag => (true, "caught_up".to_string()),
+        ("projection", _) => (
+            false,
+            format!("lag {} is above {}", state.lag, query.max_lag),
+        ),
+        ("runner" | "aggregate", "source") if state.in_flight == 0 => (true, "drained".into()),
+        ("runner" | "aggregate", "source") => (
+            false,
+            format!("{} calls of the tenant in flight", state.in_flight),
+        ),
+        ("aggregate", "target") if state.state_available => (true, "state_available".into()),
+        ("aggregate", "target") => (false, "the tenant's state is not available yet".into()),
+        ("runner", "target") => (true, "accepts_work".into()),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"code": "bad_request", "message": "unknown kind or role"}})),
+            );
+        }
+    };
+    (
+        StatusCode::OK,
+        Json(json!({
+            "node": node.name, "tenant_id": tenant, "kind": kind, "role": query.role,
+            "ready": ready, "reason": reason,
+            "in_flight": state.in_flight, "lag": state.lag,
+            "checkpoint": state.checkpoint, "state_available": state.state_available,
+        })),
+    )
+}
+
+async fn set_readiness(
+    State(node): State<Node>,
+    Path((kind, tenant)): Path<(String, String)>,
+    Json(readiness): Json<TenantReadiness>,
+) -> impl IntoResponse {
+    node.set_readiness(&kind, &tenant, readiness);
+    StatusCode::NO_CONTENT
 }
 
 async fn list_recorded(State(node): State<Node>) -> impl IntoResponse {
@@ -341,15 +475,15 @@ pub async fn start(
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await;
     });
-    let service = node.grpc_service();
+    // gRPC and the readiness contract on one port: HTTP/2 for gRPC, HTTP/1.1 for gates
+    let grpc_app = tonic::service::Routes::new(node.grpc_service())
+        .prepare()
+        .into_axum_router()
+        .merge(node.readiness_router());
     let grpc_stop = stop.clone();
     tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                grpc_stop.cancelled_owned(),
-            )
+        let _ = axum::serve(grpc, grpc_app)
+            .with_graceful_shutdown(grpc_stop.cancelled_owned())
             .await;
     });
     Ok(RunningNode {

@@ -1,0 +1,265 @@
+//! Admin routes of tenant rebalancing (`rebalance.operate`, platform) and of replica
+//! convergence (`routing.read`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gateway_shared::routing::ServiceKind;
+use gateway_shared::{ApiError, unix_now};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Admin;
+use crate::AppState;
+use crate::api::{ApiJson, ClientIp};
+use crate::audit::Audit;
+use crate::iam::tenant;
+use crate::rebalance::{Plan, PlanError};
+
+/// Mutating routes of this module (the audit test enumerates them).
+pub const MUTATING_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/admin/rebalance/plans"),
+    ("POST", "/admin/rebalance/plans/{id}/apply"),
+    ("POST", "/admin/rebalance/plans/{id}/rollback"),
+    ("POST", "/admin/rebalance/plans/{id}/cancel"),
+];
+
+/// The platform right every rebalancing route requires.
+pub const RIGHT: &str = "rebalance.operate";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/rebalance/plans", get(list).post(create))
+        .route("/admin/rebalance/plans/{id}", get(read))
+        .route("/admin/rebalance/plans/{id}/gates", get(gates))
+        .route("/admin/rebalance/plans/{id}/apply", post(apply))
+        .route("/admin/rebalance/plans/{id}/rollback", post(rollback))
+        .route("/admin/rebalance/plans/{id}/cancel", post(cancel))
+        .route("/admin/routing/replicas", get(replicas))
+}
+
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    outcome: &'static str,
+    plan: &Plan,
+    ip: std::net::IpAddr,
+    detail: serde_json::Value,
+) {
+    Audit::new(action, outcome, unix_now())
+        .actor(admin.id())
+        .target(&plan.id)
+        .ip(ip)
+        .detail(json!({
+            "tenant_id": plan.tenant_id, "kind": plan.kind, "source_shard": plan.source_shard,
+            "target_shard": plan.target_shard, "state": plan.state, "detail": detail,
+        }))
+        .record(&state.store)
+        .await;
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CreateBody {
+    tenant_id: String,
+    /// `aggregate`, `projection` or `runner`.
+    kind: String,
+    target_shard: String,
+}
+
+/// Plans a move of one tenant of one kind to `target_shard`.
+#[utoipa::path(post, path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "Plan a tenant move", request_body = CreateBody, security(("bearer" = [])), responses((status = 201, description = "Planned"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 409, description = "A plan is already active for the tenant and kind", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    let tenant = tenant(&body.tenant_id)?;
+    let kind = ServiceKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::bad_request("kind is aggregate, projection or runner").with_reason("invalid_kind")
+    })?;
+    gateway_shared::routing::validate_shard_id(&body.target_shard)
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_shard"))?;
+    let plan = state
+        .rebalancer
+        .create(tenant, kind, body.target_shard, admin.id(), unix_now())
+        .await?;
+    audit(
+        &state,
+        &admin,
+        "admin.rebalance.plan",
+        "ok",
+        &plan,
+        ip,
+        json!({}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(plan)))
+}
+
+/// Every plan, newest first.
+#[utoipa::path(get, path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "List plans", security(("bearer" = [])), responses((status = 200, description = "OK")))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    Ok(Json(json!({"plans": state.rebalancer.list().await?})))
+}
+
+#[utoipa::path(get, path = "/admin/rebalance/plans/{id}", tag = "admin.rebalance", summary = "One plan", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "No such plan", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn read(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    let (plan, _) = state.rebalancer.load(&id).await?;
+    Ok(Json(plan))
+}
+
+/// Asks the gates now, without applying (what apply would see).
+#[utoipa::path(get, path = "/admin/rebalance/plans/{id}/gates", tag = "admin.rebalance", summary = "Check the readiness gates of a plan now", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Gate report")))]
+pub(crate) async fn gates(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    let (plan, _) = state.rebalancer.load(&id).await?;
+    let (current, _) = state.routing.current().await?;
+    let doc = current.map(|d| d.payload).unwrap_or_default();
+    Ok(Json(state.rebalancer.gates(&plan, &doc).await))
+}
+
+/// Checks the gates and, only if all pass, publishes the new placement. 409 with the gate
+/// report otherwise; idempotent (an applied plan answers 200 again).
+#[utoipa::path(post, path = "/admin/rebalance/plans/{id}/apply", tag = "admin.rebalance", summary = "Apply a plan behind its readiness gates", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Applied"), (status = 409, description = "Gates not ready (with the report), plan in progress or not applicable", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn apply(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    admin.require(None, RIGHT)?;
+    match state.rebalancer.apply(&id, admin.id()).await {
+        Ok(plan) => {
+            audit(
+                &state,
+                &admin,
+                "admin.rebalance.apply",
+                "ok",
+                &plan,
+                ip,
+                json!({"routing_revision": plan.applied_revision}),
+            )
+            .await;
+            Ok(Json(plan).into_response())
+        }
+        Err(PlanError::Gates { plan, report }) => {
+            audit(
+                &state,
+                &admin,
+                "admin.rebalance.apply",
+                "refused",
+                &plan,
+                ip,
+                json!({"gates": report}),
+            )
+            .await;
+            let error = ApiError::new(
+                gateway_shared::ErrorCode::Conflict,
+                "the readiness gates do not all pass; nothing was changed",
+            )
+            .with_reason("gates_not_ready");
+            let body = json!({
+                "error": {
+                    "code": error.envelope_code(),
+                    "message": error.message,
+                    "correlation_id": gateway_shared::http::current_correlation_id(),
+                },
+                "plan": plan,
+                "gates": report,
+            });
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+        Err(PlanError::Api(err)) => {
+            if let Ok((plan, _)) = state.rebalancer.load(&id).await {
+                audit(
+                    &state,
+                    &admin,
+                    "admin.rebalance.apply",
+                    "refused",
+                    &plan,
+                    ip,
+                    json!({"code": err.envelope_code(), "message": err.message}),
+                )
+                .await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Restores the placement the plan replaced (refused if it moved since).
+#[utoipa::path(post, path = "/admin/rebalance/plans/{id}/rollback", tag = "admin.rebalance", summary = "Roll a plan back", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Rolled back"), (status = 409, description = "Placement moved, or the plan cannot be rolled back", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    let result = state.rebalancer.rollback(&id, admin.id()).await;
+    finish(&state, &admin, ip, &id, "admin.rebalance.rollback", result).await
+}
+
+#[utoipa::path(post, path = "/admin/rebalance/plans/{id}/cancel", tag = "admin.rebalance", summary = "Cancel a plan that has not cut over", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Cancelled"), (status = 409, description = "The plan cannot be cancelled", body = crate::openapi::ErrorEnvelope)))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    admin: Admin,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, RIGHT)?;
+    let result = state.rebalancer.cancel(&id, admin.id()).await;
+    finish(&state, &admin, ip, &id, "admin.rebalance.cancel", result).await
+}
+
+async fn finish(
+    state: &AppState,
+    admin: &Admin,
+    ip: std::net::IpAddr,
+    id: &str,
+    action: &str,
+    result: Result<Plan, ApiError>,
+) -> Result<Json<Plan>, ApiError> {
+    match result {
+        Ok(plan) => {
+            audit(state, admin, action, "ok", &plan, ip, json!({})).await;
+            Ok(Json(plan))
+        }
+        Err(err) => {
+            if let Ok((plan, _)) = state.rebalancer.load(id).await {
+                let detail = json!({"code": err.envelope_code(), "message": err.message});
+                audit(state, admin, action, "refused", &plan, ip, detail).await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Data-plane replicas, the routing revision each uses, and whether all live ones use
+/// the published one.
+#[utoipa::path(get, path = "/admin/routing/replicas", tag = "admin.routing", summary = "Data-plane replicas and their routing revision", security(("bearer" = [])), responses((status = 200, description = "OK")))]
+pub(crate) async fn replicas(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require(None, "routing.read")?;
+    Ok(Json(state.rebalancer.replicas(unix_now()).await?))
+}
