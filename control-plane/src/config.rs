@@ -45,6 +45,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Operate tenant rebalancing through the admin API of a running control plane.
+    Rebalance(crate::rebalance_cli::RebalanceCli),
 }
 
 /// Flags of the server.

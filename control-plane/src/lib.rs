@@ -13,6 +13,7 @@ pub mod limits;
 pub mod mail;
 pub mod openapi;
 pub mod rebalance;
+pub mod rebalance_cli;
 pub mod routing;
 
 use std::sync::Arc;

@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Rebalance(args)) = cli.command {
+        return control_plane::rebalance_cli::run(args).await;
+    }
     if let Some(Command::Keygen { out_dir, force }) = cli.command {
         return match control_plane::config::keygen(&out_dir, force) {
             Ok(files) => {
