@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gateway_shared::routing::RoutingDocument;
+use gateway_shared::routing::{RoutingDocument, ServiceKind};
 use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys, Verified};
 use gateway_shared::store::{Bucket, Store, StoreError};
 use gateway_shared::{ApiError, ErrorCode};
@@ -57,6 +57,15 @@ impl RoutingAdmin {
             ));
         }
         let revision = current_revision + 1;
+        let mut document = document;
+        let previous = current.as_ref().map(|d| &d.payload);
+        for kind in ServiceKind::ALL {
+            let unchanged = previous.filter(|p| p.kind(kind) == document.kind(kind));
+            let since = unchanged
+                .and_then(|p| p.kind_revisions.get(&kind).copied())
+                .unwrap_or(revision);
+            document.kind_revisions.insert(kind, since);
+        }
         let bytes = self
             .signer
             .sign(ROUTING_DOC, revision, now, &document)

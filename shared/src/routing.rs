@@ -146,6 +146,10 @@ pub struct RoutingDocument {
     pub projection: KindRouting,
     #[serde(default)]
     pub runner: KindRouting,
+    /// Revision at which each kind's placement or shards last changed (set by the control
+    /// plane when it publishes; informational for the data plane).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kind_revisions: BTreeMap<ServiceKind, u64>,
 }
 
 impl RoutingDocument {

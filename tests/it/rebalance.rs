@@ -267,6 +267,18 @@ async fn plans_cut_over_only_behind_ready_gates_and_roll_back() {
 
         // T8.1: the admin API and both data-plane replicas agree on the revision
         assert_eq!(env.revision().await, revision);
+        let (_, routing) = env.admin_call("GET", "/admin/routing", None).await;
+        assert_eq!(routing["routing"]["kind_revisions"][kind], revision);
+        for other in ["aggregate", "projection", "runner"] {
+            if other != kind {
+                assert!(
+                    routing["routing"]["kind_revisions"][other]
+                        .as_u64()
+                        .unwrap()
+                        < revision
+                );
+            }
+        }
         assert_eq!(env.shard_of(kind).await, "new");
         wait_for_revision(&env.client, &a.ops, revision).await;
         wait_for_revision(&env.client, &b.ops, revision).await;

@@ -149,6 +149,7 @@ pub(crate) async fn tenant_routes(
             json!({"tenant_id": tenant, "revision": 0, "routes": {}}),
         ));
     };
+    let kind_revisions = doc.payload.kind_revisions.clone();
     let table =
         gateway_shared::routing::RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
             .map_err(|err| ApiError::internal("published routing invalid", &err))?;
@@ -156,7 +157,10 @@ pub(crate) async fn tenant_routes(
         .iter()
         .map(|k| {
             let decision = match table.route(&tenant, *k) {
-                Ok(route) => json!({"shard": route.shard, "endpoints": route.endpoints.to_vec()}),
+                Ok(route) => json!({
+                    "shard": route.shard, "endpoints": route.endpoints.to_vec(),
+                    "kind_revision": kind_revisions.get(k),
+                }),
                 Err(err) => json!({"error": "tenant_not_routed", "message": err.to_string()}),
             };
             (k.as_str().to_string(), decision)

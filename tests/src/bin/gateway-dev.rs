@@ -98,6 +98,7 @@ async fn publish_demo_routing(
         aggregate: kind(upstream.grpc_url()),
         projection: kind(upstream.http_url()),
         runner: kind(upstream.http_url()),
+        ..RoutingDocument::default()
     };
     let revision = routing
         .publish(document, Some(0), gateway_shared::unix_now())
