@@ -47,6 +47,16 @@ pub enum Command {
     },
     /// Operate tenant rebalancing through the admin API of a running control plane.
     Rebalance(crate::rebalance_cli::RebalanceCli),
+    /// Exit 0 when this replica's `/ready` answers 200, 1 otherwise (the image's
+    /// HEALTHCHECK; the image has no curl).
+    Healthcheck {
+        #[arg(
+            long,
+            env = "GATEWAY_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8090/ready"
+        )]
+        url: String,
+    },
 }
 
 /// Flags of the server.
@@ -192,7 +202,8 @@ impl MailArgs {
             )),
             (None, Some(path)) => Ok(Mailer::outbox(path.clone(), from)),
             (Some(url), None) => {
-                let credentials = match (&self.smtp_username, &self.smtp_password_file) {
+                let username = self.smtp_username.as_ref().filter(|u| !u.is_empty());
+                let credentials = match (username, &self.smtp_password_file) {
                     (Some(user), Some(file)) => Some((
                         user.clone(),
                         read_secret_file("smtp-password-file", "GATEWAY_SMTP_PASSWORD_FILE", file)?
@@ -281,7 +292,12 @@ pub struct GoogleArgs {
 
 impl GoogleArgs {
     fn settings(&self) -> Result<Option<OidcSettings>, ConfigError> {
-        let Some(client_id) = &self.google_client_id else {
+        // an empty value (a stack file's unset variable) means off, like an absent one
+        let Some(client_id) = self
+            .google_client_id
+            .as_ref()
+            .filter(|c| !c.trim().is_empty())
+        else {
             return Ok(None);
         };
         let secret_file = self.google_client_secret_file.as_ref().ok_or_else(|| {

@@ -10,8 +10,10 @@ use gateway_shared::store::StoreConfig;
 /// The data plane of the Cloudlysis gateway: verifies tokens, authorizes from its mirrors,
 /// routes to the owning shard and forwards.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "data-plane", version)]
+#[command(name = "data-plane", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address of the public HTTP listener (client traffic, `/health`, `/ready`).
     #[arg(long, env = "GATEWAY_DATA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -110,6 +112,20 @@ pub struct Cli {
     pub log: LogArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Exit 0 when this replica's `/ready` answers 200, 1 otherwise (the image's
+    /// HEALTHCHECK; the image has no curl).
+    Healthcheck {
+        #[arg(
+            long,
+            env = "GATEWAY_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/ready"
+        )]
+        url: String,
+    },
 }
 
 /// Validated configuration.

@@ -7,6 +7,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(data_plane::config::Command::Healthcheck { url }) = &cli.command {
+        return healthcheck(url).await;
+    }
     let config = match cli.validate() {
         Ok(config) => config,
         Err(err) => {
@@ -57,4 +60,19 @@ async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
     gateway_shared::http::cancel_on_signals(shutdown.clone());
     data_plane::run(config, listeners, store, shutdown).await?;
     Ok(())
+}
+
+/// The container HEALTHCHECK: 0 when `url` answers 200.
+async fn healthcheck(url: &str) -> std::process::ExitCode {
+    match gateway_shared::http::probe_status(url, std::time::Duration::from_secs(3)).await {
+        Ok(200) => std::process::ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("healthcheck: {url} answered {status}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("healthcheck: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

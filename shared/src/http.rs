@@ -570,6 +570,51 @@ async fn version(State(state): State<OpsState>) -> impl IntoResponse {
 
 /// Serves `app` until `stop` is cancelled, then drains in-flight requests for at most
 /// `drain_timeout`.
+/// The status code of `GET url` (`http://host:port/path`, plain HTTP/1.1), within
+/// `timeout`: the container HEALTHCHECK of both images (`<plane> healthcheck`), which have
+/// no curl.
+pub async fn probe_status(url: &str, timeout: Duration) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains(['@', ' ']) {
+        return Err(format!("{url:?} has no usable host"));
+    }
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|err| format!("cannot connect to {authority}: {err}"))?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut head = Vec::with_capacity(64);
+        let mut buf = [0u8; 256];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+            let read = stream.read(&mut buf).await.map_err(|err| err.to_string())?;
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..read]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| "not an HTTP answer".to_string())
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,

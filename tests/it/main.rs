@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod deploy;
 mod dev;
 mod oidc;
 mod otlp;
