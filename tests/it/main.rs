@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod deploy;
 mod dev;
+mod ha;
 mod oidc;
 mod otlp;
 mod planes;

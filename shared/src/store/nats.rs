@@ -210,6 +210,17 @@ fn update_error(key: &str, err: kv::UpdateError) -> StoreError {
     }
 }
 
+/// Fails fast while the client is disconnected: without it a call waits for the request
+/// timeout (or for the reconnect), and a write during an outage would answer only after
+/// several timeouts instead of a prompt 503.
+fn ensure_connected(client: &async_nats::Client) -> Result<(), StoreError> {
+    if client.connection_state() == async_nats::connection::State::Connected {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable("nats is not connected".into()))
+    }
+}
+
 /// Subject filter (relative to the bucket) for a validated prefix.
 fn filter_of(prefix: &str) -> String {
     format!("{prefix}>")
@@ -223,6 +234,7 @@ impl KvBucket for NatsBucket {
 
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
         validate_key(key)?;
+        ensure_connected(&self.client)?;
         let entry = self.kv.entry(key).await.map_err(unavailable)?;
         Ok(entry
             .filter(|entry| is_put(&entry.operation))
@@ -235,6 +247,7 @@ impl KvBucket for NatsBucket {
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         validate_key(key)?;
+        ensure_connected(&self.client)?;
         self.kv
             .create(key, value)
             .await
@@ -253,6 +266,7 @@ impl KvBucket for NatsBucket {
         revision: Revision,
     ) -> Result<Revision, StoreError> {
         validate_key(key)?;
+        ensure_connected(&self.client)?;
         self.kv
             .update(key, value, revision)
             .await
@@ -261,11 +275,13 @@ impl KvBucket for NatsBucket {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         validate_key(key)?;
+        ensure_connected(&self.client)?;
         self.kv.put(key, value).await.map_err(unavailable)
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(), StoreError> {
         validate_key(key)?;
+        ensure_connected(&self.client)?;
         if expected.is_none() && self.get(key).await?.is_none() {
             // deleting what is not there changes nothing (no tombstone, no watch event)
             return Ok(());
@@ -283,6 +299,7 @@ impl KvBucket for NatsBucket {
         limit: usize,
     ) -> Result<KeysPage, StoreError> {
         validate_prefix(prefix)?;
+        ensure_connected(&self.client)?;
         let limit = capped(limit);
         // the latest message per matching subject, headers only; deletions are skipped
         let consumer = self
@@ -374,6 +391,7 @@ impl AuditLog for NatsAudit {
     async fn append(&self, tenant: &str, action: &str, data: Bytes) -> Result<u64, StoreError> {
         validate_token(tenant)?;
         validate_key(action)?;
+        ensure_connected(&self.client)?;
         let ack = self
             .js
             .publish(format!("{}.{tenant}.{action}", self.subject_root), data)
