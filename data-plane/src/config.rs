@@ -95,6 +95,11 @@ pub struct Cli {
     /// Name of this replica in its heartbeat (default: host name and a random suffix).
     #[arg(long, env = "GATEWAY_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Longest time without reaching the store (heartbeat or watch event) after which
+    /// authorization fails closed with 503 `state_stale` (revocations may be missing);
+    /// 0 never fails closed.
+    #[arg(long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    pub max_staleness: std::time::Duration,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -141,6 +146,7 @@ pub struct Config {
     pub timeouts: crate::proxy::Timeouts,
     pub upstream: crate::upstream::UpstreamPolicy,
     pub token_cache_size: usize,
+    pub max_staleness: std::time::Duration,
     pub replica_id: String,
     pub routing_file: Option<PathBuf>,
     pub routing_file_poll: std::time::Duration,
@@ -230,6 +236,7 @@ impl Cli {
                 retries: self.upstream_retries,
             },
             token_cache_size: self.token_cache_size,
+            max_staleness: self.max_staleness,
             replica_id: self
                 .replica_id
                 .as_deref()

@@ -47,8 +47,9 @@ pub enum StoreSource {
     Connect(StoreConfig),
 }
 
-/// Ready once the store is open and answers.
-struct StoreSlotReady(Arc<std::sync::OnceLock<Store>>);
+/// Ready once the store is open and answers; an answer also counts as contact for the
+/// staleness bound (it runs every 500 ms for the gRPC health status).
+struct StoreSlotReady(Arc<std::sync::OnceLock<Store>>, Arc<Mirrors>);
 
 #[async_trait::async_trait]
 impl ReadyCheck for StoreSlotReady {
@@ -58,7 +59,11 @@ impl ReadyCheck for StoreSlotReady {
 
     async fn check(&self) -> Result<(), String> {
         match self.0.get() {
-            Some(store) => StoreReady(store.clone()).check().await,
+            Some(store) => {
+                StoreReady(store.clone()).check().await?;
+                self.1.touch(gateway_shared::unix_now());
+                Ok(())
+            }
             None => Err("not connected yet".into()),
         }
     }
@@ -271,10 +276,20 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    tokio::spawn(mirror::report_age(Arc::clone(&mirrors), shutdown.clone()));
+    // the state loaded at start (cache file, routing file) counts as current now: a
+    // replica restarted during an outage serves for at most --max-staleness from it
+    mirrors.touch(gateway_shared::unix_now());
+    tokio::spawn(mirror::report_age(
+        Arc::clone(&mirrors),
+        config.max_staleness.as_secs() as i64,
+        shutdown.clone(),
+    ));
     let store_slot = Arc::new(std::sync::OnceLock::new());
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![
-        Arc::new(StoreSlotReady(Arc::clone(&store_slot))),
+        Arc::new(StoreSlotReady(
+            Arc::clone(&store_slot),
+            Arc::clone(&mirrors),
+        )),
         Arc::new(mirror::SnapshotsReady {
             mirrors: Arc::clone(&mirrors),
             optional: config.snapshots_optional,
@@ -302,6 +317,7 @@ pub async fn run(
         config.timeouts,
         config.upstream.clone(),
         config.token_cache_size,
+        config.max_staleness,
     )
     .map_err(RunError::Client)?;
     let channels = commands::Channels::default();

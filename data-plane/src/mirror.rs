@@ -41,6 +41,9 @@ pub struct Mirrors {
     pub journal: Option<std::sync::Mutex<Journal>>,
     /// Signalled when a new routing table is swapped in (the heartbeat reports it).
     pub routing_changed: tokio::sync::Notify,
+    /// Unix seconds of the last sign that the mirrors are current: a heartbeat written or
+    /// a watch event received (0: none yet; set at start, see `touch`).
+    last_contact: std::sync::atomic::AtomicI64,
 }
 
 /// The last verified documents, as signed bytes (base64), in the shape of the cache file.
@@ -72,6 +75,20 @@ impl Mirrors {
             static_routing,
             journal: journal.then(|| std::sync::Mutex::new(Journal::default())),
             ..Mirrors::default()
+        }
+    }
+
+    /// Records that the store was reached at `now` (unix seconds).
+    pub fn touch(&self, now: i64) {
+        self.last_contact
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds since the store was last reached (`None` before the first contact).
+    pub fn staleness(&self, now: i64) -> Option<i64> {
+        match self.last_contact.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => Some((now - at).max(0)),
         }
     }
 
@@ -238,6 +255,7 @@ pub async fn follow(
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
+                    mirrors.touch(gateway_shared::unix_now());
                     let result = match entry.key.strip_prefix("principal.") {
                         Some(principal) if bucket == Bucket::Authz => {
                             mirrors.apply_principal(&keys, principal, &entry.value)
@@ -298,23 +316,45 @@ pub async fn heartbeat(
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let Ok(bytes) = beat.to_bytes() else { continue };
-        if let Err(err) = kv.put(&key, bytes).await {
-            tracing::debug!(error = %err, "heartbeat not written");
+        match kv.put(&key, bytes).await {
+            Ok(_) => mirrors.touch(gateway_shared::unix_now()),
+            Err(err) => tracing::debug!(error = %err, "heartbeat not written"),
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), kv.delete(&key, None)).await;
 }
 
 /// Publishes how old the routing and key documents in use are
-/// (`gateway_snapshot_age_seconds`), every 5 s until `shutdown`.
-pub async fn report_age(mirrors: Arc<Mirrors>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// (`gateway_snapshot_age_seconds`) and how long ago the store was reached
+/// (`gateway_mirror_staleness_seconds`, `gateway_mirror_stale`), every second until
+/// `shutdown`; logs when the data plane starts and stops failing closed.
+pub async fn report_age(mirrors: Arc<Mirrors>, max_staleness: i64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_stale = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = gateway_shared::unix_now();
+        if let Some(staleness) = mirrors.staleness(now) {
+            metrics::gauge!("gateway_mirror_staleness_seconds").set(staleness as f64);
+            let stale = max_staleness > 0 && staleness > max_staleness;
+            if stale && !was_stale {
+                tracing::error!(
+                    staleness,
+                    max_staleness,
+                    "store unreachable for too long: failing closed (503 state_stale) until it is back"
+                );
+            } else if !stale && was_stale {
+                tracing::info!(
+                    staleness,
+                    "store reachable again: serving from fresh mirrors"
+                );
+            }
+            metrics::gauge!("gateway_mirror_stale").set(if stale { 1.0 } else { 0.0 });
+            was_stale = stale;
+        }
         if let Some(table) = mirrors.routing.load().as_ref() {
             metrics::gauge!("gateway_snapshot_age_seconds", "kind" => ROUTING)
                 .set((now - table.issued_at) as f64);

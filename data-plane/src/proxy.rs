@@ -37,6 +37,9 @@ pub struct ProxyState {
     pub client: reqwest::Client,
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<TokenCache>,
+    /// Past this many seconds without reaching the store, authorization fails closed
+    /// (0: never).
+    pub max_staleness: i64,
     /// Shared, not copied: the state is cloned for every request.
     pub issuer: Arc<str>,
     pub audience: Arc<str>,
@@ -51,6 +54,7 @@ impl ProxyState {
         timeouts: Timeouts,
         policy: UpstreamPolicy,
         token_cache_size: usize,
+        max_staleness: Duration,
     ) -> Result<ProxyState, String> {
         // deadlines are set per call (what is left of the request's budget)
         let client = reqwest::Client::builder()
@@ -64,6 +68,7 @@ impl ProxyState {
             client,
             upstreams: Arc::new(Upstreams::new(policy)),
             tokens: Arc::new(TokenCache::new(token_cache_size)),
+            max_staleness: max_staleness.as_secs() as i64,
             issuer: issuer.into(),
             audience: audience.into(),
             timeouts,
@@ -84,6 +89,21 @@ impl ProxyState {
             )
             .with_reason(reason)
         };
+        // decisions from mirrors too old to trust (revocations may be missing) are refused
+        if self.max_staleness > 0
+            && self
+                .mirrors
+                .staleness(now)
+                .is_some_and(|s| s > self.max_staleness)
+        {
+            metrics::counter!("gateway_stale_refusals_total").increment(1);
+            return Err(ApiError::new(
+                ErrorCode::NotReady,
+                "the gateway has not reached its state store for too long; retry shortly",
+            )
+            .with_reason("state_stale")
+            .with_retry_after(5));
+        }
         let token = bearer_token(headers).map_err(refuse)?;
         let keys = self.mirrors.jwks.load_full().ok_or_else(|| {
             ApiError::new(ErrorCode::NotReady, "verification keys not loaded").with_retry_after(1)

@@ -1553,3 +1553,85 @@ async fn routing_from_a_file_is_reloaded_when_the_file_changes() {
     assert_eq!(status, 200);
     assert_eq!(used["revision"], 2);
 }
+
+/// Past --max-staleness without reaching the store, authorization fails closed with a
+/// clear 503 (revocations may be missing), says so in a metric and a log line, and
+/// recovers by itself when the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
+    let mut stack = Stack::start(&[], |_| vec!["--max-staleness".into(), "2s".into()]).await;
+    let node = upstream::start(
+        "shard-stale",
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    stack
+        .route("projection", "p1", &node.http_url(), "acme")
+        .await;
+    let (token, _) = stack
+        .member("stale@example.com", &[("acme", "tenant_member")])
+        .await;
+    let query = || {
+        send(
+            &stack.client,
+            "POST",
+            format!("{}/v1/query/v", stack.data.http),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "acme")],
+        )
+    };
+    let deadline = std::time::Instant::now() + START;
+    while query().await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stack.nats.stop();
+    // within the bound it keeps serving; past it, a typed 503
+    let deadline = std::time::Instant::now() + START;
+    let refused = loop {
+        let (status, answer) = query().await;
+        if status == 503 {
+            break answer;
+        }
+        assert_eq!(status, 200, "{answer}");
+        assert!(std::time::Instant::now() < deadline, "never failed closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["error"]["code"], "state_stale");
+    // the gauge follows within its one-second tick
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let metrics = stack
+            .client
+            .get(format!("{}/metrics", stack.data.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("gateway_mirror_stale 1") {
+            assert!(metrics.contains("gateway_stale_refusals_total"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack._data.wait_for_log(
+        "store unreachable for too long: failing closed (503 state_stale) until it is back",
+        START,
+    );
+    // the store back: it serves again without a restart
+    stack.nats.restart();
+    let deadline = std::time::Instant::now() + START;
+    while query().await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack
+        ._data
+        .wait_for_log("store reachable again: serving from fresh mirrors", START);
+}
