@@ -9,19 +9,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { url }) = &cli.command {
-        return match gateway_shared::http::probe_status(url, std::time::Duration::from_secs(3))
-            .await
-        {
-            Ok(200) => std::process::ExitCode::SUCCESS,
-            Ok(status) => {
-                eprintln!("healthcheck: {url} answered {status}");
-                std::process::ExitCode::FAILURE
-            }
-            Err(err) => {
-                eprintln!("healthcheck: {err}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return gateway_shared::http::healthcheck(url).await;
     }
     if let Some(Command::Rebalance(args)) = cli.command {
         return control_plane::rebalance_cli::run(args).await;

@@ -95,7 +95,7 @@ pub async fn submit(
     let _slot = state.upstreams.admit("command")?;
     note_principal(&claims.sub, &tenant);
     if command.command_id.trim().is_empty() {
-        command.command_id = uuid::Uuid::new_v4().to_string();
+        command.command_id = gateway_shared::http::fast_uuid().to_string();
     }
     let mut metadata = tonic::metadata::MetadataMap::new();
     for (name, value) in [
@@ -176,7 +176,7 @@ impl CommandService for CommandProxy {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_correlation_id(v))
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| gateway_shared::http::fast_uuid().to_string());
         let trace =
             TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok()));
         let started = std::time::Instant::now();

@@ -4,11 +4,14 @@ use clap::Parser;
 use data_plane::{Cli, Listeners, StoreSource};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(data_plane::config::Command::Healthcheck { url }) = &cli.command {
-        return healthcheck(url).await;
+        return gateway_shared::http::healthcheck(url).await;
     }
     let config = match cli.validate() {
         Ok(config) => config,
@@ -60,19 +63,4 @@ async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
     gateway_shared::http::cancel_on_signals(shutdown.clone());
     data_plane::run(config, listeners, store, shutdown).await?;
     Ok(())
-}
-
-/// The container HEALTHCHECK: 0 when `url` answers 200.
-async fn healthcheck(url: &str) -> std::process::ExitCode {
-    match gateway_shared::http::probe_status(url, std::time::Duration::from_secs(3)).await {
-        Ok(200) => std::process::ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("healthcheck: {url} answered {status}");
-            std::process::ExitCode::FAILURE
-        }
-        Err(err) => {
-            eprintln!("healthcheck: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }

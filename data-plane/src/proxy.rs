@@ -211,21 +211,16 @@ pub async fn query(
     let route = state.route(&tenant, ServiceKind::Projection)?;
     let _slot = state.upstreams.admit("query")?;
     note_principal(&claims.sub, &tenant);
-    let content_type = headers.get(axum::http::header::CONTENT_TYPE);
-    let send = |endpoint: &str, timeout: Duration| {
-        let mut upstream = state
-            .client
-            .post(format!("{endpoint}/v1/query/{view_type}"))
-            .timeout(timeout)
-            .header("x-tenant-id", tenant.as_str())
-            .header("x-principal-id", claims.sub.as_str())
-            .header("x-correlation-id", correlation.0.as_str())
-            .header("traceparent", trace.header_value())
-            .body(body.clone());
-        if let Some(content_type) = content_type {
-            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
-        }
-        upstream
+    let path = format!("/v1/query/{view_type}");
+    let outgoing = Outgoing {
+        method: reqwest::Method::POST,
+        path: &path,
+        tenant: &tenant,
+        principal: &claims.sub,
+        correlation: &correlation.0,
+        traceparent: trace.header_value(),
+        content_type: headers.get(axum::http::header::CONTENT_TYPE),
+        body,
     };
     // a query reads: sending it again to another endpoint is safe
     forward(
@@ -233,9 +228,45 @@ pub async fn query(
         &route,
         Deadline::after(state.timeouts.query),
         true,
-        send,
+        &outgoing,
     )
     .await
+}
+
+/// What goes upstream, whichever endpoint of the shard takes it: the method, the path
+/// (and query) after the endpoint, the gateway's identity and trace headers, the client's
+/// content type and body. Nothing else of the client's request is passed on.
+pub struct Outgoing<'a> {
+    pub method: reqwest::Method,
+    pub path: &'a str,
+    pub tenant: &'a TenantId,
+    pub principal: &'a str,
+    pub correlation: &'a str,
+    pub traceparent: String,
+    pub content_type: Option<&'a HeaderValue>,
+    pub body: Bytes,
+}
+
+impl Outgoing<'_> {
+    fn to(
+        &self,
+        client: &reqwest::Client,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut upstream = client
+            .request(self.method.clone(), format!("{endpoint}{}", self.path))
+            .timeout(timeout)
+            .header("x-tenant-id", self.tenant.as_str())
+            .header("x-principal-id", self.principal)
+            .header("x-correlation-id", self.correlation)
+            .header("traceparent", self.traceparent.as_str())
+            .body(self.body.clone());
+        if let Some(content_type) = self.content_type {
+            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        upstream
+    }
 }
 
 /// Records who the request is for on the request span (and so on its log lines).
@@ -264,7 +295,7 @@ pub async fn forward(
     route: &Route,
     deadline: Deadline,
     idempotent: bool,
-    send: impl Fn(&str, Duration) -> reqwest::RequestBuilder,
+    outgoing: &Outgoing<'_>,
 ) -> Result<Response, ApiError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let attempts = 1 + state.upstreams.policy().retries as usize;
@@ -281,7 +312,8 @@ pub async fn forward(
         }
         tracing::Span::current().record("upstream", attempt.url());
         tried.push(attempt.url().into());
-        let response = match send(attempt.url(), deadline.remaining()?).send().await {
+        let request = outgoing.to(&state.client, attempt.url(), deadline.remaining()?);
+        let response = match request.send().await {
             Ok(response) => response,
             Err(err) => {
                 let retry = err.is_connect() || (idempotent && !err.is_timeout());
@@ -394,37 +426,30 @@ pub async fn runner(
     let route = state.route(&tenant, ServiceKind::Runner)?;
     let _slot = state.upstreams.admit("runner")?;
     note_principal(&claims.sub, &tenant);
-    let suffix = match uri.query() {
+    let path = match uri.query() {
         Some(query) => format!("/admin/runner/{path}?{query}"),
         None => format!("/admin/runner/{path}"),
     };
     // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
     // only when they never reached an endpoint
     let idempotent = method.is_idempotent();
-    let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
-        .map_err(|_| ApiError::new(ErrorCode::MethodNotAllowed, "method not supported"))?;
-    let content_type = headers.get(axum::http::header::CONTENT_TYPE);
-    let send = |endpoint: &str, timeout: Duration| {
-        let mut upstream = state
-            .client
-            .request(method.clone(), format!("{endpoint}{suffix}"))
-            .timeout(timeout)
-            .header("x-tenant-id", tenant.as_str())
-            .header("x-principal-id", claims.sub.as_str())
-            .header("x-correlation-id", correlation.0.as_str())
-            .header("traceparent", trace.header_value())
-            .body(body.clone());
-        if let Some(content_type) = content_type {
-            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
-        }
-        upstream
+    let outgoing = Outgoing {
+        method: reqwest::Method::from_bytes(method.as_str().as_bytes())
+            .map_err(|_| ApiError::new(ErrorCode::MethodNotAllowed, "method not supported"))?,
+        path: &path,
+        tenant: &tenant,
+        principal: &claims.sub,
+        correlation: &correlation.0,
+        traceparent: trace.header_value(),
+        content_type: headers.get(axum::http::header::CONTENT_TYPE),
+        body,
     };
     forward(
         &state,
         &route,
         Deadline::after(state.timeouts.runner),
         idempotent,
-        send,
+        &outgoing,
     )
     .await
 }

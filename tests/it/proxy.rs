@@ -146,6 +146,18 @@ impl Stack {
         )
     }
 
+    /// The data plane's Prometheus text.
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.data.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn store(&self) -> gateway_shared::store::Store {
         gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
             gateway_shared::store::nats::NatsConfig {
@@ -1294,14 +1306,7 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
     assert!(logged("grpc request finished", &a.grpc_url()));
 
     // and the metrics say what happened
-    let metrics = client
-        .get(format!("{}/metrics", stack.data.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     for expected in [
         "gateway_token_cache_total{result=\"hit\"}",
         "gateway_load_shed_total{route=\"query\"} 2",
@@ -1525,15 +1530,7 @@ async fn routing_from_a_file_is_reloaded_when_the_file_changes() {
     .unwrap();
     let deadline = std::time::Instant::now() + START;
     loop {
-        let metrics = stack
-            .client
-            .get(format!("{}/metrics", stack.data.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = stack.metrics().await;
         if metrics.contains("gateway_snapshot_rejects_total{kind=\"routing_file\"") {
             break;
         }
@@ -1604,15 +1601,7 @@ async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
     // the gauge follows within its one-second tick
     let deadline = std::time::Instant::now() + START;
     loop {
-        let metrics = stack
-            .client
-            .get(format!("{}/metrics", stack.data.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = stack.metrics().await;
         if metrics.contains("gateway_mirror_stale 1") {
             assert!(metrics.contains("gateway_stale_refusals_total"));
             break;
