@@ -160,6 +160,35 @@ impl Env {
         .await
     }
 
+    /// A new user holding `role` in acme, signed in: the access token.
+    async fn user(&self, email: &str, role: &str) -> String {
+        let (status, user) = call(
+            &self.client,
+            "POST",
+            format!("{}/v1/auth/signup", self.base()),
+            None,
+            Some(json!({"email": email, "password": PASSWORD})),
+        )
+        .await;
+        assert_eq!(status, 201, "{user}");
+        self.ok(
+            "POST",
+            "/admin/assignments",
+            json!({"principal_id": user["user_id"], "tenant_id": "acme", "role": role}),
+        )
+        .await;
+        let (status, tokens) = call(
+            &self.client,
+            "POST",
+            format!("{}/v1/auth/signin", self.base()),
+            None,
+            Some(json!({"email": email, "password": PASSWORD})),
+        )
+        .await;
+        assert_eq!(status, 200, "{tokens}");
+        tokens["access_token"].as_str().unwrap().to_string()
+    }
+
     fn data_plane(&self, replica: &str) -> (PlaneProcess, gateway_tests::DataPlaneUrls) {
         gateway_tests::spawn_data_plane(
             &self.nats.url(),
@@ -415,34 +444,12 @@ async fn plans_cut_over_only_behind_ready_gates_and_roll_back() {
     assert_eq!(plans_before, plans_after);
 
     // a tenant admin holds no rebalance.operate
-    let (status, user) = call(
-        &env.client,
-        "POST",
-        format!("{}/v1/auth/signup", env.base()),
-        None,
-        Some(json!({"email": "ta@example.com", "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, 201, "{user}");
-    env.ok(
-        "POST",
-        "/admin/assignments",
-        json!({"principal_id": user["user_id"], "tenant_id": "acme", "role": "tenant_admin"}),
-    )
-    .await;
-    let (_, tokens) = call(
-        &env.client,
-        "POST",
-        format!("{}/v1/auth/signin", env.base()),
-        None,
-        Some(json!({"email": "ta@example.com", "password": PASSWORD})),
-    )
-    .await;
+    let tenant_admin = env.user("ta@example.com", "tenant_admin").await;
     let (status, _) = call(
         &env.client,
         "POST",
         format!("{}/admin/rebalance/plans", env.base()),
-        tokens["access_token"].as_str(),
+        Some(&tenant_admin),
         Some(json!({"tenant_id": "acme", "kind": "projection", "target_shard": "new"})),
     )
     .await;
@@ -607,30 +614,7 @@ impl Env {
 async fn live_traffic_moves_to_the_new_shard_without_a_failure() {
     let env = Env::start(1, &[]).await;
     let (_dp, data) = env.data_plane("dp-live");
-    let (status, user) = call(
-        &env.client,
-        "POST",
-        format!("{}/v1/auth/signup", env.base()),
-        None,
-        Some(json!({"email": "live@example.com", "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, 201, "{user}");
-    env.ok(
-        "POST",
-        "/admin/assignments",
-        json!({"principal_id": user["user_id"], "tenant_id": "acme", "role": "tenant_member"}),
-    )
-    .await;
-    let (_, tokens) = call(
-        &env.client,
-        "POST",
-        format!("{}/v1/auth/signin", env.base()),
-        None,
-        Some(json!({"email": "live@example.com", "password": PASSWORD})),
-    )
-    .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let token = env.user("live@example.com", "tenant_member").await;
     let query = {
         let client = env.client.clone();
         let url = format!("{}/v1/query/orders", data.http);
