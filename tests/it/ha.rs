@@ -356,7 +356,6 @@ async fn replicas_share_sessions_and_admin_changes_without_stickiness() {
         assert_eq!(status, 200, "refresh on replica {control}: {tokens}");
         let next = tokens["refresh_token"].as_str().unwrap().to_string();
         assert_ne!(next, refresh);
-        // the rotated-out token is refused by the other replica too (after the grace)
         refresh = next;
     }
     both_answer(&cluster, &token, "acme", 200).await;
