@@ -23,11 +23,46 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(
+                Default::default(),
+            )));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|err| json_rejection(err.into()))?;
+        if !gateway_shared::json_depth_within(&bytes, MAX_JSON_DEPTH) {
+            return Err(ApiError::bad_request(format!(
+                "the body nests deeper than {MAX_JSON_DEPTH} levels"
+            ))
+            .with_reason("json_too_deep"));
+        }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(value)| ApiJson(value))
+            .map_err(json_rejection)
     }
+}
+
+/// Deepest nesting of arrays and objects a body may have: no API body needs more than a
+/// few levels, and a bound keeps every parser (ours and the upstreams') out of trouble.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// `application/json` or a `+json` media type, as axum's `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

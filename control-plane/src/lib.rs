@@ -91,6 +91,7 @@ pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusH
             gateway_shared::build_info!(),
         ))
         .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(http::refuse_ambiguous))
         .layer(axum::middleware::map_response(http::envelope_errors))
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
 }

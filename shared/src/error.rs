@@ -30,6 +30,8 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// The gateway sheds load: too many requests in flight.
     Overloaded,
+    /// The request's header section is over the gateway's limit.
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -73,6 +76,7 @@ impl ErrorCode {
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -94,6 +98,7 @@ impl ErrorCode {
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::Overloaded => tonic::Code::Unavailable,
             ErrorCode::UpstreamTimeout => tonic::Code::DeadlineExceeded,
+            ErrorCode::HeadersTooLarge => tonic::Code::ResourceExhausted,
         }
     }
 }

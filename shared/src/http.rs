@@ -239,6 +239,96 @@ pub async fn observe(
     response
 }
 
+/// Most header bytes (names and values) a request may carry. Bearer tokens are about 1 KiB;
+/// nothing the gateway serves needs more, and parsers disagreeing on huge heads is a classic
+/// way in.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Middleware: refuses requests that two HTTP parsers could read two ways (request
+/// smuggling) or whose path names something other than it seems, before any route sees
+/// them. Answers in the envelope, reason codes:
+/// - `ambiguous_framing`: `content-length` together with `transfer-encoding`, more than one
+///   `content-length`, or a `transfer-encoding` other than `chunked` (RFC 9112 §6.1, §6.3);
+/// - `invalid_path`: dot segments, empty segments, backslashes, control characters or
+///   percent-encoded dots, slashes, backslashes, `%` or NUL in the path: the gateway never
+///   needs them, so it refuses rather than normalising one way while an upstream
+///   normalises another;
+/// - 431 `headers_too_large` past [`MAX_HEADER_BYTES`].
+pub async fn refuse_ambiguous(request: Request, next: Next) -> Response {
+    match check_unambiguous(request.headers(), request.uri().path()) {
+        Ok(()) => next.run(request).await,
+        Err(err) => {
+            metrics::counter!("gateway_refused_requests_total", "reason" => err.envelope_code())
+                .increment(1);
+            err.into_response()
+        }
+    }
+}
+
+/// The checks of [`refuse_ambiguous`], on the parts they need.
+pub fn check_unambiguous(headers: &HeaderMap, path: &str) -> Result<(), ApiError> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("request headers are over {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    let framing = || {
+        ApiError::bad_request("the request's length is ambiguous").with_reason("ambiguous_framing")
+    };
+    let lengths = headers
+        .get_all(axum::http::header::CONTENT_LENGTH)
+        .iter()
+        .count();
+    let mut encodings = headers
+        .get_all(axum::http::header::TRANSFER_ENCODING)
+        .iter();
+    if let Some(encoding) = encodings.next() {
+        let chunked_only = encoding.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if lengths > 0 || encodings.next().is_some() || !chunked_only {
+            return Err(framing());
+        }
+    }
+    if lengths > 1 {
+        return Err(framing());
+    }
+    if !normal_path(path) {
+        return Err(
+            ApiError::bad_request("the request path is not in normal form")
+                .with_reason("invalid_path"),
+        );
+    }
+    Ok(())
+}
+
+/// `path` is absolute, has no empty, `.` or `..` segments (a trailing `/` aside), no
+/// backslash or control character, and no percent-encoded dot, slash, backslash, `%` or NUL.
+fn normal_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if path.bytes().any(|b| b == b'\\' || b.is_ascii_control()) {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%25", "%00"]
+        .iter()
+        .any(|encoded| lower.contains(encoded))
+    {
+        return false;
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.split('/')
+        .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+}
+
 /// `2xx`, `4xx`, … : latency is broken down by class, not by every status.
 fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -710,6 +800,73 @@ pub fn cancel_on_signals(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ambiguous_framing_and_unusual_paths_are_refused() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(
+                    axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            map
+        };
+        let reason = |pairs: &[(&str, &str)], path: &str| {
+            check_unambiguous(&headers(pairs), path)
+                .err()
+                .map(|err| err.envelope_code())
+        };
+        assert_eq!(reason(&[("content-length", "3")], "/v1/query/v"), None);
+        assert_eq!(reason(&[("transfer-encoding", "Chunked")], "/"), None);
+        for framing in [
+            &[("content-length", "3"), ("transfer-encoding", "chunked")][..],
+            &[("content-length", "3"), ("content-length", "3")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "identity")],
+        ] {
+            assert_eq!(
+                reason(framing, "/"),
+                Some("ambiguous_framing"),
+                "{framing:?}"
+            );
+        }
+        for path in [
+            "/v1/auth/signin",
+            "/admin/runner/wf-1/",
+            "/",
+            "/a.b/c..d/.e",
+        ] {
+            assert_eq!(reason(&[], path), None, "{path}");
+        }
+        for path in [
+            "",
+            "a",
+            "//",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/a/.",
+            "/a\\b",
+            "/a%2Fb",
+            "/a%2fb",
+            "/%2e%2e/x",
+            "/a%5Cb",
+            "/a%00",
+            "/a%252e",
+            "/a\tb",
+        ] {
+            assert_eq!(reason(&[], path), Some("invalid_path"), "{path}");
+        }
+        let big = "x".repeat(MAX_HEADER_BYTES);
+        assert_eq!(reason(&[("x-big", &big)], "/"), Some("headers_too_large"));
+    }
 
     #[tokio::test]
     async fn tenant_headers_are_required_single_and_well_formed() {

@@ -807,13 +807,13 @@ async fn password_reset_is_one_time_expiring_and_ends_every_session() {
 }
 
 /// Codes for successive, never-reused TOTP steps within the ±1 window of now.
-struct Authenticator {
+pub(crate) struct Authenticator {
     totp: totp_rs::Totp,
     last_step: u64,
 }
 
 impl Authenticator {
-    fn new(base32: &str) -> Authenticator {
+    pub(crate) fn new(base32: &str) -> Authenticator {
         let secret = totp_rs::Secret::try_from_base32(base32).unwrap();
         Authenticator {
             totp: totp_rs::Builder::new()
@@ -824,7 +824,7 @@ impl Authenticator {
         }
     }
 
-    fn next_code(&mut self) -> String {
+    pub(crate) fn next_code(&mut self) -> String {
         let now = gateway_shared::unix_now() as u64;
         let current = now / 30;
         let step = (self.last_step + 1).max(current - 1);

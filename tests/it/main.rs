@@ -12,5 +12,6 @@ mod planes;
 mod proxy;
 mod rebalance;
 mod routing;
+mod security;
 mod store;
 mod upstream;

@@ -8,10 +8,10 @@ use gateway_tests::nats::NatsServer;
 use gateway_tests::upstream;
 use serde_json::{Value, json};
 
-const START: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "plum tractor velvet lagoon";
+pub(crate) const START: Duration = Duration::from_secs(30);
+pub(crate) const PASSWORD: &str = "plum tractor velvet lagoon";
 
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     method: &str,
     url: String,
@@ -35,21 +35,24 @@ async fn send(
 }
 
 /// Control plane, data plane and NATS, with the bootstrap admin signed in.
-struct Stack {
-    nats: NatsServer,
-    keys: SnapshotKeys,
+pub(crate) struct Stack {
+    pub(crate) nats: NatsServer,
+    pub(crate) keys: SnapshotKeys,
     prefix: String,
-    _control: gateway_tests::process::PlaneProcess,
-    base: String,
-    _data: gateway_tests::process::PlaneProcess,
-    data: gateway_tests::DataPlaneUrls,
-    client: reqwest::Client,
-    admin: String,
+    pub(crate) control: gateway_tests::process::PlaneProcess,
+    pub(crate) base: String,
+    pub(crate) data_process: gateway_tests::process::PlaneProcess,
+    pub(crate) data: gateway_tests::DataPlaneUrls,
+    pub(crate) client: reqwest::Client,
+    pub(crate) admin: String,
 }
 
 impl Stack {
     /// `data_flags` receives the control plane's base URL.
-    async fn start(control_flags: &[&str], data_flags: impl Fn(&str) -> Vec<String>) -> Stack {
+    pub(crate) async fn start(
+        control_flags: &[&str],
+        data_flags: impl Fn(&str) -> Vec<String>,
+    ) -> Stack {
         let nats = NatsServer::start();
         let keys = SnapshotKeys::generate();
         let prefix = gateway_tests::unique_prefix();
@@ -67,9 +70,9 @@ impl Stack {
             nats,
             keys,
             prefix,
-            _control: control,
+            control,
             base,
-            _data: data_process,
+            data_process,
             data,
             client,
             admin,
@@ -77,7 +80,7 @@ impl Stack {
     }
 
     /// An admin call that must succeed.
-    async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
         let (status, answer) = send(
             &self.client,
             method,
@@ -95,7 +98,7 @@ impl Stack {
     }
 
     /// Routes `tenant` for `kind` to a one-endpoint shard.
-    async fn route(&self, kind: &str, shard: &str, endpoint: &str, tenant: &str) {
+    pub(crate) async fn route(&self, kind: &str, shard: &str, endpoint: &str, tenant: &str) {
         self.admin(
             "PUT",
             &format!("/admin/routing/{kind}/shards/{shard}"),
@@ -111,7 +114,7 @@ impl Stack {
     }
 
     /// A new user holding `role` in each tenant, signed in: (access token, user id).
-    async fn member(&self, email: &str, grants: &[(&str, &str)]) -> (String, String) {
+    pub(crate) async fn member(&self, email: &str, grants: &[(&str, &str)]) -> (String, String) {
         let (status, user) = send(
             &self.client,
             "POST",
@@ -147,7 +150,7 @@ impl Stack {
     }
 
     /// The data plane's Prometheus text.
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.data.ops))
             .send()
@@ -158,7 +161,7 @@ impl Stack {
             .unwrap()
     }
 
-    async fn store(&self) -> gateway_shared::store::Store {
+    pub(crate) async fn store(&self) -> gateway_shared::store::Store {
         gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
             gateway_shared::store::nats::NatsConfig {
                 url: self.nats.url(),
@@ -1291,7 +1294,7 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
 
     // the log line of each request names the principal, the tenant and the upstream
     let logged = |message: &str, upstream: &str| {
-        stack._data.logs().iter().any(|line| {
+        stack.data_process.logs().iter().any(|line| {
             let line: Value = serde_json::from_str(line).unwrap_or(Value::Null);
             line["message"] == message
                 && line["span"]["principal"] == user_id.as_str()
@@ -1387,8 +1390,8 @@ async fn a_data_plane_restarted_while_nats_is_down_serves_from_its_cache_file() 
 
     // NATS goes away, and the replica restarts
     stack.nats.stop();
-    stack._data.sigterm();
-    assert!(stack._data.wait_exit(START).success());
+    stack.data_process.sigterm();
+    assert!(stack.data_process.wait_exit(START).success());
     let restarted = {
         let (process, urls) = gateway_tests::spawn_data_plane(
             &stack.nats.url(),
@@ -1396,7 +1399,7 @@ async fn a_data_plane_restarted_while_nats_is_down_serves_from_its_cache_file() 
             &stack.keys,
             &["--mirror-cache-file", &cache_flag],
         );
-        stack._data = process;
+        stack.data_process = process;
         urls
     };
     // it serves from the cache: allowed calls go through, others stay refused
@@ -1609,7 +1612,7 @@ async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
         assert!(std::time::Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stack._data.wait_for_log(
+    stack.data_process.wait_for_log(
         "store unreachable for too long: failing closed (503 state_stale) until it is back",
         START,
     );
@@ -1621,6 +1624,6 @@ async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stack
-        ._data
+        .data_process
         .wait_for_log("store reachable again: serving from fresh mirrors", START);
 }

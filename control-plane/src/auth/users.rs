@@ -85,14 +85,31 @@ pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
     let email: String = raw.trim().nfkc().collect::<String>().to_lowercase();
     let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
     let ok = email.len() <= MAX_EMAIL_LEN
-        && !local.is_empty()
-        && local.len() <= 64
+        && valid_local_part(local)
         && (domain.contains('.') || domain == "localhost")
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && email.chars().all(|c| !c.is_whitespace() && !c.is_control());
+        && domain.split('.').all(valid_domain_label);
     if ok { Ok(email) } else { Err(invalid()) }
+}
+
+/// RFC 5322 dot-atom (letters of any script allowed, RFC 6531): no quoted strings, no
+/// `<>()[]\,;:"`, spaces or control characters, so an address can never carry markup or
+/// a mail header.
+fn valid_local_part(local: &str) -> bool {
+    (1..=64).contains(&local.len())
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~-.".contains(c))
+}
+
+/// A DNS label (or its internationalised form): letters, digits and inner hyphens.
+fn valid_domain_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.chars().all(|c| c.is_alphanumeric() || c == '-')
 }
 
 pub fn new_user_id() -> String {
@@ -380,9 +397,25 @@ mod tests {
             "a b@example.com",
             "ada@@example.com",
             "ada@.example.com",
+            "<script>@example.com",
+            "ada\r\nbcc: x@example.com",
+            "\"ada\"@example.com",
+            ".ada@example.com",
+            "a..da@example.com",
+            "ada@exa_mple.com",
+            "ada@-example.com",
+            "ada@example..com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
         assert!(normalize_email(&format!("{}@example.com", "a".repeat(300))).is_err());
+        for good in [
+            "ada+tag@example.com",
+            "o'brien@example.co.uk",
+            "zoë@bücher.de",
+            "ops@localhost",
+        ] {
+            assert!(normalize_email(good).is_ok(), "{good:?}");
+        }
     }
 }
