@@ -45,14 +45,7 @@ impl Admin {
 
     /// Allows `action` in `tenant` (or platform-wide) or answers 403 with the reason.
     pub fn require(&self, tenant: Option<&TenantId>, action: &str) -> Result<Decision, ApiError> {
-        let decision = decide(
-            &self.rights,
-            &Request {
-                tenant,
-                action,
-                resource: None,
-            },
-        );
+        let decision = self.decide(tenant, action);
         if decision.allowed {
             Ok(decision)
         } else {
@@ -65,9 +58,22 @@ impl Admin {
         }
     }
 
+    /// The decision alone: for questions (what may the caller see?), not refusals, so
+    /// it is not counted as a denial.
+    fn decide(&self, tenant: Option<&TenantId>, action: &str) -> Decision {
+        decide(
+            &self.rights,
+            &Request {
+                tenant,
+                action,
+                resource: None,
+            },
+        )
+    }
+
     /// Whether the caller holds `action` platform-wide.
     pub fn is_platform(&self, action: &str) -> bool {
-        self.require(None, action).is_ok()
+        self.decide(None, action).allowed
     }
 
     /// Tenants in which the caller holds `action`.
@@ -80,7 +86,7 @@ impl Admin {
                 gateway_shared::authz::Scope::Tenant { tenant } => Some(tenant.clone()),
                 gateway_shared::authz::Scope::Platform => None,
             })
-            .filter(|t| self.require(Some(t), action).is_ok())
+            .filter(|t| self.decide(Some(t), action).allowed)
             .collect();
         tenants.sort();
         tenants.dedup();

@@ -119,11 +119,12 @@ pub struct AuthService {
     pub settings: AuthSettings,
 }
 
-/// One token of `limiter` for `ip`, or 429.
-fn limit(limiter: &KeyedLimiter, ip: IpAddr, now: i64) -> Result<(), ApiError> {
-    limiter
-        .check(ip, now.saturating_mul(1000))
-        .map_err(|wait| too_many(wait, "rate_limited"))
+/// One token of `limiter` (the `name`d per-IP limit) for `ip`, or 429.
+fn limit(limiter: &KeyedLimiter, name: &'static str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
+    limiter.check(ip, now.saturating_mul(1000)).map_err(|wait| {
+        crate::limits::count_limited(name, "rate_limited");
+        too_many(wait, "rate_limited")
+    })
 }
 
 fn invalid_token() -> ApiError {
@@ -151,7 +152,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<User, ApiError> {
-        limit(&self.ip_limits.signup, ip, now)?;
+        limit(&self.ip_limits.signup, "signup", ip, now)?;
         let email = users::normalize_email(email)?;
         let password = self
             .settings
@@ -239,7 +240,7 @@ impl AuthService {
     /// Starts a password reset. Answers the same whether or not the address has an account;
     /// the token and the mail are made in the background so the timing does not tell either.
     pub async fn forgot(&self, email: &str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
-        limit(&self.ip_limits.forgot, ip, now)?;
+        limit(&self.ip_limits.forgot, "forgot", ip, now)?;
         let Ok(email) = users::normalize_email(email) else {
             return Ok(());
         };
@@ -254,6 +255,10 @@ impl AuthService {
                 now,
             )
             .await?;
+        if !within_budget {
+            // silent to the client (it would tell the address exists), counted here
+            crate::limits::count_limited("forgot", "mailbox_budget");
+        }
         let found = users::find_by_email(&self.store, &email).await?;
         let mut audit = Audit::new(
             "auth.forgot",
@@ -303,7 +308,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<(), ApiError> {
-        limit(&self.ip_limits.reset, ip, now)?;
+        limit(&self.ip_limits.reset, "reset", ip, now)?;
         let (record, revision) = onetime::peek(&self.store, Purpose::Reset, token, now)
             .await?
             .ok_or_else(invalid_token)?;
@@ -349,7 +354,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<SigninOutcome, ApiError> {
-        limit(&self.ip_limits.signin, ip, now)?;
+        limit(&self.ip_limits.signin, "signin", ip, now)?;
         let (Ok(email), Some(password)) = (
             users::normalize_email(email),
             passwords::normalize(password),
@@ -485,7 +490,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<TokenResponse, ApiError> {
-        limit(&self.ip_limits.mfa, ip, now)?;
+        limit(&self.ip_limits.mfa, "mfa", ip, now)?;
         let invalid_challenge = || {
             ApiError::new(
                 ErrorCode::Unauthenticated,
@@ -941,7 +946,7 @@ impl AuthService {
         ip: IpAddr,
         now: i64,
     ) -> Result<TokenResponse, ApiError> {
-        limit(&self.ip_limits.token, ip, now)?;
+        limit(&self.ip_limits.token, "token", ip, now)?;
         self.backoff.check("client", client_id, now).await?;
         let invalid_client = || {
             ApiError::new(ErrorCode::Unauthenticated, "client authentication failed")

@@ -93,6 +93,16 @@ impl KeyedLimiter {
     }
 }
 
+/// Counts one refusal by an abuse limit: `gateway_rate_limited_total{limit, reason}`.
+pub fn count_limited(limit: &str, reason: &'static str) {
+    metrics::counter!(
+        "gateway_rate_limited_total",
+        "limit" => limit.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
 /// 429 with `retry-after` (whole seconds, at least 1).
 pub fn too_many(wait: Duration, reason: &'static str) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -184,6 +194,7 @@ impl AccountBackoff {
         };
         let backoff = Backoff::from_bytes(&entry.value).unwrap_or_default();
         if backoff.locked_until > now {
+            count_limited(scope, "account_locked");
             return Err(too_many(
                 Duration::from_secs((backoff.locked_until - now) as u64),
                 "account_locked",

@@ -76,6 +76,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn new(url: &str) -> Endpoint {
+        // every endpoint in use shows its circuit, closed ones included
+        metrics::gauge!("gateway_upstream_circuit_state", "endpoint" => url.to_string()).set(0.0);
         Endpoint {
             url: url.into(),
             in_flight: AtomicUsize::new(0),

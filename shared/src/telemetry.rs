@@ -12,6 +12,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogArgs, LogFormat};
 
+/// Bucket bounds (seconds) of every latency histogram: sub-millisecond proxying up to
+/// the longest deadlines.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("invalid setting --log (GATEWAY_LOG): {0}")]
@@ -94,7 +100,10 @@ static METRICS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 pub fn metrics_handle() -> Result<PrometheusHandle, String> {
     METRICS
         .get_or_init(|| {
+            // histograms, not summaries: replicas' buckets add up, quantiles do not
             PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .map_err(|err| err.to_string())?
                 .install_recorder()
                 .map_err(|err| err.to_string())
         })

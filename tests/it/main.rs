@@ -6,6 +6,7 @@ mod auth;
 mod deploy;
 mod dev;
 mod ha;
+mod metrics;
 mod oidc;
 mod otlp;
 mod planes;
