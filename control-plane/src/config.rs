@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Address of the HTTP API (auth, admin, ops routes).
     #[arg(long, env = "GATEWAY_CONTROL_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
+    /// Separate plain listener for `/metrics`, `/version`, `/health` and `/ready` (for
+    /// probes and scrapers when the API listener requires TLS client certificates).
+    #[arg(long, env = "GATEWAY_CONTROL_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
     /// File holding the Ed25519 private key (PKCS#8 PEM) that signs the documents published
     /// to the data planes (a Swarm secret).
     #[arg(long, env = "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE")]
@@ -101,6 +105,8 @@ pub struct ServeArgs {
     pub log: LogArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub tls: gateway_shared::tls::TlsArgs,
 }
 
 /// Token and session flags.
@@ -393,6 +399,7 @@ pub struct RebalanceArgs {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub ops_listen: Option<SocketAddr>,
     pub mailer: Mailer,
     pub ip_quotas: IpQuotas,
     pub backoff: BackoffSettings,
@@ -408,6 +415,9 @@ pub struct Config {
     pub argon2_max_concurrency: usize,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
+    /// TLS of the listener, when on.
+    pub tls: Option<gateway_shared::tls::TlsFiles>,
+    pub tls_reload_interval: Duration,
 }
 
 impl ServeArgs {
@@ -516,6 +526,7 @@ impl ServeArgs {
         };
         Ok(Config {
             listen: self.listen,
+            ops_listen: self.ops_listen,
             mailer,
             google,
             bootstrap_admin,
@@ -588,6 +599,11 @@ impl ServeArgs {
             argon2_max_concurrency: p.argon2_max_concurrency,
             store: self.store.to_config("gateway-control-plane")?,
             lifecycle: self.lifecycle.clone(),
+            tls: self
+                .tls
+                .checked()
+                .map_err(|err| ConfigError::new("tls-cert", "GATEWAY_TLS_CERT", err.to_string()))?,
+            tls_reload_interval: self.tls.tls_reload_interval,
         })
     }
 }

@@ -70,8 +70,14 @@ pub enum RunError {
     Hashing(#[from] auth::passwords::HashError),
 }
 
-/// The whole HTTP surface of the control plane.
-pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+/// The whole HTTP surface of the control plane. With `ops` given, `/metrics` and
+/// `/version` are served there instead (`--ops-listen`), and the API listener keeps
+/// `/health` and `/ready` only.
+pub fn router(
+    state: AppState,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ops: Option<&mut Router>,
+) -> Router {
     let api = auth::routes::router()
         .merge(admin::iam_routes::router())
         .merge(admin::principal_routes::router())
@@ -85,11 +91,22 @@ pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusH
             "/openapi.json",
             axum::routing::get(|| async { axum::Json(openapi::document()) }),
         )
-        .merge(http::ops_router(
-            Arc::clone(&state.readiness),
-            metrics,
-            gateway_shared::build_info!(),
-        ))
+        .merge({
+            let full = http::ops_router(
+                Arc::clone(&state.readiness),
+                metrics,
+                gateway_shared::build_info!(),
+            );
+            match ops {
+                Some(ops) => {
+                    *ops = full
+                        .fallback(http::not_found)
+                        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));
+                    http::probe_router(Arc::clone(&state.readiness))
+                }
+                None => full,
+            }
+        })
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(http::refuse_ambiguous))
         .layer(axum::middleware::map_response(http::envelope_errors))
@@ -176,7 +193,16 @@ pub async fn run(
         trusted_proxies: config.trusted_proxies.clone().into(),
         readiness: Arc::clone(&readiness),
     };
-    let app = router(state, metrics);
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::other(format!(
+                "invalid setting --ops-listen (GATEWAY_CONTROL_OPS_LISTEN): cannot bind {addr}: {err}"
+            ))
+        })?),
+        None => None,
+    };
+    let mut ops = Router::new();
+    let app = router(state, metrics, ops_listener.is_some().then_some(&mut ops));
     let stop_accepting = CancellationToken::new();
     tokio::spawn(http::coordinate_shutdown(
         shutdown,
@@ -185,15 +211,37 @@ pub async fn run(
         stop_accepting.clone(),
     ));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "control plane listening");
+        let ops_addr = ops_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
+        tracing::info!(%addr, ops_addr, tls = config.tls.is_some(), "control plane listening");
     }
-    http::serve(
-        listener,
-        app,
-        stop_accepting,
-        config.lifecycle.drain_timeout,
-    )
-    .await?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = gateway_shared::tls::TlsReloader::load(files.clone(), &http::HTTP_ALPN)
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+            tokio::spawn(
+                Arc::clone(&tls).watch(config.tls_reload_interval, stop_accepting.clone()),
+            );
+            Some(tls)
+        }
+        None => None,
+    };
+    let drain = config.lifecycle.drain_timeout;
+    let serve_ops = async {
+        match ops_listener {
+            // the ops listener stays plain: probes and scrapers inside the cluster
+            Some(listener) => http::serve(listener, None, ops, stop_accepting.clone(), drain).await,
+            None => Ok(()),
+        }
+    };
+    let (api, ops) = tokio::join!(
+        http::serve(listener, tls, app, stop_accepting.clone(), drain),
+        serve_ops
+    );
+    api?;
+    ops?;
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -40,9 +40,18 @@ impl From<ApiError> for SubmitError {
 #[derive(Clone, Default)]
 pub struct Channels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// TLS of `https` aggregate endpoints (pinned CA, client identity).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Channels {
+    pub fn new(tls: &crate::client_tls::ClientTls) -> Channels {
+        Channels {
+            channels: Arc::default(),
+            tls: Some(tls.tonic()),
+        }
+    }
+
     fn get(&self, endpoint: &str) -> Result<Channel, ApiError> {
         let mut channels = self
             .channels
@@ -51,10 +60,17 @@ impl Channels {
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        let mut builder = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|err| ApiError::internal("aggregate endpoint", &err))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy();
+            .connect_timeout(std::time::Duration::from_secs(2));
+        if endpoint.starts_with("https://")
+            && let Some(tls) = &self.tls
+        {
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|err| ApiError::internal("aggregate tls", &err))?;
+        }
+        let channel = builder.connect_lazy();
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }

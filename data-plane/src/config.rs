@@ -117,6 +117,11 @@ pub struct Cli {
     pub log: LogArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+    /// TLS of the public HTTP and gRPC listeners (the ops listener stays plain).
+    #[command(flatten)]
+    pub tls: gateway_shared::tls::TlsArgs,
+    #[command(flatten)]
+    pub client_tls: crate::client_tls::ClientTlsArgs,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -155,6 +160,9 @@ pub struct Config {
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
+    pub tls: Option<gateway_shared::tls::TlsFiles>,
+    pub tls_reload_interval: std::time::Duration,
+    pub client_tls: crate::client_tls::ClientTls,
 }
 
 impl Cli {
@@ -265,6 +273,14 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             store: self.store.to_config("gateway-data-plane")?,
             lifecycle: self.lifecycle.clone(),
+            tls: self
+                .tls
+                .checked()
+                .map_err(|err| ConfigError::new("tls-cert", "GATEWAY_TLS_CERT", err.to_string()))?,
+            tls_reload_interval: self.tls.tls_reload_interval,
+            client_tls: self.client_tls.load().map_err(|err| {
+                ConfigError::new("upstream-ca", "GATEWAY_UPSTREAM_CA", err.to_string())
+            })?,
         })
     }
 }

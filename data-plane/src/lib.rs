@@ -4,6 +4,7 @@
 
 pub mod auth_forward;
 pub mod cache_file;
+pub mod client_tls;
 pub mod commands;
 pub mod config;
 pub mod mirror;
@@ -207,6 +208,7 @@ async fn report_grpc_health(
 /// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<Arc<gateway_shared::tls::TlsReloader>>,
     commands: commands::CommandProxy,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
@@ -223,18 +225,31 @@ async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|err| RunError::Grpc(err.to_string()))?;
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(
             gateway_proto::aggregate::v1::command_service_server::CommandServiceServer::new(
                 commands,
             ),
-        )
-        .serve_with_incoming_shutdown(
+        );
+    type Serving =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let server: Serving = match tls {
+        Some(tls) => {
+            let listener = gateway_shared::tls::TlsListener::new(listener, tls)
+                .map_err(|err| RunError::Grpc(err.to_string()))?;
+            let incoming = futures::stream::unfold(listener, |mut listener| async move {
+                let (stream, _) = listener.next().await?;
+                Some((Ok::<_, std::io::Error>(stream), listener))
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.clone().cancelled_owned(),
-        );
+        )),
+    };
     let deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(drain_timeout).await;
@@ -311,17 +326,8 @@ pub async fn run(
         metrics,
         gateway_shared::build_info!(),
     );
-    let proxy = proxy::ProxyState::new(
-        Arc::clone(&mirrors),
-        config.token_issuer.clone(),
-        config.token_audience.clone(),
-        config.timeouts,
-        config.upstream.clone(),
-        config.token_cache_size,
-        config.max_staleness,
-    )
-    .map_err(RunError::Client)?;
-    let channels = commands::Channels::default();
+    let proxy = proxy::ProxyState::new(Arc::clone(&mirrors), &config).map_err(RunError::Client)?;
+    let channels = commands::Channels::new(&config.client_tls);
     let command_service = commands::CommandProxy {
         state: proxy.clone(),
         channels: channels.clone(),
@@ -367,19 +373,43 @@ pub async fn run(
         listeners.grpc.local_addr(),
         listeners.ops.local_addr(),
     ) {
-        tracing::info!(%http_addr, %grpc_addr, %ops_addr, "data plane listening");
+        tracing::info!(%http_addr, %grpc_addr, %ops_addr, tls = config.tls.is_some(), "data plane listening");
     }
     let drain = config.lifecycle.drain_timeout;
+    // one reloader per listener: HTTP offers h2 and http/1.1, gRPC h2 only
+    let (http_tls, grpc_tls) = match &config.tls {
+        Some(files) => {
+            let load = |alpn: &[&[u8]]| {
+                gateway_shared::tls::TlsReloader::load(files.clone(), alpn)
+                    .map_err(|err| RunError::Grpc(format!("tls: {err}")))
+            };
+            let (http_tls, grpc_tls) = (load(&http::HTTP_ALPN)?, load(&[b"h2"])?);
+            for tls in [&http_tls, &grpc_tls] {
+                tokio::spawn(
+                    Arc::clone(tls).watch(config.tls_reload_interval, stop_accepting.clone()),
+                );
+            }
+            (Some(http_tls), Some(grpc_tls))
+        }
+        None => (None, None),
+    };
     let (public_result, grpc_result, ops_result) = tokio::join!(
-        http::serve(listeners.http, public, stop_accepting.clone(), drain),
+        http::serve(
+            listeners.http,
+            http_tls,
+            public,
+            stop_accepting.clone(),
+            drain
+        ),
         serve_grpc(
             listeners.grpc,
+            grpc_tls,
             command_service,
             Arc::clone(&readiness),
             stop_accepting.clone(),
             drain
         ),
-        http::serve(listeners.ops, ops, stop_accepting, drain),
+        http::serve(listeners.ops, None, ops, stop_accepting, drain),
     );
     public_result?;
     grpc_result?;

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
 use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, bearer_token};
+pub use gateway_shared::http::{normalize_runner_path, safe_segment};
 use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
 use gateway_shared::token::AccessClaims;
@@ -18,7 +19,7 @@ use gateway_shared::{ApiError, ErrorCode, unix_now};
 
 use crate::mirror::Mirrors;
 use crate::token_cache::TokenCache;
-use crate::upstream::{Attempt, Deadline, Outcome, UpstreamPolicy, Upstreams};
+use crate::upstream::{Attempt, Deadline, Outcome, Upstreams};
 
 /// Deadlines of the forwarded calls, per route class.
 #[derive(Clone, Copy, Debug)]
@@ -47,31 +48,31 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// The request path of `config`, reading from `mirrors`.
     pub fn new(
         mirrors: Arc<Mirrors>,
-        issuer: String,
-        audience: String,
-        timeouts: Timeouts,
-        policy: UpstreamPolicy,
-        token_cache_size: usize,
-        max_staleness: Duration,
+        config: &crate::config::Config,
     ) -> Result<ProxyState, String> {
+        let tls = &config.client_tls;
         // deadlines are set per call (what is left of the request's budget)
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(64)
-            .redirect(reqwest::redirect::Policy::none())
+        let client = tls
+            .apply(
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .pool_max_idle_per_host(64)
+                    .redirect(reqwest::redirect::Policy::none()),
+            )?
             .build()
             .map_err(|err| err.to_string())?;
         Ok(ProxyState {
             mirrors,
             client,
-            upstreams: Arc::new(Upstreams::new(policy)),
-            tokens: Arc::new(TokenCache::new(token_cache_size)),
-            max_staleness: max_staleness.as_secs() as i64,
-            issuer: issuer.into(),
-            audience: audience.into(),
-            timeouts,
+            upstreams: Arc::new(Upstreams::new(config.upstream.clone())),
+            tokens: Arc::new(TokenCache::new(config.token_cache_size)),
+            max_staleness: config.max_staleness.as_secs() as i64,
+            issuer: config.token_issuer.as_str().into(),
+            audience: config.token_audience.as_str().into(),
+            timeouts: config.timeouts,
         })
     }
 
@@ -176,21 +177,6 @@ impl ProxyState {
             }
             other => ApiError::internal("routing", &other),
         })
-    }
-}
-
-/// Path segments the gateway forwards: `[A-Za-z0-9_.-]{1,128}`, never `.` or `..`.
-pub fn safe_segment(value: &str) -> Result<&str, ApiError> {
-    let ok = (1..=128).contains(&value.len())
-        && value != "."
-        && value != ".."
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(value)
-    } else {
-        Err(ApiError::bad_request("invalid path segment").with_reason("invalid_path"))
     }
 }
 
@@ -387,21 +373,6 @@ pub fn unavailable() -> ApiError {
     .with_retry_after(1)
 }
 
-/// Normalises a runner sub-path: segments of `[A-Za-z0-9_.-]`, no empty, `.` or `..`
-/// segments (no traversal), no encoded separators; refused otherwise.
-pub fn normalize_runner_path(path: &str) -> Result<String, ApiError> {
-    let invalid = || ApiError::bad_request("invalid runner path").with_reason("invalid_path");
-    if path.is_empty() || path.len() > 1024 {
-        return Err(invalid());
-    }
-    let mut segments = Vec::new();
-    for segment in path.split('/') {
-        safe_segment(segment).map_err(|_| invalid())?;
-        segments.push(segment);
-    }
-    Ok(segments.join("/"))
-}
-
 /// `/admin/runner/{*path}` (any method) → the runner shard of the tenant; `runner.admin`.
 #[allow(clippy::too_many_arguments)] // one axum extractor per argument
 pub async fn runner(
@@ -452,32 +423,4 @@ pub async fn runner(
         &outgoing,
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runner_paths_are_normalised_or_refused() {
-        assert_eq!(
-            normalize_runner_path("workflows/wf-1").unwrap(),
-            "workflows/wf-1"
-        );
-        for bad in [
-            "",
-            "..",
-            "a/../b",
-            "a/./b",
-            "a//b",
-            "/a",
-            "a/",
-            "a\\b",
-            "a b",
-            "%2e%2e",
-            &"x/".repeat(600),
-        ] {
-            assert!(normalize_runner_path(bad).is_err(), "{bad:?}");
-        }
-    }
 }

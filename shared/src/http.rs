@@ -329,6 +329,36 @@ fn normal_path(path: &str) -> bool {
         .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
 }
 
+/// Path segments the gateway forwards: `[A-Za-z0-9_.-]{1,128}`, never `.` or `..`.
+pub fn safe_segment(value: &str) -> Result<&str, ApiError> {
+    let ok = (1..=128).contains(&value.len())
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request("invalid path segment").with_reason("invalid_path"))
+    }
+}
+
+/// Normalises a runner sub-path: segments of `[A-Za-z0-9_.-]`, no empty, `.` or `..`
+/// segments (no traversal), no encoded separators; refused otherwise.
+pub fn normalize_runner_path(path: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::bad_request("invalid runner path").with_reason("invalid_path");
+    if path.is_empty() || path.len() > 1024 {
+        return Err(invalid());
+    }
+    let mut segments = Vec::new();
+    for segment in path.split('/') {
+        safe_segment(segment).map_err(|_| invalid())?;
+        segments.push(segment);
+    }
+    Ok(segments.join("/"))
+}
+
 /// `2xx`, `4xx`, … : latency is broken down by class, not by every status.
 fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -666,8 +696,6 @@ async fn version(State(state): State<OpsState>) -> impl IntoResponse {
     }))
 }
 
-/// Serves `app` until `stop` is cancelled, then drains in-flight requests for at most
-/// `drain_timeout`.
 /// The status code of `GET url` (`http://host:port/path`, plain HTTP/1.1), within
 /// `timeout`: the container HEALTHCHECK of both images (`<plane> healthcheck`), which have
 /// no curl.
@@ -728,12 +756,40 @@ pub async fn healthcheck(url: &str) -> std::process::ExitCode {
     }
 }
 
+/// ALPN protocols of an HTTP listener: HTTP/2 (gRPC-capable clients) and HTTP/1.1.
+pub const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop`, then drains for
+/// at most `drain_timeout`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::TlsReloader>>,
     app: Router,
     stop: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    match tls {
+        // tap_io: the same connect info (the peer address) for both kinds of listener
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            serve_on(listener, app, stop, drain_timeout).await
+        }
+        None => serve_on(listener.tap_io(|_| {}), app, stop, drain_timeout).await,
+    }
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    stop: CancellationToken,
+    drain_timeout: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    for<'a> std::net::SocketAddr:
+        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -800,6 +856,29 @@ pub fn cancel_on_signals(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_paths_are_normalised_or_refused() {
+        assert_eq!(
+            normalize_runner_path("workflows/wf-1").unwrap(),
+            "workflows/wf-1"
+        );
+        for bad in [
+            "",
+            "..",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "/a",
+            "a/",
+            "a\\b",
+            "a b",
+            "%2e%2e",
+            &"x/".repeat(600),
+        ] {
+            assert!(normalize_runner_path(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ambiguous_framing_and_unusual_paths_are_refused() {

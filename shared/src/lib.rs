@@ -12,6 +12,7 @@ pub mod routing;
 pub mod signed;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use error::{ApiError, ErrorCode};

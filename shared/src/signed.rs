@@ -325,6 +325,25 @@ mod tests {
         assert_eq!(verified.payload, json!({"a": 1}));
     }
 
+    /// Found by the `signed_document` fuzz target: without exact float parsing a number
+    /// read back from the signed text differed from the one signed.
+    #[test]
+    fn payloads_verify_to_exactly_what_was_signed() {
+        let signer = DocSigningKey::generate();
+        for text in [
+            "4.4444444444444444e23",
+            "0.1",
+            "1e-300",
+            "-0.0",
+            "18446744073709551615",
+        ] {
+            let payload: Value = serde_json::from_str(text).unwrap();
+            let doc = signer.sign("routing", 1, 0, &payload).unwrap();
+            let verified: Verified<Value> = keys(&signer).verify(&doc, "routing").unwrap();
+            assert_eq!(verified.payload, payload, "{text}");
+        }
+    }
+
     #[test]
     fn tampering_anywhere_is_rejected() {
         let signer = DocSigningKey::generate();

@@ -15,4 +15,5 @@ mod rebalance;
 mod routing;
 mod security;
 mod store;
+mod tls;
 mod upstream;

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary (`cargo build --workspace --bins` builds them all).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile dir");
+    // target/<profile>/deps/<test binary> or target/<profile>/<tool> -> target/<profile>/<name>
+    let dir = exe.parent().expect("the executable's directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target profile dir")
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
