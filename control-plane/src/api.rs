@@ -132,14 +132,9 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        gateway_shared::http::bearer_token(&parts.headers)
+        // a bearer token, or a browser session's cookie under the CSRF check
+        gateway_shared::http::credential(&parts.headers, &parts.method)
             .map(|token| BearerToken(token.to_string()))
-            .map_err(|reason| {
-                ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "a valid bearer token is required",
-                )
-                .with_reason(reason)
-            })
+            .map_err(gateway_shared::http::credential_refusal)
     }
 }

@@ -13,10 +13,25 @@ use axum::response::{IntoResponse, Response};
 use gateway_shared::http::{CorrelationId, TraceContext};
 use gateway_shared::{ApiError, ErrorCode};
 
-/// Headers passed from the client to the control plane.
-const REQUEST_HEADERS: [&str; 3] = ["authorization", "content-type", "accept"];
-/// Headers passed back from the control plane.
-const RESPONSE_HEADERS: [&str; 4] = ["content-type", "cache-control", "pragma", "retry-after"];
+/// Headers passed from the client to the control plane (browser sessions need their
+/// cookies, the CSRF header, the delivery choice and the fetch metadata).
+const REQUEST_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-type",
+    "accept",
+    "cookie",
+    "x-csrf-token",
+    "x-token-delivery",
+    "sec-fetch-site",
+];
+/// Headers passed back from the control plane (every value of each).
+const RESPONSE_HEADERS: [&str; 5] = [
+    "content-type",
+    "cache-control",
+    "pragma",
+    "retry-after",
+    "set-cookie",
+];
 
 #[derive(Clone)]
 pub struct AuthForward {
@@ -73,7 +88,7 @@ pub async fn forward(
             .header("traceparent", trace.header_value())
             .body(body.clone());
         for name in REQUEST_HEADERS {
-            if let Some(value) = headers.get(name) {
+            for value in headers.get_all(name) {
                 request = request.header(name, value);
             }
         }
@@ -83,9 +98,14 @@ pub async fn forward(
                     .unwrap_or(StatusCode::BAD_GATEWAY);
                 let passed: Vec<(&str, HeaderValue)> = RESPONSE_HEADERS
                     .iter()
-                    .filter_map(|name| {
-                        let value = response.headers().get(*name)?;
-                        Some((*name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+                    .flat_map(|name| {
+                        response
+                            .headers()
+                            .get_all(*name)
+                            .iter()
+                            .filter_map(|value| {
+                                Some((*name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+                            })
                     })
                     .collect();
                 let bytes = response.bytes().await.map_err(|_| {
@@ -98,8 +118,13 @@ pub async fn forward(
                 answer
                     .extensions_mut()
                     .insert(gateway_shared::http::Relayed);
+                // the control plane's values replace ours (content type), all of them
+                // (several set-cookie)
+                for name in RESPONSE_HEADERS {
+                    answer.headers_mut().remove(name);
+                }
                 for (name, value) in passed {
-                    answer.headers_mut().insert(name, value);
+                    answer.headers_mut().append(name, value);
                 }
                 return Ok(answer);
             }

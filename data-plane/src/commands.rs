@@ -91,7 +91,8 @@ pub async fn submit(
     mut command: SubmitCommandRequest,
 ) -> Result<SubmitCommandResponse, SubmitError> {
     let deadline = Deadline::after(budget);
-    let (claims, rights) = state.authenticate(headers, unix_now())?;
+    // commands change state: a cookie session needs its CSRF token (gRPC is POST too)
+    let (claims, rights) = state.authenticate(headers, &axum::http::Method::POST, unix_now())?;
     let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
     safe_segment(&command.aggregate_type)?;
     if command.aggregate_id.is_empty() || command.aggregate_id.len() > 256 {
@@ -294,7 +295,7 @@ pub async fn submit_http(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     // authenticate before reading the body (401 before 400)
-    state.authenticate(&headers, unix_now())?;
+    state.authenticate(&headers, &axum::http::Method::POST, unix_now())?;
     let body: CommandBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request("the body must be {command_type, payload, …}")
             .with_reason("invalid_body")

@@ -10,7 +10,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
-use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, bearer_token};
+use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential};
 pub use gateway_shared::http::{normalize_runner_path, safe_segment};
 use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
@@ -80,15 +80,12 @@ impl ProxyState {
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
+        method: &axum::http::Method,
         now: i64,
     ) -> Result<(Arc<AccessClaims>, Arc<Verified<EffectiveRights>>), ApiError> {
         let refuse = |reason: &'static str| {
             metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
-            ApiError::new(
-                ErrorCode::Unauthenticated,
-                "a valid bearer token is required",
-            )
-            .with_reason(reason)
+            gateway_shared::http::credential_refusal(reason)
         };
         // decisions from mirrors too old to trust (revocations may be missing) are refused
         if self.max_staleness > 0
@@ -105,7 +102,7 @@ impl ProxyState {
             .with_reason("state_stale")
             .with_retry_after(5));
         }
-        let token = bearer_token(headers).map_err(refuse)?;
+        let token = credential(headers, method).map_err(refuse)?;
         let keys = self.mirrors.jwks.load_full().ok_or_else(|| {
             ApiError::new(ErrorCode::NotReady, "verification keys not loaded").with_retry_after(1)
         })?;
@@ -190,7 +187,7 @@ pub async fn query(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let now = unix_now();
-    let (claims, rights) = state.authenticate(&headers, now)?;
+    let (claims, rights) = state.authenticate(&headers, &axum::http::Method::POST, now)?;
     let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
     let view_type = safe_segment(&view_type)?;
     state.authorize(&rights.payload, &tenant, "query.read", Some(view_type))?;
@@ -386,7 +383,7 @@ pub async fn runner(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let now = unix_now();
-    let (claims, rights) = state.authenticate(&headers, now)?;
+    let (claims, rights) = state.authenticate(&headers, &method, now)?;
     let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
     // the raw path is checked too: axum has already decoded %2F into '/'
     if uri.path().contains("%2") || uri.path().contains("%5") || uri.path().contains("//") {

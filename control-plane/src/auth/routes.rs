@@ -1,12 +1,17 @@
 //! HTTP routes of the authentication flows (`/v1/auth/*`, `/.well-known/jwks.json`).
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::StatusCode;
+use axum::http::header::SET_COOKIE;
 use axum::http::request::Parts;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_shared::ApiError;
+use gateway_shared::ErrorCode;
+use gateway_shared::http;
 use gateway_shared::unix_now;
 use serde::Deserialize;
 use serde_json::json;
@@ -79,31 +84,47 @@ pub(crate) async fn signup(
 pub(crate) async fn signin(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<impl IntoResponse, ApiError> {
-    let tokens = state
+) -> Result<Response, ApiError> {
+    let outcome = state
         .auth
         .signin(&body.email, &body.password, ip, unix_now())
         .await?;
-    Ok(no_store(Json(tokens)))
+    Ok(match outcome {
+        super::SigninOutcome::Tokens(tokens) => deliver(&state, &headers, tokens),
+        challenge => no_store(Json(challenge)).into_response(),
+    })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct RefreshBody {
-    refresh_token: String,
+    /// Omitted by browser sessions: the refresh cookie is used (with the CSRF header).
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    let tokens = state
-        .auth
-        .refresh(&body.refresh_token, ip, unix_now())
-        .await?;
-    Ok(no_store(Json(tokens)))
+) -> Result<Response, ApiError> {
+    let refresh_token = match body.refresh_token {
+        Some(token) => token,
+        None => {
+            // a browser session: the cookie, under the CSRF check
+            let token = http::cookie(&headers, http::REFRESH_COOKIE).ok_or_else(|| {
+                ApiError::new(ErrorCode::Unauthenticated, "a refresh token is required")
+                    .with_reason("invalid_refresh_token")
+            })?;
+            http::check_csrf(&headers, &Method::POST).map_err(http::credential_refusal)?;
+            token.to_string()
+        }
+    };
+    let tokens = state.auth.refresh(&refresh_token, ip, unix_now()).await?;
+    Ok(deliver(&state, &headers, tokens))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -117,8 +138,9 @@ pub(crate) async fn signout(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     // the body is optional: empty means this session only
     let all = if body.iter().all(u8::is_ascii_whitespace) {
         false
@@ -131,7 +153,15 @@ pub(crate) async fn signout(
             .all
     };
     state.auth.signout(&principal, all, ip, unix_now()).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if http::cookie(&headers, http::ACCESS_COOKIE).is_some()
+        || http::cookie(&headers, http::REFRESH_COOKIE).is_some()
+    {
+        for name in [http::ACCESS_COOKIE, http::REFRESH_COOKIE, http::CSRF_COOKIE] {
+            append_cookie(&mut response, name, "", 0, name != http::CSRF_COOKIE);
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -215,8 +245,9 @@ pub(crate) struct MfaVerifyBody {
 pub(crate) async fn mfa_verify(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<MfaVerifyBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let tokens = state
         .auth
         .mfa_verify(
@@ -227,7 +258,7 @@ pub(crate) async fn mfa_verify(
             unix_now(),
         )
         .await?;
-    Ok(no_store(Json(tokens)))
+    Ok(deliver(&state, &headers, tokens))
 }
 
 #[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "mfa", summary = "Start TOTP enrolment", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -445,6 +476,50 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Token responses must not be cached (RFC 6749 §5.1).
+/// Tokens as the client asked for them: the JSON token response, or with
+/// `x-token-delivery: cookie` (browsers) `HttpOnly; Secure; SameSite=Strict` cookies for
+/// the access and refresh tokens, a CSRF cookie the page reads, and in the body only the
+/// CSRF token and the access token's lifetime. Tokens never reach page scripts that way.
+fn deliver(state: &AppState, headers: &HeaderMap, tokens: super::TokenResponse) -> Response {
+    let wants_cookies = headers
+        .get(http::DELIVERY_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cookie"));
+    if !wants_cookies {
+        return no_store(Json(tokens)).into_response();
+    }
+    let csrf = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let mut response = no_store(Json(json!({
+        "token_type": "cookie",
+        "expires_in": tokens.expires_in,
+        "csrf_token": csrf,
+    })))
+    .into_response();
+    let session = state.auth.settings.sessions.absolute_ttl.as_secs();
+    append_cookie(
+        &mut response,
+        http::ACCESS_COOKIE,
+        &tokens.access_token,
+        tokens.expires_in,
+        true,
+    );
+    if let Some(refresh) = &tokens.refresh_token {
+        append_cookie(&mut response, http::REFRESH_COOKIE, refresh, session, true);
+    }
+    append_cookie(&mut response, http::CSRF_COOKIE, &csrf, session, false);
+    response
+}
+
+/// `__Host-` cookies: `Secure`, `Path=/`, no `Domain`, so no other host can set or read
+/// them; `SameSite=Strict` keeps them off cross-site requests.
+fn append_cookie(response: &mut Response, name: &str, value: &str, max_age: u64, http_only: bool) {
+    let http_only = if http_only { "; HttpOnly" } else { "" };
+    let text =
+        format!("{name}={value}; Path=/; Max-Age={max_age}; Secure{http_only}; SameSite=Strict");
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
 fn no_store<T: IntoResponse>(body: T) -> impl IntoResponse {
     (
         [
