@@ -325,3 +325,29 @@ async fn auto_linking_by_verified_email_only_when_configured() {
     let session = env.session(tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(session["user_id"], signup["user_id"]);
 }
+
+/// T10.2 for Google sign-in: with the control plane at trace level, neither the OAuth
+/// client secret nor the authorization code, the state or the tokens issued reach the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_a_google_sign_in_reaches_the_logs() {
+    let env = env(&["--log", "trace", "--log-format", "json"]).await;
+    let url = env.start(None).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, tokens) = env.callback(&code, &state).await;
+    assert_eq!(status, 200, "{tokens}");
+    let mut secrets = vec![env.provider.client_secret.clone(), code, state];
+    for name in ["access_token", "refresh_token"] {
+        secrets.push(tokens[name].as_str().unwrap().to_string());
+    }
+    let logs = [env._control.logs(), env._control.stderr()]
+        .concat()
+        .join("\n");
+    assert!(logs.contains("request finished"), "trace logging is on");
+    for secret in &secrets {
+        assert!(secret.len() >= 8, "too short to search for: {secret:?}");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret was logged: {secret}"
+        );
+    }
+}

@@ -128,8 +128,23 @@ async fn client_loop(
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
         let started = Instant::now();
-        let outcome = match n % 20 {
-            0 => {
+        let outcome = match n % 100 {
+            // a full sign-in now and then (a password hash on the control plane)
+            50 => match call(
+                &client,
+                reqwest::Method::POST,
+                format!("{edge}/v1/auth/signin"),
+                None,
+                json!({"email": format!("soak{id}@example.com"), "password": PASSWORD}),
+                &[],
+            )
+            .await
+            {
+                Ok((200, tokens)) if tokens["access_token"].is_string() => Ok(()),
+                Ok((status, body)) => Err(format!("signin: {status} {body}")),
+                Err(err) => Err(format!("signin: {err}")),
+            },
+            n if n % 20 == 0 => {
                 match call(
                     &client,
                     reqwest::Method::POST,
@@ -149,7 +164,7 @@ async fn client_loop(
                     Err(err) => Err(format!("refresh: {err}")),
                 }
             }
-            1..=4 => match call(
+            n if n % 20 <= 4 => match call(
                 &client,
                 reqwest::Method::POST,
                 format!("{edge}/v1/commands/order/o-{id}-{}", n % 50),
@@ -482,6 +497,11 @@ async fn main() -> anyhow::Result<()> {
         "{:>6} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
         "t_s", "requests", "errors", "rps", "p50_ms", "p99_ms", "max_ms", "control_mib", "data_mib"
     );
+    let at_start = (rss_mib(control.pid()), rss_mib(data.pid()));
+    println!(
+        "{:>6} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12.1} {:>12.1}",
+        0, "-", "-", "-", "-", "-", "-", at_start.0, at_start.1
+    );
     let started = Instant::now();
     let mut baseline: Option<(f64, f64)> = None;
     let mut last = (0.0, 0.0);
@@ -523,9 +543,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let change_errors = change_errors.lock().await;
     println!(
-        "soak: {total} requests, {errors} errors; {} control-plane changes ({} failed); RSS control {:.1} -> {:.1} MiB, data {:.1} -> {:.1} MiB (bound +{} MiB)",
+        "soak: {total} requests, {errors} errors; {} control-plane changes ({} failed); RSS at start control {:.1} MiB, data {:.1} MiB; after the first window -> end: control {:.1} -> {:.1} MiB, data {:.1} -> {:.1} MiB (bound +{} MiB)",
         changes.load(Ordering::Relaxed),
         change_errors.len(),
+        at_start.0,
+        at_start.1,
         base_rss.0,
         last.0,
         base_rss.1,
