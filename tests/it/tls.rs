@@ -9,7 +9,9 @@ use gateway_tests::nats::NatsServer;
 use gateway_tests::process::PlaneProcess;
 use gateway_tests::{SnapshotKeys, upstream};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::proxy::send;
 
 const START: Duration = Duration::from_secs(30);
 
@@ -145,17 +147,18 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
         START,
     )
     .await;
-    let response = with_identity
-        .post(format!("{control_base}/v1/auth/signin"))
-        .json(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let root = response.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let signin = format!("{control_base}/v1/auth/signin");
+    let (status, answer) = send(
+        &with_identity,
+        "POST",
+        signin,
+        None,
+        Some(admin.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let root = answer["access_token"].as_str().unwrap().to_string();
     // without a client certificate, or in the clear, nothing is answered
     assert!(
         client(&ca, None)
@@ -196,15 +199,15 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
 
     // an upstream node that also requires the data plane's client certificate
     let node = upstream::Node::new("tls-node");
-    let node_tls = gateway_shared::tls::TlsReloader::load(
-        gateway_shared::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: Some(client_ca.clone()),
-        },
-        &gateway_shared::http::HTTP_ALPN,
-    )
-    .unwrap();
+    // the node's certificate is the planes' (same CA); clients must be the data plane
+    let node_files = gateway_shared::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: Some(client_ca.clone()),
+    };
+    let node_tls =
+        |alpn: &[&[u8]]| gateway_shared::tls::TlsReloader::load(node_files.clone(), alpn).unwrap();
+    let http_tls = node_tls(&gateway_shared::http::HTTP_ALPN);
     let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_url = format!(
         "https://localhost:{}",
@@ -213,22 +216,14 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(gateway_shared::http::serve(
         node_listener,
-        Some(node_tls),
+        Some(http_tls),
         node.http_router(),
         stop.clone(),
         Duration::from_secs(1),
     ));
 
     // and its gRPC side (the aggregate contract), h2 only, client certificate required
-    let grpc_tls = gateway_shared::tls::TlsReloader::load(
-        gateway_shared::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: Some(client_ca.clone()),
-        },
-        &[b"h2"],
-    )
-    .unwrap();
+    let grpc_tls = node_tls(&[b"h2"]);
     let grpc_listener = gateway_shared::tls::TlsListener::new(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc_tls,
@@ -297,84 +292,70 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
             json!({"shard": "secure"}),
         ),
     ] {
-        let response = with_identity
-            .request(method.parse().unwrap(), format!("{control_base}{path}"))
-            .bearer_auth(&root)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
+        let url = format!("{control_base}{path}");
+        let (status, answer) =
+            send(&with_identity, method, url, Some(&root), Some(body), &[]).await;
+        assert!((200..300).contains(&status), "{path}: {status} {answer}");
     }
     // sign-up and sign-in through the data plane reach the control plane over mutual TLS
     let member = json!({"email": "tls@example.com", "password": "plum tractor velvet lagoon"});
-    let response = edge_client
-        .post(format!("{edge}/v1/auth/signup"))
-        .json(&member)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let user_id = response.json::<Value>().await.unwrap()["user_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let response = with_identity
-        .post(format!("{control_base}/admin/assignments"))
-        .bearer_auth(&root)
-        .json(&json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let response = edge_client
-        .post(format!("{edge}/v1/auth/signin"))
-        .json(&member)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let token = response.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let url = format!("{edge}/v1/auth/signup");
+    let (status, user) = send(&edge_client, "POST", url, None, Some(member.clone()), &[]).await;
+    assert_eq!(status, 201, "{user}");
+    let assignment =
+        json!({"principal_id": user["user_id"], "tenant_id": "acme", "role": "tenant_member"});
+    let url = format!("{control_base}/admin/assignments");
+    let (status, _) = send(
+        &with_identity,
+        "POST",
+        url,
+        Some(&root),
+        Some(assignment),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = format!("{edge}/v1/auth/signin");
+    let (status, tokens) = send(&edge_client, "POST", url, None, Some(member), &[]).await;
+    assert_eq!(status, 200, "{tokens}");
+    let token = tokens["access_token"].as_str().unwrap().to_string();
     // a query goes to the node over mutual TLS
     let deadline = Instant::now() + START;
+    let acme = [("x-tenant-id", "acme")];
     loop {
-        let response = edge_client
-            .post(format!("{edge}/v1/query/orders"))
-            .bearer_auth(&token)
-            .header("x-tenant-id", "acme")
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
+        let url = format!("{edge}/v1/query/orders");
+        let (status, answer) = send(
+            &edge_client,
+            "POST",
+            url,
+            Some(&token),
+            Some(json!({})),
+            &acme,
+        )
+        .await;
+        if status == 200 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "query never served: {}",
-            response.status()
+            "query never served: {status} {answer}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(node.recorded().iter().any(|r| r.path == "/v1/query/orders"));
     // and a command to the aggregate over gRPC with mutual TLS
-    let response = edge_client
-        .post(format!("{edge}/v1/commands/order/o-1"))
-        .bearer_auth(&token)
-        .header("x-tenant-id", "acme")
-        .json(&json!({"command_type": "Place", "payload": {"sku": "a"}}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    assert_eq!(status, 200, "{}", response.text().await.unwrap());
+    let url = format!("{edge}/v1/commands/order/o-1");
+    let command = json!({"command_type": "Place", "payload": {"sku": "a"}});
+    let (status, answer) = send(
+        &edge_client,
+        "POST",
+        url,
+        Some(&token),
+        Some(command),
+        &acme,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     assert!(node.recorded().iter().any(|r| r.protocol == "grpc"));
 
     // gRPC over TLS (h2 by ALPN)
