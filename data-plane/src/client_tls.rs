@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use gateway_shared::tls::{TlsError, read_certificates, read_roots};
-use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     TlsError::File {
@@ -90,6 +90,41 @@ impl ClientTls {
                 builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?);
         }
         Ok(builder)
+    }
+
+    /// A rustls client configuration with the pinned CA (or the public roots) and the
+    /// client identity (the connector sets ALPN).
+    pub fn rustls(&self) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(ca) => {
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    roots
+                        .add(cert.map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        let config = match &self.identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(config)
     }
 
     /// The same for a tonic channel to an `https` aggregate endpoint.

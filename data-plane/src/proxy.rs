@@ -16,6 +16,7 @@ use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
 use gateway_shared::token::AccessClaims;
 use gateway_shared::{ApiError, ErrorCode, unix_now};
+use http_body_util::{BodyExt, Full};
 
 use crate::mirror::Mirrors;
 use crate::token_cache::TokenCache;
@@ -35,7 +36,10 @@ pub struct Timeouts {
 #[derive(Clone)]
 pub struct ProxyState {
     pub mirrors: Arc<Mirrors>,
+    /// The control-plane client (auth forwarding).
     pub client: reqwest::Client,
+    /// The client of forwarded calls: hyper's pool on pre-parsed URIs.
+    pub upstream: UpstreamClient,
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<TokenCache>,
     /// Past this many seconds without reaching the store, authorization fails closed
@@ -64,9 +68,11 @@ impl ProxyState {
             )?
             .build()
             .map_err(|err| err.to_string())?;
+        let upstream = upstream_client(tls)?;
         Ok(ProxyState {
             mirrors,
             client,
+            upstream,
             upstreams: Arc::new(Upstreams::new(config.upstream.clone())),
             tokens: Arc::new(TokenCache::new(config.token_cache_size)),
             max_staleness: config.max_staleness.as_secs() as i64,
@@ -196,7 +202,7 @@ pub async fn query(
     note_principal(&claims.sub, &tenant);
     let path = format!("/v1/query/{view_type}");
     let outgoing = Outgoing {
-        method: reqwest::Method::POST,
+        method: axum::http::Method::POST,
         path: &path,
         tenant: &tenant,
         principal: &claims.sub,
@@ -220,7 +226,7 @@ pub async fn query(
 /// (and query) after the endpoint, the gateway's identity and trace headers, the client's
 /// content type and body. Nothing else of the client's request is passed on.
 pub struct Outgoing<'a> {
-    pub method: reqwest::Method,
+    pub method: axum::http::Method,
     pub path: &'a str,
     pub tenant: &'a TenantId,
     pub principal: &'a str,
@@ -231,25 +237,87 @@ pub struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    fn to(
-        &self,
-        client: &reqwest::Client,
-        endpoint: &str,
-        timeout: Duration,
-    ) -> reqwest::RequestBuilder {
-        let mut upstream = client
-            .request(self.method.clone(), format!("{endpoint}{}", self.path))
-            .timeout(timeout)
+    fn to(&self, endpoint: &str) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
+        let mut request = axum::http::Request::builder()
+            .method(self.method.clone())
+            .uri(format!("{endpoint}{}", self.path))
             .header("x-tenant-id", self.tenant.as_str())
             .header("x-principal-id", self.principal)
             .header("x-correlation-id", self.correlation)
-            .header("traceparent", self.traceparent.as_str())
-            .body(self.body.clone());
+            .header("traceparent", self.traceparent.as_str());
         if let Some(content_type) = self.content_type {
-            upstream = upstream.header(axum::http::header::CONTENT_TYPE, content_type);
+            request = request.header(axum::http::header::CONTENT_TYPE, content_type);
         }
-        upstream
+        request
+            .body(Full::new(self.body.clone()))
+            .map_err(|err| ApiError::internal("upstream request", &err))
     }
+}
+
+/// Pooled HTTP/1.1 keep-alive connections per endpoint, TLS to `https://` endpoints.
+pub type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+fn upstream_client(tls: &crate::client_tls::ClientTls) -> Result<UpstreamClient, String> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.rustls()?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https),
+    )
+}
+
+/// How one attempt ended.
+enum Failure {
+    /// Never reached the endpoint (connection refused, TLS, DNS): safe to send elsewhere.
+    Unreachable(String),
+    /// Sent, but the answer did not come (reset, protocol error).
+    Failed(String),
+    /// The answer was cut short while it was read.
+    CutShort(String),
+    Timeout,
+}
+
+/// Sends `request` and reads the whole answer within `timeout`.
+async fn exchange(
+    client: &UpstreamClient,
+    request: axum::http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, Option<HeaderValue>, Bytes), Failure> {
+    let call = async {
+        let response = client.request(request).await.map_err(|err| {
+            if err.is_connect() {
+                Failure::Unreachable(err.to_string())
+            } else {
+                Failure::Failed(err.to_string())
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|err| Failure::CutShort(err.to_string()))?
+            .to_bytes();
+        Ok((
+            parts.status,
+            parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
+            bytes,
+        ))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
 }
 
 /// Records who the request is for on the request span (and so on its log lines).
@@ -295,19 +363,33 @@ pub async fn forward(
         }
         tracing::Span::current().record("upstream", attempt.url());
         tried.push(attempt.url().into());
-        let request = outgoing.to(&state.client, attempt.url(), deadline.remaining()?);
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                let retry = err.is_connect() || (idempotent && !err.is_timeout());
-                let (reason, error) = if err.is_connect() {
-                    ("unreachable", unavailable())
-                } else if err.is_timeout() {
-                    ("timeout", crate::upstream::timed_out())
-                } else {
-                    ("failed", unavailable())
+        let request = outgoing.to(attempt.url())?;
+        let (status, content_type, bytes) = match exchange(
+            &state.upstream,
+            request,
+            deadline.remaining()?,
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(failure) => {
+                let (reason, error, retry, detail) = match failure {
+                    Failure::Unreachable(detail) => ("unreachable", unavailable(), true, detail),
+                    Failure::Failed(detail) => ("failed", unavailable(), idempotent, detail),
+                    Failure::CutShort(detail) => (
+                        "cut_short",
+                        ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short"),
+                        false,
+                        detail,
+                    ),
+                    Failure::Timeout => (
+                        "timeout",
+                        crate::upstream::timed_out(),
+                        false,
+                        "deadline".to_string(),
+                    ),
                 };
-                tracing::warn!(endpoint = attempt.url(), shard = %route.shard, error = %err, reason, "upstream call failed");
+                tracing::warn!(endpoint = attempt.url(), shard = %route.shard, error = %detail, reason, "upstream call failed");
                 upstream_failed(route, &attempt, reason);
                 attempt.report(Outcome::Failed);
                 if !retry {
@@ -315,29 +397,6 @@ pub async fn forward(
                 }
                 last_error = Some(error);
                 continue;
-            }
-        };
-        let status =
-            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .cloned();
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                let reason = if err.is_timeout() {
-                    "timeout"
-                } else {
-                    "cut_short"
-                };
-                upstream_failed(route, &attempt, reason);
-                attempt.report(Outcome::Failed);
-                return Err(if err.is_timeout() {
-                    crate::upstream::timed_out()
-                } else {
-                    ApiError::new(ErrorCode::BadGateway, "the upstream answer was cut short")
-                });
             }
         };
         if matches!(status.as_u16(), 502..=504) {
@@ -350,9 +409,7 @@ pub async fn forward(
         answer
             .extensions_mut()
             .insert(gateway_shared::http::Relayed);
-        if let Some(content_type) =
-            content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-        {
+        if let Some(content_type) = content_type {
             answer
                 .headers_mut()
                 .insert(axum::http::header::CONTENT_TYPE, content_type);
@@ -402,8 +459,7 @@ pub async fn runner(
     // only when they never reached an endpoint
     let idempotent = method.is_idempotent();
     let outgoing = Outgoing {
-        method: reqwest::Method::from_bytes(method.as_str().as_bytes())
-            .map_err(|_| ApiError::new(ErrorCode::MethodNotAllowed, "method not supported"))?,
+        method,
         path: &path,
         tenant: &tenant,
         principal: &claims.sub,
