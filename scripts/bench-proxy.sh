@@ -8,7 +8,8 @@
 # itself. Not run in CI.
 #
 # Knobs (environment): BENCH_REPS (3), BENCH_DURATION (10, seconds), BENCH_WARMUP (2),
-# BENCH_CONNECTIONS (50), BENCH_PRINCIPALS (1000), BENCH_OHA (1: fixed-rate latency run with
+# BENCH_CONNECTIONS (50), BENCH_PRINCIPALS (1000), BENCH_PROFILE (0; 1: a perf profile of ours
+# under load after the repetitions, in target/bench-profile.txt), BENCH_OHA (1: fixed-rate latency run with
 # oha when it is on PATH or installs within BENCH_OHA_INSTALL_TIMEOUT seconds, 0: skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -244,6 +245,20 @@ for rep in $(seq 1 "$REPS"); do
   run "$rep" ours_nocache "http://127.0.0.1:$P_NC" "$ours_nocache_pid"
 done
 BUSY_AFTER="$(busy_percent)"
+# optional: where ours spends its CPU under the same load (flat profile by symbol)
+if [ "${BENCH_PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
+  log "profiling ours for ${DURATION}s (perf, flat by symbol)"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" -s bench/rotating-tokens.lua \
+    "http://127.0.0.1:$P_OURS" -- "$setup/tokens.txt" >/dev/null &
+  wrk_pid=$!
+  sleep 1
+  perf record -q -F 1999 -p "$ours_pid" -o "$work/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
+  wait "$wrk_pid" || true
+  mkdir -p target
+  perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -60 >target/bench-profile.txt || true
+  log "profile of ours (top 60 symbols by self time) in target/bench-profile.txt"
+fi
 cache_line() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^gateway_token_cache_total/{gsub(/.*result="/, "", $1); gsub(/".*/, "", $1); printf "%s %s ", $1, $2}'; }
 CACHE_OURS="$(cache_line "$P_OPS")"
 CACHE_NC="$(cache_line "$P_NC_OPS")"
