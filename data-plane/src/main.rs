@@ -7,8 +7,26 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // one worker (TOKIO_WORKER_THREADS=1): a current-thread runtime, so accepting,
+    // serving and forwarding never hand work to another thread (the profile of the proxy
+    // benchmark showed cross-thread wake-ups as the largest single cost)
+    let one_thread = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run_main()),
+        Err(err) => {
+            eprintln!("data-plane: cannot start the runtime: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(data_plane::config::Command::Healthcheck { url }) = &cli.command {
         return gateway_shared::http::healthcheck(url).await;

@@ -32,9 +32,20 @@ pub struct Timeouts {
     pub auth: Duration,
 }
 
-/// What the request path needs.
+/// What the request path needs: one `Arc`, so the per-request clone axum makes of the
+/// state is a counter increment, not a copy of every handle.
 #[derive(Clone)]
-pub struct ProxyState {
+pub struct ProxyState(Arc<ProxyShared>);
+
+impl std::ops::Deref for ProxyState {
+    type Target = ProxyShared;
+
+    fn deref(&self) -> &ProxyShared {
+        &self.0
+    }
+}
+
+pub struct ProxyShared {
     pub mirrors: Arc<Mirrors>,
     /// The control-plane client (auth forwarding).
     pub client: reqwest::Client,
@@ -69,7 +80,7 @@ impl ProxyState {
             .build()
             .map_err(|err| err.to_string())?;
         let upstream = upstream_client(tls)?;
-        Ok(ProxyState {
+        Ok(ProxyState(Arc::new(ProxyShared {
             mirrors,
             client,
             upstream,
@@ -79,7 +90,7 @@ impl ProxyState {
             issuer: config.token_issuer.as_str().into(),
             audience: config.token_audience.as_str().into(),
             timeouts: config.timeouts,
-        })
+        })))
     }
 
     /// Verifies the token and the principal's standing from the mirrors alone.
