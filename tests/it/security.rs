@@ -438,48 +438,6 @@ async fn smuggling_path_tricks_and_spoofed_headers_never_reach_an_upstream() {
             None,
         ),
         (
-            "ASVS 4.3 / CWE-22: dot-dot segments in the runner passthrough",
-            head("GET", "/admin/runner/a/../../v1/query/v", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "CWE-22: percent-encoded dots",
-            head("GET", "/admin/runner/%2e%2e/%2E%2E/secrets", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "CWE-22: percent-encoded slash",
-            head("GET", "/admin/runner/a%2f..%2fsecrets", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "CWE-22: double encoding",
-            head("GET", "/admin/runner/%252e%252e/secrets", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "CWE-22: backslash as a separator",
-            head("GET", "/admin/runner/a%5c..%5csecrets", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "CWE-158: an encoded NUL",
-            head("GET", "/admin/runner/wf%00.json", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
-            "empty segments are not collapsed but refused",
-            head("GET", "/admin/runner//etc/passwd", ""),
-            400,
-            Some("invalid_path"),
-        ),
-        (
             "RFC 9110 §9.3.8: TRACE is not served",
             head("TRACE", "/v1/query/v", ""),
             405,
@@ -499,6 +457,25 @@ async fn smuggling_path_tricks_and_spoofed_headers_never_reach_an_upstream() {
             Some("headers_too_large"),
         ),
     ];
+    // path tricks in the runner passthrough (ASVS 4.3, CWE-22, CWE-158): refused, never
+    // normalised
+    let tricks = [
+        ("dot-dot segments", "/admin/runner/a/../../v1/query/v"),
+        (
+            "percent-encoded dots",
+            "/admin/runner/%2e%2e/%2E%2E/secrets",
+        ),
+        ("a percent-encoded slash", "/admin/runner/a%2f..%2fsecrets"),
+        ("double encoding", "/admin/runner/%252e%252e/secrets"),
+        ("backslash as a separator", "/admin/runner/a%5c..%5csecrets"),
+        ("an encoded NUL", "/admin/runner/wf%00.json"),
+        ("empty segments", "/admin/runner//etc/passwd"),
+    ];
+    let cases = cases.into_iter().chain(
+        tricks
+            .into_iter()
+            .map(|(case, path)| (case, head("GET", path, ""), 400, Some("invalid_path"))),
+    );
     for (case, request, status, code) in cases {
         let (got, text) = raw(&data.http, &request).await;
         assert_eq!(got, status, "{case}: {text}");
