@@ -81,9 +81,22 @@ impl Channels {
 /// The gateway supplies a `command_id` when the client gave none, so the aggregate can
 /// deduplicate: that makes a second attempt on another endpoint safe when the first one
 /// was unavailable.
+/// Who sends a command: the verified token and the principal's published rights.
+pub type Caller = (
+    Arc<gateway_shared::token::AccessClaims>,
+    Arc<gateway_shared::signed::Verified<gateway_shared::authz::EffectiveRights>>,
+);
+
+/// Commands change state: a cookie session needs its CSRF token (gRPC is POST too).
+fn authenticate(state: &ProxyState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    state.authenticate(headers, &axum::http::Method::POST, unix_now())
+}
+
+#[allow(clippy::too_many_arguments)] // the call's parts, as both transports give them
 pub async fn submit(
     state: &ProxyState,
     channels: &Channels,
+    caller: &Caller,
     headers: &HeaderMap,
     correlation_id: &str,
     trace: &TraceContext,
@@ -91,8 +104,7 @@ pub async fn submit(
     mut command: SubmitCommandRequest,
 ) -> Result<SubmitCommandResponse, SubmitError> {
     let deadline = Deadline::after(budget);
-    // commands change state: a cookie session needs its CSRF token (gRPC is POST too)
-    let (claims, rights) = state.authenticate(headers, &axum::http::Method::POST, unix_now())?;
+    let (claims, rights) = caller;
     let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
     safe_segment(&command.aggregate_type)?;
     if command.aggregate_id.is_empty() || command.aggregate_id.len() > 256 {
@@ -215,15 +227,20 @@ impl CommandService for CommandProxy {
             tenant = tracing::field::Empty,
             upstream = tracing::field::Empty,
         );
-        let result = submit(
-            &self.state,
-            &self.channels,
-            &headers,
-            &correlation_id,
-            &trace,
-            budget,
-            request.into_inner(),
-        )
+        let result = async {
+            let caller = authenticate(&self.state, &headers)?;
+            submit(
+                &self.state,
+                &self.channels,
+                &caller,
+                &headers,
+                &correlation_id,
+                &trace,
+                budget,
+                request.into_inner(),
+            )
+            .await
+        }
         .instrument(span.clone())
         .await;
         let code = match &result {
@@ -294,8 +311,8 @@ pub async fn submit_http(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    // authenticate before reading the body (401 before 400)
-    state.authenticate(&headers, &axum::http::Method::POST, unix_now())?;
+    // authenticate before reading the body (401 before 400), once
+    let caller = authenticate(&state, &headers)?;
     let body: CommandBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request("the body must be {command_type, payload, …}")
             .with_reason("invalid_body")
@@ -313,6 +330,7 @@ pub async fn submit_http(
     let answer = submit(
         &state,
         &channels,
+        &caller,
         &headers,
         &correlation.0,
         &trace,
