@@ -70,26 +70,10 @@ impl ClientTlsArgs {
 }
 
 impl ClientTls {
-    /// Applies the pinned CA and the client identity to a reqwest client.
-    pub fn apply(
-        &self,
-        mut builder: reqwest::ClientBuilder,
-    ) -> Result<reqwest::ClientBuilder, String> {
-        builder = builder.use_rustls_tls();
-        if let Some(ca) = &self.ca_pem {
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in reqwest::Certificate::from_pem_bundle(ca).map_err(|e| e.to_string())? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = &self.identity {
-            let mut pem = cert.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(key);
-            builder =
-                builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?);
-        }
-        Ok(builder)
+    /// A reqwest client builder on [`ClientTls::rustls`]: the same trust and identity
+    /// as the forwarded calls.
+    pub fn apply(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+        Ok(builder.use_preconfigured_tls(self.rustls()?))
     }
 
     /// A rustls client configuration with the pinned CA (or the public roots) and the

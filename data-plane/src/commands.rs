@@ -37,18 +37,18 @@ impl From<ApiError> for SubmitError {
 }
 
 /// Pooled channels to aggregate endpoints.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Channels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// TLS of `https` aggregate endpoints (pinned CA, client identity).
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: tonic::transport::ClientTlsConfig,
 }
 
 impl Channels {
     pub fn new(tls: &crate::client_tls::ClientTls) -> Channels {
         Channels {
             channels: Arc::default(),
-            tls: Some(tls.tonic()),
+            tls: tls.tonic(),
         }
     }
 
@@ -63,11 +63,9 @@ impl Channels {
         let mut builder = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|err| ApiError::internal("aggregate endpoint", &err))?
             .connect_timeout(std::time::Duration::from_secs(2));
-        if endpoint.starts_with("https://")
-            && let Some(tls) = &self.tls
-        {
+        if endpoint.starts_with("https://") {
             builder = builder
-                .tls_config(tls.clone())
+                .tls_config(self.tls.clone())
                 .map_err(|err| ApiError::internal("aggregate tls", &err))?;
         }
         let channel = builder.connect_lazy();

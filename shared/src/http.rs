@@ -314,11 +314,15 @@ fn normal_path(path: &str) -> bool {
     if path.bytes().any(|b| b == b'\\' || b.is_ascii_control()) {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%25", "%00"]
-        .iter()
-        .any(|encoded| lower.contains(encoded))
-    {
+    // every request passes here: look at each escape in place, no lowercased copy
+    let refused_escape = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c') | (b'2', b'5') | (b'0', b'0')
+            )
+    });
+    if refused_escape {
         return false;
     }
     if rest.is_empty() {

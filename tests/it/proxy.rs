@@ -149,6 +149,22 @@ impl Stack {
         )
     }
 
+    /// Signs `email` in through the data plane (the edge) with the test password; the
+    /// answer must be 200: tokens, or an MFA challenge.
+    pub(crate) async fn signin_at_edge(&self, email: &str) -> Value {
+        let (status, answer) = send(
+            &self.client,
+            "POST",
+            format!("{}/v1/auth/signin", self.data.http),
+            None,
+            Some(json!({"email": email, "password": PASSWORD})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "sign-in of {email}: {answer}");
+        answer
+    }
+
     /// The data plane's Prometheus text.
     pub(crate) async fn metrics(&self) -> String {
         self.client

@@ -146,16 +146,7 @@ async fn forged_and_confused_credentials_are_refused_at_the_edge() {
     let traversal = jsonwebtoken::encode(&traversal, &claims, &attacker_key).unwrap();
 
     // the gateway's other credentials, for type confusion (RFC 8725 §2.8, §3.11)
-    let (status, tokens) = send(
-        client,
-        "POST",
-        format!("{}/v1/auth/signin", data.http),
-        None,
-        Some(json!({"email": "holder@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = stack.signin_at_edge("holder@example.com").await;
     let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
     let (second, _) = stack.member("mfa-holder@example.com", &[]).await;
     let authed = |path: &str, body: Value| {
@@ -177,16 +168,7 @@ async fn forged_and_confused_credentials_are_refused_at_the_edge() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, challenge) = send(
-        client,
-        "POST",
-        format!("{}/v1/auth/signin", data.http),
-        None,
-        Some(json!({"email": "mfa-holder@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "{challenge}");
+    let challenge = stack.signin_at_edge("mfa-holder@example.com").await;
     let mfa_token = challenge["mfa_token"].as_str().unwrap().to_string();
 
     type HeaderCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
@@ -361,15 +343,7 @@ async fn forged_and_confused_credentials_are_refused_at_the_edge() {
         .unwrap();
     let stale = totp.generate((gateway_shared::unix_now() as u64 / 30 - 3) * 30);
     // the challenge may have been spent by the shape probes above: a fresh one
-    let (_, challenge) = send(
-        client,
-        "POST",
-        format!("{}/v1/auth/signin", data.http),
-        None,
-        Some(json!({"email": "mfa-holder@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
+    let challenge = stack.signin_at_edge("mfa-holder@example.com").await;
     assert_eq!(
         refusal(
             send(
@@ -891,16 +865,7 @@ async fn no_secret_reaches_the_logs_of_the_edge_or_the_admin_api() {
         .await;
     secrets.push(token.clone());
     until_allowed(&stack, &token).await;
-    let (status, tokens) = send(
-        client,
-        "POST",
-        edge("/v1/auth/signin"),
-        None,
-        Some(json!({"email": "logged@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200);
+    let tokens = stack.signin_at_edge("logged@example.com").await;
     let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
     secrets.push(tokens["access_token"].as_str().unwrap().to_string());
     secrets.push(refresh.clone());
