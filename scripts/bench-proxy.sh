@@ -4,13 +4,16 @@
 # wrk on core 1, the proxy under test alone on core 0 with one thread, the same policy and
 # answers on both sides (checked before timing), 1,000 distinct users with rotating ES256
 # tokens, 3 interleaved repetitions. Prints a markdown table. Loopback only; bounded (about
-# 5 minutes after the build, plus at most 150 s for an oha install attempt) and stops by
-# itself. Not run in CI.
+# 6 minutes after the build) and stops by itself. Not run in CI.
 #
 # Knobs (environment): BENCH_REPS (3), BENCH_DURATION (10, seconds), BENCH_WARMUP (2),
-# BENCH_CONNECTIONS (50), BENCH_PRINCIPALS (1000), BENCH_PROFILE (0; 1: a perf profile of ours
-# under load after the repetitions, in target/bench-profile.txt), BENCH_OHA (1: fixed-rate latency run with
-# oha when it is on PATH or installs within BENCH_OHA_INSTALL_TIMEOUT seconds, 0: skip).
+# BENCH_CONNECTIONS (50), BENCH_PRINCIPALS (1000), BENCH_SCENARIOS (all of: direct
+# haproxy_plain haproxy_jwt haproxy_full ours ours_nocache), BENCH_LATENCY (1: latency at a
+# fixed rate, half of the slowest proxy's maximum, with `proxy-bench latency`; 0: skip),
+# BENCH_PROFILE (0; 1: a perf profile of ours under load after the repetitions, in
+# target/bench-profile.txt), BENCH_CALLGRIND (0; 1: instructions per request of ours by
+# function, inclusive, under valgrind's callgrind, in target/bench-callgrind.txt; exact
+# counts, not disturbed by a noisy machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +22,8 @@ DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 CONNS="${BENCH_CONNECTIONS:-50}"
 PRINCIPALS="${BENCH_PRINCIPALS:-1000}"
-OHA="${BENCH_OHA:-1}"
-OHA_INSTALL_TIMEOUT="${BENCH_OHA_INSTALL_TIMEOUT:-150}"
+LATENCY="${BENCH_LATENCY:-1}"
+SCENARIOS="${BENCH_SCENARIOS:-direct haproxy_plain haproxy_jwt haproxy_full ours ours_nocache}"
 PREFIX="bench_"
 TENANT="bench"
 PATH_Q="/v1/query/bench-view"
@@ -49,22 +52,6 @@ case "$haproxy_version" in *" 2.6."*) ;; *) log "warning: the baseline is HAProx
 # 2. nats-server and the release binaries (one build)
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 cargo build --release --locked -p data-plane -p gateway-tests --bin data-plane --bin proxy-bench >&2
-OHA_BIN=""
-if [ "$OHA" = 1 ]; then
-  if command -v oha >/dev/null 2>&1; then
-    OHA_BIN="$(command -v oha)"
-  elif [ -x target/bench-tools/bin/oha ]; then
-    OHA_BIN="target/bench-tools/bin/oha"
-  else
-    log "installing oha (at most ${OHA_INSTALL_TIMEOUT}s; the build is kept in target/bench-tools for the next run)"
-    if CARGO_TARGET_DIR=target/bench-tools/build timeout "$OHA_INSTALL_TIMEOUT" \
-      cargo install oha --locked --quiet --root target/bench-tools >&2; then
-      OHA_BIN="target/bench-tools/bin/oha"
-    else
-      log "oha did not install in time: the fixed-rate latency run is skipped"
-    fi
-  fi
-fi
 
 work="$(mktemp -d)"
 pids=()
@@ -132,10 +119,12 @@ wait_http "http://127.0.0.1:$P_PLAIN/" haproxy
 # as shipped (its cache of verified tokens on, default size), and with the cache off
 # (--token-cache-size 0: every request verifies its ES256 signature, as HAProxy does). Only
 # the one under test gets traffic.
+DP_WRAPPER=() # a command ours runs under (valgrind)
 start_data_plane() { # name, http port, grpc port, ops port, extra flags...
-  local name="$1" http="$2" grpc="$3" ops="$4" loaded=0
+  local name="$1" http="$2" grpc="$3" ops="$4" loaded=0 polls=200
+  [ "${#DP_WRAPPER[@]}" -gt 0 ] && polls=2000 # valgrind starts ~50x slower
   shift 4
-  TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/data-plane \
+  TOKIO_WORKER_THREADS=1 taskset -c 0 "${DP_WRAPPER[@]}" target/release/data-plane \
     --listen "127.0.0.1:$http" --grpc-listen "127.0.0.1:$grpc" --ops-listen "127.0.0.1:$ops" \
     --nats-url "$nats_url" --store-prefix "$PREFIX" \
     --snapshot-verify-key-file "$setup/snapshot-verify.pem" \
@@ -143,14 +132,14 @@ start_data_plane() { # name, http port, grpc port, ops port, extra flags...
     --log warn "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   eval "${name}_pid=$!"
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 "$polls"); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$ops/ready")" = 200 ] && break
     sleep 0.05
   done
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ops/ready")" = 200 ] \
     || { cat "$work/$name.log" >&2; die "data plane $name is not ready"; }
   # every principal document mirrored (members + the outsider)
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 "$polls"); do
     loaded=$(curl -s "http://127.0.0.1:$ops/metrics" | awk '/^gateway_authz_principals /{print int($2)}')
     [ "${loaded:-0}" -ge $((PRINCIPALS + 1)) ] && break
     sleep 0.05
@@ -217,22 +206,24 @@ busy_percent() {
 }
 BUSY_BEFORE="$(busy_percent)"
 log "machine busy before timing: ${BUSY_BEFORE}% (the figures assume an otherwise idle machine)"
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# user and system CPU ticks of a process, as "user sys"
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 results="$work/results.tsv"
 : >"$results"
 run() { # repetition, scenario, url, pid or ""
   local rep="$1" name="$2" url="$3" pid="$4" before after out requests rps errors non2xx
+  case " $SCENARIOS " in *" $name "*) ;; *) return 0 ;; esac
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s bench/rotating-tokens.lua "$url" -- "$setup/tokens.txt" >/dev/null
-  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s bench/rotating-tokens.lua "$url" -- "$setup/tokens.txt")
-  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
   requests=$(awk '/requests in/{print $1}' <<<"$out")
   rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF}' <<<"$out")
   errors=$(awk '/Socket errors:/{print}' <<<"$out")
   [ -n "$requests" ] && [ -n "$rps" ] || { echo "$out" >&2; die "cannot read wrk's output for $name"; }
   [ -z "$non2xx" ] && [ -z "$errors" ] || { echo "$out" >&2; die "$name: errors or non-2xx answers under load"; }
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "$rps" "$requests" "$before" "$after" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "$rps" "$requests" "${before// /,}" "${after// /,}" >>"$results"
   log "$(printf '%-22s %10.0f req/s' "$name" "$rps")"
 }
 for rep in $(seq 1 "$REPS"); do
@@ -263,41 +254,72 @@ cache_line() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^gateway_token_cach
 CACHE_OURS="$(cache_line "$P_OPS")"
 CACHE_NC="$(cache_line "$P_NC_OPS")"
 
-# optional: latency at a fixed rate, the same rate for both (single token: oha sends one
-# set of headers)
+# latency at a fixed rate: half of ours' maximum for the upstream direct, HAProxy plain and
+# ours (the target: ours adds under 1 ms at p99 over direct), and HAProxy jwt+policy at half
+# of its own maximum; rotating tokens, open loop, two interleaved rounds
 latency="$work/latency.tsv"
 : >"$latency"
-if [ -n "$OHA_BIN" ]; then
-  rate=$(python3 - "$results" <<'EOF'
+if [ "$LATENCY" = 1 ] && grep -q "	ours	" "$results"; then
+  read -r rate_ours rate_full < <(python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-m = lambda n: statistics.median(float(r[2]) for r in rows if r[1] == n)
-print(int(min(m("haproxy_full"), m("ours")) * 0.5 // 100 * 100))
+m = lambda n: statistics.median([float(r[2]) for r in rows if r[1] == n] or [0])
+print(int(m("ours") * 0.5 // 100 * 100), int(m("haproxy_full") * 0.5 // 100 * 100))
 EOF
 )
-  for pair in "haproxy_full|http://127.0.0.1:$P_FULL" "ours|http://127.0.0.1:$P_OURS" "haproxy_full|http://127.0.0.1:$P_FULL" "ours|http://127.0.0.1:$P_OURS"; do
-    IFS='|' read -r name url <<<"$pair"
-    oha_args=(--no-tui -z "${DURATION}s" -w -q "$rate" -c "$CONNS" --latency-correction -m POST -d '{}'
-      -T application/json -H "x-tenant-id: $TENANT" -H "authorization: Bearer $(cat "$setup/valid.jwt")" "$url$PATH_Q")
-    if taskset -c 1 "$OHA_BIN" --output-format json "${oha_args[@]}" >"$work/oha.json" 2>"$work/oha.err" \
-      || taskset -c 1 "$OHA_BIN" -j "${oha_args[@]}" >"$work/oha.json" 2>>"$work/oha.err"; then
-      python3 - "$work/oha.json" "$name" "$rate" >>"$latency" <<'EOF'
+  for round in 1 2; do
+    for pair in "direct|$P_UP|$rate_ours" "haproxy_plain|$P_PLAIN|$rate_ours" "ours|$P_OURS|$rate_ours" "haproxy_full|$P_FULL|$rate_full"; do
+      IFS='|' read -r name port rate <<<"$pair"
+      case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
+      [ "$rate" -gt 0 ] || continue
+      taskset -c 1 target/release/proxy-bench latency --addr "127.0.0.1:$port" --path "$PATH_Q" \
+        --tenant "$TENANT" --tokens "$setup/tokens.txt" --rate "$rate" --connections "$CONNS" \
+        --duration "$DURATION" --warmup "$WARMUP" >"$work/latency.json" \
+        || die "the latency run of $name failed"
+      python3 - "$work/latency.json" "$name" "$round" >>"$latency" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-p = d.get("latencyPercentiles", {})
-codes = dict(d.get("statusCodeDistribution", {}))
-codes.update({f"error {k}": v for k, v in d.get("errorDistribution", {}).items()})
-print("\t".join([sys.argv[2], sys.argv[3], str(p.get("p50", 0)), str(p.get("p99", 0)),
-                 str(p.get("p99.9", 0)), str(d["summary"].get("successRate", 0)),
-                 ", ".join(f"{k}: {v}" for k, v in codes.items())]))
+codes = ", ".join([f"{k}: {v}" for k, v in d["statuses"].items()] + [f"error {k}: {v}" for k, v in d["errors"].items()])
+print("\t".join(str(x) for x in [sys.argv[2], sys.argv[3], d["rate"], d["achieved_rps"], d["p50_ms"],
+                                 d["p99_ms"], d["p999_ms"], d["max_ms"], codes]))
 EOF
-      log "oha $name at $rate req/s done"
-    else
-      log "oha failed ($(head -c 300 "$work/oha.err")): latency run skipped"
-      : >"$latency"
-      break
-    fi
+      log "latency $name at $rate req/s (round $round): p50/p99 $(tail -1 "$latency" | cut -f5,6 | tr '\t' '/') ms"
+    done
   done
+fi
+
+# optional: instructions per request of ours by function (callgrind counts instructions:
+# the same binary and load give the same figures on a busy machine)
+if [ "${BENCH_CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null; then
+  log "callgrind: ours under valgrind, 20 s at 1,000 req/s counted"
+  kill "$ours_pid" 2>/dev/null || true
+  wait "$ours_pid" 2>/dev/null || true
+  mkdir -p target
+  cg_out="target/bench-callgrind.out"
+  rm -f "$cg_out"
+  DP_WRAPPER=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$cg_out")
+  start_data_plane ours_cg "$P_OURS" "$P_GRPC" "$P_OPS"
+  DP_WRAPPER=()
+  cg_load() { # rate, seconds
+    taskset -c 1 target/release/proxy-bench latency --addr "127.0.0.1:$P_OURS" --path "$PATH_Q" \
+      --tenant "$TENANT" --tokens "$setup/tokens.txt" --rate "$1" --connections 10 --duration "$2" --warmup 0
+  }
+  cg_load 500 4 >/dev/null # every token verified once (2,000 requests, 1,000 tokens), pools filled
+  callgrind_control -i on "$ours_cg_pid" >/dev/null
+  cg_load 1000 20 >"$work/cg-load.json"
+  callgrind_control -i off "$ours_cg_pid" >/dev/null
+  kill "$ours_cg_pid"
+  wait "$ours_cg_pid" 2>/dev/null || true
+  cg_requests=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statuses'].get('200', 0), sum(d['statuses'].values()) + sum(d['errors'].values()))" "$work/cg-load.json")
+  {
+    echo "requests counted (200, all): $cg_requests"
+    echo "## inclusive"
+    # sed, not head: head closing the pipe early fails it under pipefail
+    callgrind_annotate --inclusive=yes "$cg_out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | sed -n 1,150p
+    echo "## self"
+    callgrind_annotate "$cg_out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | sed -n 1,100p
+  } >target/bench-callgrind.txt
+  log "instructions by function (inclusive) in target/bench-callgrind.txt; requests (200, all): $cg_requests"
 fi
 
 # 7. the table
@@ -309,13 +331,20 @@ ours_verify, openssl_verify, busy_before, busy_after, cache_ours, cache_nc = sys
 tck = int(tck)
 rows = [l.split("\t") for l in open(results).read().splitlines() if l]
 
+def ticks(row):  # (user, system) ticks during the run
+    before, after = ([int(x) for x in v.split(",")] for v in row[4:6])
+    return after[0] - before[0], after[1] - before[1]
+
 def cpu_of(row):
-    _, name, _, requests, before, after = row
-    return None if name == "direct" else (int(after) - int(before)) / tck * 1e6 / int(requests)
+    return None if row[1] == "direct" else sum(ticks(row)) / tck * 1e6 / int(row[3])
+
+def user_share(row):
+    user, system = ticks(row)
+    return user / max(user + system, 1)
 
 runs = {}
 for row in rows:
-    runs.setdefault(row[1], []).append((float(row[2]), cpu_of(row)))
+    runs.setdefault(row[1], []).append((float(row[2]), cpu_of(row), user_share(row)))
 
 def k(x):
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
@@ -332,15 +361,16 @@ labels = [
     ("ours_nocache", "ours with `--token-cache-size 0` (verifies ES256 on every request, like HAProxy)"),
 ]
 print(f"\n### Data plane vs {version.split(' - ')[0]}: {reps} interleaved reps, wrk -t1 -c{conns} -d{duration}s after a {warmup}s warm-up, {principals} rotating tokens\n")
-print("| scenario | req/s median [range] | proxy CPU µs/request median [range] |")
-print("| --- | --- | --- |")
+print("| scenario | req/s median [range] | proxy CPU µs/request median [range] | of which user space |")
+print("| --- | --- | --- | --- |")
 for key, label in labels:
     if key not in runs:
         continue
-    rps = [r for r, _ in runs[key]]
-    cpu = [c for _, c in runs[key] if c is not None]
+    rps = [r for r, _, _ in runs[key]]
+    cpu = [c for _, c, _ in runs[key] if c is not None]
     cpu_text = fig(cpu, lambda x: f"{x:.1f}") if cpu else "—"
-    print(f"| {label} | {fig(rps, k)} | {cpu_text} |")
+    user = f"{statistics.median(u for _, _, u in runs[key]) * 100:.0f} %" if cpu else "—"
+    print(f"| {label} | {fig(rps, k)} | {cpu_text} | {user} |")
 
 # a pair is theirs and ours of the same repetition
 by_rep = {(row[0], row[1]): row for row in rows}
@@ -367,13 +397,25 @@ print(f"\nBaselines on core 0: one ES256 token check in our verifier (jsonwebtok
 
 lat = [l.split("\t") for l in open(latency).read().splitlines() if l]
 if lat:
-    print(f"\nFixed rate (oha -q {lat[0][1]}, -c{conns}, latency-corrected, **single token**), latency in ms:\n")
-    print("| proxy | p50 | p99 | p99.9 | success | status codes |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, rate, p50, p99, p999, ok, codes in lat:
-        print(f"| {name} | {float(p50) * 1000:.2f} | {float(p99) * 1000:.2f} | {float(p999) * 1000:.2f} | {float(ok):.3f} | {codes} |")
+    print(f"\nLatency at a fixed rate (`proxy-bench latency`: open loop, -c{conns}, rotating tokens, "
+          f"{duration}s after {warmup}s, two interleaved rounds; ms):\n")
+    print("| target | round | rate req/s | achieved | p50 | p99 | p99.9 | max | answers |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, rnd, rate, achieved, p50, p99, p999, mx, codes in lat:
+        print(f"| {name} | {rnd} | {rate} | {float(achieved):.0f} | {float(p50):.2f} | {float(p99):.2f} "
+              f"| {float(p999):.2f} | {float(mx):.2f} | {codes} |")
+    p99 = {}
+    for name, rnd, *_rest in lat:
+        p99.setdefault(name, []).append(float(_rest[3]))
+    if "direct" in p99 and "ours" in p99:
+        added = [o - d for o, d in zip(p99["ours"], p99["direct"])]
+        print(f"\np99 added by ours over the upstream direct at the same rate: "
+              f"{', '.join(f'{x:.2f}' for x in added)} ms (target: under 1 ms)")
+    if "direct" in p99 and "haproxy_plain" in p99:
+        added = [o - d for o, d in zip(p99["haproxy_plain"], p99["direct"])]
+        print(f"p99 added by HAProxy plain at the same rate: {', '.join(f'{x:.2f}' for x in added)} ms")
 else:
-    print("\n(no fixed-rate latency run: oha not available)")
+    print("\n(no fixed-rate latency run)")
 EOF
 echo
 echo "Answers checked before timing (status codes; ours asked twice, the second from its cache):"

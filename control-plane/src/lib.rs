@@ -108,9 +108,7 @@ pub fn router(
             }
         })
         .fallback(http::not_found)
-        .layer(axum::middleware::from_fn(http::refuse_ambiguous))
-        .layer(axum::middleware::map_response(http::envelope_errors))
-        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
+        .layer(axum::middleware::from_fn_with_state(PLANE, http::edge))
 }
 
 /// Serves until `shutdown` is cancelled, then drains (see `LifecycleArgs`).

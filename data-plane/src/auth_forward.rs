@@ -84,7 +84,7 @@ pub async fn forward(
             .timeout(state.timeout)
             // the data plane is the edge: it names the client, whatever the client claims
             .header("x-forwarded-for", peer.ip().to_string())
-            .header("x-correlation-id", correlation.0.as_str())
+            .header("x-correlation-id", correlation.header_value())
             .header("traceparent", trace.header_value())
             .body(body.clone());
         for name in REQUEST_HEADERS {

@@ -12,7 +12,7 @@ use base64::Engine;
 use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
 use gateway_proto::aggregate::v1::command_service_server::CommandService;
 use gateway_proto::aggregate::v1::{SubmitCommandRequest, SubmitCommandResponse};
-use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, valid_correlation_id};
+use gateway_shared::http::{CorrelationId, Hex, TenantHeader, TraceContext, valid_correlation_id};
 use gateway_shared::routing::ServiceKind;
 use gateway_shared::{ApiError, ErrorCode, unix_now};
 use serde::Deserialize;
@@ -129,7 +129,7 @@ pub async fn submit(
         ("x-tenant-id", tenant.as_str()),
         ("x-principal-id", claims.sub.as_str()),
         ("x-correlation-id", correlation_id),
-        ("traceparent", &trace.header_value()),
+        ("traceparent", trace.header_str()),
     ] {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
@@ -220,7 +220,7 @@ impl CommandService for CommandProxy {
             plane = crate::PLANE,
             method = "SubmitCommand",
             correlation_id = %correlation_id,
-            trace_id = %trace.trace_id,
+            trace_id = %Hex(&trace.trace_id),
             principal = tracing::field::Empty,
             tenant = tracing::field::Empty,
             upstream = tracing::field::Empty,
@@ -330,7 +330,7 @@ pub async fn submit_http(
         &channels,
         &caller,
         &headers,
-        &correlation.0,
+        correlation.as_str(),
         &trace,
         state.timeouts.command,
         command,

@@ -164,9 +164,7 @@ pub fn public_router(
         .merge(api)
         .merge(http::probe_router(readiness))
         .fallback(http::not_found)
-        .layer(axum::middleware::from_fn(http::refuse_ambiguous))
-        .layer(axum::middleware::map_response(http::envelope_errors))
-        .layer(axum::middleware::from_fn_with_state(PLANE, http::observe))
+        .layer(axum::middleware::from_fn_with_state(PLANE, http::edge))
 }
 
 /// `GET /admin/routing` on the ops listener: the table this replica uses now.

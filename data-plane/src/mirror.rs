@@ -12,7 +12,6 @@ use gateway_shared::http::ReadyCheck;
 use gateway_shared::routing::{RoutingDocument, RoutingTable};
 use gateway_shared::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
 use gateway_shared::store::{Bucket, Store, WatchEvent, WatchFrom};
-use std::collections::HashMap;
 
 use gateway_shared::authz::EffectiveRights;
 use gateway_shared::jwks::JwksDocument;
@@ -32,7 +31,7 @@ pub struct Mirrors {
     /// Access-token verification keys, built from each new `jwks` document.
     pub jwks: ArcSwapOption<KeysInUse>,
     /// Effective rights per principal (`principal.<id>` documents of the authz bucket).
-    pub principals: std::sync::RwLock<HashMap<String, Arc<Verified<EffectiveRights>>>>,
+    pub principals: std::sync::RwLock<foldhash::HashMap<String, Arc<Verified<EffectiveRights>>>>,
     /// Routing comes from a local file (`--routing-file`): routing documents of the store
     /// are ignored.
     pub static_routing: bool,

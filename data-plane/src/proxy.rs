@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Extension, FromRequest, Path, State};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
-use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential};
+use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, body_rejection, credential};
 pub use gateway_shared::http::{normalize_runner_path, safe_segment};
 use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
@@ -195,31 +196,55 @@ impl ProxyState {
 }
 
 /// `POST /v1/query/{view_type}` → the projection shard of the tenant.
+///
+/// The hottest route: it reads the request in place (no copy of the header map, the path
+/// or the correlation and trace extensions), authenticates and authorizes before reading
+/// the body, and passes on the client's tenant header and the request's own path as they
+/// are.
 pub async fn query(
     State(state): State<ProxyState>,
-    Path(view_type): Path<String>,
-    Extension(correlation): Extension<CorrelationId>,
-    Extension(trace): Extension<TraceContext>,
-    headers: HeaderMap,
-    body: Bytes,
+    mut request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let now = unix_now();
-    let (claims, rights) = state.authenticate(&headers, &axum::http::Method::POST, now)?;
-    let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
-    let view_type = safe_segment(&view_type)?;
+    let headers = request.headers();
+    let (claims, rights) = state.authenticate(headers, &axum::http::Method::POST, now)?;
+    let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
+    let view_type = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/query/")
+        .ok_or_else(|| ApiError::not_found("no such route"))?;
+    let view_type = safe_segment(view_type)?;
     state.authorize(&rights.payload, &tenant, "query.read", Some(view_type))?;
     let route = state.route(&tenant, ServiceKind::Projection)?;
     let _slot = state.upstreams.admit("query")?;
     note_principal(&claims.sub, &tenant);
-    let path = format!("/v1/query/{view_type}");
+    // the path is exactly `/v1/query/{view_type}` with a safe segment: sent on as it came,
+    // without the client's query string
+    let path =
+        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(request.uri().path().as_bytes()))
+            .map_err(|err| ApiError::internal("query path", &err))?;
+    let extensions = request.extensions_mut();
+    let correlation = extensions
+        .remove::<CorrelationId>()
+        .unwrap_or_else(CorrelationId::mint);
+    let trace = extensions
+        .remove::<TraceContext>()
+        .unwrap_or_else(|| TraceContext::from_header(None));
+    let identity = Outgoing::identity(
+        request.headers(),
+        &tenant,
+        &claims.sub,
+        &correlation,
+        &trace,
+    )?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| body_rejection(&rejection))?;
     let outgoing = Outgoing {
         method: axum::http::Method::POST,
-        path: &path,
-        tenant: &tenant,
-        principal: &claims.sub,
-        correlation: &correlation.0,
-        traceparent: trace.header_value(),
-        content_type: headers.get(axum::http::header::CONTENT_TYPE),
+        path,
+        headers: identity,
         body,
     };
     // a query reads: sending it again to another endpoint is safe
@@ -233,35 +258,73 @@ pub async fn query(
     .await
 }
 
+const TENANT: HeaderName = HeaderName::from_static("x-tenant-id");
+const PRINCIPAL: HeaderName = HeaderName::from_static("x-principal-id");
+const CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The client's `x-tenant-id`, passed on without a copy when it is exactly the tenant id
+/// (the header was checked to be a single value naming `tenant`).
+fn tenant_value(headers: &HeaderMap, tenant: &TenantId) -> Result<HeaderValue, ApiError> {
+    match headers.get(TENANT) {
+        Some(value) if value.as_bytes() == tenant.as_str().as_bytes() => Ok(value.clone()),
+        _ => HeaderValue::from_str(tenant.as_str())
+            .map_err(|err| ApiError::internal("tenant header", &err)),
+    }
+}
+
 /// What goes upstream, whichever endpoint of the shard takes it: the method, the path
 /// (and query) after the endpoint, the gateway's identity and trace headers, the client's
 /// content type and body. Nothing else of the client's request is passed on.
-pub struct Outgoing<'a> {
+pub struct Outgoing {
     pub method: axum::http::Method,
-    pub path: &'a str,
-    pub tenant: &'a TenantId,
-    pub principal: &'a str,
-    pub correlation: &'a str,
-    pub traceparent: String,
-    pub content_type: Option<&'a HeaderValue>,
+    pub path: PathAndQuery,
+    /// `x-tenant-id`, `x-principal-id`, `x-correlation-id`, `traceparent` and the client's
+    /// `content-type`, nothing else.
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
-impl Outgoing<'_> {
-    fn to(&self, endpoint: &str) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
-        let mut request = axum::http::Request::builder()
-            .method(self.method.clone())
-            .uri(format!("{endpoint}{}", self.path))
-            .header("x-tenant-id", self.tenant.as_str())
-            .header("x-principal-id", self.principal)
-            .header("x-correlation-id", self.correlation)
-            .header("traceparent", self.traceparent.as_str());
-        if let Some(content_type) = self.content_type {
-            request = request.header(axum::http::header::CONTENT_TYPE, content_type);
+impl Outgoing {
+    /// The headers of a call for `tenant` by `principal`, from the client's `request`
+    /// headers: the identity and trace headers, and the client's `content-type`.
+    pub fn identity(
+        request: &HeaderMap,
+        tenant: &TenantId,
+        principal: &str,
+        correlation: &CorrelationId,
+        trace: &TraceContext,
+    ) -> Result<HeaderMap, ApiError> {
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(TENANT, tenant_value(request, tenant)?);
+        headers.insert(
+            PRINCIPAL,
+            HeaderValue::from_str(principal)
+                .map_err(|err| ApiError::internal("principal header", &err))?,
+        );
+        headers.insert(CORRELATION, correlation.header_value());
+        headers.insert(TRACEPARENT, trace.header_value());
+        if let Some(content_type) = request.get(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, content_type.clone());
         }
-        request
-            .body(Full::new(self.body.clone()))
-            .map_err(|err| ApiError::internal("upstream request", &err))
+        Ok(headers)
+    }
+
+    fn to(&self, attempt: &Attempt) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
+        let (scheme, authority) = attempt.target()?;
+        let uri = Uri::from_parts({
+            let mut parts = axum::http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(self.path.clone());
+            parts
+        })
+        .map_err(|err| ApiError::internal("upstream uri", &err))?;
+        let mut request = axum::http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        Ok(request)
     }
 }
 
@@ -357,7 +420,7 @@ pub async fn forward(
     route: &Route,
     deadline: Deadline,
     idempotent: bool,
-    outgoing: &Outgoing<'_>,
+    outgoing: &Outgoing,
 ) -> Result<Response, ApiError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let attempts = 1 + state.upstreams.policy().retries as usize;
@@ -374,7 +437,7 @@ pub async fn forward(
         }
         tracing::Span::current().record("upstream", attempt.url());
         tried.push(attempt.url().into());
-        let request = outgoing.to(attempt.url())?;
+        let request = outgoing.to(&attempt)?;
         let (status, content_type, bytes) = match exchange(
             &state.upstream,
             request,
@@ -466,17 +529,15 @@ pub async fn runner(
         Some(query) => format!("/admin/runner/{path}?{query}"),
         None => format!("/admin/runner/{path}"),
     };
+    let path = PathAndQuery::try_from(path)
+        .map_err(|_| ApiError::bad_request("invalid runner path").with_reason("invalid_path"))?;
     // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
     // only when they never reached an endpoint
     let idempotent = method.is_idempotent();
     let outgoing = Outgoing {
         method,
-        path: &path,
-        tenant: &tenant,
-        principal: &claims.sub,
-        correlation: &correlation.0,
-        traceparent: trace.header_value(),
-        content_type: headers.get(axum::http::header::CONTENT_TYPE),
+        path,
+        headers: Outgoing::identity(&headers, &tenant, &claims.sub, &correlation, &trace)?,
         body,
     };
     forward(

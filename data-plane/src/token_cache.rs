@@ -16,7 +16,7 @@
 //!   approximation of LRU without per-hit bookkeeping: a hit in the previous generation
 //!   moves the entry to the current one).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gateway_shared::token::AccessClaims;
@@ -39,6 +39,10 @@ struct Generations {
 pub struct TokenCache {
     capacity: usize,
     inner: Mutex<Generations>,
+    /// `gateway_token_cache_total{result}`, registered once (taken from the recorder
+    /// installed when the cache is made).
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 fn key_of(token: &str) -> Key {
@@ -51,6 +55,8 @@ impl TokenCache {
         TokenCache {
             capacity,
             inner: Mutex::default(),
+            hits: metrics::counter!("gateway_token_cache_total", "result" => "hit"),
+            misses: metrics::counter!("gateway_token_cache_total", "result" => "miss"),
         }
     }
 
@@ -80,8 +86,10 @@ impl TokenCache {
                 _ => None,
             },
         };
-        metrics::counter!("gateway_token_cache_total", "result" => if claims.is_some() { "hit" } else { "miss" })
-            .increment(1);
+        match claims {
+            Some(_) => self.hits.increment(1),
+            None => self.misses.increment(1),
+        }
         claims
     }
 

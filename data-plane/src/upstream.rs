@@ -4,11 +4,11 @@
 //! one probe → closed or open again), a global concurrency limit that sheds load instead of
 //! queueing, and request deadlines shared by every attempt of one call.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::http::uri::{Authority, Scheme};
 use gateway_shared::{ApiError, ErrorCode};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -70,6 +70,8 @@ impl Circuit {
 /// Passive health of one endpoint.
 pub struct Endpoint {
     url: Arc<str>,
+    /// The URL's scheme and authority, parsed once: calls are built from them.
+    target: Option<(Scheme, Authority)>,
     in_flight: AtomicUsize,
     circuit: Mutex<Circuit>,
 }
@@ -78,8 +80,13 @@ impl Endpoint {
     fn new(url: &str) -> Endpoint {
         // every endpoint in use shows its circuit, closed ones included
         metrics::gauge!("gateway_upstream_circuit_state", "endpoint" => url.to_string()).set(0.0);
+        let target = url.parse::<axum::http::Uri>().ok().and_then(|uri| {
+            let parts = uri.into_parts();
+            Some((parts.scheme?, parts.authority?))
+        });
         Endpoint {
             url: url.into(),
+            target,
             in_flight: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
         }
@@ -125,6 +132,15 @@ pub struct Attempt {
 impl Attempt {
     pub fn url(&self) -> &str {
         &self.endpoint.url
+    }
+
+    /// The scheme and authority calls to this endpoint go to.
+    pub fn target(&self) -> Result<(&Scheme, &Authority), ApiError> {
+        self.endpoint
+            .target
+            .as_ref()
+            .map(|(scheme, authority)| (scheme, authority))
+            .ok_or_else(|| ApiError::internal("upstream endpoint", &"not a URL of a host"))
     }
 
     pub fn report(mut self, outcome: Outcome) {
@@ -185,7 +201,7 @@ pub struct EndpointReport {
 /// limit of proxied requests.
 pub struct Upstreams {
     policy: Arc<UpstreamPolicy>,
-    endpoints: RwLock<HashMap<Arc<str>, Arc<Endpoint>>>,
+    endpoints: RwLock<foldhash::HashMap<Arc<str>, Arc<Endpoint>>>,
     cursor: AtomicUsize,
     permits: Arc<Semaphore>,
 }
@@ -421,7 +437,7 @@ mod tests {
     fn calls_are_spread_over_healthy_endpoints() {
         let up = upstreams(3, Duration::from_secs(60));
         let eps = urls(&["http://a:1", "http://b:1", "http://c:1"]);
-        let mut seen = HashMap::new();
+        let mut seen = std::collections::HashMap::new();
         for _ in 0..300 {
             let attempt = up.pick(&eps, &[]).unwrap();
             *seen.entry(attempt.url().to_string()).or_insert(0) += 1;

@@ -25,12 +25,12 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 tokio::task_local! {
-    static CORRELATION_ID: String;
+    static CORRELATION_ID: CorrelationId;
 }
 
 /// The correlation id of the request being handled, when inside one.
 pub fn current_correlation_id() -> Option<String> {
-    CORRELATION_ID.try_with(Clone::clone).ok()
+    CORRELATION_ID.try_with(|id| id.as_str().to_string()).ok()
 }
 
 /// Correlation id accepted from a client: 1–128 characters of `[A-Za-z0-9._:-]`; anything
@@ -43,12 +43,24 @@ pub fn valid_correlation_id(value: &str) -> bool {
 }
 
 /// W3C trace context of one request: the caller's trace (or a new one) and this hop's span.
+/// The ids are kept as bytes and the `traceparent` naming this hop is encoded once: every
+/// request carries one, so it costs one small allocation, not a string per id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceContext {
-    pub trace_id: String,
-    pub parent_id: Option<String>,
-    pub span_id: String,
+    pub trace_id: [u8; 16],
+    pub parent_id: Option<[u8; 8]>,
+    pub span_id: [u8; 8],
     pub sampled: bool,
+    traceparent: HeaderValue,
+}
+
+/// Lower-case hex of an id, formatted only when a log line or span field is written.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 /// A random (v4) UUID from the thread's CSPRNG: `Uuid::new_v4` asks the kernel
@@ -59,62 +71,91 @@ pub fn fast_uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    loop {
-        rand::rng().fill_bytes(&mut buf);
-        // all-zero ids are invalid in W3C trace context
-        if buf.iter().any(|b| *b != 0) {
-            return hex::encode(&buf);
-        }
+/// Random bytes from the thread's CSPRNG, never all zero (invalid in W3C trace context).
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    while id.iter().all(|b| *b == 0) {
+        rand::rng().fill_bytes(&mut id);
     }
+    id
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `s` is `2 * N` lower-case hex digits, not all zero: the id they encode.
+fn trace_id_from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut id = [0u8; N];
+    (is_lower_hex(s, 2 * N)
+        && hex::decode_to_slice(s, &mut id).is_ok()
+        && id.iter().any(|b| *b != 0))
+    .then_some(id)
 }
 
 impl TraceContext {
+    fn new(
+        trace_id: [u8; 16],
+        parent_id: Option<[u8; 8]>,
+        span_id: [u8; 8],
+        sampled: bool,
+    ) -> TraceContext {
+        // "00-" 32 hex "-" 16 hex "-" 2 hex
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        let _ = hex::encode_to_slice(trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        let _ = hex::encode_to_slice(span_id, &mut text[36..52]);
+        text[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+        let traceparent = HeaderValue::from_bytes(&text).unwrap_or_else(|_| {
+            HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00")
+        });
+        TraceContext {
+            trace_id,
+            parent_id,
+            span_id,
+            sampled,
+            traceparent,
+        }
+    }
+
     /// Continues a valid `traceparent` (version 00) or starts a new trace.
     pub fn from_header(value: Option<&str>) -> Self {
         let parsed = value.and_then(|v| {
-            let parts: Vec<&str> = v.trim().split('-').collect();
-            let hex = |s: &str, len: usize| {
-                s.len() == len
-                    && s.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            };
-            match parts.as_slice() {
-                [version, trace, parent, flags]
-                    if *version == "00"
-                        && hex(trace, 32)
-                        && hex(parent, 16)
-                        && hex(flags, 2)
-                        && trace.bytes().any(|b| b != b'0')
-                        && parent.bytes().any(|b| b != b'0') =>
-                {
-                    let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
-                    Some((trace.to_string(), parent.to_string(), sampled))
-                }
-                _ => None,
+            let mut parts = v.trim().split('-');
+            let (version, trace, parent, flags) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() || version != "00" {
+                return None;
             }
+            let mut flag_byte = [0u8; 1];
+            if !is_lower_hex(flags, 2) || hex::decode_to_slice(flags, &mut flag_byte).is_err() {
+                return None;
+            }
+            Some((
+                trace_id_from_hex::<16>(trace)?,
+                trace_id_from_hex::<8>(parent)?,
+                flag_byte[0] & 1 == 1,
+            ))
         });
         match parsed {
-            Some((trace_id, parent, sampled)) => TraceContext {
-                trace_id,
-                parent_id: Some(parent),
-                span_id: random_hex(8),
-                sampled,
-            },
-            None => TraceContext {
-                trace_id: random_hex(16),
-                parent_id: None,
-                span_id: random_hex(8),
-                sampled: true,
-            },
+            Some((trace_id, parent, sampled)) => {
+                TraceContext::new(trace_id, Some(parent), random_id(), sampled)
+            }
+            None => TraceContext::new(random_id(), None, random_id(), true),
         }
     }
 
     /// The `traceparent` naming this hop as the parent (for upstream calls and the echo).
-    pub fn header_value(&self) -> String {
-        let flags = if self.sampled { "01" } else { "00" };
-        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    pub fn header_value(&self) -> HeaderValue {
+        self.traceparent.clone()
+    }
+
+    /// The `traceparent` as text.
+    pub fn header_str(&self) -> &str {
+        self.traceparent.to_str().unwrap_or_default()
     }
 }
 
@@ -127,10 +168,11 @@ fn link_span(span: &tracing::Span, mut trace: TraceContext) -> TraceContext {
     };
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    if let Some(parent) = &trace.parent_id
-        && let (Ok(trace_id), Ok(span_id)) =
-            (TraceId::from_hex(&trace.trace_id), SpanId::from_hex(parent))
-    {
+    if let Some(parent) = trace.parent_id {
+        let (trace_id, span_id) = (
+            TraceId::from_bytes(trace.trace_id),
+            SpanId::from_bytes(parent),
+        );
         let flags = if trace.sampled {
             TraceFlags::SAMPLED
         } else {
@@ -142,67 +184,153 @@ fn link_span(span: &tracing::Span, mut trace: TraceContext) -> TraceContext {
     let context = span.context();
     let exported = context.span().span_context().clone();
     if exported.is_valid() {
-        trace.trace_id = exported.trace_id().to_string();
-        trace.span_id = exported.span_id().to_string();
+        trace = TraceContext::new(
+            exported.trace_id().to_bytes(),
+            trace.parent_id,
+            exported.span_id().to_bytes(),
+            trace.sampled,
+        );
     }
     trace
 }
 
-/// Correlation id of the current request, as a request extension.
+/// Correlation id of the current request, as a request extension: a header value, so
+/// passing it on (upstream, the echo, the error envelope) copies no bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CorrelationId(pub String);
+pub struct CorrelationId(HeaderValue);
 
-/// Middleware: takes or mints `x-correlation-id` and `traceparent`, runs the request in a
-/// span carrying `request_id` and `correlation_id`, echoes both headers, logs and counts.
-pub async fn observe(
-    State(plane): State<&'static str>,
+impl CorrelationId {
+    /// The client's id when it is valid ([`valid_correlation_id`]), else a fresh UUID.
+    pub fn accept_or_mint(value: Option<&HeaderValue>) -> CorrelationId {
+        match value {
+            Some(value) if value.to_str().is_ok_and(valid_correlation_id) => {
+                CorrelationId(value.clone())
+            }
+            _ => CorrelationId::mint(),
+        }
+    }
+
+    /// A fresh random UUID.
+    pub fn mint() -> CorrelationId {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = fast_uuid().hyphenated().encode_lower(&mut text);
+        CorrelationId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+/// The request counter and duration histogram of one (plane, route, status): looked up
+/// once per thread and kept, so a request does not build, hash and register metric keys
+/// (their label strings were allocated on every request). Routes are the router's
+/// templates (or "unmatched"), so the set is bounded.
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+type RequestMetricsByRoute = foldhash::HashMap<Box<str>, RequestMetrics>;
+
+thread_local! {
+    static REQUEST_METRICS: std::cell::RefCell<
+        foldhash::HashMap<(&'static str, u16), RequestMetricsByRoute>,
+    > = std::cell::RefCell::default();
+}
+
+fn request_metrics(plane: &'static str, route: &str, status: StatusCode) -> RequestMetrics {
+    let make = || RequestMetrics {
+        requests: metrics::counter!(
+            "gateway_http_requests_total",
+            "plane" => plane,
+            "route" => route.to_string(),
+            "status" => status.as_str().to_string()
+        ),
+        duration: metrics::histogram!(
+            "gateway_http_request_duration_seconds",
+            "plane" => plane,
+            "route" => route.to_string(),
+            "status" => status_class(status)
+        ),
+    };
+    REQUEST_METRICS
+        .try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let by_route = cache.entry((plane, status.as_u16())).or_default();
+            if let Some(found) = by_route.get(route) {
+                return found.clone();
+            }
+            let made = make();
+            by_route.insert(route.into(), made.clone());
+            made
+        })
+        .unwrap_or_else(|_| make())
+}
+
+/// Middleware of the ops listeners: [`observed`] around the routes.
+pub async fn observe(State(plane): State<&'static str>, request: Request, next: Next) -> Response {
+    observed(plane, request, |request| next.run(request)).await
+}
+
+/// Middleware of both planes' API listeners, one layer (each layer costs every request a
+/// boxed future and a clone of the service below it): [`observed`] around
+/// [`check_unambiguous`], around the routes, with [`envelope`]'s rewriting of
+/// framework-made answers.
+pub async fn edge(State(plane): State<&'static str>, request: Request, next: Next) -> Response {
+    observed(plane, request, |request| async move {
+        match check_unambiguous(request.headers(), request.uri().path()) {
+            Ok(()) => envelope(next.run(request).await),
+            Err(err) => refused(err),
+        }
+    })
+    .await
+}
+
+/// Takes or mints `x-correlation-id` and `traceparent`, runs `inner` in a span carrying
+/// `request_id` and `correlation_id`, echoes both headers, logs and counts. Every request
+/// passes here: nothing is formatted unless a log line is written.
+async fn observed<F: Future<Output = Response>>(
+    plane: &'static str,
     mut request: Request,
-    next: Next,
+    inner: impl FnOnce(Request) -> F,
 ) -> Response {
     let started = Instant::now();
     let headers = request.headers();
-    let correlation_id = headers
-        .get(CORRELATION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_correlation_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| fast_uuid().to_string());
+    let correlation = CorrelationId::accept_or_mint(headers.get(CORRELATION_HEADER));
     let incoming = TraceContext::from_header(
         headers
             .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok()),
     );
-    let request_id = fast_uuid().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().clone();
+    let request_id = fast_uuid();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!(
         "request",
         plane,
         request_id = %request_id,
-        correlation_id = %correlation_id,
-        trace_id = %incoming.trace_id,
-        method = %method,
-        route = %route,
+        correlation_id = correlation.as_str(),
+        trace_id = %Hex(&incoming.trace_id),
+        method = %request.method(),
+        route,
         // filled in by the handlers that know them
         principal = tracing::field::Empty,
         tenant = tracing::field::Empty,
         upstream = tracing::field::Empty,
     );
     let trace = link_span(&span, incoming);
-    request
-        .extensions_mut()
-        .insert(CorrelationId(correlation_id.clone()));
-    request.extensions_mut().insert(trace.clone());
+    let echoed = (correlation.header_value(), trace.header_value());
+    request.extensions_mut().insert(correlation.clone());
+    request.extensions_mut().insert(trace);
 
     let mut response = CORRELATION_ID
-        .scope(
-            correlation_id.clone(),
-            next.run(request).instrument(span.clone()),
-        )
+        .scope(correlation, inner(request).instrument(span.clone()))
         .await;
 
     let status = response.status();
@@ -214,28 +342,13 @@ pub async fn observe(
             "request finished"
         )
     });
-    metrics::counter!(
-        "gateway_http_requests_total",
-        "plane" => plane,
-        "route" => route.clone(),
-        "status" => status.as_u16().to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        "gateway_http_request_duration_seconds",
-        "plane" => plane,
-        "route" => route,
-        "status" => status_class(status)
-    )
-    .record(elapsed.as_secs_f64());
+    let metrics = request_metrics(plane, route, status);
+    metrics.requests.increment(1);
+    metrics.duration.record(elapsed.as_secs_f64());
 
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
-        headers.insert(CORRELATION_HEADER, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
-        headers.insert(TRACEPARENT_HEADER, value);
-    }
+    headers.insert(CORRELATION_HEADER, echoed.0);
+    headers.insert(TRACEPARENT_HEADER, echoed.1);
     response
 }
 
@@ -244,9 +357,16 @@ pub async fn observe(
 /// way in.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Middleware: refuses requests that two HTTP parsers could read two ways (request
-/// smuggling) or whose path names something other than it seems, before any route sees
-/// them. Answers in the envelope, reason codes:
+/// A request [`check_unambiguous`] refused, counted by reason.
+fn refused(err: ApiError) -> Response {
+    metrics::counter!("gateway_refused_requests_total", "reason" => err.envelope_code())
+        .increment(1);
+    err.into_response()
+}
+
+/// Refuses requests that two HTTP parsers could read two ways (request smuggling) or whose
+/// path names something other than it seems; [`edge`] runs it before any route. Answers
+/// in the envelope, reason codes:
 /// - `ambiguous_framing`: `content-length` together with `transfer-encoding`, more than one
 ///   `content-length`, or a `transfer-encoding` other than `chunked` (RFC 9112 §6.1, §6.3);
 /// - `invalid_path`: dot segments, empty segments, backslashes, control characters or
@@ -254,18 +374,6 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 ///   needs them, so it refuses rather than normalising one way while an upstream
 ///   normalises another;
 /// - 431 `headers_too_large` past [`MAX_HEADER_BYTES`].
-pub async fn refuse_ambiguous(request: Request, next: Next) -> Response {
-    match check_unambiguous(request.headers(), request.uri().path()) {
-        Ok(()) => next.run(request).await,
-        Err(err) => {
-            metrics::counter!("gateway_refused_requests_total", "reason" => err.envelope_code())
-                .increment(1);
-            err.into_response()
-        }
-    }
-}
-
-/// The checks of [`refuse_ambiguous`], on the parts they need.
 pub fn check_unambiguous(headers: &HeaderMap, path: &str) -> Result<(), ApiError> {
     let size: usize = headers
         .iter()
@@ -603,14 +711,14 @@ pub fn client_ip(
         .unwrap_or(peer)
 }
 
-/// Marks an answer relayed from an upstream: [`envelope_errors`] leaves it as it is.
+/// Marks an answer relayed from an upstream: [`envelope`] leaves it as it is.
 #[derive(Clone, Copy, Debug)]
 pub struct Relayed;
 
 /// Rewrites framework-made error answers (a body over the limit, a method not allowed,
 /// a plain-text rejection) into the envelope; answers already in JSON and answers relayed
 /// from upstreams pass untouched.
-pub async fn envelope_errors(response: Response) -> Response {
+pub fn envelope(response: Response) -> Response {
     if response.extensions().get::<Relayed>().is_some() {
         return response;
     }
@@ -642,6 +750,16 @@ pub async fn envelope_errors(response: Response) -> Response {
         *answer.status_mut() = status;
     }
     answer
+}
+
+/// A body that could not be read (over the limit, cut short), in the envelope, as
+/// [`envelope`] words the same rejection.
+pub fn body_rejection(rejection: &axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+    } else {
+        ApiError::bad_request("the request could not be read")
+    }
 }
 
 /// Fallback for unknown routes, in the envelope.
@@ -1144,12 +1262,29 @@ mod tests {
     fn traceparent_is_continued_or_started() {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let ctx = TraceContext::from_header(Some(parent));
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            Hex(&ctx.trace_id).to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            ctx.parent_id.map(|p| Hex(&p).to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert!(ctx.sampled);
-        assert_ne!(ctx.span_id, "00f067aa0ba902b7");
-        let echoed = ctx.header_value();
-        assert!(echoed.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(Hex(&ctx.span_id).to_string(), "00f067aa0ba902b7");
+        let echoed = ctx.header_str();
+        assert!(
+            echoed.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{echoed}"
+        );
+        assert!(echoed.ends_with("-01"), "{echoed}");
+        assert_eq!(echoed.len(), 55);
+        assert_eq!(&echoed[36..52], Hex(&ctx.span_id).to_string());
+        let unsampled = TraceContext::from_header(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(!unsampled.sampled && unsampled.parent_id.is_some());
+        assert!(unsampled.header_str().ends_with("-00"));
         for bad in [
             "",
             "garbage",
@@ -1160,7 +1295,8 @@ mod tests {
         ] {
             let fresh = TraceContext::from_header(Some(bad));
             assert!(fresh.parent_id.is_none(), "{bad}");
-            assert_eq!(fresh.trace_id.len(), 32);
+            assert!(fresh.trace_id.iter().any(|b| *b != 0));
+            assert_eq!(fresh.header_str().len(), 55);
         }
     }
 }

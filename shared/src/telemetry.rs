@@ -101,11 +101,30 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
     METRICS
         .get_or_init(|| {
             // histograms, not summaries: replicas' buckets add up, quantiles do not
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&LATENCY_BUCKETS)
                 .map_err(|err| err.to_string())?
                 .install_recorder()
-                .map_err(|err| err.to_string())
+                .map_err(|err| err.to_string())?;
+            // histogram samples wait in per-metric buffers until upkeep folds them into the
+            // buckets; `install_recorder` leaves upkeep to the caller. Without it the buffers
+            // grow by every request between scrapes (unbounded when nobody scrapes), and the
+            // scrape that drains them stalls the serving thread. A thread of its own, off the
+            // request runtime, does it every UPKEEP_EVERY.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .map_err(|err| err.to_string())?;
+            Ok(handle)
         })
         .clone()
 }
+
+/// How often pending histogram samples are folded into their buckets.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -3,7 +3,8 @@
 //! signed documents a data plane follows (`routing` to the upstream, `jwks` with an ES256
 //! key, one `principal.<id>` per benchmark user) and the files both proxies and the load
 //! generator read (verify key, ES256 public key as SPKI PEM, HAProxy map, tokens).
-//! Bounded in count; touches only the given NATS server.
+//! Bounded in count; touches only the given NATS server. `latency` is the open-loop load
+//! generator of the fixed-rate latency runs (loopback only, bounded in time).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ struct Args {
 enum Command {
     /// Writes the documents into the store and the key, map and token files into `--out-dir`.
     Setup(Setup),
+    /// Sends requests at a fixed rate and prints latency percentiles as one JSON line.
+    Latency(Latency),
 }
 
 #[derive(clap::Args, Debug)]
@@ -306,9 +309,220 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+/// Open-loop load at a fixed rate (`latency` subcommand): each connection has its own
+/// schedule, and a request's latency runs from the moment it was due when the connection
+/// was still busy with the previous answer (the server's backlog counts: no coordinated
+/// omission), or from the moment it was sent when the connection was free (the
+/// generator's own timer lateness, up to a millisecond with tokio's timer, does not).
+#[derive(clap::Args, Debug)]
+struct Latency {
+    /// `host:port` on loopback.
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    #[arg(long, default_value = "/v1/query/bench-view")]
+    path: String,
+    /// One bearer token per line, used in turn (none: no Authorization header).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// Requests per second across all connections.
+    #[arg(long)]
+    rate: u64,
+    #[arg(long, default_value_t = 50)]
+    connections: u64,
+    /// Seconds measured, after `--warmup` seconds at the same rate.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+}
+
+/// Reads one HTTP/1.1 answer with a `content-length` off `stream`; its status.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        anyhow::ensure!(buf.len() < 64 * 1024, "answer head over 64 KiB");
+        if stream.read_buf(buf).await? == 0 {
+            anyhow::bail!("connection closed by the server");
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).context("answer head is not UTF-8")?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("answer without content-length (chunked answers are not read)")?;
+    while buf.len() < head_end + length {
+        if stream.read_buf(buf).await? == 0 {
+            anyhow::bail!("connection closed inside the body");
+        }
+    }
+    anyhow::ensure!(buf.len() == head_end + length, "more bytes than one answer");
+    Ok(status)
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Microseconds, measured requests only.
+    latencies: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+async fn latency(args: Latency) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    anyhow::ensure!(
+        args.rate > 0 && args.connections > 0,
+        "--rate and --connections must be > 0"
+    );
+    anyhow::ensure!(
+        args.addr.ip().is_loopback(),
+        "load only ever targets loopback"
+    );
+    let tokens: Vec<String> = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        if tokens.is_empty() {
+            vec![None]
+        } else {
+            tokens.iter().map(Some).collect()
+        }
+        .into_iter()
+        .map(|token| {
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            format!(
+                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 X-Tenant-Id: {}\r\n{auth}Content-Length: 2\r\n\r\n{{}}",
+                args.path, args.addr, args.tenant
+            )
+            .into_bytes()
+        })
+        .collect(),
+    );
+    let period = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let mut tasks = Vec::new();
+    for conn in 0..args.connections {
+        let (requests, tally) = (Arc::clone(&requests), Arc::clone(&tally));
+        let (addr, connections) = (args.addr, args.connections);
+        let offset = period.mul_f64(conn as f64 / args.connections as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut local = Tally::default();
+            let mut stream: Option<tokio::net::TcpStream> = None;
+            let mut buf = Vec::with_capacity(4096);
+            let mut due = start + offset;
+            let mut free_at = tokio::time::Instant::now();
+            let mut index = conn as usize;
+            while due < end {
+                tokio::time::sleep_until(due).await;
+                let sent = tokio::time::Instant::now();
+                // busy past the due time: the wait was the server's, and counts
+                let from = if free_at > due { due } else { sent };
+                let request = &requests[index % requests.len()];
+                // connections take interleaved turns through the tokens
+                index += connections as usize;
+                let outcome = async {
+                    if stream.is_none() {
+                        let s = tokio::net::TcpStream::connect(addr).await?;
+                        s.set_nodelay(true)?;
+                        stream = Some(s);
+                    }
+                    let s = stream.as_mut().context("no connection")?;
+                    s.write_all(request).await?;
+                    read_answer(s, &mut buf).await
+                }
+                .await;
+                let done = tokio::time::Instant::now();
+                free_at = done;
+                let failed = outcome.is_err();
+                if due >= measure_from {
+                    match outcome {
+                        Ok(status) => {
+                            *local.statuses.entry(status).or_default() += 1;
+                            let micros = done.duration_since(from).as_micros();
+                            local.latencies.push(micros.min(u32::MAX as u128) as u32);
+                        }
+                        Err(err) => *local.errors.entry(err.to_string()).or_default() += 1,
+                    }
+                }
+                if failed {
+                    stream = None;
+                }
+                due += period;
+            }
+            if let Ok(mut all) = tally.lock() {
+                all.latencies.extend(local.latencies);
+                for (status, n) in local.statuses {
+                    *all.statuses.entry(status).or_default() += n;
+                }
+                for (error, n) in local.errors {
+                    *all.errors.entry(error).or_default() += n;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let mut tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    tally.latencies.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        let l = &tally.latencies;
+        if l.is_empty() {
+            return 0.0;
+        }
+        let at = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
+        l[at] as f64 / 1000.0
+    };
+    let measured = tally.latencies.len() as u64 + tally.errors.values().sum::<u64>();
+    println!(
+        "{}",
+        serde_json::json!({
+            "rate": args.rate,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "requests": measured,
+            "achieved_rps": measured as f64 / args.duration as f64,
+            "p50_ms": pick(0.50),
+            "p90_ms": pick(0.90),
+            "p99_ms": pick(0.99),
+            "p999_ms": pick(0.999),
+            "max_ms": pick(1.0),
+            "statuses": tally.statuses,
+            "errors": tally.errors,
+        })
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Setup(setup_args) => setup(setup_args).await,
+        Command::Latency(latency_args) => latency(latency_args).await,
     }
 }
