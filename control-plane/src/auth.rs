@@ -738,7 +738,7 @@ impl AuthService {
     ) -> Result<usize, ApiError> {
         let ended = sessions::revoke_all(&self.store, user_id, now, reason).await?;
         users::update(&self.store, user_id, now, |u| {
-            u.tokens_valid_after = u.tokens_valid_after.max(now);
+            u.tokens_valid_after = users::revoke_tokens(u.tokens_valid_after, now);
         })
         .await?;
         self.publisher.publish(user_id, now).await?;
@@ -759,11 +759,7 @@ impl AuthService {
             aud: self.settings.audience.clone(),
             sub: subject.to_string(),
             sid: session_id.map(str::to_string),
-            iat: if valid_after > 0 {
-                now.max(valid_after + 1)
-            } else {
-                now
-            },
+            iat: users::token_iat(valid_after, now),
             nbf: now,
             exp: now + ttl as i64,
             jti: uuid::Uuid::new_v4().simple().to_string(),

@@ -377,6 +377,53 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // sign in and sign out everywhere again, quickly: a token issued in the same second as
+    // the previous sign-out carries the next second as iat, and the next sign-out must
+    // refuse it as well (it once did not: the data plane knows no sessions, only
+    // tokens_valid_after)
+    for round in 0..3 {
+        let (_, again) = send(
+            client,
+            "POST",
+            format!("{base}/v1/auth/signin"),
+            None,
+            Some(json!({"email": "reader@example.com", "password": PASSWORD})),
+            &[],
+        )
+        .await;
+        let again = again["access_token"].as_str().unwrap().to_string();
+        let (status, _) = send(
+            client,
+            "POST",
+            format!("{base}/v1/auth/signout"),
+            Some(&again),
+            Some(json!({"all": true})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 204, "round {round}");
+        let deadline = std::time::Instant::now() + START;
+        loop {
+            let (status, answer) = send(
+                client,
+                "POST",
+                query.clone(),
+                Some(&again),
+                Some(json!({})),
+                &acme,
+            )
+            .await;
+            if status == 401 && answer["error"]["code"] == "token_revoked" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: sign-out not enforced: {status} {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // the upstream goes away: a typed 503, not a hang
     let (_, fresh) = send(
         client,

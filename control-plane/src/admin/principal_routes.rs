@@ -365,7 +365,7 @@ async fn set_status(
     let user = users::update(&state.store, id, now, |u| {
         if disable {
             u.status = UserStatus::Disabled;
-            u.tokens_valid_after = u.tokens_valid_after.max(now);
+            u.tokens_valid_after = users::revoke_tokens(u.tokens_valid_after, now);
         } else {
             u.status = UserStatus::Active;
         }

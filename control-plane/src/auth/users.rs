@@ -419,3 +419,49 @@ mod tests {
         }
     }
 }
+
+/// The `iat` of an access token issued at `now` to a principal whose
+/// `tokens_valid_after` is `valid_after`: tokens issued at or before `valid_after` are
+/// refused, so a token issued in the same second as a sign-out carries the next second.
+/// It is also the latest `iat` any token issued so far can carry, so a revocation at `now`
+/// must set `tokens_valid_after` to it ([`revoke_tokens`]).
+pub fn token_iat(valid_after: i64, now: i64) -> i64 {
+    if valid_after > 0 {
+        now.max(valid_after + 1)
+    } else {
+        now
+    }
+}
+
+/// The `tokens_valid_after` that refuses every token issued up to `now`. Not simply `now`:
+/// a token signed in the same second as an earlier sign-out carries `valid_after + 1`,
+/// and a second sign-out in that second must refuse it too.
+pub fn revoke_tokens(valid_after: i64, now: i64) -> i64 {
+    token_iat(valid_after, now)
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_refuses_every_token_issued_before_it_even_within_one_second() {
+        // sign-out, sign-in and sign-out again, all in second 1000
+        let mut valid_after = 0;
+        let first = token_iat(valid_after, 1000);
+        valid_after = revoke_tokens(valid_after, 1000);
+        assert!(first <= valid_after, "the first token is refused");
+        let second = token_iat(valid_after, 1000);
+        assert!(
+            second > valid_after,
+            "a token after the sign-out is accepted"
+        );
+        valid_after = revoke_tokens(valid_after, 1000);
+        assert!(second <= valid_after, "the second sign-out refuses it too");
+        let third = token_iat(valid_after, 1000);
+        assert!(third > valid_after);
+        // the next second needs no bump beyond what is already refused
+        assert_eq!(revoke_tokens(valid_after, 1005), 1005);
+        assert_eq!(revoke_tokens(0, 1005), 1005);
+    }
+}
