@@ -259,6 +259,7 @@ CACHE_NC="$(cache_line "$P_NC_OPS")"
 # of its own maximum; rotating tokens, open loop, two interleaved rounds
 latency="$work/latency.tsv"
 : >"$latency"
+: >"$work/inside.tsv"
 if [ "$LATENCY" = 1 ] && grep -q "	ours	" "$results"; then
   read -r rate_ours rate_full < <(python3 - "$results" <<'EOF'
 import statistics, sys
@@ -267,11 +268,18 @@ m = lambda n: statistics.median([float(r[2]) for r in rows if r[1] == n] or [0])
 print(int(m("ours") * 0.5 // 100 * 100), int(m("haproxy_full") * 0.5 // 100 * 100))
 EOF
 )
+  # ours' own duration histogram of the query route (buckets), to tell time spent inside
+  # the gateway from time spent queueing before it or in the kernel
+  query_buckets() {
+    curl -s "http://127.0.0.1:$P_OPS/metrics" | grep '^gateway_http_request_duration_seconds_bucket' \
+      | grep 'route="/v1/query/{view_type}"' | grep 'status="2xx"' || true
+  }
   for round in 1 2; do
     for pair in "direct|$P_UP|$rate_ours" "haproxy_plain|$P_PLAIN|$rate_ours" "ours|$P_OURS|$rate_ours" "haproxy_full|$P_FULL|$rate_full"; do
       IFS='|' read -r name port rate <<<"$pair"
       case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
       [ "$rate" -gt 0 ] || continue
+      [ "$name" = ours ] && query_buckets >"$work/buckets-before.txt"
       taskset -c 1 target/release/proxy-bench latency --addr "127.0.0.1:$port" --path "$PATH_Q" \
         --tenant "$TENANT" --tokens "$setup/tokens.txt" --rate "$rate" --connections "$CONNS" \
         --duration "$DURATION" --warmup "$WARMUP" >"$work/latency.json" \
@@ -283,6 +291,25 @@ codes = ", ".join([f"{k}: {v}" for k, v in d["statuses"].items()] + [f"error {k}
 print("\t".join(str(x) for x in [sys.argv[2], sys.argv[3], d["rate"], d["achieved_rps"], d["p50_ms"],
                                  d["p99_ms"], d["p999_ms"], d["max_ms"], codes]))
 EOF
+      if [ "$name" = ours ]; then
+        query_buckets >"$work/buckets-after.txt"
+        python3 - "$work/buckets-before.txt" "$work/buckets-after.txt" "$round" >>"$work/inside.tsv" <<'EOF'
+import re, sys
+def read(path):
+    out = {}
+    for line in open(path):
+        m = re.search(r'le="([^"]+)"\}\s+(\S+)', line)
+        if m:
+            out[float(m.group(1))] = float(m.group(2))
+    return out
+before, after = read(sys.argv[1]), read(sys.argv[2])
+diff = {le: after[le] - before.get(le, 0) for le in after}
+total = diff.get(float("inf"), 0) or 1
+over = lambda le: 100 * (total - diff.get(le, 0)) / total
+p99 = min((le for le, n in diff.items() if n >= 0.99 * total), default=float("inf"))
+print("\t".join([sys.argv[3], f"{over(0.001):.2f}", f"{over(0.002):.2f}", f"{over(0.005):.2f}", f"{p99 * 1000:g}"]))
+EOF
+      fi
       log "latency $name at $rate req/s (round $round): p50/p99 $(tail -1 "$latency" | cut -f5,6 | tr '\t' '/') ms"
     done
   done
@@ -323,11 +350,11 @@ if [ "${BENCH_CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null; then
 fi
 
 # 7. the table
-python3 - "$results" "$latency" "$(getconf CLK_TCK)" "$haproxy_version" "$REPS" "$DURATION" "$WARMUP" "$CONNS" "$PRINCIPALS" \
+python3 - "$results" "$latency" "$work/inside.tsv" "$(getconf CLK_TCK)" "$haproxy_version" "$REPS" "$DURATION" "$WARMUP" "$CONNS" "$PRINCIPALS" \
   "$OURS_VERIFY_US" "$OPENSSL_VERIFY_US" "$BUSY_BEFORE" "$BUSY_AFTER" "$CACHE_OURS" "$CACHE_NC" <<'EOF'
 import statistics, sys
-results, latency, tck, version, reps, duration, warmup, conns, principals = sys.argv[1:10]
-ours_verify, openssl_verify, busy_before, busy_after, cache_ours, cache_nc = sys.argv[10:16]
+results, latency, inside, tck, version, reps, duration, warmup, conns, principals = sys.argv[1:11]
+ours_verify, openssl_verify, busy_before, busy_after, cache_ours, cache_nc = sys.argv[11:17]
 tck = int(tck)
 rows = [l.split("\t") for l in open(results).read().splitlines() if l]
 
@@ -414,6 +441,14 @@ if lat:
     if "direct" in p99 and "haproxy_plain" in p99:
         added = [o - d for o, d in zip(p99["haproxy_plain"], p99["direct"])]
         print(f"p99 added by HAProxy plain at the same rate: {', '.join(f'{x:.2f}' for x in added)} ms")
+    ins = [l.split("\t") for l in open(inside).read().splitlines() if l]
+    if ins:
+        print("\nInside ours (its own duration histogram of the query route during its runs: "
+              "from the request parsed to the answer ready):\n")
+        print("| round | over 1 ms | over 2 ms | over 5 ms | p99 at most (bucket bound, ms) |")
+        print("| --- | --- | --- | --- | --- |")
+        for rnd, o1, o2, o5, p99b in ins:
+            print(f"| {rnd} | {o1} % | {o2} % | {o5} % | {p99b} |")
 else:
     print("\n(no fixed-rate latency run)")
 EOF

@@ -1,7 +1,8 @@
 //! Propagation figures of IAM changes (see docs/benchmarks.md): the time from an admin API
 //! response to the updated signed document being seen by a watcher of the `authz`
-//! bucket, and the cost of a role change fanning out to many holders. Loopback only,
-//! bounded in count.
+//! bucket, the time until a running data plane's decision changes after a role change and
+//! after a global sign-out, and the cost of a role change fanning out to many holders.
+//! Loopback only, bounded in count and time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,6 +34,134 @@ struct Args {
     /// Holders of the role changed in the fan-out figure.
     #[arg(long, default_value_t = 10_000)]
     holders: usize,
+    /// A data plane following the same store (`http://127.0.0.1:port`): times its decisions.
+    #[arg(long)]
+    data_plane: Option<String>,
+    /// Global sign-outs timed one by one (each after a fresh sign-in).
+    #[arg(long, default_value_t = 200)]
+    signouts: usize,
+}
+
+/// Asks the data plane, as fast as it answers, until `wanted` holds for its status (at most
+/// 5 s): the time from `since` to the first answer showing the new decision.
+async fn until_decision(
+    client: &reqwest::Client,
+    data_plane: &str,
+    token: &str,
+    since: Instant,
+    wanted: impl Fn(u16) -> bool,
+) -> anyhow::Result<Duration> {
+    let deadline = since + Duration::from_secs(5);
+    loop {
+        let response = client
+            .post(format!("{data_plane}/v1/query/propagation"))
+            .bearer_auth(token)
+            .header("x-tenant-id", "bench")
+            .json(&json!({}))
+            .send()
+            .await?;
+        let at = Instant::now();
+        let status = response.status().as_u16();
+        if wanted(status) {
+            return Ok(at - since);
+        }
+        if at >= deadline {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("the data plane still answers {status} after 5 s: {body}");
+        }
+    }
+}
+
+/// The data plane's decisions after admin changes: a role granted and revoked (403 while
+/// not a member, anything else once allowed: the tenant has no routing here), and a global
+/// sign-out (the old token refused with 401).
+async fn decision_figures(
+    client: &reqwest::Client,
+    args: &Args,
+    admin_token: &str,
+    data_plane: &str,
+) -> anyhow::Result<()> {
+    let email = format!("decide-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "quartz meadow bicycle decision";
+    let user = call(
+        client,
+        "POST",
+        format!("{}/admin/users", args.base),
+        admin_token,
+        json!({"email": email, "password": password, "email_verified": true}),
+    )
+    .await?;
+    let user_id = user["id"].as_str().unwrap_or_default().to_string();
+    let signin = || async {
+        let body: Value = client
+            .post(format!("{}/v1/auth/signin", args.base))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("sign-in answered {body}"))
+    };
+    let token = signin().await?;
+    // the data plane knows the user (its document is mirrored) before timing starts
+    until_decision(client, data_plane, &token, Instant::now(), |s| s == 403).await?;
+    let mut role_change = Vec::new();
+    for i in 0..args.changes {
+        let grant = i % 2 == 0;
+        call(
+            client,
+            if grant { "POST" } else { "DELETE" },
+            format!("{}/admin/assignments", args.base),
+            admin_token,
+            json!({"principal_id": user_id, "tenant_id": "bench", "role": "tenant_member"}),
+        )
+        .await?;
+        let answered = Instant::now();
+        role_change.push(
+            until_decision(client, data_plane, &token, answered, |s| {
+                (s == 403) != grant
+            })
+            .await?,
+        );
+    }
+    let mut signout = Vec::new();
+    for _ in 0..args.signouts {
+        let token = signin().await?;
+        until_decision(client, data_plane, &token, Instant::now(), |s| s != 401).await?;
+        let response = client
+            .post(format!("{}/v1/auth/signout", args.base))
+            .bearer_auth(&token)
+            .json(&json!({"all": true}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "sign-out answered {}",
+            response.status()
+        );
+        let answered = Instant::now();
+        signout.push(until_decision(client, data_plane, &token, answered, |s| s == 401).await?);
+    }
+    role_change.sort();
+    signout.sort();
+    println!(
+        "  data plane decision after a role change ({} changes): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from the admin response)",
+        role_change.len(),
+        ms(percentile(&role_change, 0.5)),
+        ms(percentile(&role_change, 0.99)),
+        ms(percentile(&role_change, 1.0))
+    );
+    println!(
+        "  data plane decision after a global sign-out ({} sign-outs): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from the sign-out response)",
+        signout.len(),
+        ms(percentile(&signout, 0.5)),
+        ms(percentile(&signout, 0.99)),
+        ms(percentile(&signout, 1.0))
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -249,5 +378,12 @@ async fn main() -> anyhow::Result<()> {
         "  (setup of the holders, not part of the figure: {:.1} s)",
         setup_time.as_secs_f64()
     );
+    if let Some(data_plane) = &args.data_plane {
+        anyhow::ensure!(
+            data_plane.starts_with("http://127."),
+            "the benchmark only targets loopback"
+        );
+        decision_figures(&client, &args, &token, data_plane).await?;
+    }
     Ok(())
 }
