@@ -190,6 +190,20 @@ impl Stack {
     }
 }
 
+/// A fresh access token of the reader of the query test.
+async fn reader_token(client: &reqwest::Client, base: &str) -> String {
+    let (_, answer) = send(
+        client,
+        "POST",
+        format!("{base}/v1/auth/signin"),
+        None,
+        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
+        &[],
+    )
+    .await;
+    answer["access_token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     let stack = Stack::start(&[], |_| vec!["--upstream-timeout".into(), "2s".into()]).await;
@@ -345,96 +359,53 @@ async fn queries_are_authenticated_authorized_routed_and_forwarded() {
     }
 
     // global sign-out reaches the data plane: the old token is refused (poll with a deadline)
-    let (status, _) = send(
-        client,
-        "POST",
-        format!("{base}/v1/auth/signout"),
-        Some(&token),
-        Some(json!({"all": true})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 204);
-    let deadline = std::time::Instant::now() + START;
-    loop {
-        let (status, answer) = send(
-            client,
-            "POST",
-            query.clone(),
-            Some(&token),
-            Some(json!({})),
-            &acme,
-        )
-        .await;
-        if status == 401 {
-            assert_eq!(answer["error"]["code"], "token_revoked");
-            break;
+    let sign_out_everywhere = |token: String, round: &'static str| {
+        let query = query.clone();
+        async move {
+            let (status, _) = send(
+                client,
+                "POST",
+                format!("{base}/v1/auth/signout"),
+                Some(&token),
+                Some(json!({"all": true})),
+                &[],
+            )
+            .await;
+            assert_eq!(status, 204, "{round}");
+            let deadline = std::time::Instant::now() + START;
+            loop {
+                let (status, answer) = send(
+                    client,
+                    "POST",
+                    query.clone(),
+                    Some(&token),
+                    Some(json!({})),
+                    &acme,
+                )
+                .await;
+                if status == 401 && answer["error"]["code"] == "token_revoked" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{round}: sign-out not enforced: {status} {answer}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sign-out not enforced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    };
+    sign_out_everywhere(token.clone(), "first sign-out").await;
     // sign in and sign out everywhere again, quickly: a token issued in the same second as
     // the previous sign-out carries the next second as iat, and the next sign-out must
     // refuse it as well (it once did not: the data plane knows no sessions, only
     // tokens_valid_after)
-    for round in 0..3 {
-        let (_, again) = send(
-            client,
-            "POST",
-            format!("{base}/v1/auth/signin"),
-            None,
-            Some(json!({"email": "reader@example.com", "password": PASSWORD})),
-            &[],
-        )
-        .await;
-        let again = again["access_token"].as_str().unwrap().to_string();
-        let (status, _) = send(
-            client,
-            "POST",
-            format!("{base}/v1/auth/signout"),
-            Some(&again),
-            Some(json!({"all": true})),
-            &[],
-        )
-        .await;
-        assert_eq!(status, 204, "round {round}");
-        let deadline = std::time::Instant::now() + START;
-        loop {
-            let (status, answer) = send(
-                client,
-                "POST",
-                query.clone(),
-                Some(&again),
-                Some(json!({})),
-                &acme,
-            )
-            .await;
-            if status == 401 && answer["error"]["code"] == "token_revoked" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: sign-out not enforced: {status} {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    for round in ["second sign-out", "third sign-out", "fourth sign-out"] {
+        let again = reader_token(client, base).await;
+        sign_out_everywhere(again, round).await;
     }
 
     // the upstream goes away: a typed 503, not a hang
-    let (_, fresh) = send(
-        client,
-        "POST",
-        format!("{base}/v1/auth/signin"),
-        None,
-        Some(json!({"email": "reader@example.com", "password": PASSWORD})),
-        &[],
-    )
-    .await;
-    let fresh = fresh["access_token"].as_str().unwrap().to_string();
+    let fresh = reader_token(client, base).await;
     drop(node);
     let deadline = std::time::Instant::now() + START;
     loop {
