@@ -229,7 +229,8 @@ impl CorrelationId {
 /// The request counter and duration histogram of one (plane, route, status): looked up
 /// once per thread and kept, so a request does not build, hash and register metric keys
 /// (their label strings were allocated on every request). Routes are the router's
-/// templates (or "unmatched"), so the set is bounded.
+/// templates (or "unmatched"), so the set is bounded. Handles come from the recorder
+/// installed when first taken on a thread: both planes install it before serving.
 #[derive(Clone)]
 struct RequestMetrics {
     requests: metrics::Counter,

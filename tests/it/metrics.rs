@@ -58,15 +58,7 @@ fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn scrape(client: &reqwest::Client, ops: &str) -> Vec<Sample> {
-    let text = client
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse(&text)
+    parse(&gateway_tests::metrics_text(client, ops).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

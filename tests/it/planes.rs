@@ -359,14 +359,7 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
     // the forged routing document is rejected and counted; still not ready
     let deadline = std::time::Instant::now() + START;
     loop {
-        let metrics = client
-            .get(format!("{ops}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gateway_tests::metrics_text(&client, &ops).await;
         if metrics
             .contains("gateway_snapshot_rejects_total{kind=\"routing\",reason=\"unknown_key\"}")
         {
@@ -404,14 +397,7 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
         async move {
             let deadline = std::time::Instant::now() + START;
             loop {
-                let metrics = client
-                    .get(format!("{ops}/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let metrics = gateway_tests::metrics_text(&client, &ops).await;
                 if metrics.contains(&format!("reason=\"{reason}\"")) {
                     return metrics;
                 }

@@ -167,14 +167,7 @@ impl Stack {
 
     /// The data plane's Prometheus text.
     pub(crate) async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.data.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        gateway_tests::metrics_text(&self.client, &self.data.ops).await
     }
 
     pub(crate) async fn store(&self) -> gateway_shared::store::Store {

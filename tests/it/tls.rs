@@ -413,14 +413,7 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
         START,
     );
     assert_eq!(presented(&address, &ca).await, der_b);
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", urls.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway_tests::metrics_text(&reqwest::Client::new(), &urls.ops).await;
     assert!(
         metrics.contains("gateway_tls_reloads_total{result=\"refused\"}"),
         "{metrics}"

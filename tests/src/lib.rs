@@ -188,6 +188,17 @@ pub fn spawn_data_plane(
     (plane, urls)
 }
 
+/// The Prometheus text of a plane's ops listener at `ops` (its base URL).
+pub async fn metrics_text(client: &reqwest::Client, ops: &str) -> String {
+    let response = client
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("the ops listener answers");
+    assert_eq!(response.status(), 200, "GET {ops}/metrics");
+    response.text().await.expect("metrics text")
+}
+
 /// A store prefix unique to one test, so tests may share a server.
 pub fn unique_prefix() -> String {
     format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12])
