@@ -230,12 +230,14 @@ pub async fn run(
     let serve_ops = async {
         match ops_listener {
             // the ops listener stays plain: probes and scrapers inside the cluster
-            Some(listener) => http::serve(listener, None, ops, stop_accepting.clone(), drain).await,
+            Some(listener) => {
+                http::serve(listener, None, ops, None, stop_accepting.clone(), drain).await
+            }
             None => Ok(()),
         }
     };
     let (api, ops) = tokio::join!(
-        http::serve(listener, tls, app, stop_accepting.clone(), drain),
+        http::serve(listener, tls, app, None, stop_accepting.clone(), drain),
         serve_ops
     );
     api?;

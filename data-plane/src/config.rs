@@ -77,6 +77,14 @@ pub struct Cli {
     /// the first endpoint, idempotent method, or a command with its `command_id`).
     #[arg(long, env = "GATEWAY_UPSTREAM_RETRIES", default_value_t = 1)]
     pub upstream_retries: u32,
+    /// Idle keep-alive connections kept per upstream endpoint (0: a new connection for
+    /// every call).
+    #[arg(long, env = "GATEWAY_UPSTREAM_MAX_IDLE", default_value_t = 64)]
+    pub upstream_max_idle: usize,
+    /// How long an idle upstream connection is kept before it is closed; keep it below
+    /// the upstreams' own keep-alive timeout (nginx: 75 s).
+    #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    pub upstream_idle_timeout: std::time::Duration,
     /// Verified access tokens remembered per generation (two generations; 0 turns the
     /// cache off). See `token_cache.rs`.
     #[arg(long, env = "GATEWAY_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
@@ -242,6 +250,10 @@ impl Cli {
                 open_for: self.circuit_open_for,
                 max_in_flight: self.max_in_flight,
                 retries: self.upstream_retries,
+                pool: crate::pool::PoolPolicy {
+                    max_idle: self.upstream_max_idle,
+                    idle_timeout: self.upstream_idle_timeout,
+                },
             },
             token_cache_size: self.token_cache_size,
             max_staleness: self.max_staleness,

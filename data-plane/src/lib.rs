@@ -8,6 +8,7 @@ pub mod client_tls;
 pub mod commands;
 pub mod config;
 pub mod mirror;
+pub mod pool;
 pub mod proxy;
 pub mod routing_file;
 pub mod token_cache;
@@ -167,6 +168,26 @@ pub fn public_router(
         .layer(axum::middleware::from_fn_with_state(PLANE, http::edge))
 }
 
+/// `POST /v1/query/{view_type}`, the hottest route, served ahead of the router (see
+/// [`http::FastRoute`]); the router keeps the route for its other methods (405).
+pub fn query_fast_route(proxy: proxy::ProxyState) -> http::FastRoute {
+    use axum::response::IntoResponse;
+    http::FastRoute::new(
+        PLANE,
+        axum::http::Method::POST,
+        "/v1/query/",
+        "/v1/query/{view_type}",
+        move |request| {
+            let proxy = proxy.clone();
+            async move {
+                proxy::query(axum::extract::State(proxy), request)
+                    .await
+                    .into_response()
+            }
+        },
+    )
+}
+
 /// `GET /admin/routing` on the ops listener: the table this replica uses now.
 async fn routing_in_use(
     axum::extract::State(mirrors): axum::extract::State<Arc<Mirrors>>,
@@ -180,6 +201,21 @@ async fn routing_in_use(
         "age_seconds": gateway_shared::unix_now() - table.issued_at,
         "routing": table.document,
     })))
+}
+
+/// Closes upstream connections idle past their timeout, every few seconds.
+async fn sweep_idle_connections(upstreams: Arc<upstream::Upstreams>, stop: CancellationToken) {
+    let every = (upstreams.policy().pool.idle_timeout / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(15),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => upstreams.sweep_idle(),
+        }
+    }
 }
 
 /// Keeps the gRPC health status (service `""`) in step with readiness.
@@ -336,6 +372,11 @@ pub async fn run(
         config.timeouts.auth,
     );
     let upstreams = Arc::clone(&proxy.upstreams);
+    let query_route = query_fast_route(proxy.clone());
+    tokio::spawn(sweep_idle_connections(
+        Arc::clone(&upstreams),
+        shutdown.clone(),
+    ));
     let public = public_router(
         Arc::clone(&readiness),
         proxy,
@@ -396,6 +437,7 @@ pub async fn run(
             listeners.http,
             http_tls,
             public,
+            Some(query_route),
             stop_accepting.clone(),
             drain
         ),
@@ -407,7 +449,7 @@ pub async fn run(
             stop_accepting.clone(),
             drain
         ),
-        http::serve(listeners.ops, None, ops, stop_accepting, drain),
+        http::serve(listeners.ops, None, ops, None, stop_accepting, drain),
     );
     public_result?;
     grpc_result?;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, FromRequest, Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
-use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, body_rejection, credential};
+use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
 pub use gateway_shared::http::{normalize_runner_path, safe_segment};
 use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
@@ -20,6 +20,7 @@ use gateway_shared::{ApiError, ErrorCode, unix_now};
 use http_body_util::{BodyExt, Full};
 
 use crate::mirror::Mirrors;
+use crate::pool::SendError;
 use crate::token_cache::TokenCache;
 use crate::upstream::{Attempt, Deadline, Outcome, Upstreams};
 
@@ -50,8 +51,9 @@ pub struct ProxyShared {
     pub mirrors: Arc<Mirrors>,
     /// The control-plane client (auth forwarding).
     pub client: reqwest::Client,
-    /// The client of forwarded calls: hyper's pool on pre-parsed URIs.
-    pub upstream: UpstreamClient,
+    /// Makes the connections of forwarded calls (each endpoint keeps its own, see
+    /// [`crate::pool`]).
+    pub connector: crate::pool::Connector,
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<TokenCache>,
     /// Past this many seconds without reaching the store, authorization fails closed
@@ -61,6 +63,8 @@ pub struct ProxyShared {
     pub issuer: Arc<str>,
     pub audience: Arc<str>,
     pub timeouts: Timeouts,
+    /// Largest request body read, in bytes (413 past it).
+    pub max_body: usize,
 }
 
 impl ProxyState {
@@ -80,17 +84,18 @@ impl ProxyState {
             )?
             .build()
             .map_err(|err| err.to_string())?;
-        let upstream = upstream_client(tls)?;
+        let connector = crate::pool::connector(tls)?;
         Ok(ProxyState(Arc::new(ProxyShared {
             mirrors,
             client,
-            upstream,
+            connector,
             upstreams: Arc::new(Upstreams::new(config.upstream.clone())),
             tokens: Arc::new(TokenCache::new(config.token_cache_size)),
             max_staleness: config.max_staleness.as_secs() as i64,
             issuer: config.token_issuer.as_str().into(),
             audience: config.token_audience.as_str().into(),
             timeouts: config.timeouts,
+            max_body: config.max_body_bytes,
         })))
     }
 
@@ -238,9 +243,9 @@ pub async fn query(
         &correlation,
         &trace,
     )?;
-    let body = Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| body_rejection(&rejection))?;
+    // the limit is applied here: this route is also served ahead of the router and its
+    // body-limit layer
+    let body = read_body(request.into_body(), state.max_body).await?;
     let outgoing = Outgoing {
         method: axum::http::Method::POST,
         path,
@@ -310,46 +315,17 @@ impl Outgoing {
         Ok(headers)
     }
 
+    /// The request for `attempt`'s endpoint: origin-form, with its `host`.
     fn to(&self, attempt: &Attempt) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
-        let (scheme, authority) = attempt.target()?;
-        let uri = Uri::from_parts({
-            let mut parts = axum::http::uri::Parts::default();
-            parts.scheme = Some(scheme.clone());
-            parts.authority = Some(authority.clone());
-            parts.path_and_query = Some(self.path.clone());
-            parts
-        })
-        .map_err(|err| ApiError::internal("upstream uri", &err))?;
+        let host = attempt.conns()?.host().clone();
         let mut request = axum::http::Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = self.headers.clone();
+        *request.uri_mut() = Uri::from(self.path.clone());
+        let headers = request.headers_mut();
+        *headers = self.headers.clone();
+        headers.insert(header::HOST, host);
         Ok(request)
     }
-}
-
-/// Pooled HTTP/1.1 keep-alive connections per endpoint, TLS to `https://` endpoints.
-pub type UpstreamClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
-fn upstream_client(tls: &crate::client_tls::ClientTls) -> Result<UpstreamClient, String> {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_connect_timeout(Some(Duration::from_secs(2)));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.rustls()?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https),
-    )
 }
 
 /// How one attempt ended.
@@ -363,26 +339,34 @@ enum Failure {
     Timeout,
 }
 
-/// Sends `request` and reads the whole answer within `timeout`.
+/// Sends `request` on a keep-alive connection of `attempt`'s endpoint and reads the whole
+/// answer within `timeout`; the connection is kept for the next call once it is read.
 async fn exchange(
-    client: &UpstreamClient,
+    connector: &crate::pool::Connector,
+    attempt: &Attempt,
     request: axum::http::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<(StatusCode, Option<HeaderValue>, Bytes), Failure> {
+    let conns = attempt
+        .conns()
+        .map_err(|err| Failure::Unreachable(err.message))?;
+    let policy = attempt.pool_policy();
     let call = async {
-        let response = client.request(request).await.map_err(|err| {
-            if err.is_connect() {
-                Failure::Unreachable(err.to_string())
-            } else {
-                Failure::Failed(err.to_string())
-            }
-        })?;
+        let (response, connection) =
+            conns
+                .send(connector, policy, request)
+                .await
+                .map_err(|err| match err {
+                    SendError::Unreachable(detail) => Failure::Unreachable(detail),
+                    SendError::Failed(detail) => Failure::Failed(detail),
+                })?;
         let (parts, body) = response.into_parts();
         let bytes = body
             .collect()
             .await
             .map_err(|err| Failure::CutShort(err.to_string()))?
             .to_bytes();
+        conns.put_back(connection, policy);
         Ok((
             parts.status,
             parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
@@ -422,8 +406,8 @@ pub async fn forward(
     idempotent: bool,
     outgoing: &Outgoing,
 ) -> Result<Response, ApiError> {
-    let mut tried: Vec<Arc<str>> = Vec::new();
     let attempts = 1 + state.upstreams.policy().retries as usize;
+    let mut tried: Vec<Arc<str>> = Vec::with_capacity(attempts);
     let mut last_error = None;
     for _ in 0..attempts {
         let attempt = match state.upstreams.pick(&route.endpoints, &tried) {
@@ -436,10 +420,11 @@ pub async fn forward(
                 .increment(1);
         }
         tracing::Span::current().record("upstream", attempt.url());
-        tried.push(attempt.url().into());
+        tried.push(attempt.url_arc());
         let request = outgoing.to(&attempt)?;
         let (status, content_type, bytes) = match exchange(
-            &state.upstream,
+            &state.connector,
+            &attempt,
             request,
             deadline.remaining()?,
         )

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::uri::{Authority, Scheme};
 use gateway_shared::{ApiError, ErrorCode};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::pool::{Conns, PoolPolicy};
 
 /// Tunables of the upstream side (flags of the data plane).
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub struct UpstreamPolicy {
     pub max_in_flight: usize,
     /// Extra attempts on another endpoint of the shard, only where a retry is safe.
     pub retries: u32,
+    /// Idle keep-alive connections kept per endpoint.
+    pub pool: PoolPolicy,
 }
 
 impl Default for UpstreamPolicy {
@@ -33,6 +36,7 @@ impl Default for UpstreamPolicy {
             open_for: Duration::from_secs(5),
             max_in_flight: 1024,
             retries: 1,
+            pool: PoolPolicy::default(),
         }
     }
 }
@@ -70,8 +74,8 @@ impl Circuit {
 /// Passive health of one endpoint.
 pub struct Endpoint {
     url: Arc<str>,
-    /// The URL's scheme and authority, parsed once: calls are built from them.
-    target: Option<(Scheme, Authority)>,
+    /// Its keep-alive connections; `None` when the URL names no host to call.
+    conns: Option<Conns>,
     in_flight: AtomicUsize,
     circuit: Mutex<Circuit>,
 }
@@ -80,13 +84,9 @@ impl Endpoint {
     fn new(url: &str) -> Endpoint {
         // every endpoint in use shows its circuit, closed ones included
         metrics::gauge!("gateway_upstream_circuit_state", "endpoint" => url.to_string()).set(0.0);
-        let target = url.parse::<axum::http::Uri>().ok().and_then(|uri| {
-            let parts = uri.into_parts();
-            Some((parts.scheme?, parts.authority?))
-        });
         Endpoint {
             url: url.into(),
-            target,
+            conns: Conns::new(url),
             in_flight: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
         }
@@ -134,13 +134,22 @@ impl Attempt {
         &self.endpoint.url
     }
 
-    /// The scheme and authority calls to this endpoint go to.
-    pub fn target(&self) -> Result<(&Scheme, &Authority), ApiError> {
+    /// The endpoint's URL, shared.
+    pub fn url_arc(&self) -> Arc<str> {
+        Arc::clone(&self.endpoint.url)
+    }
+
+    /// The keep-alive connections of the endpoint.
+    pub fn conns(&self) -> Result<&Conns, ApiError> {
         self.endpoint
-            .target
+            .conns
             .as_ref()
-            .map(|(scheme, authority)| (scheme, authority))
             .ok_or_else(|| ApiError::internal("upstream endpoint", &"not a URL of a host"))
+    }
+
+    /// How the endpoint keeps idle connections.
+    pub fn pool_policy(&self) -> PoolPolicy {
+        self.policy.pool
     }
 
     pub fn report(mut self, outcome: Outcome) {
@@ -193,6 +202,8 @@ pub struct EndpointReport {
     pub circuit: &'static str,
     pub consecutive_failures: u32,
     pub in_flight: usize,
+    /// Keep-alive connections waiting for the next call.
+    pub idle_connections: usize,
     /// Milliseconds until an open circuit lets a probe through.
     pub retry_in_ms: Option<u64>,
 }
@@ -334,6 +345,21 @@ impl Upstreams {
         }
     }
 
+    /// Closes the keep-alive connections idle past the policy's timeout (run every few
+    /// seconds: an endpoint nobody calls any more must not hold sockets open).
+    pub fn sweep_idle(&self) {
+        let now = Instant::now();
+        let endpoints: Vec<Arc<Endpoint>> = match self.endpoints.read() {
+            Ok(map) => map.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for endpoint in endpoints {
+            if let Some(conns) = &endpoint.conns {
+                conns.sweep(self.policy.pool, now);
+            }
+        }
+    }
+
     /// Every endpoint called so far and its circuit, sorted by URL.
     pub fn report(&self) -> Vec<EndpointReport> {
         let now = Instant::now();
@@ -352,6 +378,7 @@ impl Upstreams {
                                 _ => self.policy.failure_threshold,
                             },
                             in_flight: e.in_flight.load(Ordering::Relaxed),
+                            idle_connections: e.conns.as_ref().map_or(0, Conns::idle_count),
                             retry_in_ms: match circuit {
                                 Circuit::Open { until } => {
                                     Some(until.saturating_duration_since(now).as_millis() as u64)
@@ -426,6 +453,7 @@ mod tests {
             open_for,
             max_in_flight: 2,
             retries: 1,
+            pool: PoolPolicy::default(),
         })
     }
 

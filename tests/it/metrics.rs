@@ -316,6 +316,15 @@ async fn operator_metrics_exist_and_move_with_their_events() {
             );
         }
     }
+    // the query route, answered ahead of the router, is labelled as the router would
+    assert!(
+        data_samples
+            .iter()
+            .any(|s| s.name == "gateway_http_requests_total"
+                && s.labels["route"] == "/v1/query/{view_type}"
+                && s.labels["status"] == "200"),
+        "the query route is counted under its template"
+    );
     // label values stay bounded: the data plane labels routes by their template
     assert!(
         data_samples

@@ -418,6 +418,21 @@ async fn smuggling_path_tricks_and_spoofed_headers_never_reach_an_upstream() {
             None,
         ),
         (
+            "the query route takes POST only",
+            head("GET", "/v1/query/v", ""),
+            405,
+            Some("method_not_allowed"),
+        ),
+        (
+            "a view name is one segment",
+            format!(
+                "{}{{}}",
+                head("POST", "/v1/query/v/more", "Content-Length: 2\r\n")
+            ),
+            404,
+            Some("not_found"),
+        ),
+        (
             "ASVS 13.1: header section over the limit",
             head(
                 "POST",

@@ -218,6 +218,7 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
         node_listener,
         Some(http_tls),
         node.http_router(),
+        None,
         stop.clone(),
         Duration::from_secs(1),
     ));
