@@ -177,10 +177,10 @@ pub fn query_fast_route(proxy: proxy::ProxyState) -> http::FastRoute {
         axum::http::Method::POST,
         "/v1/query/",
         "/v1/query/{view_type}",
-        move |request| {
+        move |request, correlation, trace| {
             let proxy = proxy.clone();
             async move {
-                proxy::query(axum::extract::State(proxy), request)
+                proxy::query_with(&proxy, request, correlation, trace)
                     .await
                     .into_response()
             }

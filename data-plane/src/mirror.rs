@@ -512,7 +512,7 @@ mod tests {
                 .route(&acme, gateway_shared::routing::ServiceKind::Aggregate)
                 .unwrap()
                 .shard,
-            "agg-2"
+            "agg-2".into()
         );
         // unknown keys of the bucket are ignored
         assert_eq!(mirrors.apply(&keys, "other", b"x"), Ok(false));

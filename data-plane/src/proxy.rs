@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use gateway_shared::authz::{EffectiveRights, Request, TenantId, decide};
+use axum::response::Response;
+use gateway_shared::authz::{EffectiveRights, Request, TenantId, permits};
 use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
 pub use gateway_shared::http::{normalize_runner_path, safe_segment};
 use gateway_shared::routing::{Route, RoutingError, ServiceKind};
@@ -165,7 +165,7 @@ impl ProxyState {
         action: &str,
         resource: Option<&str>,
     ) -> Result<(), ApiError> {
-        let decision = decide(
+        let permitted = permits(
             rights,
             &Request {
                 tenant: Some(tenant),
@@ -173,15 +173,16 @@ impl ProxyState {
                 resource,
             },
         );
-        if decision.allowed {
-            Ok(())
-        } else {
-            metrics::counter!("gateway_authz_denials_total", "reason" => decision.reason.code())
-                .increment(1);
-            Err(
-                ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
-                    .with_reason(decision.reason.code()),
-            )
+        match permitted {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                metrics::counter!("gateway_authz_denials_total", "reason" => reason.code())
+                    .increment(1);
+                Err(
+                    ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
+                        .with_reason(reason.code()),
+                )
+            }
         }
     }
 
@@ -200,15 +201,36 @@ impl ProxyState {
     }
 }
 
-/// `POST /v1/query/{view_type}` → the projection shard of the tenant.
-///
-/// The hottest route: it reads the request in place (no copy of the header map, the path
-/// or the correlation and trace extensions), authenticates and authorizes before reading
-/// the body, and passes on the client's tenant header and the request's own path as they
-/// are.
+/// `POST /v1/query/{view_type}` → the projection shard of the tenant, as the router
+/// serves it (for the methods the fast route does not take: 405).
 pub async fn query(
     State(state): State<ProxyState>,
     mut request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let extensions = request.extensions_mut();
+    let correlation = extensions
+        .remove::<CorrelationId>()
+        .unwrap_or_else(CorrelationId::mint);
+    let trace = extensions
+        .remove::<TraceContext>()
+        .unwrap_or_else(|| TraceContext::from_header(None));
+    let mut answer = query_with(&state, request, correlation, trace).await?;
+    answer
+        .extensions_mut()
+        .insert(gateway_shared::http::Relayed);
+    Ok(answer)
+}
+
+/// The query route itself, the hottest one, served ahead of the router (see
+/// [`gateway_shared::http::FastRoute`]). It reads the request in place (no copy of the
+/// header map or the path), authenticates and authorizes before reading the body, and
+/// passes on the client's tenant header and the request's own path as they are. Every
+/// answer is the upstream's or in the envelope.
+pub async fn query_with(
+    state: &ProxyState,
+    request: axum::extract::Request,
+    correlation: CorrelationId,
+    trace: TraceContext,
 ) -> Result<Response, ApiError> {
     let now = unix_now();
     let headers = request.headers();
@@ -224,37 +246,28 @@ pub async fn query(
     let route = state.route(&tenant, ServiceKind::Projection)?;
     let _slot = state.upstreams.admit("query")?;
     note_principal(&claims.sub, &tenant);
-    // the path is exactly `/v1/query/{view_type}` with a safe segment: sent on as it came,
-    // without the client's query string
-    let path =
-        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(request.uri().path().as_bytes()))
-            .map_err(|err| ApiError::internal("query path", &err))?;
-    let extensions = request.extensions_mut();
-    let correlation = extensions
-        .remove::<CorrelationId>()
-        .unwrap_or_else(CorrelationId::mint);
-    let trace = extensions
-        .remove::<TraceContext>()
-        .unwrap_or_else(|| TraceContext::from_header(None));
-    let identity = Outgoing::identity(
-        request.headers(),
-        &tenant,
-        &claims.sub,
-        &correlation,
-        &trace,
-    )?;
-    // the limit is applied here: this route is also served ahead of the router and its
+    // the path is exactly `/v1/query/{view_type}` with a safe segment: sent on as it came
+    // (shared with the parsed request, not copied), without the client's query string
+    let path = match request.uri().path_and_query() {
+        Some(path) if path.query().is_none() => path.clone(),
+        _ => {
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(request.uri().path().as_bytes()))
+                .map_err(|err| ApiError::internal("query path", &err))?
+        }
+    };
+    let identity = Identity::new(headers, &tenant, &claims.sub, &correlation, &trace)?;
+    // the limit is applied here: this route is served ahead of the router and its
     // body-limit layer
     let body = read_body(request.into_body(), state.max_body).await?;
     let outgoing = Outgoing {
         method: axum::http::Method::POST,
         path,
-        headers: identity,
+        identity,
         body,
     };
     // a query reads: sending it again to another endpoint is safe
     forward(
-        &state,
+        state,
         &route,
         Deadline::after(state.timeouts.query),
         true,
@@ -284,46 +297,60 @@ fn tenant_value(headers: &HeaderMap, tenant: &TenantId) -> Result<HeaderValue, A
 pub struct Outgoing {
     pub method: axum::http::Method,
     pub path: PathAndQuery,
-    /// `x-tenant-id`, `x-principal-id`, `x-correlation-id`, `traceparent` and the client's
-    /// `content-type`, nothing else.
-    pub headers: HeaderMap,
+    pub identity: Identity,
     pub body: Bytes,
 }
 
-impl Outgoing {
+/// The headers every forwarded call carries: `x-tenant-id`, `x-principal-id`,
+/// `x-correlation-id`, `traceparent`, and the client's `content-type`; nothing else.
+pub struct Identity {
+    tenant: HeaderValue,
+    principal: HeaderValue,
+    correlation: HeaderValue,
+    traceparent: HeaderValue,
+    content_type: Option<HeaderValue>,
+}
+
+impl Identity {
     /// The headers of a call for `tenant` by `principal`, from the client's `request`
-    /// headers: the identity and trace headers, and the client's `content-type`.
-    pub fn identity(
+    /// headers.
+    pub fn new(
         request: &HeaderMap,
         tenant: &TenantId,
         principal: &str,
         correlation: &CorrelationId,
         trace: &TraceContext,
-    ) -> Result<HeaderMap, ApiError> {
-        let mut headers = HeaderMap::with_capacity(8);
-        headers.insert(TENANT, tenant_value(request, tenant)?);
-        headers.insert(
-            PRINCIPAL,
-            HeaderValue::from_str(principal)
+    ) -> Result<Identity, ApiError> {
+        Ok(Identity {
+            tenant: tenant_value(request, tenant)?,
+            principal: HeaderValue::from_str(principal)
                 .map_err(|err| ApiError::internal("principal header", &err))?,
-        );
-        headers.insert(CORRELATION, correlation.header_value());
-        headers.insert(TRACEPARENT, trace.header_value());
-        if let Some(content_type) = request.get(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, content_type.clone());
-        }
-        Ok(headers)
+            correlation: correlation.header_value(),
+            traceparent: trace.header_value(),
+            content_type: request.get(header::CONTENT_TYPE).cloned(),
+        })
     }
+}
 
-    /// The request for `attempt`'s endpoint: origin-form, with its `host`.
+impl Outgoing {
+    /// The request for `attempt`'s endpoint: origin-form, with its `host` and the identity
+    /// headers (one header map, sized once).
     fn to(&self, attempt: &Attempt) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
         let host = attempt.conns()?.host().clone();
         let mut request = axum::http::Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = Uri::from(self.path.clone());
         let headers = request.headers_mut();
-        *headers = self.headers.clone();
+        headers.reserve(6);
+        let identity = &self.identity;
         headers.insert(header::HOST, host);
+        headers.insert(TENANT, identity.tenant.clone());
+        headers.insert(PRINCIPAL, identity.principal.clone());
+        headers.insert(CORRELATION, identity.correlation.clone());
+        headers.insert(TRACEPARENT, identity.traceparent.clone());
+        if let Some(content_type) = &identity.content_type {
+            headers.insert(header::CONTENT_TYPE, content_type.clone());
+        }
         Ok(request)
     }
 }
@@ -398,7 +425,8 @@ fn upstream_failed(route: &Route, attempt: &Attempt, reason: &'static str) {
 /// Sends one call to the shard of `route`: picks an endpoint, sends with what is left of
 /// the deadline, and tries another endpoint once more (per policy) when that is safe: the
 /// request never reached the first one, or it is `idempotent`. Failures feed the circuit of
-/// the endpoint; the upstream's answer is relayed as it is.
+/// the endpoint; the upstream's answer is relayed as it is (routes served through the
+/// router mark it [`gateway_shared::http::Relayed`] so the edge leaves it alone).
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
@@ -464,14 +492,14 @@ pub async fn forward(
         } else {
             attempt.report(Outcome::Answered);
         }
-        let mut answer = (status, bytes).into_response();
-        answer
-            .extensions_mut()
-            .insert(gateway_shared::http::Relayed);
+        // relayed as it is: the status, the body and its content type; room for the
+        // correlation and trace headers added on the way out
+        let mut answer = Response::new(axum::body::Body::from(bytes));
+        *answer.status_mut() = status;
+        let headers = answer.headers_mut();
+        headers.reserve(4);
         if let Some(content_type) = content_type {
-            answer
-                .headers_mut()
-                .insert(axum::http::header::CONTENT_TYPE, content_type);
+            headers.insert(header::CONTENT_TYPE, content_type);
         }
         return Ok(answer);
     }
@@ -522,15 +550,20 @@ pub async fn runner(
     let outgoing = Outgoing {
         method,
         path,
-        headers: Outgoing::identity(&headers, &tenant, &claims.sub, &correlation, &trace)?,
+        identity: Identity::new(&headers, &tenant, &claims.sub, &correlation, &trace)?,
         body,
     };
-    forward(
+    let mut answer = forward(
         &state,
         &route,
         Deadline::after(state.timeouts.runner),
         idempotent,
         &outgoing,
     )
-    .await
+    .await?;
+    // the runner's answer, whatever it is, is not the router's to rewrite
+    answer
+        .extensions_mut()
+        .insert(gateway_shared::http::Relayed);
+    Ok(answer)
 }

@@ -118,7 +118,7 @@ mod tests {
                 .unwrap_err()
                 .contains("not a routing document")
         );
-        assert_eq!(route(&mirrors).shard, "p1");
+        assert_eq!(&*route(&mirrors).shard, "p1");
         std::fs::write(&path, table("p2").to_string()).unwrap();
         load(&path, &mirrors).unwrap();
         assert_eq!(

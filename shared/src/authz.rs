@@ -282,66 +282,69 @@ impl Decision {
 
 /// Decides `request` for the principal described by `rights`.
 pub fn decide(rights: &EffectiveRights, request: &Request<'_>) -> Decision {
-    if rights.disabled {
-        return Decision::deny(Reason::PrincipalDisabled);
+    match judge(rights, request) {
+        Ok((reason, grant, right)) => Decision {
+            allowed: true,
+            reason,
+            role: Some(grant.role.clone()),
+            right: Some(right.as_str().to_string()),
+        },
+        Err(reason) => Decision::deny(reason),
     }
-    let matched = |grant: &Grant| {
+}
+
+/// [`decide`] without naming the matching grant: the same answer, and nothing allocated
+/// (the request path of the data plane asks this once per request).
+pub fn permits(rights: &EffectiveRights, request: &Request<'_>) -> Result<Reason, Reason> {
+    judge(rights, request).map(|(reason, _, _)| reason)
+}
+
+/// The one place the rules live: the grant and right that allow `request`, or why none does.
+fn judge<'r>(
+    rights: &'r EffectiveRights,
+    request: &Request<'_>,
+) -> Result<(Reason, &'r Grant, &'r Right), Reason> {
+    if rights.disabled {
+        return Err(Reason::PrincipalDisabled);
+    }
+    let matched = |grant: &'r Grant| {
         grant
             .rights
             .iter()
             .find(|r| r.allows(request.action, request.resource))
-            .map(|r| (grant.role.clone(), r.as_str().to_string()))
+            .map(|right| (grant, right))
     };
-    if let Some(tenant) = request.tenant {
-        let mut member = false;
-        for grant in &rights.grants {
-            if let Scope::Tenant { tenant: t } = &grant.scope
-                && t == tenant
-            {
-                member = true;
-                if let Some((role, right)) = matched(grant) {
-                    return Decision {
-                        allowed: true,
-                        reason: Reason::TenantRight,
-                        role: Some(role),
-                        right: Some(right),
-                    };
-                }
-            }
-        }
-        if let Some((role, right)) = rights
+    let platform = || {
+        rights
             .grants
             .iter()
             .filter(|g| g.scope == Scope::Platform)
             .find_map(matched)
+    };
+    let Some(tenant) = request.tenant else {
+        return platform()
+            .map(|(grant, right)| (Reason::PlatformRight, grant, right))
+            .ok_or(Reason::NotPlatformAuthorized);
+    };
+    let mut member = false;
+    for grant in &rights.grants {
+        if let Scope::Tenant { tenant: t } = &grant.scope
+            && t == tenant
         {
-            return Decision {
-                allowed: true,
-                reason: Reason::PlatformRight,
-                role: Some(role),
-                right: Some(right),
-            };
+            member = true;
+            if let Some((grant, right)) = matched(grant) {
+                return Ok((Reason::TenantRight, grant, right));
+            }
         }
-        return Decision::deny(if member {
-            Reason::NoMatchingRight
-        } else {
-            Reason::NotTenantMember
-        });
     }
-    match rights
-        .grants
-        .iter()
-        .filter(|g| g.scope == Scope::Platform)
-        .find_map(matched)
-    {
-        Some((role, right)) => Decision {
-            allowed: true,
-            reason: Reason::PlatformRight,
-            role: Some(role),
-            right: Some(right),
-        },
-        None => Decision::deny(Reason::NotPlatformAuthorized),
+    if let Some((grant, right)) = platform() {
+        return Ok((Reason::PlatformRight, grant, right));
     }
+    Err(if member {
+        Reason::NoMatchingRight
+    } else {
+        Reason::NotTenantMember
+    })
 }
 
 /// Built-in role names.
@@ -593,6 +596,15 @@ mod tests {
             // and never for platform-level actions
             let platform = decide(&p, &Request { tenant: None, action: &action, resource: resource.as_deref() });
             prop_assert!(!platform.allowed);
+            // the data plane's allocation-free question gives the same answers
+            for (request, decision) in [
+                (Request { tenant: Some(&asked), action: &action, resource: resource.as_deref() }, &decision),
+                (Request { tenant: None, action: &action, resource: resource.as_deref() }, &platform),
+            ] {
+                let permitted = permits(&p, &request);
+                prop_assert_eq!(permitted.is_ok(), decision.allowed);
+                prop_assert_eq!(permitted.unwrap_or_else(|reason| reason), decision.reason);
+            }
         }
 
         /// A right covered by another is never allowed more than it.

@@ -212,7 +212,7 @@ impl RoutingDocument {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub kind: ServiceKind,
-    pub shard: String,
+    pub shard: Arc<str>,
     pub endpoints: Arc<[String]>,
     /// Routing revision that decided it.
     pub revision: u64,
@@ -224,8 +224,11 @@ pub struct RoutingTable {
     pub revision: u64,
     pub issued_at: i64,
     pub document: RoutingDocument,
-    endpoints: BTreeMap<(ServiceKind, String), Arc<[String]>>,
+    endpoints: BTreeMap<ServiceKind, Shards>,
 }
+
+/// shard → its name (shared with every [`Route`]) and endpoints.
+type Shards = BTreeMap<String, (Arc<str>, Arc<[String]>)>;
 
 impl RoutingTable {
     pub fn build(
@@ -236,13 +239,15 @@ impl RoutingTable {
         document.validate()?;
         let mut endpoints = BTreeMap::new();
         for kind in ServiceKind::ALL {
+            let mut shards = BTreeMap::new();
             for (shard, list) in &document.kind(kind).shards {
                 let list: Vec<String> = list
                     .iter()
                     .map(|e| e.trim_end_matches('/').to_string())
                     .collect();
-                endpoints.insert((kind, shard.clone()), Arc::from(list));
+                shards.insert(shard.clone(), (Arc::from(shard.as_str()), Arc::from(list)));
             }
+            endpoints.insert(kind, shards);
         }
         Ok(RoutingTable {
             revision,
@@ -264,18 +269,18 @@ impl RoutingTable {
                 tenant: tenant.to_string(),
                 kind,
             })?;
-        let endpoints = self
+        let (shard, endpoints) = self
             .endpoints
-            .get(&(kind, shard.clone()))
-            .cloned()
+            .get(&kind)
+            .and_then(|shards| shards.get(shard.as_str()))
             .ok_or_else(|| RoutingError::TenantNotRouted {
                 tenant: tenant.to_string(),
                 kind,
             })?;
         Ok(Route {
             kind,
-            shard: shard.clone(),
-            endpoints,
+            shard: Arc::clone(shard),
+            endpoints: Arc::clone(endpoints),
             revision: self.revision,
         })
     }
@@ -320,7 +325,7 @@ mod tests {
         let route = table
             .route(&tenant("acme"), ServiceKind::Aggregate)
             .unwrap();
-        assert_eq!((route.shard.as_str(), route.revision), ("agg-2", 7));
+        assert_eq!((&*route.shard, route.revision), ("agg-2", 7));
         assert_eq!(
             &route.endpoints[..],
             &[
@@ -333,7 +338,7 @@ mod tests {
                 .route(&tenant("globex"), ServiceKind::Aggregate)
                 .unwrap()
                 .shard,
-            "agg-1"
+            "agg-1".into()
         );
         assert_eq!(
             table.route(&tenant("globex"), ServiceKind::Projection),

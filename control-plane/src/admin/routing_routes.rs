@@ -158,7 +158,7 @@ pub(crate) async fn tenant_routes(
         .map(|k| {
             let decision = match table.route(&tenant, *k) {
                 Ok(route) => json!({
-                    "shard": route.shard, "endpoints": route.endpoints.to_vec(),
+                    "shard": &*route.shard, "endpoints": route.endpoints.to_vec(),
                     "kind_revision": kind_revisions.get(k),
                 }),
                 Err(err) => json!({"error": "tenant_not_routed", "message": err.to_string()}),
