@@ -46,7 +46,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 HAPROXY_BIN="$(command -v haproxy || echo /usr/sbin/haproxy)"
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
-haproxy_version="$("$HAPROXY_BIN" -v | head -1)"
+# sed reads to the end: `head -1` could close the pipe early and fail the script (SIGPIPE)
+haproxy_version="$("$HAPROXY_BIN" -v | sed -n 1p)"
 case "$haproxy_version" in *" 2.6."*) ;; *) log "warning: the baseline is HAProxy 2.6, found: $haproxy_version" ;; esac
 
 # 2. nats-server and the release binaries (one build)

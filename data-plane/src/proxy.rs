@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
 use gateway_shared::authz::{EffectiveRights, Request, TenantId, permits};
 use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
@@ -17,10 +17,9 @@ use gateway_shared::routing::{Route, RoutingError, ServiceKind};
 use gateway_shared::signed::Verified;
 use gateway_shared::token::AccessClaims;
 use gateway_shared::{ApiError, ErrorCode, unix_now};
-use http_body_util::{BodyExt, Full};
 
 use crate::mirror::Mirrors;
-use crate::pool::SendError;
+use crate::pool::{Answer, Call, SendError};
 use crate::token_cache::TokenCache;
 use crate::upstream::{Attempt, Deadline, Outcome, Upstreams};
 
@@ -333,25 +332,48 @@ impl Identity {
 }
 
 impl Outgoing {
-    /// The request for `attempt`'s endpoint: origin-form, with its `host` and the identity
-    /// headers (one header map, sized once).
-    fn to(&self, attempt: &Attempt) -> Result<axum::http::Request<Full<Bytes>>, ApiError> {
-        let host = attempt.conns()?.host().clone();
-        let mut request = axum::http::Request::new(Full::new(self.body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = Uri::from(self.path.clone());
-        let headers = request.headers_mut();
-        headers.reserve(6);
+    /// Sends the call on a kept-alive connection of `attempt`'s endpoint and reads the
+    /// whole answer within `timeout`.
+    async fn exchange(
+        &self,
+        connector: &crate::pool::Connector,
+        attempt: &Attempt,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        let conns = attempt
+            .conns()
+            .map_err(|err| Failure::Unreachable(err.message))?;
         let identity = &self.identity;
-        headers.insert(header::HOST, host);
-        headers.insert(TENANT, identity.tenant.clone());
-        headers.insert(PRINCIPAL, identity.principal.clone());
-        headers.insert(CORRELATION, identity.correlation.clone());
-        headers.insert(TRACEPARENT, identity.traceparent.clone());
-        if let Some(content_type) = &identity.content_type {
-            headers.insert(header::CONTENT_TYPE, content_type.clone());
+        let fixed = [
+            (&TENANT, &identity.tenant),
+            (&PRINCIPAL, &identity.principal),
+            (&CORRELATION, &identity.correlation),
+            (&TRACEPARENT, &identity.traceparent),
+        ];
+        let typed;
+        let headers: &[(&HeaderName, &HeaderValue)] = match &identity.content_type {
+            Some(content_type) => {
+                let [a, b, c, d] = fixed;
+                typed = [a, b, c, d, (&header::CONTENT_TYPE, content_type)];
+                &typed
+            }
+            None => &fixed,
+        };
+        let call = Call {
+            method: &self.method,
+            path: &self.path,
+            headers,
+            body: &self.body,
+        };
+        match tokio::time::timeout(timeout, conns.call(connector, attempt.pool_policy(), &call))
+            .await
+        {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(SendError::Unreachable(detail))) => Err(Failure::Unreachable(detail)),
+            Ok(Err(SendError::Failed(detail))) => Err(Failure::Failed(detail)),
+            Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
+            Err(_) => Err(Failure::Timeout),
         }
-        Ok(request)
     }
 }
 
@@ -364,45 +386,6 @@ enum Failure {
     /// The answer was cut short while it was read.
     CutShort(String),
     Timeout,
-}
-
-/// Sends `request` on a keep-alive connection of `attempt`'s endpoint and reads the whole
-/// answer within `timeout`; the connection is kept for the next call once it is read.
-async fn exchange(
-    connector: &crate::pool::Connector,
-    attempt: &Attempt,
-    request: axum::http::Request<Full<Bytes>>,
-    timeout: Duration,
-) -> Result<(StatusCode, Option<HeaderValue>, Bytes), Failure> {
-    let conns = attempt
-        .conns()
-        .map_err(|err| Failure::Unreachable(err.message))?;
-    let policy = attempt.pool_policy();
-    let call = async {
-        let (response, connection) =
-            conns
-                .send(connector, policy, request)
-                .await
-                .map_err(|err| match err {
-                    SendError::Unreachable(detail) => Failure::Unreachable(detail),
-                    SendError::Failed(detail) => Failure::Failed(detail),
-                })?;
-        let (parts, body) = response.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|err| Failure::CutShort(err.to_string()))?
-            .to_bytes();
-        conns.put_back(connection, policy);
-        Ok((
-            parts.status,
-            parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
-            bytes,
-        ))
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or(Err(Failure::Timeout))
 }
 
 /// Records who the request is for on the request span (and so on its log lines).
@@ -449,14 +432,13 @@ pub async fn forward(
         }
         tracing::Span::current().record("upstream", attempt.url());
         tried.push(attempt.url_arc());
-        let request = outgoing.to(&attempt)?;
-        let (status, content_type, bytes) = match exchange(
-            &state.connector,
-            &attempt,
-            request,
-            deadline.remaining()?,
-        )
-        .await
+        let Answer {
+            status,
+            content_type,
+            body,
+        } = match outgoing
+            .exchange(&state.connector, &attempt, deadline.remaining()?)
+            .await
         {
             Ok(answer) => answer,
             Err(failure) => {
@@ -494,7 +476,7 @@ pub async fn forward(
         }
         // relayed as it is: the status, the body and its content type; room for the
         // correlation and trace headers added on the way out
-        let mut answer = Response::new(axum::body::Body::from(bytes));
+        let mut answer = Response::new(axum::body::Body::from(body));
         *answer.status_mut() = status;
         let headers = answer.headers_mut();
         headers.reserve(4);
