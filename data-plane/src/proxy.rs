@@ -418,7 +418,8 @@ pub async fn forward(
     outgoing: &Outgoing,
 ) -> Result<Response, ApiError> {
     let attempts = 1 + state.upstreams.policy().retries as usize;
-    let mut tried: Vec<Arc<str>> = Vec::with_capacity(attempts);
+    // the endpoints that failed this call (nothing allocated unless one does)
+    let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
     for _ in 0..attempts {
         let attempt = match state.upstreams.pick(&route.endpoints, &tried) {
@@ -431,7 +432,6 @@ pub async fn forward(
                 .increment(1);
         }
         tracing::Span::current().record("upstream", attempt.url());
-        tried.push(attempt.url_arc());
         let Answer {
             status,
             content_type,
@@ -460,6 +460,7 @@ pub async fn forward(
                 };
                 tracing::warn!(endpoint = attempt.url(), shard = %route.shard, error = %detail, reason, "upstream call failed");
                 upstream_failed(route, &attempt, reason);
+                tried.push(attempt.url_arc());
                 attempt.report(Outcome::Failed);
                 if !retry {
                     return Err(error);

@@ -277,7 +277,9 @@ impl Upstreams {
             return Err(ApiError::internal("shard without endpoint", &"empty"));
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        // read only when a circuit is open (the clock is not free)
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
         let mut closed: [Option<Arc<Endpoint>>; 2] = [None, None];
         let mut soonest: Option<Instant> = None;
         for i in 0..count {
@@ -299,7 +301,7 @@ impl Upstreams {
                         break;
                     }
                 }
-                Circuit::Open { until } if until <= now => {
+                Circuit::Open { until } if until <= now() => {
                     endpoint.set(&mut circuit, Circuit::HalfOpen);
                     drop(circuit);
                     return Ok(self.attempt(endpoint, true));
@@ -308,6 +310,7 @@ impl Upstreams {
                     soonest = Some(soonest.map_or(until, |s| s.min(until)));
                 }
                 Circuit::HalfOpen => {
+                    let now = now();
                     soonest = Some(soonest.map_or(now, |s| s.min(now)));
                 }
             }
@@ -322,8 +325,9 @@ impl Upstreams {
             }
             [Some(a), None] => a,
             _ => {
-                let wait =
-                    soonest.map_or(Duration::from_secs(1), |s| s.saturating_duration_since(now));
+                let wait = soonest.map_or(Duration::from_secs(1), |s| {
+                    s.saturating_duration_since(now())
+                });
                 return Err(ApiError::new(
                     ErrorCode::UpstreamUnavailable,
                     "every endpoint of the shard is failing; retry shortly",

@@ -480,11 +480,11 @@ async fn observed<F: Future<Output = Response>>(
             .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok()),
     );
-    let request_id = fast_uuid();
     let span = tracing::info_span!(
         "request",
         plane,
-        request_id = %request_id,
+        // drawn only when the span is recorded
+        request_id = %fast_uuid(),
         correlation_id = correlation.as_str(),
         trace_id = %Hex(&incoming.trace_id),
         method = %request.method(),
