@@ -13,7 +13,8 @@
 # BENCH_PROFILE (0; 1: a perf profile of ours under load after the repetitions, in
 # target/bench-profile.txt), BENCH_CALLGRIND (0; 1: instructions per request of ours by
 # function, inclusive, under valgrind's callgrind, in target/bench-callgrind.txt; exact
-# counts, not disturbed by a noisy machine).
+# counts, not disturbed by a noisy machine), BENCH_SYSCALLS (0; 1: system calls per request
+# of ours and of HAProxy plain under the same load, counted with strace -c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -238,6 +239,28 @@ for rep in $(seq 1 "$REPS"); do
 done
 BUSY_AFTER="$(busy_percent)"
 # optional: where ours spends its CPU under the same load (flat profile by symbol)
+syscalls_table=""
+if [ "${BENCH_SYSCALLS:-0}" = 1 ] && command -v strace >/dev/null; then
+  # strace slows the traced process down several times; the counts per request stay exact
+  for entry in "ours:$ours_pid:$P_OURS" "haproxy_plain:$haproxy_pid:$P_PLAIN"; do
+    IFS=: read -r name pid port <<<"$entry"
+    log "counting system calls of $name for 5s (strace)"
+    strace -c -f -p "$pid" -o "$work/strace-$name.txt" 2>/dev/null &
+    strace_pid=$!
+    sleep 1
+    requests=$(taskset -c 1 wrk -t1 -c"$CONNS" -d5s -s bench/rotating-tokens.lua \
+      "http://127.0.0.1:$port" -- "$setup/tokens.txt" | awk '/requests in/{print $1}')
+    kill -INT "$strace_pid" 2>/dev/null || true
+    wait "$strace_pid" 2>/dev/null || true
+    # strace -c: "% time seconds usecs/call calls [errors] syscall"; calls is column 4
+    per_request=$(awk -v n="$requests" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
+        printf "%s %.2f, ", $NF, $4 / n }' "$work/strace-$name.txt")
+    total=$(awk -v n="$requests" '$NF == "total" { printf "%.2f", $4 / n }' "$work/strace-$name.txt")
+    syscalls_table+="| $name | $requests | $total | ${per_request%, } |\n"
+  done
+  log "system calls per request: see the report"
+fi
+
 if [ "${BENCH_PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
   log "profiling ours for ${DURATION}s (perf, flat by symbol)"
   taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" -s bench/rotating-tokens.lua \
@@ -453,6 +476,14 @@ if lat:
 else:
     print("\n(no fixed-rate latency run)")
 EOF
+if [ -n "$syscalls_table" ]; then
+  echo
+  echo "System calls per request under load (strace -c, 5 s of wrk -c$CONNS, the process traced; errors are mostly EAGAIN):"
+  echo
+  echo "| process | requests | calls per request | by call |"
+  echo "| --- | --- | --- | --- |"
+  printf "%b" "$syscalls_table"
+fi
 echo
 echo "Answers checked before timing (status codes; ours asked twice, the second from its cache):"
 echo

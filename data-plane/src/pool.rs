@@ -918,4 +918,95 @@ mod tests {
             assert!(Conns::new(bad).is_none(), "{bad:?}");
         }
     }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// One call against an upstream that answers `answer` and closes.
+    fn answer_to(answer: Vec<u8>) -> Result<Answer, SendError> {
+        runtime().block_on(async move {
+            let up = upstream(vec![Reply::Close(Box::leak(answer.into_boxed_slice()))]).await;
+            let conns = Conns::new(&up.url).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), call(&conns))
+                .await
+                .expect("an answer ending in a close is never waited on for ever")
+        })
+    }
+
+    fn header_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![
+                Just("content-length"),
+                Just("Transfer-Encoding"),
+                Just("connection"),
+                Just("content-type"),
+                Just("x-other"),
+            ],
+            prop_oneof![
+                Just("chunked".to_string()),
+                Just("gzip, chunked".to_string()),
+                Just("close".to_string()),
+                (0u64..64).prop_map(|n| n.to_string()),
+                "[ -~]{0,12}",
+            ],
+        )
+            .prop_map(|(name, value)| format!("{name}: {value}\r\n"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever an upstream sends, the call ends with an answer or a typed error: no
+        /// panic, no wait past the close, never a body longer than what was sent.
+        #[test]
+        fn any_answer_is_read_or_refused(
+            status in 100u16..600,
+            headers in proptest::collection::vec(header_line(), 0..5),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+        ) {
+            let mut answer = format!("HTTP/1.1 {status} X\r\n").into_bytes();
+            for line in &headers {
+                answer.extend_from_slice(line.as_bytes());
+            }
+            answer.extend_from_slice(b"\r\n");
+            answer.extend_from_slice(&rest);
+            if let Ok(answer) = answer_to(answer) {
+                proptest::prop_assert!(answer.body.len() <= rest.len());
+                proptest::prop_assert!(answer.status.as_u16() >= 200);
+            }
+        }
+
+        /// A chunked body, cut anywhere and with chunk extensions, reads back whole.
+        #[test]
+        fn chunked_bodies_read_back_whole(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(1usize..200, 0..8),
+            extension in proptest::prelude::any::<bool>(),
+        ) {
+            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            let mut left = &body[..];
+            for cut in cuts.iter().copied().chain(std::iter::repeat(64)) {
+                if left.is_empty() {
+                    break;
+                }
+                let (chunk, rest) = left.split_at(cut.min(left.len()));
+                answer.extend_from_slice(format!("{:x}", chunk.len()).as_bytes());
+                if extension {
+                    answer.extend_from_slice(b";name=value");
+                }
+                answer.extend_from_slice(b"\r\n");
+                answer.extend_from_slice(chunk);
+                answer.extend_from_slice(b"\r\n");
+                left = rest;
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+            let read = answer_to(answer).map_err(|err| proptest::test_runner::TestCaseError::fail(format!("{err:?}")))?;
+            proptest::prop_assert_eq!(&read.body[..], &body[..]);
+        }
+    }
 }
