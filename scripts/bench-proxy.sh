@@ -14,7 +14,8 @@
 # target/bench-profile.txt), BENCH_CALLGRIND (0; 1: instructions per request of ours by
 # function, inclusive, under valgrind's callgrind, in target/bench-callgrind.txt; exact
 # counts, not disturbed by a noisy machine), BENCH_SYSCALLS (0; 1: system calls per request
-# of ours and of HAProxy plain under the same load, counted with strace -c).
+# of ours and of HAProxy plain under the same load, counted with strace -c), BENCH_GRPC (1:
+# gRPC SubmitCommand through ours against the reference upstream directly, 2 rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +54,8 @@ case "$haproxy_version" in *" 2.6."*) ;; *) log "warning: the baseline is HAProx
 
 # 2. nats-server and the release binaries (one build)
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
-cargo build --release --locked -p data-plane -p gateway-tests --bin data-plane --bin proxy-bench >&2
+cargo build --release --locked -p data-plane -p gateway-tests --bin data-plane --bin proxy-bench \
+  --bin reference-upstream >&2
 
 work="$(mktemp -d)"
 pids=()
@@ -66,9 +68,9 @@ trap cleanup EXIT
 
 # free loopback ports: upstream, haproxy plain/jwt/full, and http/grpc/ops for each of our two
 # data planes (as shipped, and with the token cache off)
-read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS < <(python3 -c '
+read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS P_REF P_REF_GRPC < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(12)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 for s in socks: s.close()')
@@ -92,11 +94,17 @@ sed -e "s#@WORK@#$work#g" -e "s#@UPSTREAM_ADDR@#127.0.0.1:$P_UP#g" bench/nginx-u
 taskset -c 1 "$NGINX_BIN" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
 pids+=($!)
 wait_http "http://127.0.0.1:$P_UP/" nginx
+# the reference upstream (the aggregate's gRPC contract) for SubmitCommand, core 1
+taskset -c 1 target/release/reference-upstream --name bench-agg --http-listen "127.0.0.1:$P_REF" \
+  --grpc-listen "127.0.0.1:$P_REF_GRPC" >"$work/reference-upstream.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$P_REF/health" "reference upstream"
 
 # 3. documents, keys and tokens
 setup="$work/setup"
 taskset -c 0 target/release/proxy-bench setup --nats-url "$nats_url" --store-prefix "$PREFIX" --out-dir "$setup" \
-  --upstream "http://127.0.0.1:$P_UP" --tenant "$TENANT" --principals "$PRINCIPALS" >&2
+  --upstream "http://127.0.0.1:$P_UP" --aggregate-upstream "http://127.0.0.1:$P_REF_GRPC" \
+  --tenant "$TENANT" --principals "$PRINCIPALS" >&2
 # baselines on core 0 while it is idle: one ES256 check in our verifier (setup measured it)
 # and one P-256 verify in OpenSSL, the library HAProxy's jwt_verify uses
 OURS_VERIFY_US="$(cat "$setup/verify-us.txt")"
@@ -239,6 +247,33 @@ for rep in $(seq 1 "$REPS"); do
 done
 BUSY_AFTER="$(busy_percent)"
 # optional: where ours spends its CPU under the same load (flat profile by symbol)
+grpc_table=""
+if [ "${BENCH_GRPC:-1}" = 1 ]; then
+  # closed loop, 50 callers over 4 HTTP/2 connections, generator on core 1 beside the
+  # reference upstream; direct and through ours interleaved, 2 rounds
+  for round in 1 2; do
+    for entry in "direct:$P_REF_GRPC:" "ours:$P_GRPC:$ours_pid"; do
+      IFS=: read -r name port pid <<<"$entry"
+      before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
+      line=$(taskset -c 1 target/release/proxy-bench grpc --target "http://127.0.0.1:$port" \
+        --tokens "$setup/tokens.txt" --tenant "$TENANT" --streams "$CONNS" \
+        --duration "$DURATION" --warmup "$WARMUP")
+      after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
+      grpc_table+="$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); name, rnd = sys.argv[2], sys.argv[3]
+b, a, tck = [int(x) for x in sys.argv[4].split()], [int(x) for x in sys.argv[5].split()], int(sys.argv[6])
+cpu = "—"
+if name != "direct" and r["ok"]:
+    cpu = "%.1f" % ((a[0] + a[1] - b[0] - b[1]) / tck * 1e6 / r["ok"])
+errors = ", ".join("%s: %d" % kv for kv in r["errors"].items()) or "none"
+print("| %s | %s | %.1fk | %.2f | %.2f | %s | %s |" % (name, rnd, r["rps"] / 1000, r["p50_ms"], r["p99_ms"], cpu, errors))
+' "$line" "$name" "$round" "$before" "$after" "$(getconf CLK_TCK)")\n"
+      log "grpc $name round $round: $line"
+    done
+  done
+fi
+
 syscalls_table=""
 if [ "${BENCH_SYSCALLS:-0}" = 1 ] && command -v strace >/dev/null; then
   # strace slows the traced process down several times; the counts per request stay exact
@@ -476,6 +511,14 @@ if lat:
 else:
     print("\n(no fixed-rate latency run)")
 EOF
+if [ -n "$grpc_table" ]; then
+  echo
+  echo "gRPC SubmitCommand (\`proxy-bench grpc\`: closed loop, $CONNS callers over 4 HTTP/2 connections, rotating tokens, a new command_id each, ${DURATION}s after ${WARMUP}s), against the reference upstream directly and through ours:"
+  echo
+  echo "| target | round | req/s | p50 ms | p99 ms | ours CPU µs/request | errors |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  printf "%b" "$grpc_table"
+fi
 if [ -n "$syscalls_table" ]; then
   echo
   echo "System calls per request under load (strace -c, 5 s of wrk -c$CONNS, the process traced; errors are mostly EAGAIN):"

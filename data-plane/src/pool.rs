@@ -64,6 +64,10 @@ pub const MAX_ANSWER_HEAD: usize = 64 * 1024;
 pub const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
 /// Headers an answer may have.
 const MAX_ANSWER_HEADERS: usize = 100;
+/// Interim (1xx) answers read before the final one.
+const MAX_INTERIM_ANSWERS: usize = 8;
+/// Read buffers past this size are not kept with an idle connection.
+const KEEP_BUFFER: usize = 64 * 1024;
 /// Bodies up to this size are written together with the request head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -91,6 +95,9 @@ pub struct Call<'a> {
     /// Headers besides `host` and `content-length`.
     pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub body: &'a Bytes,
+    /// The call may be sent twice (RFC 9110 §9.2.2): a kept-alive connection found closed
+    /// after the request was written then gets it again on a new connection.
+    pub idempotent: bool,
 }
 
 /// What the gateway relays of an answer.
@@ -111,6 +118,8 @@ pub enum SendError {
     Failed(String),
     /// The answer began but was cut short or could not be read to its end.
     CutShort(String),
+    /// The connection was closed or reset before any byte of an answer came.
+    Closed(String),
 }
 
 enum Stream {
@@ -196,7 +205,9 @@ impl Conns {
     pub fn new(url: &str) -> Option<Conns> {
         let parts = url.parse::<Uri>().ok()?.into_parts();
         let (scheme, authority) = (parts.scheme?, parts.authority?);
-        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        // never credentials (`user:pass@`) in the host header
+        let host_port = authority.as_str().rsplit('@').next()?;
+        let host = HeaderValue::from_str(host_port).ok()?;
         let connect_to = Uri::builder()
             .scheme(scheme)
             .authority(authority)
@@ -222,36 +233,64 @@ impl Conns {
 
     /// Sends `call` on an idle connection, or on a new one when none is left, and reads
     /// the whole answer; the connection is kept for the next call when it may be.
+    ///
+    /// A kept-alive connection the upstream closed while it sat idle (seen only once the
+    /// request is written) is not the call's failure: the request goes out once more on a
+    /// new connection when it could not be written, or when it was written but is
+    /// idempotent and nothing came back.
     pub async fn call(
         &self,
         connector: &Connector,
         policy: PoolPolicy,
         call: &Call<'_>,
     ) -> Result<Answer, SendError> {
-        let mut conn = match self.take_idle(policy) {
-            Some(conn) => conn,
-            None => self.connect(connector).await?,
-        };
-        encode(&mut conn.write, &self.host, call);
-        let sent = async {
-            conn.stream.write_all(&conn.write).await?;
-            if call.body.len() > COALESCE_BODY {
-                conn.stream.write_all(call.body).await?;
-            }
-            conn.stream.flush().await
-        };
-        sent.await
-            .map_err(|err| SendError::Failed(format!("writing the request: {err}")))?;
         let head_only = *call.method == Method::HEAD;
-        let (answer, reusable) = read_answer(&mut conn, head_only).await?;
-        if reusable && conn.read.is_empty() {
-            self.put_back(conn, policy);
+        let mut fresh_only = false;
+        loop {
+            let idle = if fresh_only {
+                None
+            } else {
+                self.take_idle(policy)
+            };
+            let reused = idle.is_some();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => self.connect(connector).await?,
+            };
+            encode(&mut conn.write, &self.host, call);
+            let sent = async {
+                conn.stream.write_all(&conn.write).await?;
+                if call.body.len() > COALESCE_BODY {
+                    conn.stream.write_all(call.body).await?;
+                }
+                conn.stream.flush().await
+            };
+            if let Err(err) = sent.await {
+                if reused {
+                    fresh_only = true;
+                    continue;
+                }
+                return Err(SendError::Failed(format!("writing the request: {err}")));
+            }
+            match read_answer(&mut conn, head_only).await {
+                Ok((answer, reusable)) => {
+                    if reusable && conn.read.is_empty() {
+                        self.put_back(conn, policy);
+                    }
+                    return Ok(answer);
+                }
+                Err(SendError::Closed(_)) if reused && call.idempotent => fresh_only = true,
+                Err(err) => return Err(err),
+            }
         }
-        Ok(answer)
     }
 
     /// Keeps a connection whose answer was read in full for the next call.
-    fn put_back(&self, conn: Conn, policy: PoolPolicy) {
+    fn put_back(&self, mut conn: Conn, policy: PoolPolicy) {
+        // a large answer's buffer is not held by an idle connection
+        if conn.read.capacity() > KEEP_BUFFER {
+            conn.read = BytesMut::with_capacity(16 * 1024);
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < policy.max_idle
         {
@@ -321,7 +360,8 @@ fn encode(out: &mut Vec<u8>, host: &HeaderValue, call: &Call<'_>) {
     out.extend_from_slice(call.path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // only the content type is relayed, so the body must come without a content coding
+    out.extend_from_slice(b"\r\naccept-encoding: identity\r\n");
     for (name, value) in call.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -353,8 +393,12 @@ enum Framing {
 /// connection may carry another call.
 async fn read_answer(conn: &mut Conn, head_only: bool) -> Result<(Answer, bool), SendError> {
     let mut got_any = false;
+    let mut interim = 0;
+    // where the search for the end of the head resumes: a head trickled in is not parsed
+    // again from its start for every byte
+    let mut scanned = 0;
     loop {
-        let parsed = {
+        let parsed = if head_end(&conn.read, &mut scanned) {
             let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
             match response.parse(&conn.read) {
@@ -364,32 +408,40 @@ async fn read_answer(conn: &mut Conn, head_only: bool) -> Result<(Answer, bool),
                 Ok(httparse::Status::Partial) => None,
                 Err(err) => return Err(SendError::Failed(format!("not an HTTP answer: {err}"))),
             }
+        } else {
+            None
         };
         let Some((status, head_len, content_type, framing, keep_alive)) = parsed else {
             if conn.read.len() > MAX_ANSWER_HEAD {
                 return Err(SendError::Failed("the answer's head is too large".into()));
             }
+            let nothing_yet = !got_any && conn.read.is_empty();
             let n = conn.stream.read_buf(&mut conn.read).await.map_err(|err| {
-                if got_any {
-                    SendError::CutShort(err.to_string())
+                if nothing_yet {
+                    SendError::Closed(err.to_string())
                 } else {
-                    SendError::Failed(err.to_string())
+                    SendError::CutShort(err.to_string())
                 }
             })?;
             if n == 0 {
-                return Err(if got_any || !conn.read.is_empty() {
-                    SendError::CutShort("the connection closed inside the answer's head".into())
+                return Err(if nothing_yet {
+                    SendError::Closed("the connection closed before an answer".into())
                 } else {
-                    SendError::Failed("the connection closed before an answer".into())
+                    SendError::CutShort("the connection closed inside the answer's head".into())
                 });
             }
             continue;
         };
         got_any = true;
         conn.read.advance(head_len);
+        scanned = 0;
         if status.is_informational() {
+            interim += 1;
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(SendError::Failed("unasked protocol switch".into()));
+            }
+            if interim > MAX_INTERIM_ANSWERS {
+                return Err(SendError::Failed("too many interim answers".into()));
             }
             continue;
         }
@@ -408,6 +460,15 @@ async fn read_answer(conn: &mut Conn, head_only: bool) -> Result<(Answer, bool),
             reusable,
         ));
     }
+}
+
+/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs as httparse
+/// accepts them), searching only what is new since `scanned` and remembering how far it
+/// looked.
+fn head_end(buf: &[u8], scanned: &mut usize) -> bool {
+    let tail = &buf[scanned.saturating_sub(2).min(buf.len())..];
+    *scanned = buf.len();
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
 }
 
 type Head = (StatusCode, usize, Option<HeaderValue>, Framing, bool);
@@ -434,9 +495,10 @@ fn interpret(
         if name.eq_ignore_ascii_case("content-type") {
             content_type = HeaderValue::from_bytes(header.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            let digits = header.value.trim_ascii();
+            let value = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<usize>().ok())
+                .flatten()
                 .ok_or_else(|| bad("content-length"))?;
             if length.is_some_and(|l| l != value) {
                 return Err(bad("two content-lengths"));
@@ -446,10 +508,11 @@ fn interpret(
             // the last coding decides; chunked anywhere but last does not frame the body
             let last = header
                 .value
-                .rsplit(|b| *b == b',')
-                .next()
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|coding| !coding.is_empty())
                 .unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -478,6 +541,8 @@ fn interpret(
         (false, None, Some(length)) => Framing::Length(length),
         (false, None, None) => Framing::UntilClose,
     };
+    // an HTTP/1.0 answer with a transfer coding closes the connection (RFC 9112 §6.1)
+    let keep_alive = keep_alive && !(http10 && chunked.is_some());
     Ok((status, head_len, content_type, framing, keep_alive))
 }
 
@@ -498,8 +563,10 @@ async fn fill(conn: &mut Conn, at_least: usize) -> Result<(), SendError> {
 }
 
 async fn read_exact(conn: &mut Conn, length: usize) -> Result<Bytes, SendError> {
+    // room for the body as it comes, not all of a declared length up front
     if conn.read.len() < length {
-        conn.read.reserve(length - conn.read.len());
+        conn.read
+            .reserve((length - conn.read.len()).min(KEEP_BUFFER));
     }
     fill(conn, length).await?;
     Ok(conn.read.split_to(length).freeze())
@@ -509,6 +576,13 @@ async fn read_chunked(conn: &mut Conn) -> Result<Bytes, SendError> {
     let mut body = BytesMut::new();
     loop {
         let (skip, size) = loop {
+            if conn.read.is_empty() {
+                fill(conn, 1).await?;
+            }
+            // a size line without a digit is not a zero size (httparse would read it so)
+            if !conn.read[0].is_ascii_hexdigit() {
+                return Err(SendError::CutShort("invalid chunk size".into()));
+            }
             match httparse::parse_chunk_size(&conn.read) {
                 Ok(httparse::Status::Complete(found)) => break found,
                 Ok(httparse::Status::Partial) if conn.read.len() < 4096 => {
@@ -590,6 +664,9 @@ mod tests {
         Keep(&'static [u8]),
         /// These bytes, then the upstream closes the connection without saying so.
         Close(&'static [u8]),
+        /// No answer: the request is read and the connection closed (an idle connection
+        /// closed by the upstream just as a request was written on it).
+        Hangup,
     }
 
     /// A real HTTP/1.1 upstream on loopback with scripted answers (the last one repeats),
@@ -663,6 +740,7 @@ mod tests {
                                 let _ = socket.write_all(bytes).await;
                                 return;
                             }
+                            Reply::Hangup => return,
                         }
                     }
                 });
@@ -694,6 +772,7 @@ mod tests {
         let path = PathAndQuery::from_static("/v1/query/v");
         let body = Bytes::from_static(body);
         let call = Call {
+            idempotent: method.is_idempotent(),
             method: &method,
             path: &path,
             headers: &headers,
@@ -728,7 +807,7 @@ mod tests {
         assert_eq!(conns.idle_count(), 1);
         let host = up.url.trim_start_matches("http://");
         let expected = format!(
-            "POST /v1/query/v HTTP/1.1\r\nhost: {host}\r\nx-tenant-id: acme\r\ncontent-length: 2\r\n\r\n{{}}"
+            "POST /v1/query/v HTTP/1.1\r\nhost: {host}\r\naccept-encoding: identity\r\nx-tenant-id: acme\r\ncontent-length: 2\r\n\r\n{{}}"
         );
         assert_eq!(
             String::from_utf8(up.requests.lock().unwrap()[0].clone()).unwrap(),
@@ -876,6 +955,17 @@ mod tests {
             ),
             ("an invalid chunk size", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", true),
             ("a length past the limit", b"HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n", true),
+            ("a signed length", b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok", false),
+            (
+                "a chunk size without a digit",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
+                true,
+            ),
+            (
+                "endless interim answers",
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                false,
+            ),
             ("nothing at all", b"", false),
         ];
         for (case, reply, cut_short) in cases {
@@ -886,7 +976,8 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{case}: accepted"));
             match (&err, cut_short) {
-                (SendError::CutShort(_), true) | (SendError::Failed(_), false) => {}
+                (SendError::CutShort(_), true)
+                | (SendError::Failed(_) | SendError::Closed(_), false) => {}
                 _ => panic!("{case}: {err:?}"),
             }
             assert_eq!(conns.idle_count(), 0, "{case}: not kept");
@@ -917,6 +1008,71 @@ mod tests {
         for bad in ["", "not a url", "/relative/path", "http://"] {
             assert!(Conns::new(bad).is_none(), "{bad:?}");
         }
+        // credentials in an endpoint URL never reach the host header
+        let with_user = Conns::new("http://user:secret@127.0.0.1:9").unwrap();
+        assert_eq!(with_user.host(), "127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_as_the_request_went_out_is_retried_only_when_safe() {
+        // the first connection answers once, then hangs up on the next request
+        let up = upstream(vec![Reply::Keep(OK), Reply::Hangup, Reply::Keep(OK)]).await;
+        let conns = Conns::new(&up.url).unwrap();
+        let policy = PoolPolicy::default();
+        call(&conns).await.unwrap();
+        // idempotent: sent again on a new connection, and answered
+        let again = call_with(&conns, policy, Method::GET, b"").await.unwrap();
+        assert_eq!(&again.body[..], b"ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(up.requests.lock().unwrap().len(), 3);
+
+        let up = upstream(vec![Reply::Keep(OK), Reply::Hangup, Reply::Keep(OK)]).await;
+        let conns = Conns::new(&up.url).unwrap();
+        call(&conns).await.unwrap();
+        // a POST may have been acted on: not sent twice
+        let err = call(&conns).await.err().unwrap();
+        assert!(matches!(err, SendError::Closed(_)), "{err:?}");
+        assert_eq!(up.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn transfer_codings_and_http_1_0_are_read_as_rfc_9112_says() {
+        let up = upstream(vec![
+            // an empty element after chunked: still chunked
+            Reply::Keep(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            // HTTP/1.0 with keep-alive but a transfer coding: the connection is not kept
+            Reply::Keep(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            // HTTP/1.0 with keep-alive and a length: kept
+            Reply::Keep(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok"),
+            Reply::Keep(OK),
+        ])
+        .await;
+        let conns = Conns::new(&up.url).unwrap();
+        assert_eq!(&call(&conns).await.unwrap().body[..], b"ok");
+        assert_eq!(conns.idle_count(), 1);
+        assert_eq!(&call(&conns).await.unwrap().body[..], b"ok");
+        assert_eq!(conns.idle_count(), 0);
+        assert_eq!(&call(&conns).await.unwrap().body[..], b"ok");
+        assert_eq!(conns.idle_count(), 1);
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_leaves_no_large_buffer_behind() {
+        let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'z', 1 << 20));
+        let up = upstream(vec![Reply::Keep(Box::leak(big.into_boxed_slice()))]).await;
+        let conns = Conns::new(&up.url).unwrap();
+        let answer = call(&conns).await.unwrap();
+        assert_eq!(answer.body.len(), 1 << 20);
+        drop(answer);
+        let idle = conns.idle.lock().unwrap();
+        assert_eq!(idle.len(), 1);
+        assert!(
+            idle[0].conn.read.capacity() <= KEEP_BUFFER,
+            "{}",
+            idle[0].conn.read.capacity()
+        );
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -339,6 +339,7 @@ impl Outgoing {
         connector: &crate::pool::Connector,
         attempt: &Attempt,
         timeout: Duration,
+        idempotent: bool,
     ) -> Result<Answer, Failure> {
         let conns = attempt
             .conns()
@@ -364,13 +365,16 @@ impl Outgoing {
             path: &self.path,
             headers,
             body: &self.body,
+            idempotent,
         };
         match tokio::time::timeout(timeout, conns.call(connector, attempt.pool_policy(), &call))
             .await
         {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(SendError::Unreachable(detail))) => Err(Failure::Unreachable(detail)),
-            Ok(Err(SendError::Failed(detail))) => Err(Failure::Failed(detail)),
+            Ok(Err(SendError::Failed(detail) | SendError::Closed(detail))) => {
+                Err(Failure::Failed(detail))
+            }
             Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
             Err(_) => Err(Failure::Timeout),
         }
@@ -437,7 +441,12 @@ pub async fn forward(
             content_type,
             body,
         } = match outgoing
-            .exchange(&state.connector, &attempt, deadline.remaining()?)
+            .exchange(
+                &state.connector,
+                &attempt,
+                deadline.remaining()?,
+                idempotent,
+            )
             .await
         {
             Ok(answer) => answer,
@@ -509,6 +518,13 @@ pub async fn runner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // a tunnel through the gateway is never what a runner call means
+    if method == axum::http::Method::CONNECT {
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ));
+    }
     let now = unix_now();
     let (claims, rights) = state.authenticate(&headers, &method, now)?;
     let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;

@@ -418,6 +418,12 @@ async fn smuggling_path_tricks_and_spoofed_headers_never_reach_an_upstream() {
             None,
         ),
         (
+            "RFC 9110 §9.3.6: no tunnel through the runner passthrough",
+            head("CONNECT", "/admin/runner/x", ""),
+            405,
+            Some("method_not_allowed"),
+        ),
+        (
             "the query route takes POST only",
             head("GET", "/v1/query/v", ""),
             405,

@@ -40,6 +40,8 @@ enum Command {
     Setup(Setup),
     /// Sends requests at a fixed rate and prints latency percentiles as one JSON line.
     Latency(Latency),
+    /// Closed-loop gRPC `SubmitCommand` load; prints throughput and latency as one JSON line.
+    Grpc(Grpc),
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +56,9 @@ struct Setup {
     /// Base URL of the upstream (loopback).
     #[arg(long)]
     upstream: String,
+    /// gRPC URL of the aggregate upstream (loopback), routed for the tenant's commands.
+    #[arg(long)]
+    aggregate_upstream: Option<String>,
     /// Tenant the benchmark users may query.
     #[arg(long, default_value = "bench")]
     tenant: String,
@@ -169,7 +174,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
     write(dir, "es256-public.pem", &public_pem)?;
 
     // routing: the tenant's projection shard is the upstream
-    let routing = RoutingDocument {
+    let mut routing = RoutingDocument {
         projection: KindRouting {
             placement: BTreeMap::from([(tenant.clone(), "bench".to_string())]),
             shards: BTreeMap::from([("bench".to_string(), vec![args.upstream.clone()])]),
@@ -177,6 +182,13 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
         },
         ..RoutingDocument::default()
     };
+    if let Some(aggregate) = &args.aggregate_upstream {
+        routing.aggregate = KindRouting {
+            placement: BTreeMap::from([(tenant.clone(), "bench-agg".to_string())]),
+            shards: BTreeMap::from([("bench-agg".to_string(), vec![aggregate.clone()])]),
+            default_shard: None,
+        };
+    }
     routing.validate()?;
     store
         .kv(Bucket::Snapshots)
@@ -519,10 +531,146 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Closed-loop `SubmitCommand` calls (`grpc` subcommand): `--streams` callers, each
+/// sending its next command as soon as the last one is answered, over `--connections`
+/// HTTP/2 connections, tokens in rotation, a fresh `command_id` each time.
+#[derive(clap::Args, Debug)]
+struct Grpc {
+    /// `http://host:port` on loopback.
+    #[arg(long)]
+    target: String,
+    /// One bearer token per line, used in turn.
+    #[arg(long)]
+    tokens: PathBuf,
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    #[arg(long, default_value_t = 50)]
+    streams: usize,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds measured, after `--warmup` seconds of the same load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+}
+
+async fn grpc(args: Grpc) -> anyhow::Result<()> {
+    use gateway_proto::aggregate::v1::SubmitCommandRequest;
+    use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
+    use tonic::metadata::MetadataValue;
+    let url: axum::http::Uri = args.target.parse().context("--target")?;
+    anyhow::ensure!(
+        matches!(url.host(), Some("127.0.0.1" | "localhost" | "[::1]")),
+        "load only ever targets loopback"
+    );
+    anyhow::ensure!(
+        args.streams > 0 && args.connections > 0,
+        "--streams and --connections must be > 0"
+    );
+    let tokens: Vec<MetadataValue<tonic::metadata::Ascii>> = std::fs::read_to_string(&args.tokens)
+        .with_context(|| format!("reading {}", args.tokens.display()))?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(!tokens.is_empty(), "no tokens");
+    let tokens = Arc::new(tokens);
+    let tenant: MetadataValue<tonic::metadata::Ascii> = args.tenant.parse()?;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(args.target.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", args.target))?,
+        );
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let stop = measure_from + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for stream in 0..args.streams {
+        let mut client = CommandServiceClient::new(channels[stream % channels.len()].clone());
+        let (tokens, tenant) = (Arc::clone(&tokens), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut n = stream;
+            loop {
+                let sent = Instant::now();
+                if sent >= stop {
+                    return tally;
+                }
+                let mut request = tonic::Request::new(SubmitCommandRequest {
+                    aggregate_type: "order".into(),
+                    aggregate_id: format!("bench-{stream}"),
+                    command_type: "Touch".into(),
+                    command_id: uuid::Uuid::new_v4().to_string(),
+                    payload: b"{}".to_vec(),
+                    content_type: "application/json".into(),
+                    ..Default::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", tokens[n % tokens.len()].clone());
+                request.metadata_mut().insert("x-tenant-id", tenant.clone());
+                n += 1;
+                let outcome = client.submit_command(request).await;
+                if sent < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(_) => {
+                        tally
+                            .latencies
+                            .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        *tally.statuses.entry(0).or_default() += 1;
+                    }
+                    Err(status) => {
+                        *tally
+                            .errors
+                            .entry(format!("{:?}", status.code()))
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let tally = task.await?;
+        all.latencies.extend(tally.latencies);
+        for (code, count) in tally.errors {
+            *all.errors.entry(code).or_default() += count;
+        }
+    }
+    all.latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.latencies.is_empty() {
+            return 0.0;
+        }
+        let at =
+            ((all.latencies.len() as f64 * p).ceil() as usize).clamp(1, all.latencies.len()) - 1;
+        all.latencies[at] as f64 / 1000.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "ok": all.latencies.len(),
+            "rps": all.latencies.len() as f64 / args.duration as f64,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "errors": all.errors,
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Setup(setup_args) => setup(setup_args).await,
         Command::Latency(latency_args) => latency(latency_args).await,
+        Command::Grpc(grpc_args) => grpc(grpc_args).await,
     }
 }
