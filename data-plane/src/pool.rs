@@ -398,7 +398,15 @@ async fn read_answer(conn: &mut Conn, head_only: bool) -> Result<(Answer, bool),
     // again from its start for every byte
     let mut scanned = 0;
     loop {
-        let parsed = if head_end(&conn.read, &mut scanned) {
+        // the first look parses at once (a head usually comes whole, and httparse is
+        // faster than a search); after a partial head, only once a blank line came
+        let look = if scanned == 0 {
+            scanned = conn.read.len();
+            !conn.read.is_empty()
+        } else {
+            head_end(&conn.read, &mut scanned)
+        };
+        let parsed = if look {
             let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
             match response.parse(&conn.read) {
@@ -462,9 +470,8 @@ async fn read_answer(conn: &mut Conn, head_only: bool) -> Result<(Answer, bool),
     }
 }
 
-/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs as httparse
-/// accepts them), searching only what is new since `scanned` and remembering how far it
-/// looked.
+/// Whether the bytes of `buf` new since `scanned` hold the blank line that ends a head
+/// (CRLF CRLF, or bare LFs as httparse accepts them); remembers how far it looked.
 fn head_end(buf: &[u8], scanned: &mut usize) -> bool {
     let tail = &buf[scanned.saturating_sub(2).min(buf.len())..];
     *scanned = buf.len();
