@@ -9,12 +9,14 @@
 //! gateway relays: the status, the content type and the body.
 //!
 //! What it speaks (RFC 9112):
-//! - requests: origin-form target, `host`, the caller's headers, `content-length`; one
-//!   write when the body is small;
-//! - answers: 1xx interim answers skipped; the body framed by `transfer-encoding: chunked`
-//!   (extensions and trailers skipped), by `content-length`, or by the connection's close;
-//!   none for `HEAD`, 204 and 304; two different `content-length`s, an unknown transfer
-//!   coding with a length, a head over 64 KiB or a body over [`MAX_ANSWER_BODY`] are
+//! - requests: origin-form target, `host`, `accept-encoding: identity` (only the content
+//!   type is relayed), the caller's headers, `content-length`; one write when the body is
+//!   small;
+//! - answers: up to 8 interim (1xx) answers skipped, 101 refused; the body framed by
+//!   `transfer-encoding: chunked` (extensions and trailers skipped), by `content-length`,
+//!   or by the connection's close; none for `HEAD`, 204 and 304; two different
+//!   `content-length`s, a length next to a transfer coding, a length that is not digits, a
+//!   chunk size without a digit, a head over 64 KiB or a body over [`MAX_ANSWER_BODY`] are
 //!   refused.
 //!
 //! Each [`Endpoint`](crate::upstream::Endpoint) keeps its idle connections: a short stack
@@ -23,7 +25,9 @@
 //! read, and not when the answer said `connection: close`, was framed by the close, or
 //! left bytes after it. One taken from the stack is checked first: closed by the upstream
 //! meanwhile (EOF already seen by the reactor) or sending unasked bytes, it is dropped and
-//! the next one tried. Past `idle_timeout` connections are closed by a sweep.
+//! the next one tried. Closed at the very moment the request went out, the request is
+//! sent again on a new connection when that is safe (see [`Conns::call`]). Connections
+//! idle past `idle_timeout`, or closed by the upstream, are dropped by a sweep.
 
 use std::io;
 use std::sync::Mutex;
