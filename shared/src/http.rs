@@ -320,7 +320,8 @@ type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infall
 /// One route answered ahead of the router, for the hottest route of a plane: matching a
 /// prefix and a method costs a few comparisons, where the router's path match, its
 /// per-route boxed services, the middleware's `Next`, the connect-info extension and the
-/// id extensions cost about a tenth of a proxied request.
+/// id extensions cost every request several boxed futures, service clones and
+/// allocations (docs/benchmarks.md, fifth comparison).
 ///
 /// Around the handler it does what [`edge`] does (observation, [`check_unambiguous`]),
 /// except the envelope's rewriting of framework-made answers: the handler gets the
