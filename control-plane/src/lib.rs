@@ -19,6 +19,7 @@ pub mod routing;
 use std::sync::Arc;
 
 use axum::Router;
+use gateway_shared::h1::ConnLimits;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
 use gateway_shared::signed::DocSigningKey;
 use gateway_shared::store::Store;
@@ -231,13 +232,31 @@ pub async fn run(
         match ops_listener {
             // the ops listener stays plain: probes and scrapers inside the cluster
             Some(listener) => {
-                http::serve(listener, None, ops, None, stop_accepting.clone(), drain).await
+                let limits = ConnLimits::with_max_body(http::OPS_MAX_BODY);
+                http::serve(
+                    listener,
+                    None,
+                    ops,
+                    None,
+                    limits,
+                    stop_accepting.clone(),
+                    drain,
+                )
+                .await
             }
             None => Ok(()),
         }
     };
     let (api, ops) = tokio::join!(
-        http::serve(listener, tls, app, None, stop_accepting.clone(), drain),
+        http::serve(
+            listener,
+            tls,
+            app,
+            None,
+            ConnLimits::with_max_body(api::MAX_BODY_BYTES),
+            stop_accepting.clone(),
+            drain
+        ),
         serve_ops
     );
     api?;

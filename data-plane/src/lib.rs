@@ -17,6 +17,7 @@ pub mod upstream;
 use std::sync::Arc;
 
 use axum::Router;
+use gateway_shared::h1::ConnLimits;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
 use gateway_shared::store::{Bucket, Store, StoreConfig};
 use tokio::net::TcpListener;
@@ -438,6 +439,7 @@ pub async fn run(
             http_tls,
             public,
             Some(query_route),
+            ConnLimits::with_max_body(config.max_body_bytes),
             stop_accepting.clone(),
             drain
         ),
@@ -449,7 +451,15 @@ pub async fn run(
             stop_accepting.clone(),
             drain
         ),
-        http::serve(listeners.ops, None, ops, None, stop_accepting, drain),
+        http::serve(
+            listeners.ops,
+            None,
+            ops,
+            None,
+            ConnLimits::with_max_body(http::OPS_MAX_BODY),
+            stop_accepting,
+            drain
+        ),
     );
     public_result?;
     grpc_result?;

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     Overloaded,
     /// The request's header section is over the gateway's limit.
     HeadersTooLarge,
+    /// The request did not arrive within the connection's limit.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -55,6 +57,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -77,6 +80,7 @@ impl ErrorCode {
             | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -99,6 +103,7 @@ impl ErrorCode {
             | ErrorCode::Overloaded => tonic::Code::Unavailable,
             ErrorCode::UpstreamTimeout => tonic::Code::DeadlineExceeded,
             ErrorCode::HeadersTooLarge => tonic::Code::ResourceExhausted,
+            ErrorCode::RequestTimeout => tonic::Code::DeadlineExceeded,
         }
     }
 }

@@ -34,6 +34,12 @@ pub fn current_correlation_id() -> Option<String> {
     CORRELATION_ID.try_with(|id| id.as_str().to_string()).ok()
 }
 
+/// Runs `f` with `correlation` as the current correlation id (for envelopes made
+/// outside a request's task scope).
+pub(crate) fn in_correlation_scope<R>(correlation: CorrelationId, f: impl FnOnce() -> R) -> R {
+    CORRELATION_ID.sync_scope(correlation, f)
+}
+
 /// Correlation id accepted from a client: 1–128 characters of `[A-Za-z0-9._:-]`; anything
 /// else is replaced by a fresh id (never reflected back).
 pub fn valid_correlation_id(value: &str) -> bool {
@@ -407,6 +413,16 @@ struct Front {
     peer: std::net::SocketAddr,
 }
 
+impl Front {
+    fn new(fast: &Option<FastRoute>, router: &Router, peer: std::net::SocketAddr) -> Front {
+        Front {
+            fast: fast.clone(),
+            router: router.clone(),
+            peer,
+        }
+    }
+}
+
 impl tower::Service<Request> for Front {
     type Response = Response;
     type Error = Infallible;
@@ -430,37 +446,6 @@ impl tower::Service<Request> for Front {
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
         futures::future::Either::Right(self.router.call(request))
-    }
-}
-
-/// Makes the [`Front`] of each accepted connection.
-#[derive(Clone)]
-struct MakeFront {
-    fast: Option<FastRoute>,
-    router: Router,
-}
-
-impl<'a, L> tower::Service<axum::serve::IncomingStream<'a, L>> for MakeFront
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
-    type Response = Front;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Front, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(Front {
-            fast: self.fast.clone(),
-            router: self.router.clone(),
-            peer: *stream.remote_addr(),
-        }))
     }
 }
 
@@ -1154,52 +1139,144 @@ pub async fn healthcheck(url: &str) -> std::process::ExitCode {
     }
 }
 
+/// Largest request body the ops listeners read: their routes take none.
+pub const OPS_MAX_BODY: usize = 64 * 1024;
+
 /// ALPN protocols of an HTTP listener: HTTP/2 (gRPC-capable clients) and HTTP/1.1.
 pub const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop`, then drains for
-/// at most `drain_timeout`.
+/// Serves `app` (and `fast` ahead of it) on `listener`, over TLS when `tls` is given,
+/// until `stop`; then answers what is in flight and closes idle connections, for at most
+/// `drain_timeout`.
+///
+/// HTTP/1.x connections are served by [`crate::h1`]; HTTP/2 ones (ALPN `h2`, or the
+/// prior-knowledge preface on plain TCP) by hyper.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<crate::tls::TlsReloader>>,
     app: Router,
     fast: Option<FastRoute>,
+    limits: crate::h1::ConnLimits,
     stop: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let make = MakeFront { fast, router: app };
-    match tls {
-        // tap_io: the same connect info (the peer address) for both kinds of listener
-        Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
-            serve_on(listener, make, stop, drain_timeout).await
+    let mut incoming = match tls {
+        Some(tls) => Incoming::Tls(crate::tls::TlsListener::new(listener, tls)?),
+        None => Incoming::Plain(listener),
+    };
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = incoming.accept() => accepted,
+        };
+        // reap finished connections, so the set holds only live ones
+        while connections.try_join_next().is_some() {}
+        let stop = stop.clone();
+        match accepted {
+            Accepted::Plain(stream, peer) => {
+                let front = Front::new(&fast, &app, peer);
+                connections.spawn(connection(stream, front, limits, stop, false));
+            }
+            Accepted::Tls(stream, peer) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let front = Front::new(&fast, &app, peer);
+                connections.spawn(connection(stream, front, limits, stop, h2));
+            }
         }
-        None => serve_on(listener.tap_io(|_| {}), make, stop, drain_timeout).await,
+    }
+    // stop accepting (the port is released), then let the connections finish
+    drop(incoming);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+        tracing::warn!(
+            drain_timeout_ms = drain_timeout.as_millis() as u64,
+            connections = connections.len(),
+            "drain deadline passed, closing remaining connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+enum Incoming {
+    Plain(TcpListener),
+    Tls(crate::tls::TlsListener),
+}
+
+enum Accepted {
+    Plain(tokio::net::TcpStream, std::net::SocketAddr),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        std::net::SocketAddr,
+    ),
+}
+
+impl Incoming {
+    async fn accept(&mut self) -> Accepted {
+        match self {
+            Incoming::Plain(listener) => loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        // answers are written whole: nothing is gained by delaying them
+                        let _ = stream.set_nodelay(true);
+                        return Accepted::Plain(stream, peer);
+                    }
+                    Err(err) => {
+                        // out of descriptors and the like: back off instead of spinning
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            },
+            Incoming::Tls(listener) => match listener.next().await {
+                Some((stream, peer)) => Accepted::Tls(Box::new(stream), peer),
+                // the handshake loop only ends when the listener is dropped
+                None => std::future::pending().await,
+            },
+        }
     }
 }
 
-async fn serve_on<L>(
-    listener: L,
-    make: MakeFront,
+/// Serves one connection: HTTP/1.x here, HTTP/2 by hyper.
+async fn connection<I>(
+    mut io: I,
+    front: Front,
+    limits: crate::h1::ConnLimits,
     stop: CancellationToken,
-    drain_timeout: Duration,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    h2: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let server = axum::serve(listener, make).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result,
-        _ = deadline => {
-            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain deadline passed, closing remaining connections");
-            Ok(())
+    if h2 {
+        return serve_h2(io, front, stop).await;
+    }
+    match crate::h1::serve_connection(&mut io, front.clone(), &limits, &stop).await {
+        crate::h1::Outcome::Closed => {}
+        crate::h1::Outcome::Http2(read) => {
+            serve_h2(crate::h1::Rewind::new(read, io), front, stop).await;
         }
     }
+}
+
+async fn serve_h2<I>(io: I, front: Front, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+            let mut front = front.clone();
+            tower::Service::call(&mut front, request.map(axum::body::Body::new))
+        });
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// Waits for the shutdown signal, turns `/ready` to 503, keeps serving for `drain_delay`

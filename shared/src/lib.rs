@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod h1;
 pub mod heartbeat;
 pub mod http;
 pub mod jwks;

@@ -219,6 +219,7 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
         Some(http_tls),
         node.http_router(),
         None,
+        gateway_shared::h1::ConnLimits::with_max_body(1 << 20),
         stop.clone(),
         Duration::from_secs(1),
     ));
