@@ -19,7 +19,6 @@ pub mod routing;
 use std::sync::Arc;
 
 use axum::Router;
-use gateway_shared::h1::ConnLimits;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
 use gateway_shared::signed::DocSigningKey;
 use gateway_shared::store::Store;
@@ -232,7 +231,7 @@ pub async fn run(
         match ops_listener {
             // the ops listener stays plain: probes and scrapers inside the cluster
             Some(listener) => {
-                let limits = ConnLimits::with_max_body(http::OPS_MAX_BODY);
+                let limits = config.lifecycle.conn_limits(http::OPS_MAX_BODY);
                 http::serve(
                     listener,
                     None,
@@ -253,7 +252,7 @@ pub async fn run(
             tls,
             app,
             None,
-            ConnLimits::with_max_body(api::MAX_BODY_BYTES),
+            config.lifecycle.conn_limits(api::MAX_BODY_BYTES),
             stop_accepting.clone(),
             drain
         ),

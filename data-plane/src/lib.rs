@@ -17,7 +17,6 @@ pub mod upstream;
 use std::sync::Arc;
 
 use axum::Router;
-use gateway_shared::h1::ConnLimits;
 use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
 use gateway_shared::store::{Bucket, Store, StoreConfig};
 use tokio::net::TcpListener;
@@ -439,7 +438,7 @@ pub async fn run(
             http_tls,
             public,
             Some(query_route),
-            ConnLimits::with_max_body(config.max_body_bytes),
+            config.lifecycle.conn_limits(config.max_body_bytes),
             stop_accepting.clone(),
             drain
         ),
@@ -456,7 +455,7 @@ pub async fn run(
             None,
             ops,
             None,
-            ConnLimits::with_max_body(http::OPS_MAX_BODY),
+            config.lifecycle.conn_limits(http::OPS_MAX_BODY),
             stop_accepting,
             drain
         ),

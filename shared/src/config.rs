@@ -62,6 +62,14 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// [`parse_duration`], refusing zero.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err(format!("{value:?} must be more than zero")),
+        duration => Ok(duration),
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreBackend {
     /// NATS JetStream (production, several replicas)
@@ -184,6 +192,25 @@ pub struct LifecycleArgs {
     /// Longest wait for in-flight requests once the listeners are closed.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// An HTTP/1.1 connection must deliver a complete request head within this of its
+    /// start or of the previous answer: an idle connection is closed, a head still
+    /// arriving gets 408.
+    #[arg(long, env = "GATEWAY_HTTP_HEAD_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub http_head_timeout: Duration,
+    /// A request body must arrive within this of its head (408 after).
+    #[arg(long, env = "GATEWAY_HTTP_BODY_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub http_body_timeout: Duration,
+}
+
+impl LifecycleArgs {
+    /// The bounds of a listener's connections, with bodies up to `max_body`.
+    pub fn conn_limits(&self, max_body: usize) -> crate::h1::ConnLimits {
+        crate::h1::ConnLimits {
+            max_body,
+            head_timeout: self.http_head_timeout,
+            body_timeout: self.http_body_timeout,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +226,8 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_positive_duration("0s").is_err());
     }
 
     #[test]

@@ -81,30 +81,45 @@ impl ConnLimits {
     }
 }
 
-/// One timer per connection for its deadlines, moved only when a deadline changes by more
-/// than [`TIMER_SLACK`]: on a busy kept-alive connection every request's deadline is
-/// within that slack of the last, so requests do not register and cancel a timer each.
+/// One timer per connection for its deadlines. Setting a later deadline only records it;
+/// the timer is moved when it fires early (or when a deadline comes sooner). On a busy
+/// kept-alive connection, each request's deadline is later than the last, so requests do
+/// not register and cancel a timer each: the timer wakes about once per timeout period.
 struct Timer {
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the sleep fires.
     at: Instant,
+    /// The deadline in force (never before `at`).
+    wanted: Instant,
 }
-
-const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 impl Timer {
     fn new(at: Instant) -> Timer {
         Timer {
             sleep: Box::pin(tokio::time::sleep_until(at)),
             at,
+            wanted: at,
         }
     }
 
-    /// Expires at `at`, or up to [`TIMER_SLACK`] later.
     fn set(&mut self, at: Instant) {
-        if at < self.at || at > self.at + TIMER_SLACK {
+        self.wanted = at;
+        if at < self.at {
             self.sleep.as_mut().reset(at);
             self.at = at;
         }
+    }
+
+    /// Whether the deadline in force has passed (else the task is woken when it might have).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.wanted {
+                return true;
+            }
+            self.at = self.wanted;
+            self.sleep.as_mut().reset(self.wanted);
+        }
+        false
     }
 }
 
@@ -132,7 +147,7 @@ async fn read_more<I: AsyncRead + Unpin>(
                 Ok(_) => Read::Data,
             });
         }
-        if timer.sleep.as_mut().poll(cx).is_ready() {
+        if timer.poll_expired(cx) {
             return Poll::Ready(Read::TimedOut);
         }
         if let Some(stop) = stop.as_mut()
@@ -371,9 +386,10 @@ fn has_head_end(bytes: &[u8]) -> bool {
 /// Parses the head at the start of `buf`; `Ok(None)` while it is incomplete. On success
 /// the head is taken out of `buf` (its bytes shared by the request's header values).
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let length = match parsed.parse(buf) {
+    // left uninitialised: zeroing 128 fields cost more than parsing a typical head
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Refused(head_too_large())),
@@ -400,22 +416,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| refused("the request method is not a token"))?;
     let target = at(parsed.path.unwrap_or_default().as_bytes());
-    let count = parsed.headers.len();
-    let mut ranges = [((0, 0), (0, 0)); MAX_HEADERS];
-    for (slot, field) in ranges.iter_mut().zip(parsed.headers.iter()) {
-        *slot = (at(field.name.as_bytes()), at(field.value));
-    }
+    let ranges: Vec<_> = parsed
+        .headers
+        .iter()
+        .map(|field| (at(field.name.as_bytes()), at(field.value)))
+        .collect();
     let head = buf.split_to(length).freeze();
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| refused("the request target is not a URI"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(ranges.len());
     let mut framing = Framing::Empty;
     let (mut lengths, mut codings, mut hosts) = (0, 0, 0);
     let mut chunked = false;
     let mut expect_continue = false;
-    let mut keep_alive = version == Version::HTTP_11;
-    for (name, value) in &ranges[..count] {
+    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes unless told
+    // to keep it; `close` wins over `keep-alive`
+    let (mut close, mut keep) = (false, false);
+    for (name, value) in &ranges {
         let name = HeaderName::from_bytes(&head[name.0..name.1])
             .map_err(|_| refused("a header name is not a token"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
@@ -444,13 +462,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
             header::CONNECTION => {
                 for token in value.as_bytes().split(|b| *b == b',') {
                     let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive")
-                        && version == Version::HTTP_10
-                    {
-                        keep_alive = true;
-                    }
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             _ => {}
@@ -477,6 +490,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    let keep_alive = !close && (version == Version::HTTP_11 || keep);
     Ok(Some(Parsed {
         request,
         framing,
@@ -1253,6 +1267,40 @@ mod tests {
         let got = answer(&mut conn.client, &mut Vec::new(), false).await;
         assert_eq!(got.status, 408);
         assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_answer_moves_the_head_deadline() {
+        let mut conn = open(ConnLimits {
+            head_timeout: Duration::from_secs(1),
+            ..limits()
+        });
+        // six requests 0.9 s apart: 5.4 s in all, each within 1 s of the previous answer
+        for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let got = exchange(
+                &mut conn,
+                format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(got.status, 200, "request {i}");
+        }
+        // then idle past the limit: closed
+        assert!(closed(&mut conn).await);
+    }
+
+    #[tokio::test]
+    async fn close_wins_over_keep_alive() {
+        for head in [
+            &b"GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n",
+        ] {
+            let mut conn = open(limits());
+            let got = exchange(&mut conn, head).await;
+            assert_eq!(got.header("connection"), Some("close"));
+            assert!(closed(&mut conn).await);
+        }
     }
 
     #[tokio::test]

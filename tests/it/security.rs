@@ -1208,3 +1208,76 @@ async fn browser_sessions_use_strict_cookies_and_need_the_csrf_token_for_changes
         "browser credentials never reach an upstream"
     );
 }
+
+/// Slow-loris bounds of the real binary (`--http-head-timeout`): a head still arriving at
+/// the limit gets 408 and the connection closes, an idle connection is closed without an
+/// answer, a prompt client is served on a kept-alive connection; a zero limit is refused
+/// at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_get_408_and_idle_connections_close_at_the_configured_limit() {
+    let refused = std::process::Command::new(gateway_tests::process::bin_path("data-plane"))
+        .args(["--http-head-timeout", "0s"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("must be more than zero"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let nats = gateway_tests::nats::NatsServer::start();
+    let keys = gateway_tests::SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let (_data, data) = gateway_tests::spawn_data_plane(
+        &nats.url(),
+        &prefix,
+        &keys,
+        &["--snapshots-optional", "--http-head-timeout", "1s"],
+    );
+    let address = data.http.trim_start_matches("http://").to_string();
+    let until_closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut answer = Vec::new();
+        tokio::time::timeout(START, stream.read_to_end(&mut answer))
+            .await
+            .expect("closed before the deadline")
+            .expect("read");
+        String::from_utf8_lossy(&answer).to_string()
+    };
+
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nx-a: ")
+        .await
+        .unwrap();
+    let text = until_closed(slow).await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the limit: {:?}",
+        started.elapsed()
+    );
+
+    let idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert_eq!(until_closed(idle).await, "", "closed without an answer");
+
+    let mut prompt = tokio::net::TcpStream::connect(&address).await.unwrap();
+    for _ in 0..2 {
+        prompt
+            .write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        prompt.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // the rest of the answer: a small JSON body, read up to its end
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"}") {
+            let mut byte = [0u8; 256];
+            let read = prompt.read(&mut byte).await.unwrap();
+            assert!(read > 0, "closed while kept alive");
+            rest.extend_from_slice(&byte[..read]);
+        }
+    }
+}

@@ -161,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
     let lifecycle = LifecycleArgs {
         drain_delay: std::time::Duration::ZERO,
         drain_timeout: std::time::Duration::from_secs(5),
+        http_head_timeout: std::time::Duration::from_secs(60),
+        http_body_timeout: std::time::Duration::from_secs(60),
     };
     let shutdown = CancellationToken::new();
     gateway_shared::http::cancel_on_signals(shutdown.clone());
