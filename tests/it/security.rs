@@ -1212,9 +1212,10 @@ async fn browser_sessions_use_strict_cookies_and_need_the_csrf_token_for_changes
 /// Slow-loris bounds of the real binary (`--http-head-timeout`): a head still arriving at
 /// the limit gets 408 and the connection closes, an idle connection is closed without an
 /// answer, a prompt client is served on a kept-alive connection; a zero limit is refused
-/// at start.
+/// at start. The same plain listener speaks HTTP/2 to a client that opens with its
+/// preface (prior knowledge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_heads_get_408_and_idle_connections_close_at_the_configured_limit() {
+async fn slow_heads_get_408_idle_connections_close_and_http2_is_served_by_prior_knowledge() {
     let refused = std::process::Command::new(gateway_tests::process::bin_path("data-plane"))
         .args(["--http-head-timeout", "0s"])
         .output()
@@ -1280,4 +1281,22 @@ async fn slow_heads_get_408_and_idle_connections_close_at_the_configured_limit()
             rest.extend_from_slice(&byte[..read]);
         }
     }
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("{}/health", data.http))
+        .header("x-correlation-id", "h2c-check")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-correlation-id"],
+        "h2c-check",
+        "the edge runs on HTTP/2 too"
+    );
 }
