@@ -639,13 +639,13 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     metrics::counter!("gateway_refused_requests_total", "reason" => err.envelope_code())
         .increment(1);
     let correlation = crate::http::CorrelationId::accept_or_mint(
-        request.and_then(|request| request.headers().get(crate::http::CORRELATION_HEADER)),
+        request.and_then(|request| request.headers().get(&crate::http::CORRELATION_NAME)),
     );
     let mut response =
         crate::http::in_correlation_scope(correlation.clone(), || err.into_response());
     response
         .headers_mut()
-        .insert(crate::http::CORRELATION_HEADER, correlation.header_value());
+        .insert(crate::http::CORRELATION_NAME.clone(), correlation.header_value());
     let head_only = request.is_some_and(|request| request.method() == Method::HEAD);
     let _ = write_response(io, out, response, head_only, false, false).await;
     let _ = io.shutdown().await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +24,10 @@ use crate::store::Store;
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The names above as header names: looking one up by `&str` parses and lower-cases the
+/// name on every call, a cost every request paid a few times.
+pub static CORRELATION_NAME: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
+pub static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
 tokio::task_local! {
     static CORRELATION_ID: CorrelationId;
@@ -460,10 +464,10 @@ async fn observed<F: Future<Output = Response>>(
 ) -> Response {
     let started = Instant::now();
     let headers = request.headers();
-    let correlation = CorrelationId::accept_or_mint(headers.get(CORRELATION_HEADER));
+    let correlation = CorrelationId::accept_or_mint(headers.get(&CORRELATION_NAME));
     let incoming = TraceContext::from_header(
         headers
-            .get(TRACEPARENT_HEADER)
+            .get(&TRACEPARENT_NAME)
             .and_then(|v| v.to_str().ok()),
     );
     let span = tracing::info_span!(
@@ -504,8 +508,8 @@ async fn observed<F: Future<Output = Response>>(
     metrics.duration.record(elapsed.as_secs_f64());
 
     let headers = response.headers_mut();
-    headers.insert(CORRELATION_HEADER, echoed.0);
-    headers.insert(TRACEPARENT_HEADER, echoed.1);
+    headers.insert(CORRELATION_NAME.clone(), echoed.0);
+    headers.insert(TRACEPARENT_NAME.clone(), echoed.1);
     response
 }
 
@@ -641,6 +645,7 @@ fn status_class(status: StatusCode) -> &'static str {
 
 /// Header naming the tenant of a tenant-scoped call.
 pub const TENANT_HEADER: &str = "x-tenant-id";
+pub static TENANT_NAME: HeaderName = HeaderName::from_static(TENANT_HEADER);
 
 /// The tenant of a tenant-scoped route, from exactly one well-formed `x-tenant-id`
 /// header: missing, malformed or repeated headers are a 400 in the envelope.
@@ -650,7 +655,7 @@ pub struct TenantHeader(pub crate::authz::TenantId);
 impl TenantHeader {
     /// The tenant named by `headers` (see [`TenantHeader`]).
     pub fn from_headers(headers: &HeaderMap) -> Result<TenantHeader, ApiError> {
-        let mut values = headers.get_all(TENANT_HEADER).iter();
+        let mut values = headers.get_all(&TENANT_NAME).iter();
         let bad = |reason, message: &str| {
             ApiError::new(ErrorCode::InvalidTenant, message).with_reason(reason)
         };
