@@ -20,9 +20,11 @@
 //! - a body of at most `max_body` bytes, else 413 `payload_too_large` without reading it
 //!   (a declared length) or once past it (chunked); `expect: 100-continue` is answered
 //!   only when the body will be read;
-//! - a complete head within `head_timeout` of its first byte, a body within
-//!   `body_timeout`, else 408 `request_timeout`; an idle kept-alive connection is closed
-//!   after `idle_timeout`.
+//! - a complete head within `head_timeout` of the connection's start or of the previous
+//!   answer (an idle connection is closed without an answer, a head still arriving gets
+//!   408 `request_timeout`), a body within `body_timeout` of its head (408), and each
+//!   answer written within `body_timeout` (a client that stops reading is dropped);
+//! - blank lines before a request are skipped (RFC 9112 §2.2), at most a head's worth.
 //!
 //! Every refusal is an answer in the envelope with `connection: close`: after it, the
 //! rest of what the client sent is never read as a request. Bodies are read whole before
@@ -53,6 +55,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 128;
 /// Most bytes of a chunk-size line (extensions included) or of the trailer section.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Most bytes of chunk extensions in one body.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// The connection buffer is given back to the allocator when it grew past this.
 const KEEP_BUFFER: usize = 64 * 1024;
 /// Answers are written in pieces of about this size.
@@ -91,6 +95,14 @@ struct Timer {
     at: Instant,
     /// The deadline in force (never before `at`).
     wanted: Instant,
+}
+
+/// `after` from now, saturating far in the future (a huge configured limit must not
+/// overflow the clock).
+fn deadline(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 impl Timer {
@@ -138,7 +150,9 @@ async fn read_more<I: AsyncRead + Unpin>(
     timer: &mut Timer,
     mut stop: Option<Pin<&mut WaitForCancellationFutureOwned>>,
 ) -> Read {
-    buf.reserve(8 * 1024);
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
     let mut read = std::pin::pin!(io.read_buf(buf));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = read.as_mut().poll(cx) {
@@ -187,7 +201,7 @@ where
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
-    let mut timer = Timer::new(Instant::now() + limits.head_timeout);
+    let mut timer = Timer::new(deadline(limits.head_timeout));
     let mut stopped = std::pin::pin!(stop.clone().cancelled_owned());
     loop {
         let head = match read_head(&mut io, &mut buf, &mut timer, stopped.as_mut(), first).await {
@@ -219,17 +233,19 @@ where
                 return Outcome::Closed;
             }
             framing => {
-                if expect_continue
-                    && buf.is_empty()
-                    && request.version() == Version::HTTP_11
-                    && io
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                {
-                    return Outcome::Closed;
+                if expect_continue && buf.is_empty() && request.version() == Version::HTTP_11 {
+                    let interim = async {
+                        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        io.flush().await
+                    };
+                    if !matches!(
+                        tokio::time::timeout(limits.body_timeout, interim).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Outcome::Closed;
+                    }
                 }
-                timer.set(Instant::now() + limits.body_timeout);
+                timer.set(deadline(limits.body_timeout));
                 let read = match framing {
                     Framing::Length(length) => {
                         read_exact(&mut io, &mut buf, length as usize, &mut timer).await
@@ -248,6 +264,7 @@ where
         };
         let head_only = request.method() == Method::HEAD;
         let http10 = request.version() == Version::HTTP_10;
+        let large_body = body.len() > KEEP_BUFFER;
         let request = request.map(|()| {
             if body.is_empty() {
                 Body::empty()
@@ -255,27 +272,35 @@ where
                 Body::from(body)
             }
         });
-        let response = match service.call(request).await {
-            Ok(response) => response,
+        let ready = std::future::poll_fn(|cx| service.poll_ready(cx)).await;
+        let response = match ready {
+            Ok(()) => match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
             Err(never) => match never {},
         };
         if stop.is_cancelled() {
             keep_alive = false;
         }
-        let written = write_response(&mut io, &mut out, response, head_only, http10, keep_alive)
-            .await
-            .unwrap_or(false);
+        let written = tokio::time::timeout(
+            limits.body_timeout,
+            write_response(&mut io, &mut out, response, head_only, http10, keep_alive),
+        )
+        .await;
+        let written = matches!(written, Ok(Ok(true)));
         if !written || !keep_alive {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
-        if buf.capacity() > KEEP_BUFFER && buf.is_empty() {
+        // after a large body the buffer's spare capacity understates what it holds
+        if buf.is_empty() && (large_body || buf.capacity() > KEEP_BUFFER) {
             buf = BytesMut::with_capacity(8 * 1024);
         }
         if out.capacity() > KEEP_BUFFER {
             out = Vec::with_capacity(1024);
         }
-        timer.set(Instant::now() + limits.head_timeout);
+        timer.set(deadline(limits.head_timeout));
     }
 }
 
@@ -345,7 +370,18 @@ async fn read_head<I: AsyncRead + Unpin>(
     first: bool,
 ) -> Result<Option<Parsed>, HeadError> {
     let mut scanned = 0;
+    let mut skipped = 0;
     loop {
+        // blank lines before a request line are skipped, a head's worth at most
+        let blank = blank_prefix(buf);
+        if blank > 0 {
+            skipped += blank;
+            if skipped > MAX_HEAD {
+                return Err(HeadError::Refused(malformed("too many blank lines")));
+            }
+            buf.advance(blank);
+            scanned = 0;
+        }
         if buf.len() > scanned {
             let preface = &H2_PREFACE[..buf.len().min(H2_PREFACE.len())];
             if first && buf.starts_with(preface) {
@@ -362,9 +398,9 @@ async fn read_head<I: AsyncRead + Unpin>(
             }
             scanned = buf.len();
         }
-        // between requests (nothing of the next one here yet) shutdown closes the connection
-        let stop = buf.is_empty().then_some(stop.as_mut());
-        match read_more(io, buf, timer, stop).await {
+        // shutdown closes the connection unless a head is complete: one arriving slowly
+        // would hold the drain to its deadline
+        match read_more(io, buf, timer, Some(stop.as_mut())).await {
             Read::Data => {}
             Read::Stopped => return Ok(None),
             Read::Closed | Read::TimedOut if buf.is_empty() => return Ok(None),
@@ -374,6 +410,18 @@ async fn read_head<I: AsyncRead + Unpin>(
                 )));
             }
             Read::TimedOut => return Err(HeadError::Refused(timed_out())),
+        }
+    }
+}
+
+/// How many bytes of blank lines (CRLF or a bare LF) `buf` starts with.
+fn blank_prefix(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
         }
     }
 }
@@ -442,13 +490,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
             header::CONTENT_LENGTH => {
                 lengths += 1;
                 let digits = value.as_bytes();
-                if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit)
-                {
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
                     return Err(HeadError::Refused(ambiguous()));
                 }
-                let length = digits
-                    .iter()
-                    .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+                // past 18 digits it is over any body limit: 413, not an overflow
+                let length = digits.iter().fold(0u64, |n, digit| {
+                    n.saturating_mul(10).saturating_add(u64::from(digit - b'0'))
+                });
                 framing = Framing::Length(length);
             }
             header::TRANSFER_ENCODING => {
@@ -505,6 +553,10 @@ async fn fill<I: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     timer: &mut Timer,
 ) -> Result<(), BodyError> {
+    // a client that keeps sending never lets the read wait on the timer
+    if Instant::now() >= timer.wanted {
+        return Err(BodyError::Refused(timed_out()));
+    }
     match read_more(io, buf, timer, None).await {
         Read::Data => Ok(()),
         Read::Closed | Read::Stopped => Err(BodyError::Closed),
@@ -520,7 +572,8 @@ async fn read_exact<I: AsyncRead + Unpin>(
     timer: &mut Timer,
 ) -> Result<Bytes, BodyError> {
     if buf.len() < length {
-        buf.reserve(length - buf.len());
+        // grow with what arrives: a declared length alone reserves at most 64 KiB
+        buf.reserve((length - buf.len()).min(KEEP_BUFFER));
         while buf.len() < length {
             fill(io, buf, timer).await?;
         }
@@ -536,6 +589,7 @@ async fn read_chunked<I: AsyncRead + Unpin>(
     timer: &mut Timer,
 ) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
+    let mut extensions = 0;
     loop {
         // the chunk-size line
         let line_end = loop {
@@ -551,6 +605,17 @@ async fn read_chunked<I: AsyncRead + Unpin>(
         };
         let size = chunk_size(&buf[..line_end])
             .ok_or_else(|| BodyError::Refused(malformed("a chunk size is not valid")))?;
+        // extensions are dropped, but not read without end: 1-byte chunks with 4 KiB of
+        // extension each would make a small body a huge upload
+        extensions += buf[..line_end]
+            .iter()
+            .position(|b| *b == b';')
+            .map_or(0, |at| line_end - at);
+        if extensions > MAX_CHUNK_EXTENSIONS {
+            return Err(BodyError::Refused(malformed(
+                "the chunk extensions are too long",
+            )));
+        }
         buf.advance(line_end + 1);
         if size == 0 {
             break;
@@ -616,7 +681,12 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     let rest = &line[digits..];
-    let rest = rest.trim_ascii_start();
+    // optional whitespace before `;` is spaces and tabs only (RFC 9112 §7.1.1's BWS)
+    let blank = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &rest[blank..];
     let visible = |b: &u8| *b == b'\t' || (0x20..0x7f).contains(b);
     if !(rest.is_empty() || (rest[0] == b';' && rest.iter().all(visible))) {
         return None;
@@ -643,13 +713,19 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     );
     let mut response =
         crate::http::in_correlation_scope(correlation.clone(), || err.into_response());
-    response
-        .headers_mut()
-        .insert(crate::http::CORRELATION_NAME.clone(), correlation.header_value());
+    response.headers_mut().insert(
+        crate::http::CORRELATION_NAME.clone(),
+        correlation.header_value(),
+    );
     let head_only = request.is_some_and(|request| request.method() == Method::HEAD);
-    let _ = write_response(io, out, response, head_only, false, false).await;
-    let _ = io.shutdown().await;
-    linger(io).await;
+    let write = async {
+        write_response(io, out, response, head_only, false, false).await?;
+        io.shutdown().await
+    };
+    // a client that does not read its refusal is not waited for long
+    if let Ok(Ok(())) = tokio::time::timeout(LINGER, write).await {
+        linger(io).await;
+    }
 }
 
 /// After a refusal, reads and drops what the client still sends (at most
@@ -718,14 +794,29 @@ async fn write_response<I: AsyncWrite + Unpin>(
     keep_alive: bool,
 ) -> std::io::Result<bool> {
     let (parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let mut status = parts.status;
+    let mut keep_alive = keep_alive;
+    if status.is_informational() {
+        // a 1xx as the final answer would be read as interim, and the next answer on the
+        // connection taken for this request's
+        tracing::error!(
+            status = status.as_u16(),
+            "a handler answered with a 1xx status"
+        );
+        status = StatusCode::INTERNAL_SERVER_ERROR;
+        body = Body::empty();
+        keep_alive = false;
+    }
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     // an unknown length: chunked for HTTP/1.1, to the end of the connection for HTTP/1.0
     let chunked = !bodiless && declared.is_none() && !http10 && !head_only;
-    let keep_alive = keep_alive && (bodiless || declared.is_some() || chunked || head_only);
+    let handler_closes = parts
+        .headers
+        .get(header::CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+    let keep_alive =
+        keep_alive && !handler_closes && (bodiless || declared.is_some() || chunked || head_only);
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -745,8 +836,10 @@ async fn write_response<I: AsyncWrite + Unpin>(
     }
     if !bodiless {
         match (declared, head_only, handler_length) {
-            // an answer to HEAD keeps the length the handler gave, if any
+            // an answer to HEAD keeps the length the handler gave, if any; an emptied body
+            // (axum empties HEAD answers) does not mean the GET's length is 0
             (_, true, Some(length)) => push_field(out, b"content-length", length.as_bytes()),
+            (Some(0), true, None) => {}
             (Some(length), _, _) => push_field(out, b"content-length", itoa_u64(length).as_slice()),
             (None, false, _) if chunked => push_field(out, b"transfer-encoding", b"chunked"),
             _ => {}
@@ -772,11 +865,18 @@ async fn write_response<I: AsyncWrite + Unpin>(
             complete = false;
             break;
         };
-        let Ok(data) = frame.into_data() else {
+        let Ok(mut data) = frame.into_data() else {
             continue; // trailers: not sent over HTTP/1.1
         };
         if data.is_empty() {
             continue;
+        }
+        // never past the declared length: the excess would be read as the next answer
+        if let Some(declared) = declared
+            && data.len() as u64 > declared - sent
+        {
+            data.truncate((declared - sent) as usize);
+            complete = false;
         }
         sent += data.len() as u64;
         if chunked {
@@ -793,6 +893,9 @@ async fn write_response<I: AsyncWrite + Unpin>(
         if out.len() >= WRITE_CHUNK {
             io.write_all(out).await?;
             out.clear();
+        }
+        if !complete {
+            break;
         }
     }
     if chunked && complete {
@@ -915,6 +1018,17 @@ mod tests {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let (parts, body) = request.into_parts();
                 let body = body.collect().await.unwrap().to_bytes();
+                match parts.uri.path() {
+                    "/liar" => return Ok(Response::new(Body::new(Liar))),
+                    "/interim" => {
+                        let mut response = Response::new(Body::empty());
+                        *response.status_mut() = StatusCode::CONTINUE;
+                        return Ok(response);
+                    }
+                    "/emptied" => return Ok(Response::new(Body::empty())),
+                    "/big" => return Ok(Response::new(Body::from(vec![b'b'; 1 << 20]))),
+                    _ => {}
+                }
                 if parts.uri.path() == "/stream" {
                     let frames = futures::stream::iter(vec![
                         Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
@@ -940,6 +1054,27 @@ mod tests {
                 Ok::<_, Infallible>(response)
             }
         }))
+    }
+
+    /// A body that declares 3 bytes and yields 8.
+    struct Liar;
+
+    impl axum::body::HttpBody for Liar {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"abcSMUGG",
+            )))))
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(3)
+        }
     }
 
     struct Conn {
@@ -1330,6 +1465,127 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn blank_lines_before_a_request_are_skipped_but_bounded() {
+        let mut conn = open(limits());
+        let got = exchange(
+            &mut conn,
+            b"\r\n\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\r\n",
+        )
+        .await;
+        assert_eq!(got.body, b"POST /a 2 hi");
+        // the stray CRLF after the body is not a request either
+        let next = exchange(&mut conn, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(next.body, b"GET /b 0 ");
+
+        let mut conn = open(limits());
+        let got = exchange(&mut conn, &b"\r\n".repeat(MAX_HEAD)).await;
+        assert_eq!(got.status, 400);
+        assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn answers_that_cannot_be_framed_as_given_are_cut_or_replaced_and_close() {
+        // a body longer than it declared: cut at the declared length, then closed, so
+        // the excess is never read as the next answer
+        let mut conn = open(limits());
+        let got = exchange(&mut conn, b"GET /liar HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(got.body, b"abc");
+        assert!(closed(&mut conn).await);
+
+        // a 1xx as the final answer: 500, closed
+        let mut conn = open(limits());
+        let got = exchange(&mut conn, b"GET /interim HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!((got.status, got.header("connection")), (500, Some("close")));
+
+        // HEAD of an answer whose body was emptied: no length claimed
+        let mut conn = open(limits());
+        conn.client
+            .write_all(b"HEAD /emptied HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = answer(&mut conn.client, &mut Vec::new(), true).await;
+        assert_eq!((got.status, got.header("content-length")), (200, None));
+    }
+
+    #[tokio::test]
+    async fn chunk_extensions_are_bounded_per_body() {
+        let mut request =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..10 {
+            request.extend_from_slice(format!("1;{}\r\na\r\n", "e".repeat(2000)).as_bytes());
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let mut conn = open(ConnLimits {
+            max_body: 1 << 20,
+            ..limits()
+        });
+        let got = exchange(&mut conn, &request).await;
+        assert_eq!(
+            (got.status, got.code().as_str()),
+            (400, "malformed_request")
+        );
+        assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_and_an_unread_answer_are_bounded_by_the_body_limit() {
+        // one byte every 100 ms of a 1000-byte body: 408 at the 5 s limit, though bytes
+        // keep coming
+        let mut conn = open(ConnLimits {
+            max_body: 4096,
+            ..limits()
+        });
+        conn.client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut sent = 0;
+        while !conn.served.is_finished() && sent < 1000 {
+            let _ = conn.client.write_all(b"a").await;
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(sent < 1000, "stopped before the body was complete");
+        // the answer went out at the limit; the task then drained for up to its linger
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5)
+                && waited < Duration::from_secs(5) + LINGER + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        let got = answer(&mut conn.client, &mut Vec::new(), false).await;
+        assert_eq!(got.status, 408);
+        assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+
+        // a 1 MiB answer to a client that never reads: dropped at the limit
+        let mut conn = open(limits());
+        conn.client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), &mut conn.served).await;
+        assert!(
+            matches!(outcome, Ok(Ok(Outcome::Closed))),
+            "the writer gave up"
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_does_not_wait_for_a_head_still_arriving() {
+        let mut conn = open(limits());
+        conn.client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        conn.stop.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(2), &mut conn.served).await;
+        assert!(matches!(outcome, Ok(Ok(Outcome::Closed))));
+        assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn chunk_sizes_are_hex_with_bounded_extensions() {
         assert_eq!(chunk_size(b"1a\r"), Some(26));
@@ -1346,6 +1602,7 @@ mod tests {
             b"1;a\rb\r",
             b"1;\x00\r",
             b"g\r",
+            b"3\x0c;a\r",
         ] {
             assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

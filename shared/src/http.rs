@@ -465,11 +465,8 @@ async fn observed<F: Future<Output = Response>>(
     let started = Instant::now();
     let headers = request.headers();
     let correlation = CorrelationId::accept_or_mint(headers.get(&CORRELATION_NAME));
-    let incoming = TraceContext::from_header(
-        headers
-            .get(&TRACEPARENT_NAME)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let incoming =
+        TraceContext::from_header(headers.get(&TRACEPARENT_NAME).and_then(|v| v.to_str().ok()));
     let span = tracing::info_span!(
         "request",
         plane,
@@ -1255,33 +1252,96 @@ async fn connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if h2 {
-        return serve_h2(io, front, stop).await;
+        return serve_h2(io, front, limits, stop).await;
     }
     match crate::h1::serve_connection(&mut io, front.clone(), &limits, &stop).await {
         crate::h1::Outcome::Closed => {}
         crate::h1::Outcome::Http2(read) => {
-            serve_h2(crate::h1::Rewind::new(read, io), front, stop).await;
+            serve_h2(crate::h1::Rewind::new(read, io), front, limits, stop).await;
         }
     }
 }
 
-async fn serve_h2<I>(io: I, front: Front, stop: CancellationToken)
+/// Pings of an HTTP/2 connection: one after this much silence, and the connection is
+/// dropped when the answer does not come within as long again.
+const H2_PING: Duration = Duration::from_secs(20);
+/// How long an idle HTTP/2 connection being closed waits for its peer.
+const H2_IDLE_GRACE: Duration = Duration::from_secs(2);
+/// Streams one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// Requests of one HTTP/2 connection: in flight, and when the last one ended.
+#[derive(Default)]
+struct H2Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `started` at the last request's end (0: none yet).
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Serves an HTTP/2 connection with hyper: pings a silent peer, and closes the connection
+/// gracefully once it has had no request in flight for `limits.head_timeout` (a peer that
+/// answers pings but sends nothing, or trickles a header block, does not hold it), or when
+/// `stop` fires.
+async fn serve_h2<I>(io: I, front: Front, limits: crate::h1::ConnLimits, stop: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service =
+    let started = tokio::time::Instant::now();
+    let activity = Arc::new(H2Activity::default());
+    let service = {
+        let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
             let mut front = front.clone();
-            tower::Service::call(&mut front, request.map(axum::body::Body::new))
-        });
+            let activity = Arc::clone(&activity);
+            activity.in_flight.fetch_add(1, Ordering::SeqCst);
+            let answer = tower::Service::call(&mut front, request.map(axum::body::Body::new));
+            async move {
+                let answer = answer.await;
+                let ended = started.elapsed().as_millis().max(1) as u64;
+                activity.last_ms.store(ended, Ordering::SeqCst);
+                activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+                answer
+            }
+        })
+    };
     let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING))
+        .keep_alive_timeout(H2_PING)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    let idle = loop {
+        let last = Duration::from_millis(activity.last_ms.load(Ordering::SeqCst));
+        // with a request in flight, look again a whole limit later
+        let since = if activity.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::Instant::now()
+        } else {
+            started + last
+        };
+        let idle_at = since
+            .checked_add(limits.head_timeout)
+            .unwrap_or_else(|| since + Duration::from_secs(365 * 24 * 3600));
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.cancelled() => break false,
+            _ = tokio::time::sleep_until(idle_at) => {
+                let unchanged = activity.last_ms.load(Ordering::SeqCst) == last.as_millis() as u64;
+                if unchanged && activity.in_flight.load(Ordering::SeqCst) == 0 {
+                    break true;
+                }
+            }
+        }
+    };
+    // GOAWAY; in-flight streams finish (for a stop, the drain deadline bounds them). An
+    // idle peer gets a short grace to acknowledge, then the socket is dropped: a peer that
+    // never answers the closing ping must not hold the connection.
+    connection.as_mut().graceful_shutdown();
+    if idle {
+        let _ = tokio::time::timeout(H2_IDLE_GRACE, connection).await;
+    } else {
+        let _ = connection.await;
     }
-    let _ = connection.await;
 }
 
 /// Waits for the shutdown signal, turns `/ready` to 503, keeps serving for `drain_delay`

@@ -1299,4 +1299,27 @@ async fn slow_heads_get_408_idle_connections_close_and_http2_is_served_by_prior_
         "h2c-check",
         "the edge runs on HTTP/2 too"
     );
+
+    // an HTTP/2 peer that opens and then sends nothing is closed at the same limit (pings
+    // alone would not do it: a peer may answer them forever)
+    let mut quiet = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    // the preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0)
+    quiet
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(START, quiet.read_to_end(&mut frames)).await;
+    assert!(closed.is_ok(), "the quiet HTTP/2 connection was closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the limit: {:?}",
+        started.elapsed()
+    );
+    // a GOAWAY frame (type 7 on stream 0) told the peer why
+    assert!(
+        frames.windows(5).any(|w| w[3] == 7 && w[4] == 0),
+        "no GOAWAY in {frames:?}"
+    );
 }
