@@ -15,7 +15,10 @@
 # function, inclusive, under valgrind's callgrind, in target/bench-callgrind.txt; exact
 # counts, not disturbed by a noisy machine), BENCH_SYSCALLS (0; 1: system calls per request
 # of ours and of HAProxy plain under the same load, counted with strace -c), BENCH_GRPC (1:
-# gRPC SubmitCommand through ours against the reference upstream directly, 2 rounds).
+# gRPC SubmitCommand through ours against the reference upstream directly, 2 rounds),
+# BENCH_BASELINE_BIN (unset; a path to another build's data-plane binary: run as scenario
+# `baseline` with the same flags, interleaved with ours in the repetitions and the latency
+# rounds, so a change is compared with its baseline in the same run on the same machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,11 @@ CONNS="${BENCH_CONNECTIONS:-50}"
 PRINCIPALS="${BENCH_PRINCIPALS:-1000}"
 LATENCY="${BENCH_LATENCY:-1}"
 SCENARIOS="${BENCH_SCENARIOS:-direct haproxy_plain haproxy_jwt haproxy_full ours ours_nocache}"
+BASELINE_BIN="${BENCH_BASELINE_BIN:-}"
+if [ -n "$BASELINE_BIN" ]; then
+  [ -x "$BASELINE_BIN" ] || { echo "bench-proxy: BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
+  SCENARIOS="$SCENARIOS baseline"
+fi
 PREFIX="bench_"
 TENANT="bench"
 PATH_Q="/v1/query/bench-view"
@@ -68,9 +76,9 @@ trap cleanup EXIT
 
 # free loopback ports: upstream, haproxy plain/jwt/full, and http/grpc/ops for each of our two
 # data planes (as shipped, and with the token cache off)
-read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS P_REF P_REF_GRPC < <(python3 -c '
+read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS P_REF P_REF_GRPC P_BASE P_BASE_GRPC P_BASE_OPS < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(12)]
+socks = [socket.socket() for _ in range(15)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 for s in socks: s.close()')
@@ -134,7 +142,8 @@ start_data_plane() { # name, http port, grpc port, ops port, extra flags...
   local name="$1" http="$2" grpc="$3" ops="$4" loaded=0 polls=200
   [ "${#DP_WRAPPER[@]}" -gt 0 ] && polls=2000 # valgrind starts ~50x slower
   shift 4
-  TOKIO_WORKER_THREADS=1 taskset -c 0 "${DP_WRAPPER[@]}" target/release/data-plane \
+  local binary="${DP_BINARY:-target/release/data-plane}"
+  TOKIO_WORKER_THREADS=1 taskset -c 0 "${DP_WRAPPER[@]}" "$binary" \
     --listen "127.0.0.1:$http" --grpc-listen "127.0.0.1:$grpc" --ops-listen "127.0.0.1:$ops" \
     --nats-url "$nats_url" --store-prefix "$PREFIX" \
     --snapshot-verify-key-file "$setup/snapshot-verify.pem" \
@@ -159,6 +168,9 @@ start_data_plane() { # name, http port, grpc port, ops port, extra flags...
 }
 start_data_plane ours "$P_OURS" "$P_GRPC" "$P_OPS"
 start_data_plane ours_nocache "$P_NC" "$P_NC_GRPC" "$P_NC_OPS" --token-cache-size 0
+if [ -n "$BASELINE_BIN" ]; then
+  DP_BINARY="$BASELINE_BIN" start_data_plane baseline "$P_BASE" "$P_BASE_GRPC" "$P_BASE_OPS"
+fi
 
 # 5. the same answers on both sides before timing anything
 status() { # url, token file or "" (no Authorization header)
@@ -244,6 +256,7 @@ for rep in $(seq 1 "$REPS"); do
   run "$rep" haproxy_full "http://127.0.0.1:$P_FULL" "$haproxy_pid"
   run "$rep" ours "http://127.0.0.1:$P_OURS" "$ours_pid"
   run "$rep" ours_nocache "http://127.0.0.1:$P_NC" "$ours_nocache_pid"
+  if [ -n "$BASELINE_BIN" ]; then run "$rep" baseline "http://127.0.0.1:$P_BASE" "$baseline_pid"; fi
 done
 BUSY_AFTER="$(busy_percent)"
 # optional: where ours spends its CPU under the same load (flat profile by symbol)
@@ -334,7 +347,7 @@ EOF
       | grep 'route="/v1/query/{view_type}"' | grep 'status="2xx"' || true
   }
   for round in 1 2; do
-    for pair in "direct|$P_UP|$rate_ours" "haproxy_plain|$P_PLAIN|$rate_ours" "ours|$P_OURS|$rate_ours" "haproxy_full|$P_FULL|$rate_full"; do
+    for pair in "direct|$P_UP|$rate_ours" "haproxy_plain|$P_PLAIN|$rate_ours" "ours|$P_OURS|$rate_ours" "baseline|${P_BASE:-0}|$rate_ours" "haproxy_full|$P_FULL|$rate_full"; do
       IFS='|' read -r name port rate <<<"$pair"
       case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
       [ "$rate" -gt 0 ] || continue
@@ -445,6 +458,7 @@ labels = [
     ("haproxy_full", "HAProxy + `jwt_verify` + iss/aud/exp + tenant map (our policy)"),
     ("ours", "ours as shipped (ES256, verified-token cache on, principal mirror, authz, routing)"),
     ("ours_nocache", "ours with `--token-cache-size 0` (verifies ES256 on every request, like HAProxy)"),
+    ("baseline", "baseline build (`BENCH_BASELINE_BIN`), as shipped"),
 ]
 print(f"\n### Data plane vs {version.split(' - ')[0]}: {reps} interleaved reps, wrk -t1 -c{conns} -d{duration}s after a {warmup}s warm-up, {principals} rotating tokens\n")
 print("| scenario | req/s median [range] | proxy CPU µs/request median [range] | of which user space |")
@@ -465,7 +479,8 @@ print("| --- | --- | --- |")
 for theirs, ours, label in [
         ("haproxy_full", "ours", "**headline**: ours as shipped / HAProxy jwt+policy"),
         ("haproxy_full", "ours_nocache", "like for like: ours, token cache off / HAProxy jwt+policy"),
-        ("haproxy_plain", "ours", "ours as shipped / HAProxy plain proxy (no auth on their side)")]:
+        ("haproxy_plain", "ours", "ours as shipped / HAProxy plain proxy (no auth on their side)"),
+        ("baseline", "ours", "ours / the baseline build")]:
     ps = [(by_rep[(rep, theirs)], by_rep[(rep, ours)]) for rep, name in by_rep
           if name == theirs and (rep, ours) in by_rep]
     if not ps:
@@ -500,6 +515,9 @@ if lat:
     if "direct" in p99 and "haproxy_plain" in p99:
         added = [o - d for o, d in zip(p99["haproxy_plain"], p99["direct"])]
         print(f"p99 added by HAProxy plain at the same rate: {', '.join(f'{x:.2f}' for x in added)} ms")
+    if "direct" in p99 and "baseline" in p99:
+        added = [o - d for o, d in zip(p99["baseline"], p99["direct"])]
+        print(f"p99 added by the baseline build at the same rate: {', '.join(f'{x:.2f}' for x in added)} ms")
     ins = [l.split("\t") for l in open(inside).read().splitlines() if l]
     if ins:
         print("\nInside ours (its own duration histogram of the query route during its runs: "
