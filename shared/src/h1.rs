@@ -290,7 +290,8 @@ where
         .await;
         let written = matches!(written, Ok(Ok(true)));
         if !written || !keep_alive {
-            let _ = io.shutdown().await;
+            // bounded: over TLS a shutdown writes, and the client may not be reading
+            let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
             return Outcome::Closed;
         }
         // after a large body the buffer's spare capacity understates what it holds
@@ -581,6 +582,25 @@ async fn read_exact<I: AsyncRead + Unpin>(
     Ok(buf.split_to(length).freeze())
 }
 
+/// Where the line at the start of `buf` ends (its LF), reading more as needed; refused
+/// with `too_long` past [`MAX_CHUNK_LINE`].
+async fn line_end<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timer: &mut Timer,
+    too_long: &str,
+) -> Result<usize, BodyError> {
+    loop {
+        if let Some(at) = buf.iter().take(MAX_CHUNK_LINE).position(|b| *b == b'\n') {
+            return Ok(at);
+        }
+        if buf.len() >= MAX_CHUNK_LINE {
+            return Err(BodyError::Refused(malformed(too_long)));
+        }
+        fill(io, buf, timer).await?;
+    }
+}
+
 /// A chunked body (RFC 9112 §7.1), its trailer section read and dropped.
 async fn read_chunked<I: AsyncRead + Unpin>(
     io: &mut I,
@@ -591,18 +611,7 @@ async fn read_chunked<I: AsyncRead + Unpin>(
     let mut body = BytesMut::new();
     let mut extensions = 0;
     loop {
-        // the chunk-size line
-        let line_end = loop {
-            if let Some(at) = buf.iter().take(MAX_CHUNK_LINE).position(|b| *b == b'\n') {
-                break at;
-            }
-            if buf.len() >= MAX_CHUNK_LINE {
-                return Err(BodyError::Refused(malformed(
-                    "a chunk-size line is too long",
-                )));
-            }
-            fill(io, buf, timer).await?;
-        };
+        let line_end = line_end(io, buf, timer, "a chunk-size line is too long").await?;
         let size = chunk_size(&buf[..line_end])
             .ok_or_else(|| BodyError::Refused(malformed("a chunk size is not valid")))?;
         // extensions are dropped, but not read without end: 1-byte chunks with 4 KiB of
@@ -638,17 +647,7 @@ async fn read_chunked<I: AsyncRead + Unpin>(
     // trailer fields, then the empty line
     let mut trailers = 0;
     loop {
-        let line_end = loop {
-            if let Some(at) = buf.iter().take(MAX_CHUNK_LINE).position(|b| *b == b'\n') {
-                break at;
-            }
-            if buf.len() >= MAX_CHUNK_LINE {
-                return Err(BodyError::Refused(malformed(
-                    "the trailer section is too long",
-                )));
-            }
-            fill(io, buf, timer).await?;
-        };
+        let line_end = line_end(io, buf, timer, "the trailer section is too long").await?;
         let line = &buf[..line_end];
         if line.last() != Some(&b'\r') || line[..line.len() - 1].contains(&b'\r') {
             return Err(BodyError::Refused(malformed(
