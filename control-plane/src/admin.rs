@@ -9,8 +9,8 @@ pub mod routing_routes;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use gateway_shared::authz::{Decision, EffectiveRights, Request, TenantId, decide};
-use gateway_shared::{ApiError, ErrorCode, unix_now};
+use gateway_core::authz::{Decision, EffectiveRights, Request, TenantId, decide};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -83,8 +83,8 @@ impl Admin {
             .grants
             .iter()
             .filter_map(|g| match &g.scope {
-                gateway_shared::authz::Scope::Tenant { tenant } => Some(tenant.clone()),
-                gateway_shared::authz::Scope::Platform => None,
+                gateway_core::authz::Scope::Tenant { tenant } => Some(tenant.clone()),
+                gateway_core::authz::Scope::Platform => None,
             })
             .filter(|t| self.decide(Some(t), action).allowed)
             .collect();

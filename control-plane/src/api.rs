@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode};
 use serde::de::DeserializeOwned;
 
 /// Largest JSON body accepted by the API routes.
@@ -31,7 +31,7 @@ where
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|err| json_rejection(err.into()))?;
-        if !gateway_shared::json_depth_within(&bytes, MAX_JSON_DEPTH) {
+        if !gateway_core::json_depth_within(&bytes, MAX_JSON_DEPTH) {
             return Err(ApiError::bad_request(format!(
                 "the body nests deeper than {MAX_JSON_DEPTH} levels"
             ))
@@ -117,7 +117,7 @@ impl FromRequestParts<crate::AppState> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(gateway_shared::http::client_ip(
+        Ok(ClientIp(gateway_edge::http::client_ip(
             peer,
             &parts.headers,
             &state.trusted_proxies,
@@ -133,8 +133,8 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         // a bearer token, or a browser session's cookie under the CSRF check
-        gateway_shared::http::credential(&parts.headers, &parts.method)
+        gateway_edge::http::credential(&parts.headers, &parts.method)
             .map(|token| BearerToken(token.to_string()))
-            .map_err(gateway_shared::http::credential_refusal)
+            .map_err(gateway_edge::http::credential_refusal)
     }
 }

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use gateway_shared::store::{PLATFORM_SCOPE, Store};
+use gateway_store::{PLATFORM_SCOPE, Store};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ impl Audit {
                 actor: None,
                 target: None,
                 tenant: PLATFORM_SCOPE.to_string(),
-                correlation_id: gateway_shared::http::current_correlation_id(),
+                correlation_id: gateway_edge::http::current_correlation_id(),
                 client_ip: None,
                 detail: Value::Null,
             },

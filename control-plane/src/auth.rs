@@ -14,9 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_shared::store::Store;
-use gateway_shared::token::{ACCESS_TOKEN_TYPE, AccessClaims};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::token::{ACCESS_TOKEN_TYPE, AccessClaims};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::Store;
 use serde::Serialize;
 use serde_json::json;
 
@@ -917,8 +917,8 @@ impl AuthService {
         let changed = crate::iam::assignments::change(
             &self.store,
             &user.id,
-            &gateway_shared::authz::Scope::Platform,
-            gateway_shared::authz::PLATFORM_ADMIN,
+            &gateway_core::authz::Scope::Platform,
+            gateway_core::authz::PLATFORM_ADMIN,
             true,
             now,
         )
@@ -981,10 +981,7 @@ impl AuthService {
                 )
                 .with_reason(reason)
             })?;
-        if claims
-            .sub
-            .starts_with(gateway_shared::token::SERVICE_PREFIX)
-        {
+        if claims.sub.starts_with(gateway_core::token::SERVICE_PREFIX) {
             let refused = |reason| {
                 ApiError::new(
                     ErrorCode::Unauthenticated,

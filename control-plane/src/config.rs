@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway_shared::config::{
+use gateway_edge::config::{
     ConfigError, LifecycleArgs, LogArgs, StoreArgs, parse_duration, read_secret_file,
 };
 
@@ -15,8 +15,8 @@ use crate::auth::{AuthSettings, BootstrapAdmin};
 use crate::keys::{Kek, KeySettings, SigningAlg};
 use crate::limits::{BackoffSettings, IpQuotas, Quota};
 use crate::mail::Mailer;
-use gateway_shared::signed::DocSigningKey;
-use gateway_shared::store::StoreConfig;
+use gateway_core::signed::DocSigningKey;
+use gateway_store::StoreConfig;
 
 /// The control plane of the Cloudlysis gateway: IAM, auth flows, keys, routing placement.
 #[derive(clap::Parser, Debug)]
@@ -106,7 +106,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
     #[command(flatten)]
-    pub tls: gateway_shared::tls::TlsArgs,
+    pub tls: gateway_edge::tls::TlsArgs,
 }
 
 /// Token and session flags.
@@ -385,13 +385,13 @@ pub struct RebalanceArgs {
     )]
     pub rebalance_max_projection_lag: u64,
     /// Pause between the two reads of a runner's checkpoint (it must not move).
-    #[arg(long, env = "GATEWAY_REBALANCE_CHECKPOINT_RECHECK", default_value = "500ms", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_REBALANCE_CHECKPOINT_RECHECK", default_value = "500ms", value_parser = gateway_edge::config::parse_duration)]
     pub rebalance_checkpoint_recheck: Duration,
     /// Deadline of one readiness-gate call.
-    #[arg(long, env = "GATEWAY_REBALANCE_GATE_TIMEOUT", default_value = "5s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_REBALANCE_GATE_TIMEOUT", default_value = "5s", value_parser = gateway_edge::config::parse_duration)]
     pub rebalance_gate_timeout: Duration,
     /// How long an apply holds its plan; a plan whose holder died is taken over after it.
-    #[arg(long, env = "GATEWAY_REBALANCE_LEASE", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_REBALANCE_LEASE", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub rebalance_lease: Duration,
 }
 
@@ -405,7 +405,7 @@ pub struct Config {
     pub backoff: BackoffSettings,
     pub google: Option<OidcSettings>,
     pub bootstrap_admin: Option<BootstrapAdmin>,
-    pub trusted_proxies: Vec<gateway_shared::http::IpNet>,
+    pub trusted_proxies: Vec<gateway_edge::http::IpNet>,
     pub rebalance: crate::rebalance::RebalanceSettings,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
@@ -416,7 +416,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
     /// TLS of the listener, when on.
-    pub tls: Option<gateway_shared::tls::TlsFiles>,
+    pub tls: Option<gateway_edge::tls::TlsFiles>,
     pub tls_reload_interval: Duration,
 }
 
@@ -534,7 +534,7 @@ impl ServeArgs {
                 .trusted_proxies
                 .iter()
                 .filter(|t| !t.trim().is_empty())
-                .map(|t| gateway_shared::http::IpNet::parse(t))
+                .map(|t| gateway_edge::http::IpNet::parse(t))
                 .collect::<Result<_, _>>()
                 .map_err(|m| ConfigError::new("trusted-proxies", "GATEWAY_TRUSTED_PROXIES", m))?,
             rebalance: {
@@ -742,7 +742,7 @@ mod tests {
             .serve
             .validate()
             .unwrap();
-        let keys = gateway_shared::signed::DocVerifyingKeys::from_pem_bundle(
+        let keys = gateway_core::signed::DocVerifyingKeys::from_pem_bundle(
             &std::fs::read_to_string(&files.snapshot_verify).unwrap(),
         )
         .unwrap();

@@ -7,28 +7,28 @@ pub mod assignments;
 pub mod publish;
 pub mod roles;
 
-use gateway_shared::ApiError;
-use gateway_shared::authz::{AuthzError, TenantId};
+use gateway_core::authz::{AuthzError, TenantId};
+use gateway_edge::ApiError;
 
 /// The scope token used in keys for platform-wide assignments.
 pub const PLATFORM_SCOPE_KEY: &str = "_platform";
 
-pub(crate) fn record_err(err: gateway_shared::store::RecordError) -> ApiError {
+pub(crate) fn record_err(err: gateway_store::RecordError) -> ApiError {
     ApiError::internal("iam record unreadable", &err)
 }
 
 /// Parses a tenant id from user input into a 400 in the envelope.
 pub fn tenant(value: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(value).map_err(|err: AuthzError| {
-        ApiError::new(gateway_shared::ErrorCode::InvalidTenant, err.to_string())
+        ApiError::new(gateway_edge::ErrorCode::InvalidTenant, err.to_string())
             .with_reason("invalid_tenant")
     })
 }
 
 /// A principal id as issued by the gateway (`usr_…` or `svc_…`, hex).
 pub fn principal_id(value: &str) -> Result<String, ApiError> {
-    let ok = (value.starts_with(gateway_shared::token::USER_PREFIX)
-        || value.starts_with(gateway_shared::token::SERVICE_PREFIX))
+    let ok = (value.starts_with(gateway_core::token::USER_PREFIX)
+        || value.starts_with(gateway_core::token::SERVICE_PREFIX))
         && value.len() <= 64
         && value[4..].chars().all(|c| c.is_ascii_hexdigit());
     if ok {
@@ -42,9 +42,9 @@ pub fn principal_id(value: &str) -> Result<String, ApiError> {
 }
 
 /// Whether any principal holds `platform_admin` platform-wide.
-pub async fn has_platform_admin(store: &gateway_shared::store::Store) -> Result<bool, ApiError> {
+pub async fn has_platform_admin(store: &gateway_store::Store) -> Result<bool, ApiError> {
     Ok(assignments::all(store).await?.iter().any(|a| {
-        a.scope == gateway_shared::authz::Scope::Platform
-            && a.roles.contains(gateway_shared::authz::PLATFORM_ADMIN)
+        a.scope == gateway_core::authz::Scope::Platform
+            && a.roles.contains(gateway_core::authz::PLATFORM_ADMIN)
     }))
 }

@@ -14,12 +14,10 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use futures::StreamExt;
-use gateway_shared::jwks::{JwkSet, JwksDocument, KeyStatus, PublicJwk, PublishedKey};
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
-use gateway_shared::store::{
-    Bucket, Record, RecordError, Store, StoreError, WatchEvent, WatchFrom,
-};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::jwks::{JwkSet, JwksDocument, KeyStatus, PublicJwk, PublishedKey};
+use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, RecordError, Store, StoreError, WatchEvent, WatchFrom};
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -37,7 +35,7 @@ pub enum KeyError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("signed document: {0}")]
-    Doc(#[from] gateway_shared::signed::DocError),
+    Doc(#[from] gateway_core::signed::DocError),
     #[error("key material: {0}")]
     Crypto(String),
     #[error("no signing key loaded yet")]
@@ -268,7 +266,7 @@ struct ActiveKey {
 struct Loaded {
     active: Option<ActiveKey>,
     published: JwksDocument,
-    verifier: gateway_shared::token::TokenVerifier,
+    verifier: gateway_core::token::TokenVerifier,
 }
 
 /// Settings of the key manager.
@@ -307,7 +305,7 @@ impl KeyManager {
             loaded: ArcSwap::from_pointee(Loaded {
                 active: None,
                 published: JwksDocument::default(),
-                verifier: gateway_shared::token::TokenVerifier::default(),
+                verifier: gateway_core::token::TokenVerifier::default(),
             }),
         }
     }
@@ -397,7 +395,7 @@ impl KeyManager {
             tracing::info!(kid = %current.kid, "signing with key");
         }
         let published = JwksDocument { keys };
-        let verifier = gateway_shared::token::TokenVerifier::from_document(&published);
+        let verifier = gateway_core::token::TokenVerifier::from_document(&published);
         self.loaded.store(Arc::new(Loaded {
             active: Some(ActiveKey {
                 kid: current.kid,
@@ -545,7 +543,7 @@ impl KeyManager {
         issuer: &str,
         audience: &str,
         now: i64,
-    ) -> Result<gateway_shared::token::AccessClaims, &'static str> {
+    ) -> Result<gateway_core::token::AccessClaims, &'static str> {
         self.loaded
             .load()
             .verifier
@@ -610,7 +608,7 @@ impl KeyManager {
                     None => watch = None,
                 },
                 _ = timer.tick() => {
-                    let now = gateway_shared::unix_now();
+                    let now = gateway_core::unix_now();
                     if let Err(err) = self.scheduled(now).await {
                         tracing::warn!(error = %err, "scheduled key maintenance failed");
                         // a replica whose watch broke still converges
@@ -648,7 +646,7 @@ impl KeyManager {
 pub fn parse_jwks_document(
     keys: &DocVerifyingKeys,
     bytes: &Bytes,
-) -> Result<gateway_shared::signed::Verified<JwksDocument>, KeyError> {
+) -> Result<gateway_core::signed::Verified<JwksDocument>, KeyError> {
     Ok(keys.verify(bytes, JWKS_DOC)?)
 }
 
@@ -657,7 +655,7 @@ mod tests {
     use super::*;
 
     async fn manager(dir: &std::path::Path, interval: Option<Duration>) -> (KeyManager, Store) {
-        let store = Store::open(&gateway_shared::store::StoreConfig::Embedded {
+        let store = Store::open(&gateway_store::StoreConfig::Embedded {
             path: dir.join("state.redb"),
         })
         .await
@@ -691,7 +689,7 @@ mod tests {
         assert_eq!(manager.current_kid().unwrap(), second, "once per interval");
         let audit = store
             .audit()
-            .read(&gateway_shared::store::AuditQuery {
+            .read(&gateway_store::AuditQuery {
                 tenant: None,
                 from_seq: 1,
                 limit: 10,

@@ -19,9 +19,9 @@ pub mod routing;
 use std::sync::Arc;
 
 use axum::Router;
-use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
-use gateway_shared::signed::DocSigningKey;
-use gateway_shared::store::Store;
+use gateway_core::signed::DocSigningKey;
+use gateway_edge::http::{self, Readiness, ReadyCheck, StoreReady};
+use gateway_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +44,7 @@ pub struct AppState {
     pub routing: Arc<routing::RoutingAdmin>,
     pub rebalancer: Arc<rebalance::Rebalancer>,
     /// Peers whose `x-forwarded-for` is believed (the data planes).
-    pub trusted_proxies: Arc<[gateway_shared::http::IpNet]>,
+    pub trusted_proxies: Arc<[gateway_edge::http::IpNet]>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -61,7 +61,7 @@ pub enum RunError {
     )]
     NoAdmin,
     #[error("bootstrap admin: {0}")]
-    Bootstrap(#[from] gateway_shared::ApiError),
+    Bootstrap(#[from] gateway_edge::ApiError),
     #[error("http client: {0}")]
     Client(String),
     #[error("google sign-in: {0}")]
@@ -95,7 +95,7 @@ pub fn router(
             let full = http::ops_router(
                 Arc::clone(&state.readiness),
                 metrics,
-                gateway_shared::build_info!(),
+                gateway_edge::build_info!(),
             );
             match ops {
                 Some(ops) => {
@@ -118,7 +118,7 @@ pub async fn run(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
+    let metrics = gateway_edge::telemetry::metrics_handle().map_err(RunError::Metrics)?;
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(StoreReady(store.clone()))];
     let readiness = Arc::new(Readiness::new(checks));
     let signing_key = Arc::new(config.signing_key);
@@ -129,7 +129,7 @@ pub async fn run(
         config.keys,
         Arc::clone(&signing_key),
     ));
-    keys.start(gateway_shared::unix_now()).await?;
+    keys.start(gateway_core::unix_now()).await?;
     tokio::spawn(Arc::clone(&keys).maintain(shutdown.clone()));
     let hasher =
         auth::passwords::PasswordHasherPool::new(config.argon2, config.argon2_max_concurrency)?;
@@ -163,7 +163,7 @@ pub async fn run(
         settings: config.auth,
     });
     if let Some(bootstrap) = &config.bootstrap_admin {
-        auth.bootstrap_admin(bootstrap, gateway_shared::unix_now())
+        auth.bootstrap_admin(bootstrap, gateway_core::unix_now())
             .await?;
     } else if !iam::has_platform_admin(&store).await? {
         return Err(RunError::NoAdmin);
@@ -217,7 +217,7 @@ pub async fn run(
     }
     let tls = match &config.tls {
         Some(files) => {
-            let tls = gateway_shared::tls::TlsReloader::load(files.clone(), &http::HTTP_ALPN)
+            let tls = gateway_edge::tls::TlsReloader::load(files.clone(), &http::HTTP_ALPN)
                 .map_err(|err| std::io::Error::other(err.to_string()))?;
             tokio::spawn(
                 Arc::clone(&tls).watch(config.tls_reload_interval, stop_accepting.clone()),

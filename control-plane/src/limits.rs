@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gateway_shared::store::{Bucket, Record, Store, StoreError, hash_key_token};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, Store, StoreError, hash_key_token};
 use serde::{Deserialize, Serialize};
 
 /// Keys kept per limiter before stale ones are swept.

@@ -118,7 +118,7 @@ impl Mailer {
                     "From: {from}\nTo: {}\nSubject: {}\nDate: {}\n\n{}\n\n----- end of message -----\n\n",
                     mail.to,
                     mail.subject,
-                    gateway_shared::unix_now(),
+                    gateway_core::unix_now(),
                     mail.body
                 );
                 let mut file = tokio::fs::OpenOptions::new()

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use control_plane::config::{Cli, Command};
-use gateway_shared::store::Store;
+use gateway_store::Store;
 use tokio_util::sync::CancellationToken;
 
 // glibc keeps each thread's freed 19 MiB Argon2 buffers in per-thread arenas (the soak
@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { url }) = &cli.command {
-        return gateway_shared::http::healthcheck(url).await;
+        return gateway_edge::http::healthcheck(url).await;
     }
     if let Some(Command::Rebalance(args)) = cli.command {
         return control_plane::rebalance_cli::run(args).await;
@@ -43,7 +43,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let _telemetry = match gateway_shared::telemetry::init("control-plane", &cli.serve.log) {
+    let _telemetry = match gateway_edge::telemetry::init("control-plane", &cli.serve.log) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("control-plane: {err}");
@@ -71,7 +71,7 @@ async fn serve(config: control_plane::Config) -> anyhow::Result<()> {
         })?;
     let store = Store::open(&config.store).await?;
     let shutdown = CancellationToken::new();
-    gateway_shared::http::cancel_on_signals(shutdown.clone());
+    gateway_edge::http::cancel_on_signals(shutdown.clone());
     control_plane::run(config, listener, store, shutdown).await?;
     Ok(())
 }

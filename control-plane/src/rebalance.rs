@@ -16,11 +16,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_shared::authz::TenantId;
-use gateway_shared::heartbeat::{DATA_PREFIX, FORGET_AFTER_SECS, Heartbeat, STALE_AFTER_SECS};
-use gateway_shared::routing::{RoutingDocument, ServiceKind};
-use gateway_shared::store::{Bucket, Record, Store, StoreError, read_all};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::authz::TenantId;
+use gateway_core::routing::{RoutingDocument, ServiceKind};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::heartbeat::{DATA_PREFIX, FORGET_AFTER_SECS, Heartbeat, STALE_AFTER_SECS};
+use gateway_store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -353,7 +353,7 @@ impl Rebalancer {
         let token = uuid::Uuid::new_v4().simple().to_string();
         // take the plan (or take it over from a replica whose lease ran out)
         let (mut plan, mut revision) = loop {
-            let now = gateway_shared::unix_now();
+            let now = gateway_core::unix_now();
             let (mut plan, revision) = self.load(id).await?;
             match plan.state {
                 PlanState::Applied => return Ok(plan),
@@ -391,7 +391,7 @@ impl Rebalancer {
         };
 
         let (doc, routing_revision) = self.routing_doc().await?;
-        let now = gateway_shared::unix_now();
+        let now = gateway_core::unix_now();
         match effective(&doc, plan.kind, &plan.tenant_id) {
             // the cutover happened (a replica died after publishing): finish the plan
             Some(shard) if shard == plan.target_shard => {
@@ -419,7 +419,7 @@ impl Rebalancer {
         let report = self.gates(&plan, &doc).await;
         plan.last_gate_report = Some(report.clone());
         if !report.ready {
-            let now = gateway_shared::unix_now();
+            let now = gateway_core::unix_now();
             Self::step(&mut plan, PlanState::Planned, actor, "gates not ready", now);
             plan.lease_holder = None;
             plan.lease_until = None;
@@ -440,7 +440,7 @@ impl Rebalancer {
         let (source, target) = (plan.source_shard.clone(), plan.target_shard.clone());
         let published = self
             .routing
-            .modify(gateway_shared::unix_now(), |doc| {
+            .modify(gateway_core::unix_now(), |doc| {
                 match effective(doc, kind, &tenant) {
                     Some(shard) if shard == source => {}
                     _ => {
@@ -470,7 +470,7 @@ impl Rebalancer {
             Err(err) => {
                 // not cut over: the plan goes back to planned, unless the tenant moved
                 let (doc, _) = self.routing_doc().await?;
-                let now = gateway_shared::unix_now();
+                let now = gateway_core::unix_now();
                 if effective(&doc, kind, &plan.tenant_id).as_deref() == Some(&plan.target_shard) {
                     return self
                         .finish(plan, revision, actor, "cutover found published")
@@ -492,7 +492,7 @@ impl Rebalancer {
         actor: &str,
         note: &str,
     ) -> Result<Plan, PlanError> {
-        let now = gateway_shared::unix_now();
+        let now = gateway_core::unix_now();
         Self::step(&mut plan, PlanState::Applied, actor, note, now);
         plan.lease_holder = None;
         plan.lease_until = None;
@@ -519,7 +519,7 @@ impl Rebalancer {
     /// moved since the cutover.
     pub async fn rollback(&self, id: &str, actor: &str) -> Result<Plan, ApiError> {
         loop {
-            let now = gateway_shared::unix_now();
+            let now = gateway_core::unix_now();
             let (mut plan, revision) = self.load(id).await?;
             match plan.state {
                 PlanState::Applied => {}
@@ -605,7 +605,7 @@ impl Rebalancer {
     /// Cancels a plan that has not cut over.
     pub async fn cancel(&self, id: &str, actor: &str) -> Result<Plan, ApiError> {
         loop {
-            let now = gateway_shared::unix_now();
+            let now = gateway_core::unix_now();
             let (mut plan, revision) = self.load(id).await?;
             let abandoned =
                 plan.state == PlanState::Applying && plan.lease_until.is_none_or(|t| t <= now);
@@ -678,7 +678,7 @@ impl Rebalancer {
         }
         GateReport {
             ready: !gates.is_empty() && gates.iter().all(|g| g.ready),
-            checked_at: gateway_shared::unix_now(),
+            checked_at: gateway_core::unix_now(),
             gates,
         }
     }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use gateway_shared::routing::{RoutingDocument, ServiceKind};
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys, Verified};
-use gateway_shared::store::{Bucket, Store, StoreError};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::routing::{RoutingDocument, ServiceKind};
+use gateway_core::signed::{DocSigningKey, DocVerifyingKeys, Verified};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Store, StoreError};
 
 /// Key and kind of the routing document.
 pub const ROUTING_DOC: &str = "routing";

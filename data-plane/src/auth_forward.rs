@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use gateway_shared::http::{CorrelationId, TraceContext};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_edge::http::{CorrelationId, TraceContext};
+use gateway_edge::{ApiError, ErrorCode};
 
 /// Headers passed from the client to the control plane (browser sessions need their
 /// cookies, the CSRF header, the delivery choice and the fetch metadata).
@@ -115,9 +115,7 @@ pub async fn forward(
                     )
                 })?;
                 let mut answer = (status, bytes).into_response();
-                answer
-                    .extensions_mut()
-                    .insert(gateway_shared::http::Relayed);
+                answer.extensions_mut().insert(gateway_edge::http::Relayed);
                 // the control plane's values replace ours (content type), all of them
                 // (several set-cookie)
                 for name in RESPONSE_HEADERS {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use gateway_shared::signed::{DocError, DocVerifyingKeys};
+use gateway_core::signed::{DocError, DocVerifyingKeys};
 use tokio_util::sync::CancellationToken;
 
 use crate::mirror::{JWKS, Journal, Mirrors, PRINCIPAL, ROUTING, reject};
@@ -161,7 +161,7 @@ pub async fn keep(path: PathBuf, mirrors: Arc<Mirrors>, shutdown: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_shared::signed::DocSigningKey;
+    use gateway_core::signed::DocSigningKey;
     use serde_json::json;
 
     #[test]

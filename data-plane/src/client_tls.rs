@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gateway_shared::tls::{TlsError, read_certificates, read_roots};
+use gateway_edge::tls::{TlsError, read_certificates, read_roots};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 

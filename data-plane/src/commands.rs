@@ -9,12 +9,12 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use base64::Engine;
+use gateway_core::routing::ServiceKind;
+use gateway_edge::http::{CorrelationId, Hex, TenantHeader, TraceContext, valid_correlation_id};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
 use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
 use gateway_proto::aggregate::v1::command_service_server::CommandService;
 use gateway_proto::aggregate::v1::{SubmitCommandRequest, SubmitCommandResponse};
-use gateway_shared::http::{CorrelationId, Hex, TenantHeader, TraceContext, valid_correlation_id};
-use gateway_shared::routing::ServiceKind;
-use gateway_shared::{ApiError, ErrorCode, unix_now};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -81,8 +81,8 @@ impl Channels {
 /// was unavailable.
 /// Who sends a command: the verified token and the principal's published rights.
 pub type Caller = (
-    Arc<gateway_shared::token::AccessClaims>,
-    Arc<gateway_shared::signed::Verified<gateway_shared::authz::EffectiveRights>>,
+    Arc<gateway_core::token::AccessClaims>,
+    Arc<gateway_core::signed::Verified<gateway_core::authz::EffectiveRights>>,
 );
 
 /// Commands change state: a cookie session needs its CSRF token (gRPC is POST too).
@@ -122,7 +122,7 @@ pub async fn submit(
     let _slot = state.upstreams.admit("command")?;
     note_principal(&claims.sub, &tenant);
     if command.command_id.trim().is_empty() {
-        command.command_id = gateway_shared::http::fast_uuid().to_string();
+        command.command_id = gateway_edge::http::fast_uuid().to_string();
     }
     let mut metadata = tonic::metadata::MetadataMap::new();
     for (name, value) in [
@@ -203,7 +203,7 @@ impl CommandService for CommandProxy {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_correlation_id(v))
             .map(str::to_string)
-            .unwrap_or_else(|| gateway_shared::http::fast_uuid().to_string());
+            .unwrap_or_else(|| gateway_edge::http::fast_uuid().to_string());
         let trace =
             TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok()));
         let started = std::time::Instant::now();
@@ -243,7 +243,7 @@ impl CommandService for CommandProxy {
         .await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
-            Err(SubmitError::Gateway(err)) => err.code.grpc_code(),
+            Err(SubmitError::Gateway(err)) => gateway_edge::error::tonic_code(err.code),
             Err(SubmitError::Upstream(status)) => status.code(),
         };
         let elapsed = started.elapsed();
@@ -256,7 +256,10 @@ impl CommandService for CommandProxy {
         let mut response = match result {
             Ok(answer) => Ok(tonic::Response::new(answer)),
             Err(SubmitError::Gateway(err)) => {
-                let mut status = tonic::Status::new(err.code.grpc_code(), err.message.clone());
+                let mut status = tonic::Status::new(
+                    gateway_edge::error::tonic_code(err.code),
+                    err.message.clone(),
+                );
                 if let Ok(reason) = err.envelope_code().parse() {
                     status.metadata_mut().insert("x-error-code", reason);
                 }

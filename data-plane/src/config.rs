@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use gateway_shared::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs};
-use gateway_shared::signed::DocVerifyingKeys;
-use gateway_shared::store::StoreConfig;
+use gateway_core::signed::DocVerifyingKeys;
+use gateway_edge::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs};
+use gateway_store::StoreConfig;
 
 /// The data plane of the Cloudlysis gateway: verifies tokens, authorizes from its mirrors,
 /// routes to the owning shard and forwards.
@@ -52,17 +52,17 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_TOKEN_AUDIENCE", default_value = "cloudlysis")]
     pub token_audience: String,
     /// Deadline of one upstream call.
-    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_edge::config::parse_duration)]
     pub upstream_timeout: std::time::Duration,
     /// Deadline of a command (overrides --upstream-timeout; a client's shorter
     /// `grpc-timeout` wins and is passed on).
-    #[arg(long, env = "GATEWAY_COMMAND_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_COMMAND_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub command_timeout: Option<std::time::Duration>,
     /// Deadline of a query (overrides --upstream-timeout).
-    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub query_timeout: Option<std::time::Duration>,
     /// Deadline of a runner admin call (overrides --upstream-timeout).
-    #[arg(long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub runner_timeout: Option<std::time::Duration>,
     /// Proxied requests in flight at once; beyond it, 503 `overloaded` with `retry-after`.
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
@@ -71,7 +71,7 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_CIRCUIT_FAILURES", default_value_t = 5)]
     pub circuit_failures: u32,
     /// How long an open circuit refuses calls before one probe goes through.
-    #[arg(long, env = "GATEWAY_CIRCUIT_OPEN_FOR", default_value = "5s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_CIRCUIT_OPEN_FOR", default_value = "5s", value_parser = gateway_edge::config::parse_duration)]
     pub circuit_open_for: std::time::Duration,
     /// Extra attempts on another endpoint of the shard, only where safe (never reached
     /// the first endpoint, idempotent method, or a command with its `command_id`).
@@ -83,7 +83,7 @@ pub struct Cli {
     pub upstream_max_idle: usize,
     /// How long an idle upstream connection is kept before it is closed; keep it below
     /// the upstreams' own keep-alive timeout (nginx: 75 s).
-    #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub upstream_idle_timeout: std::time::Duration,
     /// Verified access tokens remembered per generation (two generations; 0 turns the
     /// cache off). See `token_cache.rs`.
@@ -94,7 +94,7 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_ROUTING_FILE")]
     pub routing_file: Option<PathBuf>,
     /// How often the routing file is checked for changes.
-    #[arg(long, env = "GATEWAY_ROUTING_FILE_POLL", default_value = "1s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_ROUTING_FILE_POLL", default_value = "1s", value_parser = gateway_edge::config::parse_duration)]
     pub routing_file_poll: std::time::Duration,
     /// Keep the last verified documents in this file and start from it (verified again)
     /// when the store is unreachable at start.
@@ -106,7 +106,7 @@ pub struct Cli {
     /// Longest time without reaching the store (heartbeat or watch event) after which
     /// authorization fails closed with 503 `state_stale` (revocations may be missing);
     /// 0 never fails closed.
-    #[arg(long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_shared::config::parse_duration)]
+    #[arg(long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub max_staleness: std::time::Duration,
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -127,7 +127,7 @@ pub struct Cli {
     pub lifecycle: LifecycleArgs,
     /// TLS of the public HTTP and gRPC listeners (the ops listener stays plain).
     #[command(flatten)]
-    pub tls: gateway_shared::tls::TlsArgs,
+    pub tls: gateway_edge::tls::TlsArgs,
     #[command(flatten)]
     pub client_tls: crate::client_tls::ClientTlsArgs,
 }
@@ -168,7 +168,7 @@ pub struct Config {
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
-    pub tls: Option<gateway_shared::tls::TlsFiles>,
+    pub tls: Option<gateway_edge::tls::TlsFiles>,
     pub tls_reload_interval: std::time::Duration,
     pub client_tls: crate::client_tls::ClientTls,
 }
@@ -260,8 +260,8 @@ impl Cli {
             replica_id: self
                 .replica_id
                 .as_deref()
-                .map(gateway_shared::heartbeat::replica_token)
-                .unwrap_or_else(gateway_shared::heartbeat::default_replica_id),
+                .map(gateway_store::heartbeat::replica_token)
+                .unwrap_or_else(gateway_store::heartbeat::default_replica_id),
             routing_file: self.routing_file.clone(),
             routing_file_poll: self.routing_file_poll,
             mirror_cache_file: self.mirror_cache_file.clone(),
@@ -272,7 +272,7 @@ impl Cli {
                 .map(|u| u.trim().trim_end_matches('/').to_string())
                 .filter(|u| !u.is_empty())
                 .map(|u| {
-                    if gateway_shared::routing::validate_endpoint(&u) {
+                    if gateway_core::routing::validate_endpoint(&u) {
                         Ok(u)
                     } else {
                         Err(ConfigError::new(
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn listeners_must_differ() {
         let dir = tempfile::tempdir().unwrap();
-        let key = gateway_shared::signed::DocSigningKey::generate();
+        let key = gateway_core::signed::DocSigningKey::generate();
         let path = dir.path().join("verify.pem");
         std::fs::write(&path, key.verifying_key().to_public_key_pem().unwrap()).unwrap();
         let err = parse(&[

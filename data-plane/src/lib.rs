@@ -17,8 +17,8 @@ pub mod upstream;
 use std::sync::Arc;
 
 use axum::Router;
-use gateway_shared::http::{self, Readiness, ReadyCheck, StoreReady};
-use gateway_shared::store::{Bucket, Store, StoreConfig};
+use gateway_edge::http::{self, Readiness, ReadyCheck, StoreReady};
+use gateway_store::{Bucket, Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ impl ReadyCheck for StoreSlotReady {
         match self.0.get() {
             Some(store) => {
                 StoreReady(store.clone()).check().await?;
-                self.1.touch(gateway_shared::unix_now());
+                self.1.touch(gateway_core::unix_now());
                 Ok(())
             }
             None => Err("not connected yet".into()),
@@ -76,7 +76,7 @@ impl ReadyCheck for StoreSlotReady {
 async fn connect_and_follow(
     source: StoreSource,
     slot: Arc<std::sync::OnceLock<Store>>,
-    keys: Arc<gateway_shared::signed::DocVerifyingKeys>,
+    keys: Arc<gateway_core::signed::DocVerifyingKeys>,
     mirrors: Arc<Mirrors>,
     replica_id: String,
     shutdown: CancellationToken,
@@ -191,14 +191,14 @@ pub fn query_fast_route(proxy: proxy::ProxyState) -> http::FastRoute {
 /// `GET /admin/routing` on the ops listener: the table this replica uses now.
 async fn routing_in_use(
     axum::extract::State(mirrors): axum::extract::State<Arc<Mirrors>>,
-) -> Result<axum::Json<serde_json::Value>, gateway_shared::ApiError> {
+) -> Result<axum::Json<serde_json::Value>, gateway_edge::ApiError> {
     let table = mirrors.routing.load_full().ok_or_else(|| {
-        gateway_shared::ApiError::new(gateway_shared::ErrorCode::NotReady, "no routing loaded yet")
+        gateway_edge::ApiError::new(gateway_edge::ErrorCode::NotReady, "no routing loaded yet")
     })?;
     Ok(axum::Json(serde_json::json!({
         "revision": table.revision,
         "issued_at": table.issued_at,
-        "age_seconds": gateway_shared::unix_now() - table.issued_at,
+        "age_seconds": gateway_core::unix_now() - table.issued_at,
         "routing": table.document,
     })))
 }
@@ -242,7 +242,7 @@ async fn report_grpc_health(
 /// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.
 async fn serve_grpc(
     listener: TcpListener,
-    tls: Option<Arc<gateway_shared::tls::TlsReloader>>,
+    tls: Option<Arc<gateway_edge::tls::TlsReloader>>,
     commands: commands::CommandProxy,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
@@ -271,7 +271,7 @@ async fn serve_grpc(
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     let server: Serving = match tls {
         Some(tls) => {
-            let listener = gateway_shared::tls::TlsListener::new(listener, tls)
+            let listener = gateway_edge::tls::TlsListener::new(listener, tls)
                 .map_err(|err| RunError::Grpc(err.to_string()))?;
             let incoming = futures::stream::unfold(listener, |mut listener| async move {
                 let (stream, _) = listener.next().await?;
@@ -301,7 +301,7 @@ pub async fn run(
     store: StoreSource,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let metrics = gateway_shared::telemetry::metrics_handle().map_err(RunError::Metrics)?;
+    let metrics = gateway_edge::telemetry::metrics_handle().map_err(RunError::Metrics)?;
     let mirrors = Arc::new(Mirrors::new(
         config.routing_file.is_some(),
         config.mirror_cache_file.is_some(),
@@ -328,7 +328,7 @@ pub async fn run(
     }
     // the state loaded at start (cache file, routing file) counts as current now: a
     // replica restarted during an outage serves for at most --max-staleness from it
-    mirrors.touch(gateway_shared::unix_now());
+    mirrors.touch(gateway_core::unix_now());
     tokio::spawn(mirror::report_age(
         Arc::clone(&mirrors),
         config.max_staleness.as_secs() as i64,
@@ -355,11 +355,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let ops = http::ops_router(
-        Arc::clone(&readiness),
-        metrics,
-        gateway_shared::build_info!(),
-    );
+    let ops = http::ops_router(Arc::clone(&readiness), metrics, gateway_edge::build_info!());
     let proxy = proxy::ProxyState::new(Arc::clone(&mirrors), &config).map_err(RunError::Client)?;
     let channels = commands::Channels::new(&config.client_tls);
     let command_service = commands::CommandProxy {
@@ -419,7 +415,7 @@ pub async fn run(
     let (http_tls, grpc_tls) = match &config.tls {
         Some(files) => {
             let load = |alpn: &[&[u8]]| {
-                gateway_shared::tls::TlsReloader::load(files.clone(), alpn)
+                gateway_edge::tls::TlsReloader::load(files.clone(), alpn)
                     .map_err(|err| RunError::Grpc(format!("tls: {err}")))
             };
             let (http_tls, grpc_tls) = (load(&http::HTTP_ALPN)?, load(&[b"h2"])?);

@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
 async fn run_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(data_plane::config::Command::Healthcheck { url }) = &cli.command {
-        return gateway_shared::http::healthcheck(url).await;
+        return gateway_edge::http::healthcheck(url).await;
     }
     let config = match cli.validate() {
         Ok(config) => config,
@@ -38,7 +38,7 @@ async fn run_main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let _telemetry = match gateway_shared::telemetry::init("data-plane", &cli.log) {
+    let _telemetry = match gateway_edge::telemetry::init("data-plane", &cli.log) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("data-plane: {err}");
@@ -78,7 +78,7 @@ async fn serve(config: data_plane::Config) -> anyhow::Result<()> {
     // from its mirror cache file (if any) and reports not ready
     let store = StoreSource::Connect(config.store.clone());
     let shutdown = CancellationToken::new();
-    gateway_shared::http::cancel_on_signals(shutdown.clone());
+    gateway_edge::http::cancel_on_signals(shutdown.clone());
     data_plane::run(config, listeners, store, shutdown).await?;
     Ok(())
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures::StreamExt;
-use gateway_shared::http::ReadyCheck;
-use gateway_shared::routing::{RoutingDocument, RoutingTable};
-use gateway_shared::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
-use gateway_shared::store::{Bucket, Store, WatchEvent, WatchFrom};
+use gateway_core::routing::{RoutingDocument, RoutingTable};
+use gateway_core::signed::{DocError, DocVerifyingKeys, Verified, accept_revision};
+use gateway_edge::http::ReadyCheck;
+use gateway_store::{Bucket, Store, WatchEvent, WatchFrom};
 
-use gateway_shared::authz::EffectiveRights;
-use gateway_shared::jwks::JwksDocument;
-use gateway_shared::token::TokenVerifier;
+use gateway_core::authz::EffectiveRights;
+use gateway_core::jwks::JwksDocument;
+use gateway_core::token::TokenVerifier;
 use tokio_util::sync::CancellationToken;
 
 /// Key (and document kind) of the routing snapshot.
@@ -254,7 +254,7 @@ pub async fn follow(
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
-                    mirrors.touch(gateway_shared::unix_now());
+                    mirrors.touch(gateway_core::unix_now());
                     let result = match entry.key.strip_prefix("principal.") {
                         Some(principal) if bucket == Bucket::Authz => {
                             mirrors.apply_principal(&keys, principal, &entry.value)
@@ -284,7 +284,7 @@ pub async fn follow(
     }
 }
 
-/// Writes this replica's heartbeat (see `gateway_shared::heartbeat`) every interval and
+/// Writes this replica's heartbeat (see `gateway_store::heartbeat`) every interval and
 /// at once when the routing changes, until `shutdown`; then deletes it.
 pub async fn heartbeat(
     store: Store,
@@ -292,11 +292,11 @@ pub async fn heartbeat(
     replica_id: String,
     shutdown: CancellationToken,
 ) {
-    use gateway_shared::heartbeat::{DATA_PREFIX, Heartbeat, INTERVAL_SECS};
-    use gateway_shared::store::Record;
+    use gateway_store::Record;
+    use gateway_store::heartbeat::{DATA_PREFIX, Heartbeat, INTERVAL_SECS};
     let kv = store.kv(Bucket::Rebalance);
     let key = format!("{DATA_PREFIX}{replica_id}");
-    let started_at = gateway_shared::unix_now();
+    let started_at = gateway_core::unix_now();
     let mut tick = tokio::time::interval(Duration::from_secs(INTERVAL_SECS));
     loop {
         tokio::select! {
@@ -311,12 +311,12 @@ pub async fn heartbeat(
             jwks_revision: mirrors.jwks.load().as_ref().map_or(0, |k| k.revision),
             principals: mirrors.principals.read().map_or(0, |p| p.len() as u64),
             started_at,
-            seen_at: gateway_shared::unix_now(),
+            seen_at: gateway_core::unix_now(),
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let Ok(bytes) = beat.to_bytes() else { continue };
         match kv.put(&key, bytes).await {
-            Ok(_) => mirrors.touch(gateway_shared::unix_now()),
+            Ok(_) => mirrors.touch(gateway_core::unix_now()),
             Err(err) => tracing::debug!(error = %err, "heartbeat not written"),
         }
     }
@@ -335,7 +335,7 @@ pub async fn report_age(mirrors: Arc<Mirrors>, max_staleness: i64, shutdown: Can
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = gateway_shared::unix_now();
+        let now = gateway_core::unix_now();
         if let Some(staleness) = mirrors.staleness(now) {
             metrics::gauge!("gateway_mirror_staleness_seconds").set(staleness as f64);
             let stale = max_staleness > 0 && staleness > max_staleness;
@@ -399,14 +399,14 @@ impl ReadyCheck for SnapshotsReady {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_shared::signed::DocSigningKey;
+    use gateway_core::signed::DocSigningKey;
     use serde_json::json;
 
     /// T3.2: readers never see a partial table while new revisions are swapped in.
     #[test]
     fn reloads_under_concurrent_reads_never_expose_a_partial_table() {
-        use gateway_shared::authz::TenantId;
-        use gateway_shared::routing::ServiceKind;
+        use gateway_core::authz::TenantId;
+        use gateway_core::routing::ServiceKind;
         let signer = DocSigningKey::generate();
         let keys = DocVerifyingKeys::new([signer.verifying_key()]);
         let mirrors = Arc::new(Mirrors::default());
@@ -506,10 +506,10 @@ mod tests {
         ));
         let current = mirrors.routing.load_full().unwrap();
         assert_eq!(current.revision, 2);
-        let acme = gateway_shared::authz::TenantId::parse("acme").unwrap();
+        let acme = gateway_core::authz::TenantId::parse("acme").unwrap();
         assert_eq!(
             current
-                .route(&acme, gateway_shared::routing::ServiceKind::Aggregate)
+                .route(&acme, gateway_core::routing::ServiceKind::Aggregate)
                 .unwrap()
                 .shard,
             "agg-2".into()

@@ -10,13 +10,13 @@ use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
-use gateway_shared::authz::{EffectiveRights, Request, TenantId, permits};
-use gateway_shared::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
-pub use gateway_shared::http::{normalize_runner_path, safe_segment};
-use gateway_shared::routing::{Route, RoutingError, ServiceKind};
-use gateway_shared::signed::Verified;
-use gateway_shared::token::AccessClaims;
-use gateway_shared::{ApiError, ErrorCode, unix_now};
+use gateway_core::authz::{EffectiveRights, Request, TenantId, permits};
+use gateway_core::routing::{Route, RoutingError, ServiceKind};
+use gateway_core::signed::Verified;
+use gateway_core::token::AccessClaims;
+use gateway_edge::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
+pub use gateway_edge::http::{normalize_runner_path, safe_segment};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
 
 use crate::mirror::Mirrors;
 use crate::pool::{Answer, Call, SendError};
@@ -107,7 +107,7 @@ impl ProxyState {
     ) -> Result<(Arc<AccessClaims>, Arc<Verified<EffectiveRights>>), ApiError> {
         let refuse = |reason: &'static str| {
             metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
-            gateway_shared::http::credential_refusal(reason)
+            gateway_edge::http::credential_refusal(reason)
         };
         // decisions from mirrors too old to trust (revocations may be missing) are refused
         if self.max_staleness > 0
@@ -214,14 +214,12 @@ pub async fn query(
         .remove::<TraceContext>()
         .unwrap_or_else(|| TraceContext::from_header(None));
     let mut answer = query_with(&state, request, correlation, trace).await?;
-    answer
-        .extensions_mut()
-        .insert(gateway_shared::http::Relayed);
+    answer.extensions_mut().insert(gateway_edge::http::Relayed);
     Ok(answer)
 }
 
 /// The query route itself, the hottest one, served ahead of the router (see
-/// [`gateway_shared::http::FastRoute`]). It reads the request in place (no copy of the
+/// [`gateway_edge::http::FastRoute`]). It reads the request in place (no copy of the
 /// header map or the path), authenticates and authorizes before reading the body, and
 /// passes on the client's tenant header and the request's own path as they are. Every
 /// answer is the upstream's or in the envelope.
@@ -413,7 +411,7 @@ fn upstream_failed(route: &Route, attempt: &Attempt, reason: &'static str) {
 /// the deadline, and tries another endpoint once more (per policy) when that is safe: the
 /// request never reached the first one, or it is `idempotent`. Failures feed the circuit of
 /// the endpoint; the upstream's answer is relayed as it is (routes served through the
-/// router mark it [`gateway_shared::http::Relayed`] so the edge leaves it alone).
+/// router mark it [`gateway_edge::http::Relayed`] so the edge leaves it alone).
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
@@ -561,8 +559,6 @@ pub async fn runner(
     )
     .await?;
     // the runner's answer, whatever it is, is not the router's to rewrite
-    answer
-        .extensions_mut()
-        .insert(gateway_shared::http::Relayed);
+    answer.extensions_mut().insert(gateway_edge::http::Relayed);
     Ok(answer)
 }

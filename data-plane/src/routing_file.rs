@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_shared::routing::{RoutingDocument, RoutingTable};
-use gateway_shared::signed::DocError;
+use gateway_core::routing::{RoutingDocument, RoutingTable};
+use gateway_core::signed::DocError;
 use tokio_util::sync::CancellationToken;
 
 use crate::mirror::{Mirrors, applied, reject};
@@ -20,7 +20,7 @@ const KIND: &str = "routing_file";
 fn parse(bytes: &[u8], revision: u64) -> Result<RoutingTable, String> {
     let document: RoutingDocument =
         serde_json::from_slice(bytes).map_err(|err| format!("not a routing document: {err}"))?;
-    RoutingTable::build(document, revision, gateway_shared::unix_now()).map_err(|e| e.to_string())
+    RoutingTable::build(document, revision, gateway_core::unix_now()).map_err(|e| e.to_string())
 }
 
 /// Reads and applies the file; the error names the path and the problem.
@@ -77,8 +77,8 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_shared::authz::TenantId;
-    use gateway_shared::routing::ServiceKind;
+    use gateway_core::authz::TenantId;
+    use gateway_core::routing::ServiceKind;
     use serde_json::json;
 
     #[test]
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn signed_routing_documents_are_ignored_when_a_file_routes() {
-        use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
+        use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
         let signer = DocSigningKey::generate();
         let keys = DocVerifyingKeys::new([signer.verifying_key()]);
         let mirrors = Mirrors::new(true, false);

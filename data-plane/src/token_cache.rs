@@ -19,7 +19,7 @@
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gateway_shared::token::AccessClaims;
+use gateway_core::token::AccessClaims;
 use sha2::{Digest, Sha256};
 
 type Key = [u8; 32];

@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-use gateway_shared::jwks::{JwksDocument, KeyStatus, PublicJwk, PublishedKey};
-use gateway_shared::token::TokenVerifier;
+use gateway_core::jwks::{JwksDocument, KeyStatus, PublicJwk, PublishedKey};
+use gateway_core::token::TokenVerifier;
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_800_000_000;

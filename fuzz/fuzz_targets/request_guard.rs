@@ -3,8 +3,8 @@
 #![no_main]
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use gateway_shared::authz::TenantId;
-use gateway_shared::http::{
+use gateway_core::authz::TenantId;
+use gateway_edge::http::{
     TenantHeader, bearer_token, check_unambiguous, normalize_runner_path, safe_segment,
 };
 use libfuzzer_sys::fuzz_target;

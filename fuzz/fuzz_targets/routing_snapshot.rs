@@ -3,7 +3,7 @@
 //! round trip unchanged.
 #![no_main]
 
-use gateway_shared::routing::{RoutingDocument, RoutingTable, ServiceKind, validate_endpoint};
+use gateway_core::routing::{RoutingDocument, RoutingTable, ServiceKind, validate_endpoint};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,10 +5,10 @@
 
 use std::sync::OnceLock;
 
-use gateway_shared::authz::EffectiveRights;
-use gateway_shared::jwks::JwksDocument;
-use gateway_shared::routing::RoutingDocument;
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_core::authz::EffectiveRights;
+use gateway_core::jwks::JwksDocument;
+use gateway_core::routing::RoutingDocument;
+use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
 use libfuzzer_sys::fuzz_target;
 
 /// The Ed25519 private key of RFC 8410 §10.3.

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gateway_shared::authz::EffectiveRights;
-use gateway_shared::signed::{DocVerifyingKeys, Verified};
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{Bucket, Store, StoreConfig};
+use gateway_core::authz::EffectiveRights;
+use gateway_core::signed::{DocVerifyingKeys, Verified};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{Bucket, Store, StoreConfig};
 use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use gateway_tests::process::PlaneProcess;
@@ -115,7 +115,7 @@ impl Env {
     async fn audit_actions(&self, store: &Store) -> Vec<String> {
         store
             .audit()
-            .read(&gateway_shared::store::AuditQuery {
+            .read(&gateway_store::AuditQuery {
                 tenant: None,
                 from_seq: 1,
                 limit: 1000,
@@ -228,10 +228,10 @@ async fn assignments_enable_exactly_the_expected_actions_and_reach_the_published
 
     // T5.2: exactly the expected actions (decided from the published document, as the data
     // plane will, and through the explainer)
-    let acme = gateway_shared::authz::TenantId::parse("acme").unwrap();
-    let globex = gateway_shared::authz::TenantId::parse("globex").unwrap();
+    let acme = gateway_core::authz::TenantId::parse("acme").unwrap();
+    let globex = gateway_core::authz::TenantId::parse("globex").unwrap();
     type Case<'a> = (
-        Option<&'a gateway_shared::authz::TenantId>,
+        Option<&'a gateway_core::authz::TenantId>,
         &'a str,
         Option<&'a str>,
         bool,
@@ -289,9 +289,9 @@ async fn assignments_enable_exactly_the_expected_actions_and_reach_the_published
         ),
     ];
     for (tenant, action, resource, allowed, reason) in cases {
-        let decision = gateway_shared::authz::decide(
+        let decision = gateway_core::authz::decide(
             &after.payload,
-            &gateway_shared::authz::Request {
+            &gateway_core::authz::Request {
                 tenant,
                 action,
                 resource,
@@ -328,9 +328,9 @@ async fn assignments_enable_exactly_the_expected_actions_and_reach_the_published
     let changed = published(&env, &store, &ada).await.unwrap();
     assert!(changed.revision > after.revision);
     assert!(
-        gateway_shared::authz::decide(
+        gateway_core::authz::decide(
             &changed.payload,
-            &gateway_shared::authz::Request {
+            &gateway_core::authz::Request {
                 tenant: Some(&acme),
                 action: "command.submit",
                 resource: Some("invoice")
@@ -461,7 +461,7 @@ async fn tenant_admins_cannot_escalate_and_attempts_are_audited() {
     assert_eq!(doc.payload.grants[0].role, "tenant_member");
     let refused = store
         .audit()
-        .read(&gateway_shared::store::AuditQuery {
+        .read(&gateway_store::AuditQuery {
             tenant: None,
             from_seq: 1,
             limit: 1000,

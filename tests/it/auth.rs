@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{AuditQuery, Bucket, Store, StoreConfig};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{AuditQuery, Bucket, Store, StoreConfig};
 use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use gateway_tests::process::{PlaneProcess, wait_for_status};
@@ -595,7 +595,7 @@ async fn key_rotation_keeps_old_tokens_valid_and_new_tokens_carry_the_new_kid() 
         std::sync::Arc::new(env.keys.signer_clone()),
     );
     manager.refresh().await.unwrap();
-    let new_kid = manager.rotate(gateway_shared::unix_now()).await.unwrap();
+    let new_kid = manager.rotate(gateway_core::unix_now()).await.unwrap();
     assert_ne!(new_kid, old_kid);
 
     // the running control plane follows the ring: new tokens carry the new kid
@@ -621,8 +621,8 @@ async fn key_rotation_keeps_old_tokens_valid_and_new_tokens_carry_the_new_kid() 
         .await
         .unwrap()
         .unwrap();
-    let verified: gateway_shared::signed::Verified<gateway_shared::jwks::JwksDocument> =
-        gateway_shared::signed::DocVerifyingKeys::new([env.keys.signer.verifying_key()])
+    let verified: gateway_core::signed::Verified<gateway_core::jwks::JwksDocument> =
+        gateway_core::signed::DocVerifyingKeys::new([env.keys.signer.verifying_key()])
             .verify(&doc.value, "jwks")
             .unwrap();
     let statuses: HashSet<String> = verified
@@ -808,7 +808,7 @@ async fn password_reset_is_one_time_expiring_and_ends_every_session() {
         &user_id,
         "reset@example.com",
         Duration::ZERO,
-        gateway_shared::unix_now(),
+        gateway_core::unix_now(),
     )
     .await
     .unwrap();
@@ -850,7 +850,7 @@ impl Authenticator {
     }
 
     pub(crate) fn next_code(&mut self) -> String {
-        let now = gateway_shared::unix_now() as u64;
+        let now = gateway_core::unix_now() as u64;
         let current = now / 30;
         let step = (self.last_step + 1).max(current - 1);
         assert!(step <= current + 1, "ran out of unused steps in the window");
@@ -1241,7 +1241,7 @@ async fn service_accounts_get_tokens_with_client_credentials_and_rotated_secrets
     let (_control, base) = env.control(&[]);
     let client = client();
     let store = env.store().await;
-    let now = gateway_shared::unix_now();
+    let now = gateway_core::unix_now();
     let (account, secret) = service_accounts::create(&store, "billing exporter", now)
         .await
         .unwrap();
@@ -1352,7 +1352,7 @@ async fn service_accounts_get_tokens_with_client_credentials_and_rotated_secrets
         &store,
         &account.id,
         Duration::ZERO,
-        gateway_shared::unix_now(),
+        gateway_core::unix_now(),
     )
     .await
     .unwrap();
@@ -1494,7 +1494,7 @@ async fn no_secret_reaches_the_logs_of_any_auth_flow() {
     // service account
     let store = env.store().await;
     let (account, client_secret) =
-        control_plane::auth::service_accounts::create(&store, "logger", gateway_shared::unix_now())
+        control_plane::auth::service_accounts::create(&store, "logger", gateway_core::unix_now())
             .await
             .unwrap();
     secrets.push(client_secret.clone());

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{Bucket, Store, StoreConfig};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{Bucket, Store, StoreConfig};
 use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use gateway_tests::process::{PlaneProcess, wait_for_status};
@@ -341,7 +341,7 @@ async fn data_plane_is_ready_only_with_verified_snapshots_and_keeps_the_last_goo
     let store = env.store().await;
     let kv = store.kv(Bucket::Snapshots);
     let signer = &env.keys.signer;
-    let forger = gateway_shared::signed::DocSigningKey::generate();
+    let forger = gateway_core::signed::DocSigningKey::generate();
     kv.put(
         "jwks",
         signer.sign("jwks", 1, 100, &json!({"keys": [{"status": "current", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc", "kid": "k1", "alg": "EdDSA", "use": "sig"}}]})).unwrap(),

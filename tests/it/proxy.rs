@@ -170,9 +170,9 @@ impl Stack {
         gateway_tests::metrics_text(&self.client, &self.data.ops).await
     }
 
-    pub(crate) async fn store(&self) -> gateway_shared::store::Store {
-        gateway_shared::store::Store::open(&gateway_shared::store::StoreConfig::Nats(
-            gateway_shared::store::nats::NatsConfig {
+    pub(crate) async fn store(&self) -> gateway_store::Store {
+        gateway_store::Store::open(&gateway_store::StoreConfig::Nats(
+            gateway_store::nats::NatsConfig {
                 url: self.nats.url(),
                 prefix: self.prefix.clone(),
                 ..Default::default()
@@ -625,7 +625,7 @@ async fn runner_admin_and_auth_forwarding_through_the_data_plane() {
     let store = stack.store().await;
     let audit = store
         .audit()
-        .read(&gateway_shared::store::AuditQuery {
+        .read(&gateway_store::AuditQuery {
             tenant: None,
             from_seq: 1,
             limit: 100,
@@ -828,7 +828,7 @@ async fn token_attacks_and_oversized_bodies_are_refused_at_the_data_plane() {
         change(&mut c);
         manager.sign(&c).unwrap()
     };
-    let now = gateway_shared::unix_now();
+    let now = gateway_core::unix_now();
     let cases = [
         (alg_none, "malformed_token"),
         (hs256, "algorithm_mismatch"),

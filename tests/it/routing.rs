@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{AuditQuery, Store, StoreConfig};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{AuditQuery, Store, StoreConfig};
 use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use serde_json::{Value, json};

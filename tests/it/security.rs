@@ -123,7 +123,7 @@ async fn forged_and_confused_credentials_are_refused_at_the_edge() {
 
     // RFC 8725 §3.1/§3.10: a key the attacker embeds (jwk, jku, x5u) is never used; the
     // token is signed by the attacker's own Ed25519 key under our kid
-    let attacker = gateway_shared::signed::DocSigningKey::generate();
+    let attacker = gateway_core::signed::DocSigningKey::generate();
     let pem = attacker.to_pkcs8_pem().unwrap();
     let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let attacker_key = jsonwebtoken::EncodingKey::from_ed_der(
@@ -341,7 +341,7 @@ async fn forged_and_confused_credentials_are_refused_at_the_edge() {
         .with_secret(secret.as_bytes().to_vec())
         .build()
         .unwrap();
-    let stale = totp.generate((gateway_shared::unix_now() as u64 / 30 - 3) * 30);
+    let stale = totp.generate((gateway_core::unix_now() as u64 / 30 - 3) * 30);
     // the challenge may have been spent by the shape probes above: a fresh one
     let challenge = stack.signin_at_edge("mfa-holder@example.com").await;
     assert_eq!(

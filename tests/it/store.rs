@@ -1,7 +1,7 @@
 //! The store conformance suite on both backends, and NATS-specific behaviour.
 
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{Store, StoreConfig};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{Store, StoreConfig};
 use gateway_tests::nats::NatsServer;
 
 mod nats_backend {
@@ -19,7 +19,7 @@ mod nats_backend {
         (store, server)
     }
 
-    gateway_shared::store_conformance_tests!(open);
+    gateway_store::store_conformance_tests!(open);
 }
 
 mod embedded_backend {
@@ -35,7 +35,7 @@ mod embedded_backend {
         (store, dir)
     }
 
-    gateway_shared::store_conformance_tests!(open);
+    gateway_store::store_conformance_tests!(open);
 }
 
 /// T2.3 / T1.3: the store handle and its parts cross threads.
@@ -43,10 +43,10 @@ mod embedded_backend {
 fn store_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
-    assert_send_sync::<std::sync::Arc<dyn gateway_shared::store::KvBucket>>();
-    assert_send_sync::<std::sync::Arc<dyn gateway_shared::store::AuditLog>>();
-    assert_send_sync::<gateway_shared::signed::DocSigningKey>();
-    assert_send_sync::<gateway_shared::signed::DocVerifyingKeys>();
+    assert_send_sync::<std::sync::Arc<dyn gateway_store::KvBucket>>();
+    assert_send_sync::<std::sync::Arc<dyn gateway_store::AuditLog>>();
+    assert_send_sync::<gateway_core::signed::DocSigningKey>();
+    assert_send_sync::<gateway_core::signed::DocVerifyingKeys>();
     assert_send_sync::<control_plane::AppState>();
     assert_send_sync::<data_plane::Mirrors>();
     assert_send_sync::<data_plane::Config>();
@@ -59,7 +59,7 @@ async fn embedded_store_keeps_its_data_across_restarts() {
         path: dir.path().join("state.redb"),
     };
     let store = Store::open(&config).await.unwrap();
-    let kv = store.kv(gateway_shared::store::Bucket::Users);
+    let kv = store.kv(gateway_store::Bucket::Users);
     let revision = kv.put("user.1", "ada".into()).await.unwrap();
     store
         .audit()
@@ -70,12 +70,12 @@ async fn embedded_store_keeps_its_data_across_restarts() {
     let second = Store::open(&config).await;
     assert!(matches!(
         second,
-        Err(gateway_shared::store::StoreError::Unavailable(_))
+        Err(gateway_store::StoreError::Unavailable(_))
     ));
     drop(kv);
     drop(store);
     let store = Store::open(&config).await.unwrap();
-    let kv = store.kv(gateway_shared::store::Bucket::Users);
+    let kv = store.kv(gateway_store::Bucket::Users);
     let entry = kv.get("user.1").await.unwrap().unwrap();
     assert_eq!(
         (entry.value.as_ref(), entry.revision),
@@ -85,7 +85,7 @@ async fn embedded_store_keeps_its_data_across_restarts() {
     assert!(kv.put("user.2", "bob".into()).await.unwrap() > revision);
     let audit = store
         .audit()
-        .read(&gateway_shared::store::AuditQuery {
+        .read(&gateway_store::AuditQuery {
             tenant: None,
             from_seq: 1,
             limit: 10,
@@ -106,11 +106,11 @@ async fn nats_store_errors_are_typed_while_the_server_is_down_and_recover() {
     }))
     .await
     .unwrap();
-    let kv = store.kv(gateway_shared::store::Bucket::Users);
+    let kv = store.kv(gateway_store::Bucket::Users);
     kv.put("user.1", "before".into()).await.unwrap();
     server.stop();
     match kv.get("user.1").await {
-        Err(gateway_shared::store::StoreError::Unavailable(_)) => {}
+        Err(gateway_store::StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable while nats is down, got {other:?}"),
     }
     assert!(store.check().await.is_err());
@@ -150,6 +150,6 @@ async fn nats_store_refuses_to_open_without_a_server() {
     .await;
     assert!(matches!(
         result,
-        Err(gateway_shared::store::StoreError::Unavailable(_))
+        Err(gateway_store::StoreError::Unavailable(_))
     ));
 }

@@ -200,33 +200,33 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
     // an upstream node that also requires the data plane's client certificate
     let node = upstream::Node::new("tls-node");
     // the node's certificate is the planes' (same CA); clients must be the data plane
-    let node_files = gateway_shared::tls::TlsFiles {
+    let node_files = gateway_edge::tls::TlsFiles {
         cert: cert.clone(),
         key: key.clone(),
         client_ca: Some(client_ca.clone()),
     };
     let node_tls =
-        |alpn: &[&[u8]]| gateway_shared::tls::TlsReloader::load(node_files.clone(), alpn).unwrap();
-    let http_tls = node_tls(&gateway_shared::http::HTTP_ALPN);
+        |alpn: &[&[u8]]| gateway_edge::tls::TlsReloader::load(node_files.clone(), alpn).unwrap();
+    let http_tls = node_tls(&gateway_edge::http::HTTP_ALPN);
     let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_url = format!(
         "https://localhost:{}",
         node_listener.local_addr().unwrap().port()
     );
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(gateway_shared::http::serve(
+    tokio::spawn(gateway_edge::http::serve(
         node_listener,
         Some(http_tls),
         node.http_router(),
         None,
-        gateway_shared::h1::ConnLimits::with_max_body(1 << 20),
+        gateway_edge::h1::ConnLimits::with_max_body(1 << 20),
         stop.clone(),
         Duration::from_secs(1),
     ));
 
     // and its gRPC side (the aggregate contract), h2 only, client certificate required
     let grpc_tls = node_tls(&[b"h2"]);
-    let grpc_listener = gateway_shared::tls::TlsListener::new(
+    let grpc_listener = gateway_edge::tls::TlsListener::new(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc_tls,
     )

@@ -9,7 +9,7 @@ pub mod process;
 pub mod smtp;
 pub mod upstream;
 
-use gateway_shared::signed::DocSigningKey;
+use gateway_core::signed::DocSigningKey;
 
 /// A snapshot key pair written to a temp dir, as the planes read it from files.
 pub struct SnapshotKeys {

@@ -256,7 +256,7 @@ async fn token(State(p): State<Provider>, headers: HeaderMap, body: String) -> R
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     }
     let faults = p.faults.lock().expect("faults").clone();
-    let now = gateway_shared::unix_now();
+    let now = gateway_core::unix_now();
     let claims = json!({
         "iss": p.issuer,
         "sub": grant.person.subject,

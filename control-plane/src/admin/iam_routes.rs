@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gateway_shared::authz::{Reason, Request, Right, Scope, decide};
-use gateway_shared::store::{AuditQuery, PLATFORM_SCOPE};
-use gateway_shared::{ApiError, ErrorCode, unix_now};
+use gateway_core::authz::{Reason, Request, Right, Scope, decide};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_store::{AuditQuery, PLATFORM_SCOPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -315,7 +315,7 @@ async fn check_assignment(
             .with_reason("privilege_escalation"));
         }
     }
-    let exists = if principal.starts_with(gateway_shared::token::SERVICE_PREFIX) {
+    let exists = if principal.starts_with(gateway_core::token::SERVICE_PREFIX) {
         crate::auth::service_accounts::get(&state.store, &principal)
             .await?
             .is_some()

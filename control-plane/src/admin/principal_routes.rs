@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gateway_shared::authz::{Scope, TenantId};
-use gateway_shared::{ApiError, ErrorCode, unix_now};
+use gateway_core::authz::{Scope, TenantId};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gateway_shared::routing::ServiceKind;
-use gateway_shared::{ApiError, unix_now};
+use gateway_core::routing::ServiceKind;
+use gateway_edge::{ApiError, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -82,7 +82,7 @@ pub(crate) async fn create(
     let kind = ServiceKind::parse(&body.kind).ok_or_else(|| {
         ApiError::bad_request("kind is aggregate, projection or runner").with_reason("invalid_kind")
     })?;
-    gateway_shared::routing::validate_shard_id(&body.target_shard)
+    gateway_core::routing::validate_shard_id(&body.target_shard)
         .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_shard"))?;
     let plan = state
         .rebalancer
@@ -172,7 +172,7 @@ pub(crate) async fn apply(
             )
             .await;
             let error = ApiError::new(
-                gateway_shared::ErrorCode::Conflict,
+                gateway_edge::ErrorCode::Conflict,
                 "the readiness gates do not all pass; nothing was changed",
             )
             .with_reason("gates_not_ready");
@@ -180,7 +180,7 @@ pub(crate) async fn apply(
                 "error": {
                     "code": error.envelope_code(),
                     "message": error.message,
-                    "correlation_id": gateway_shared::http::current_correlation_id(),
+                    "correlation_id": gateway_edge::http::current_correlation_id(),
                 },
                 "plan": plan,
                 "gates": report,

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gateway_shared::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
-use gateway_shared::{ApiError, ErrorCode, unix_now};
+use gateway_core::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
+use gateway_edge::{ApiError, ErrorCode, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -151,7 +151,7 @@ pub(crate) async fn tenant_routes(
     };
     let kind_revisions = doc.payload.kind_revisions.clone();
     let table =
-        gateway_shared::routing::RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
+        gateway_core::routing::RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
             .map_err(|err| ApiError::internal("published routing invalid", &err))?;
     let routes: serde_json::Map<String, serde_json::Value> = ServiceKind::ALL
         .iter()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use gateway_shared::store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -61,7 +61,7 @@ fn seal_context(user_id: &str) -> String {
     format!("cloudlysis-gateway.totp.v1:{user_id}")
 }
 
-fn record_err(err: gateway_shared::store::RecordError) -> ApiError {
+fn record_err(err: gateway_store::RecordError) -> ApiError {
     ApiError::internal("mfa record unreadable", &err)
 }
 

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_shared::store::{
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{
     Bucket, Record, Revision, Store, StoreError, encode_key_token, hash_key_token, read_all,
 };
-use gateway_shared::{ApiError, ErrorCode};
 use openidconnect::core::{CoreClient, CoreProviderMetadata, CoreResponseType};
 use openidconnect::{
     AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
@@ -93,7 +93,7 @@ fn seal_context(state: &str) -> String {
     )
 }
 
-fn record_err(err: gateway_shared::store::RecordError) -> ApiError {
+fn record_err(err: gateway_store::RecordError) -> ApiError {
     ApiError::internal("oidc record", &err)
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_shared::ApiError;
-use gateway_shared::store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
+use gateway_edge::ApiError;
+use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 

@@ -9,10 +9,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_shared::ApiError;
-use gateway_shared::ErrorCode;
-use gateway_shared::http;
-use gateway_shared::unix_now;
+use gateway_core::unix_now;
+use gateway_edge::ApiError;
+use gateway_edge::ErrorCode;
+use gateway_edge::http;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -336,7 +336,7 @@ pub(crate) async fn token(
         serde_json::from_slice(&body).map_err(|_| bad_body())?
     } else {
         return Err(ApiError::new(
-            gateway_shared::ErrorCode::UnsupportedMediaType,
+            gateway_edge::ErrorCode::UnsupportedMediaType,
             "send a form (application/x-www-form-urlencoded) or json",
         ));
     };
@@ -422,7 +422,7 @@ pub(crate) async fn google_callback(
         .map_err(|_| ApiError::bad_request("malformed callback").with_reason("invalid_request"))?;
     if query.error.is_some() {
         return Err(ApiError::new(
-            gateway_shared::ErrorCode::Unauthenticated,
+            gateway_edge::ErrorCode::Unauthenticated,
             "the identity provider refused the sign-in",
         )
         .with_reason("access_denied"));

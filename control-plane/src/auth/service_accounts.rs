@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_shared::ApiError;
-use gateway_shared::store::{
-    Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all,
-};
-use gateway_shared::token::SERVICE_PREFIX;
+use gateway_core::token::SERVICE_PREFIX;
+use gateway_edge::ApiError;
+use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -68,7 +66,7 @@ fn new_secret() -> (String, String) {
     (secret, hash)
 }
 
-fn record_err(err: gateway_shared::store::RecordError) -> ApiError {
+fn record_err(err: gateway_store::RecordError) -> ApiError {
     ApiError::internal("service account record", &err)
 }
 

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_shared::store::{
-    Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all,
-};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -97,7 +95,7 @@ fn parse(token: &str) -> Option<(&str, &str)> {
     let (user_id, session_id, secret) = (parts.next()?, parts.next()?, parts.next()?);
     let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let ok = parts.next().is_none()
-        && user_id.starts_with(gateway_shared::token::USER_PREFIX)
+        && user_id.starts_with(gateway_core::token::USER_PREFIX)
         && user_id.chars().all(token_char)
         && session_id.len() == 32
         && session_id.chars().all(|c| c.is_ascii_hexdigit())
@@ -160,7 +158,7 @@ impl From<RefreshError> for ApiError {
     }
 }
 
-fn record_err(err: gateway_shared::store::RecordError) -> ApiError {
+fn record_err(err: gateway_store::RecordError) -> ApiError {
     ApiError::internal("session record unreadable", &err)
 }
 
@@ -188,7 +186,7 @@ pub async fn find(
     user_id: &str,
     session_id: &str,
 ) -> Result<Option<Session>, ApiError> {
-    if gateway_shared::store::validate_key(&session_key(user_id, session_id)).is_err() {
+    if gateway_store::validate_key(&session_key(user_id, session_id)).is_err() {
         return Ok(None);
     }
     Ok(load(store, user_id, session_id)

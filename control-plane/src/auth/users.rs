@@ -1,11 +1,9 @@
 //! User records (`user.<id>`), the email uniqueness index (`email.<sha256(email)>`) and
 //! password credentials (`password.<user id>`), written without partial state.
 
-use gateway_shared::store::{
-    Bucket, Record, RecordError, Revision, Store, StoreError, hash_key_token,
-};
-use gateway_shared::token::USER_PREFIX;
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::token::USER_PREFIX;
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, RecordError, Revision, Store, StoreError, hash_key_token};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
@@ -193,7 +191,7 @@ pub async fn create(
 
 /// The user with this id and its revision.
 pub async fn get(store: &Store, id: &str) -> Result<Option<(User, Revision)>, ApiError> {
-    if !id.starts_with(USER_PREFIX) || gateway_shared::store::validate_key(&user_key(id)).is_err() {
+    if !id.starts_with(USER_PREFIX) || gateway_store::validate_key(&user_key(id)).is_err() {
         return Ok(None);
     }
     match store.kv(Bucket::Users).get(&user_key(id)).await? {

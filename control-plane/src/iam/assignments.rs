@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use gateway_shared::ApiError;
-use gateway_shared::authz::{Scope, TenantId};
-use gateway_shared::store::{Bucket, Record, Store, StoreError, read_all};
+use gateway_core::authz::{Scope, TenantId};
+use gateway_edge::ApiError;
+use gateway_store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
 
 use super::{PLATFORM_SCOPE_KEY, record_err};

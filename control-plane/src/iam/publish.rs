@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use gateway_shared::ApiError;
-use gateway_shared::authz::{EffectiveRights, Grant};
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
-use gateway_shared::store::{Bucket, Store, StoreError};
-use gateway_shared::token::SERVICE_PREFIX;
+use gateway_core::authz::{EffectiveRights, Grant};
+use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_core::token::SERVICE_PREFIX;
+use gateway_edge::ApiError;
+use gateway_store::{Bucket, Store, StoreError};
 
 use super::{assignments, roles};
 use crate::auth::{service_accounts, users};

@@ -1,9 +1,9 @@
 //! Roles (`role.<name>`): named sets of rights. The built-in roles are fixed in code and
 //! cannot be created, edited or deleted through the API.
 
-use gateway_shared::authz::{Right, builtin_role};
-use gateway_shared::store::{Bucket, Record, Store, StoreError, read_all};
-use gateway_shared::{ApiError, ErrorCode};
+use gateway_core::authz::{Right, builtin_role};
+use gateway_edge::{ApiError, ErrorCode};
+use gateway_store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
 
 use super::record_err;
@@ -44,10 +44,7 @@ fn role_key(name: &str) -> String {
 }
 
 fn right_key(name: &Right) -> String {
-    format!(
-        "right.{}",
-        gateway_shared::store::encode_key_token(name.as_str())
-    )
+    format!("right.{}", gateway_store::encode_key_token(name.as_str()))
 }
 
 /// Role names: `^[a-z][a-z0-9_]{0,63}$`.
@@ -119,9 +116,9 @@ pub async fn get(store: &Store, name: &str) -> Result<Option<Role>, ApiError> {
 /// Every role, built-ins first.
 pub async fn list(store: &Store) -> Result<Vec<Role>, ApiError> {
     let mut roles: Vec<Role> = [
-        gateway_shared::authz::PLATFORM_ADMIN,
-        gateway_shared::authz::TENANT_ADMIN,
-        gateway_shared::authz::TENANT_MEMBER,
+        gateway_core::authz::PLATFORM_ADMIN,
+        gateway_core::authz::TENANT_ADMIN,
+        gateway_core::authz::TENANT_MEMBER,
     ]
     .iter()
     .filter_map(|n| builtin(n))

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use gateway_shared::config::{LifecycleArgs, LogArgs, LogFormat};
-use gateway_shared::signed::DocVerifyingKeys;
-use gateway_shared::store::{Store, StoreConfig};
+use gateway_core::signed::DocVerifyingKeys;
+use gateway_edge::config::{LifecycleArgs, LogArgs, LogFormat};
+use gateway_store::{Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the whole gateway locally: control plane, data plane and reference upstream node.
@@ -77,8 +77,8 @@ async fn publish_demo_routing(
     store: &Store,
     upstream: &gateway_tests::upstream::RunningNode,
 ) -> anyhow::Result<()> {
-    use gateway_shared::routing::{KindRouting, RoutingDocument};
-    let signer = gateway_shared::signed::DocSigningKey::from_pkcs8_pem(&std::fs::read_to_string(
+    use gateway_core::routing::{KindRouting, RoutingDocument};
+    let signer = gateway_core::signed::DocSigningKey::from_pkcs8_pem(&std::fs::read_to_string(
         dir.join("snapshot-signing.pem"),
     )?)?;
     let routing = control_plane::routing::RoutingAdmin {
@@ -88,7 +88,7 @@ async fn publish_demo_routing(
     if routing.current().await?.0.is_some() {
         return Ok(());
     }
-    let demo = gateway_shared::authz::TenantId::parse("demo")?;
+    let demo = gateway_core::authz::TenantId::parse("demo")?;
     let kind = |endpoint: String| KindRouting {
         placement: [(demo.clone(), "shard-a".to_string())].into(),
         shards: [("shard-a".to_string(), vec![endpoint])].into(),
@@ -101,7 +101,7 @@ async fn publish_demo_routing(
         ..RoutingDocument::default()
     };
     let revision = routing
-        .publish(document, Some(0), gateway_shared::unix_now())
+        .publish(document, Some(0), gateway_core::unix_now())
         .await?;
     tracing::info!(
         revision,
@@ -144,7 +144,7 @@ fn control_config(dir: &std::path::Path, log: &str) -> anyhow::Result<control_pl
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = gateway_shared::telemetry::init(
+    let _telemetry = gateway_edge::telemetry::init(
         "gateway-dev",
         &LogArgs {
             log: args.log.clone(),
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         http_body_timeout: std::time::Duration::from_secs(60),
     };
     let shutdown = CancellationToken::new();
-    gateway_shared::http::cancel_on_signals(shutdown.clone());
+    gateway_edge::http::cancel_on_signals(shutdown.clone());
 
     let upstream = gateway_tests::upstream::start(
         "shard-a",

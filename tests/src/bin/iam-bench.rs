@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use gateway_shared::authz::{Scope, TenantId};
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{Bucket, Store, StoreConfig, WatchEvent, WatchFrom};
+use gateway_core::authz::{Scope, TenantId};
+use gateway_store::nats::NatsConfig;
+use gateway_store::{Bucket, Store, StoreConfig, WatchEvent, WatchFrom};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -294,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let tenant = TenantId::parse("fanout")?;
-    let now = gateway_shared::unix_now();
+    let now = gateway_core::unix_now();
     let setup = Instant::now();
     let ids: Vec<String> = futures::stream::iter(0..args.holders)
         .map(|i| {
@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
                     now,
                 )
                 .await?;
-                Ok::<_, gateway_shared::ApiError>(user.id)
+                Ok::<_, gateway_edge::ApiError>(user.id)
             }
         })
         .buffer_unordered(32)

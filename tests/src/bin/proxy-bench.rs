@@ -18,14 +18,14 @@ use clap::{Parser, Subcommand};
 use control_plane::KeyManager;
 use control_plane::keys::{Kek, KeySettings, SigningAlg};
 use futures::StreamExt;
-use gateway_shared::authz::{EffectiveRights, Grant, Scope, TENANT_MEMBER, TenantId, builtin_role};
-use gateway_shared::jwks::{JwksDocument, KeyStatus};
-use gateway_shared::routing::{KindRouting, RoutingDocument};
-use gateway_shared::signed::{DocSigningKey, DocVerifyingKeys};
-use gateway_shared::store::nats::NatsConfig;
-use gateway_shared::store::{Bucket, Store, StoreConfig};
-use gateway_shared::token::{ACCESS_TOKEN_TYPE, AccessClaims};
-use gateway_shared::unix_now;
+use gateway_core::authz::{EffectiveRights, Grant, Scope, TENANT_MEMBER, TenantId, builtin_role};
+use gateway_core::jwks::{JwksDocument, KeyStatus};
+use gateway_core::routing::{KindRouting, RoutingDocument};
+use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_core::token::{ACCESS_TOKEN_TYPE, AccessClaims};
+use gateway_core::unix_now;
+use gateway_store::nats::NatsConfig;
+use gateway_store::{Bucket, Store, StoreConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "proxy-bench")]

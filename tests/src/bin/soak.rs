@@ -250,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
     let keys = SnapshotKeys::generate();
     let prefix = gateway_tests::unique_prefix();
     // every request's log line would pile up in this process: requests log at warn only
-    let quiet = ["--log", "info,gateway_shared::http=warn"];
+    let quiet = ["--log", "info,gateway_edge::http=warn"];
     let limits = [
         "--limit-signin-per-ip",
         "100000/m",

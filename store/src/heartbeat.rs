@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::Record;
+use crate::record::Record;
 
 /// Key prefix of data-plane heartbeats in the rebalance bucket.
 pub const DATA_PREFIX: &str = "replica.data.";
@@ -84,6 +84,6 @@ mod tests {
         assert_eq!(replica_token(""), "replica");
         assert_eq!(replica_token(&"x".repeat(100)).len(), 64);
         let id = default_replica_id();
-        crate::store::keys::validate_key(&format!("{DATA_PREFIX}{id}")).unwrap();
+        crate::keys::validate_key(&format!("{DATA_PREFIX}{id}")).unwrap();
     }
 }

@@ -19,8 +19,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::{ApiError, ErrorCode};
-use crate::store::Store;
+use crate::error::ApiError;
+use gateway_core::ErrorCode;
+use gateway_store::Store;
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -647,7 +648,7 @@ pub static TENANT_NAME: HeaderName = HeaderName::from_static(TENANT_HEADER);
 /// The tenant of a tenant-scoped route, from exactly one well-formed `x-tenant-id`
 /// header: missing, malformed or repeated headers are a 400 in the envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantHeader(pub crate::authz::TenantId);
+pub struct TenantHeader(pub gateway_core::authz::TenantId);
 
 impl TenantHeader {
     /// The tenant named by `headers` (see [`TenantHeader`]).
@@ -668,7 +669,7 @@ impl TenantHeader {
         let value = value
             .to_str()
             .map_err(|_| bad("invalid_tenant", "x-tenant-id is not a tenant id"))?;
-        crate::authz::TenantId::parse(value)
+        gateway_core::authz::TenantId::parse(value)
             .map(TenantHeader)
             .map_err(|err| bad("invalid_tenant", &err.to_string()))
     }

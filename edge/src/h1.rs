@@ -47,7 +47,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
+use gateway_core::ErrorCode;
 
 /// Most bytes of a request head (request line and header fields).
 pub const MAX_HEAD: usize = 64 * 1024;

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::store::StoreConfig;
-use crate::store::nats::{NatsConfig, validate_store_prefix};
+use gateway_store::StoreConfig;
+use gateway_store::nats::{NatsConfig, validate_store_prefix};
 
 /// A setting that cannot be used; the message names it.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -1,10 +1,14 @@
-//! State store abstraction: KV buckets with compare-and-set and watches, plus the audit log.
+//! The gateway's state store: KV buckets with compare-and-set and watches, plus the audit
+//! log, behind one trait, and the replica heartbeats kept in it ([`heartbeat`]).
 //!
 //! Two backends implement it: NATS JetStream ([`nats`]) for production and the embedded
 //! single-process file store ([`embedded`]) for the local run. Both pass the same
 //! conformance suite (`conformance`, behind the `testsuite` feature).
 
+#![forbid(unsafe_code)]
+
 pub mod embedded;
+pub mod heartbeat;
 pub mod keys;
 pub mod nats;
 pub mod record;

@@ -376,7 +376,7 @@ macro_rules! store_conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
             let (store, _guard) = $open().await;
-            $crate::store::conformance::$case(&store).await;
+            $crate::conformance::$case(&store).await;
         }
     };
 }

@@ -1,0 +1,169 @@
+//! The error envelope of both planes: [`ApiError`] writes
+//! `{"error": {code, message, correlation_id}}` with the status of its [`ErrorCode`], and
+//! becomes a gRPC status with the same code.
+
+use axum::Json;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use gateway_core::ErrorCode;
+use serde::Serialize;
+
+use crate::http::current_correlation_id;
+use gateway_store::StoreError;
+
+/// `code`'s gRPC status code as tonic names it.
+pub fn tonic_code(code: ErrorCode) -> tonic::Code {
+    tonic::Code::from_i32(code.grpc_code().number())
+}
+
+/// An error answered to a client, in the envelope of both planes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// A more precise code for the envelope (e.g. `refresh_token_reused` for an
+    /// `Unauthenticated` error); the status still comes from `code`.
+    pub reason: Option<&'static str>,
+    pub message: String,
+    /// Seconds for `retry-after` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same error with a precise envelope code.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The code written in the envelope.
+    pub fn envelope_code(&self) -> &'static str {
+        self.reason.unwrap_or(self.code.as_str())
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// Logs `err` with context and answers an opaque 500.
+    pub fn internal(context: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    /// The same error as a gRPC status.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(tonic_code(self.code), self.message.clone())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.envelope_code(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let envelope = Envelope {
+            error: Body {
+                code: self.envelope_code(),
+                message: &self.message,
+                correlation_id: current_correlation_id(),
+            },
+        };
+        let mut response = (self.code.http_status(), Json(envelope)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(_) => ApiError::not_found("not found"),
+            StoreError::Conflict { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                "the resource changed concurrently; read it again and retry",
+            ),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(detail, "store unavailable");
+                ApiError::new(ErrorCode::StoreUnavailable, "state store unavailable")
+                    .with_retry_after(1)
+            }
+            StoreError::InvalidKey(err) => ApiError::bad_request(err.to_string()),
+            StoreError::Corrupt(detail) => ApiError::internal("corrupt store data", &detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_are_tonics_numbers() {
+        assert_eq!(
+            tonic_code(ErrorCode::Unauthenticated),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            tonic_code(ErrorCode::Forbidden),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            tonic_code(ErrorCode::UpstreamTimeout),
+            tonic::Code::DeadlineExceeded
+        );
+        assert_eq!(tonic_code(ErrorCode::Overloaded), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn store_errors_become_typed_answers() {
+        let conflict: ApiError = StoreError::Conflict { key: "k".into() }.into();
+        assert_eq!(conflict.code, ErrorCode::Conflict);
+        let down: ApiError = StoreError::Unavailable("nats".into()).into();
+        assert_eq!(down.code, ErrorCode::StoreUnavailable);
+        assert_eq!(down.retry_after, Some(1));
+        // internal details never reach the message
+        assert!(!down.message.contains("nats"));
+        let corrupt: ApiError = StoreError::Corrupt("secret detail".into()).into();
+        assert_eq!(corrupt.message, "internal error");
+    }
+}
