@@ -1086,7 +1086,6 @@ async fn version(State(state): State<OpsState>) -> impl IntoResponse {
 /// `timeout`: the container HEALTHCHECK of both images (`<plane> healthcheck`), which have
 /// no curl.
 pub async fn probe_status(url: &str, timeout: Duration) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
@@ -1097,30 +1096,32 @@ pub async fn probe_status(url: &str, timeout: Duration) -> Result<u16, String> {
     if authority.is_empty() || authority.contains(['@', ' ']) {
         return Err(format!("{url:?} has no usable host"));
     }
+    let host =
+        HeaderValue::from_str(authority).map_err(|_| format!("{url:?} has no usable host"))?;
+    let path = axum::http::uri::PathAndQuery::try_from(path)
+        .map_err(|_| format!("{url:?} has no usable path"))?;
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|err| format!("cannot connect to {authority}: {err}"))?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
+        let close = HeaderValue::from_static("close");
+        let call = crate::h1::client::Call {
+            method: &axum::http::Method::GET,
+            path: &path,
+            headers: &[(&axum::http::header::CONNECTION, &close)],
+            body: &bytes::Bytes::new(),
+            idempotent: true,
+        };
+        let mut out = Vec::new();
+        crate::h1::client::send(&mut stream, &mut out, &host, &call)
             .await
             .map_err(|err| err.to_string())?;
-        let mut head = Vec::with_capacity(64);
-        let mut buf = [0u8; 256];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let read = stream.read(&mut buf).await.map_err(|err| err.to_string())?;
-            if read == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..read]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| "not an HTTP answer".to_string())
+        let mut buf = bytes::BytesMut::new();
+        let (answer, _) =
+            crate::h1::client::read_answer(&mut stream, &mut buf, false, OPS_MAX_BODY)
+                .await
+                .map_err(|err| format!("not an HTTP answer: {err:?}"))?;
+        Ok(answer.status.as_u16())
     };
     tokio::time::timeout(timeout, exchange)
         .await

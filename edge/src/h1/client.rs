@@ -1,0 +1,270 @@
+//! The client side: writing a request to an upstream and reading its answer, for the data
+//! plane's pooled upstream calls and the container health probe. The caller owns the
+//! connection and its buffers (pooling is the data plane's business); the framing rules
+//! are the server's ([`common`](super::common), [`body`](super::body)), read from the
+//! other side.
+//!
+//! What it speaks (RFC 9112):
+//! - requests: origin-form target, `host`, `accept-encoding: identity` (only the content
+//!   type is relayed, so no content coding), the caller's headers, `content-length` for
+//!   every body and for the methods that carry one; the body in the same write when small;
+//! - answers: up to 8 interim (1xx) answers skipped, 101 refused (§9.8: never asked for);
+//!   the body framed by a final `chunked` coding, by `content-length`, or by the close;
+//!   none for `HEAD`, 1xx, 204 and 304 (§6.3 items 1–2); differing `content-length`s, a
+//!   length beside a transfer coding (§6.3 item 3: a smuggling attempt, refused rather than
+//!   resolved), a length that is not digits, a head over [`MAX_HEAD`] or a body over the
+//!   caller's limit are refused. Repeated identical lengths are one length (§6.3 item 5).
+
+use axum::body::Bytes;
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::body::{BodyError, Source};
+use super::common::{
+    ConnectionTokens, Framing, HeadScan, MAX_HEAD, MAX_HEADERS, Read, content_length,
+    final_coding_is_chunked, read_more,
+};
+
+/// Interim (1xx) answers read before the final one.
+const MAX_INTERIM_ANSWERS: usize = 8;
+/// Bodies up to this size are written together with the request head.
+pub const COALESCE_BODY: usize = 16 * 1024;
+
+/// One request: what is written after the request line and `host`.
+pub struct Call<'a> {
+    pub method: &'a Method,
+    /// Origin-form target (path and query).
+    pub path: &'a PathAndQuery,
+    /// Headers besides `host` and `content-length`.
+    pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
+    pub body: &'a Bytes,
+    /// The call may be sent twice (RFC 9110 §9.2.2): a kept-alive connection found closed
+    /// after the request was written then gets it again on a new connection.
+    pub idempotent: bool,
+}
+
+/// What the gateway relays of an answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Why a call got no (whole) answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (refused, TLS, DNS, connect timeout): the request never
+    /// left, so it may go elsewhere.
+    Unreachable(String),
+    /// Sent, or partly sent, but no answer came (reset, closed, not HTTP).
+    Failed(String),
+    /// The answer began but was cut short or could not be read to its end.
+    CutShort(String),
+    /// The connection was closed or reset before any byte of an answer came.
+    Closed(String),
+}
+
+/// The request head into `out` (cleared first), and the body after it when it is at most
+/// [`COALESCE_BODY`] bytes (else the caller writes it after the head).
+pub fn encode(out: &mut Vec<u8>, host: &HeaderValue, call: &Call<'_>) {
+    out.clear();
+    out.extend_from_slice(call.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(call.path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    // only the content type is relayed, so the body must come without a content coding
+    out.extend_from_slice(b"\r\naccept-encoding: identity\r\n");
+    for (name, value) in call.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // a length for every body, and for the methods that carry one even when empty
+    let expects_body = matches!(*call.method, Method::POST | Method::PUT | Method::PATCH);
+    if !call.body.is_empty() || expects_body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(call.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if call.body.len() <= COALESCE_BODY {
+        out.extend_from_slice(call.body);
+    }
+}
+
+/// Writes `call` (encoded into `out`) on `io`.
+pub async fn send<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    host: &HeaderValue,
+    call: &Call<'_>,
+) -> std::io::Result<()> {
+    encode(out, host, call);
+    io.write_all(out).await?;
+    if call.body.len() > COALESCE_BODY {
+        io.write_all(call.body).await?;
+    }
+    io.flush().await
+}
+
+/// What an answer head says.
+struct Head {
+    status: StatusCode,
+    length: usize,
+    content_type: Option<HeaderValue>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Reads one answer (skipping 1xx interim ones) from `io`, with `buf` holding what was
+/// read from it and not used yet (the bytes after the answer stay there): the answer, and
+/// whether the connection may carry another call. Bodies over `max_body` are refused.
+pub async fn read_answer<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    head_only: bool,
+    max_body: usize,
+) -> Result<(Answer, bool), SendError> {
+    let mut got_any = false;
+    let mut interim = 0;
+    let mut scan = HeadScan::default();
+    loop {
+        let head = if scan.worth_parsing(buf) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(buf) {
+                Ok(httparse::Status::Complete(length)) => {
+                    Some(interpret(&response, length, head_only, max_body)?)
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(err) => return Err(SendError::Failed(format!("not an HTTP answer: {err}"))),
+            }
+        } else {
+            None
+        };
+        let Some(head) = head else {
+            if buf.len() > MAX_HEAD {
+                return Err(SendError::Failed("the answer's head is too large".into()));
+            }
+            let nothing_yet = !got_any && buf.is_empty();
+            if let Read::Closed = read_more(io, buf, None, None).await {
+                return Err(if nothing_yet {
+                    SendError::Closed("the connection closed before an answer".into())
+                } else {
+                    SendError::CutShort("the connection closed inside the answer's head".into())
+                });
+            }
+            continue;
+        };
+        got_any = true;
+        buf.advance(head.length);
+        scan.reset();
+        if head.status.is_informational() {
+            interim += 1;
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(SendError::Failed("unasked protocol switch".into()));
+            }
+            if interim > MAX_INTERIM_ANSWERS {
+                return Err(SendError::Failed("too many interim answers".into()));
+            }
+            continue;
+        }
+        let mut source = Source {
+            io,
+            buf,
+            timer: None,
+        };
+        let cut =
+            |err: BodyError| SendError::CutShort(format!("the answer's body: {}", err.describe()));
+        let (body, reusable) = match head.framing {
+            Framing::Empty => (Bytes::new(), head.keep_alive),
+            Framing::Length(length) => (
+                source.read_length(length as usize).await.map_err(cut)?,
+                head.keep_alive,
+            ),
+            Framing::Chunked => (
+                source.read_chunked(max_body).await.map_err(cut)?,
+                head.keep_alive,
+            ),
+            Framing::UntilClose => (source.read_to_close(max_body).await.map_err(cut)?, false),
+        };
+        return Ok((
+            Answer {
+                status: head.status,
+                content_type: head.content_type,
+                body,
+            },
+            reusable,
+        ));
+    }
+}
+
+/// What an answer head says: status, content type, body framing (RFC 9112 §6.3) and
+/// whether the connection stays open after it.
+fn interpret(
+    response: &httparse::Response<'_, '_>,
+    length: usize,
+    head_only: bool,
+    max_body: usize,
+) -> Result<Head, SendError> {
+    let bad = |what: &str| SendError::Failed(format!("invalid answer: {what}"));
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| bad("status"))?;
+    let http10 = response.version == Some(0);
+    let mut connection = ConnectionTokens::default();
+    let mut content_type = None;
+    let mut declared: Option<u64> = None;
+    let mut chunked = None;
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = HeaderValue::from_bytes(header.value).ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let value = content_length(header.value).ok_or_else(|| bad("content-length"))?;
+            if declared.is_some_and(|known| known != value) {
+                return Err(bad("two content-lengths"));
+            }
+            declared = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // the last field's final coding decides
+            chunked = Some(final_coding_is_chunked(header.value));
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection.read(header.value);
+        }
+    }
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (no_body, chunked, declared) {
+        (true, _, _) => Framing::Empty,
+        (false, Some(true), None) => Framing::Chunked,
+        (false, Some(_), Some(_)) => return Err(bad("content-length with transfer-encoding")),
+        (false, Some(false), None) => Framing::UntilClose,
+        (false, None, Some(length)) if length > max_body as u64 => {
+            return Err(SendError::CutShort("the answer's body is too large".into()));
+        }
+        (false, None, Some(0)) => Framing::Empty,
+        (false, None, Some(length)) => Framing::Length(length),
+        (false, None, None) => Framing::UntilClose,
+    };
+    // an HTTP/1.0 answer with a transfer coding closes the connection (RFC 9112 §6.1)
+    let keep_alive = connection.persistent(http10) && !(http10 && chunked.is_some());
+    Ok(Head {
+        status,
+        length,
+        content_type,
+        framing,
+        keep_alive,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,552 @@
+//! The server side of both planes' HTTP/1.1 listeners: one task per connection reads a
+//! request head with httparse, reads the whole body (bounded), hands the request to the
+//! service and writes its answer, then reads the next request from the same buffer.
+//!
+//! Why our own and not hyper's: hyper's server connection (with axum's h1/h2 detection,
+//! its body channel, dispatcher and encoder) was the largest item left on the request
+//! path, about 14k instructions of a proxied query (docs/benchmarks.md, sixth
+//! comparison). This loop does the same protocol work in the connection's own task,
+//! with one buffer per connection and one write per answer. HTTP/2 (ALPN `h2` on TLS,
+//! or the prior-knowledge preface on plain TCP) still goes to hyper ([`Outcome::Http2`]).
+//!
+//! What it accepts and refuses (RFC 9112; the rules shared with the client are in
+//! [`common`](super::common) and [`body`](super::body)):
+//! - a head of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields, else 431
+//!   `headers_too_large`; anything httparse will not parse (obs-fold, spaces before the
+//!   colon, bare CR, a version other than 1.0 or 1.1), else 400 `malformed_request`;
+//! - exactly one `Host` in an HTTP/1.1 request (§3.2), else 400 `malformed_request`;
+//! - framing (§6): one `content-length` of digits, or one `transfer-encoding: chunked`
+//!   (not in HTTP/1.0), never both, else 400 `ambiguous_framing`; chunk sizes of hex
+//!   digits, extensions and trailers bounded, every chunk closed by CRLF;
+//! - a body of at most `max_body` bytes, else 413 `payload_too_large` without reading it
+//!   (a declared length) or once past it (chunked); `expect: 100-continue` is answered
+//!   only when the body will be read;
+//! - a complete head within `head_timeout` of the connection's start or of the previous
+//!   answer (an idle connection is closed without an answer, a head still arriving gets
+//!   408 `request_timeout`), a body within `body_timeout` of its head (408), and each
+//!   answer written within `body_timeout` (a client that stops reading is dropped);
+//! - blank lines before a request are skipped (RFC 9112 §2.2), at most a head's worth.
+//!
+//! Every refusal is an answer in the envelope with `connection: close`: after it, the
+//! rest of what the client sent is never read as a request. Bodies are read whole before
+//! the service runs (the gateway relays whole bodies anyway), so a service never sees a
+//! partial body and a refused request never reaches one.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use gateway_core::ErrorCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::body::{BodyError, Source};
+use super::common::{
+    ConnectionTokens, Framing, HeadScan, KEEP_BUFFER, MAX_HEAD, MAX_HEADERS, Read, Timer,
+    content_length, deadline, read_more,
+};
+use super::write::write_response;
+use crate::error::ApiError;
+
+#[cfg(test)]
+mod tests;
+
+/// Bounds of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Largest request body read (413 past it).
+    pub max_body: usize,
+    /// From the connection's start or the previous answer to the next complete head:
+    /// an idle connection is closed after it, a head still arriving gets 408.
+    pub head_timeout: Duration,
+    /// From a complete head to the end of its body (408 past it).
+    pub body_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// The defaults with `max_body`: 60 s for the next head, 60 s for a body.
+    pub fn with_max_body(max_body: usize) -> ConnLimits {
+        ConnLimits {
+            max_body,
+            head_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a connection ended.
+pub enum Outcome {
+    /// Closed (by either side, after a refusal, or for shutdown).
+    Closed,
+    /// The client opened with the HTTP/2 preface: the bytes read so far, to be replayed to
+    /// an HTTP/2 server ([`Rewind`]).
+    Http2(Bytes),
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Serves HTTP/1.x requests on `io` until either side closes, a request is refused, the
+/// connection idles past its limit, or `stop` is cancelled (in-flight requests are
+/// answered first, with `connection: close`).
+pub async fn serve_connection<I, S>(
+    mut io: I,
+    mut service: S,
+    limits: &ConnLimits,
+    stop: &CancellationToken,
+) -> Outcome
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut first = true;
+    let mut timer = Timer::new(deadline(limits.head_timeout));
+    let mut stopped = std::pin::pin!(stop.clone().cancelled_owned());
+    loop {
+        let head = match read_head(&mut io, &mut buf, &mut timer, stopped.as_mut(), first).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Outcome::Closed,
+            Err(HeadError::Http2) => return Outcome::Http2(buf.freeze()),
+            Err(HeadError::Refused(err)) => {
+                refuse(&mut io, &mut out, None, err).await;
+                return Outcome::Closed;
+            }
+        };
+        first = false;
+        let Parsed {
+            request,
+            framing,
+            expect_continue,
+            mut keep_alive,
+        } = head;
+        let body = match framing {
+            Framing::Empty | Framing::UntilClose => Bytes::new(),
+            Framing::Length(length) if length > limits.max_body as u64 => {
+                refuse(
+                    &mut io,
+                    &mut out,
+                    Some(&request),
+                    too_large(limits.max_body),
+                )
+                .await;
+                return Outcome::Closed;
+            }
+            framing => {
+                if expect_continue && buf.is_empty() && request.version() == Version::HTTP_11 {
+                    let interim = async {
+                        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        io.flush().await
+                    };
+                    if !matches!(
+                        tokio::time::timeout(limits.body_timeout, interim).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Outcome::Closed;
+                    }
+                }
+                timer.set(deadline(limits.body_timeout));
+                let mut source = Source {
+                    io: &mut io,
+                    buf: &mut buf,
+                    timer: Some(&mut timer),
+                };
+                let read = match framing {
+                    Framing::Length(length) => source.read_length(length as usize).await,
+                    _ => source.read_chunked(limits.max_body).await,
+                };
+                match read {
+                    Ok(body) => body,
+                    Err(BodyError::Closed) => return Outcome::Closed,
+                    Err(err) => {
+                        let err = match err {
+                            BodyError::TooLarge => too_large(limits.max_body),
+                            BodyError::TimedOut => timed_out(),
+                            other => malformed(other.describe()),
+                        };
+                        refuse(&mut io, &mut out, Some(&request), err).await;
+                        return Outcome::Closed;
+                    }
+                }
+            }
+        };
+        let head_only = request.method() == Method::HEAD;
+        let http10 = request.version() == Version::HTTP_10;
+        let large_body = body.len() > KEEP_BUFFER;
+        let request = request.map(|()| {
+            if body.is_empty() {
+                Body::empty()
+            } else {
+                Body::from(body)
+            }
+        });
+        let ready = std::future::poll_fn(|cx| service.poll_ready(cx)).await;
+        let response = match ready {
+            Ok(()) => match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            Err(never) => match never {},
+        };
+        if stop.is_cancelled() {
+            keep_alive = false;
+        }
+        let written = tokio::time::timeout(
+            limits.body_timeout,
+            write_response(&mut io, &mut out, response, head_only, http10, keep_alive),
+        )
+        .await;
+        let written = matches!(written, Ok(Ok(true)));
+        if !written || !keep_alive {
+            // bounded: over TLS a shutdown writes, and the client may not be reading
+            let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+            return Outcome::Closed;
+        }
+        // after a large body the buffer's spare capacity understates what it holds
+        if buf.is_empty() && (large_body || buf.capacity() > KEEP_BUFFER) {
+            buf = BytesMut::with_capacity(8 * 1024);
+        }
+        if out.capacity() > KEEP_BUFFER {
+            out = Vec::with_capacity(1024);
+        }
+        timer.set(deadline(limits.head_timeout));
+    }
+}
+
+/// A request head, its body's framing and what it asks of the connection.
+pub struct Parsed {
+    pub request: Request<()>,
+    pub framing: Framing,
+    pub expect_continue: bool,
+    pub keep_alive: bool,
+}
+
+/// Why a request head was not taken.
+pub enum HeadError {
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// Refused with this answer.
+    Refused(ApiError),
+}
+
+fn malformed(message: &str) -> ApiError {
+    ApiError::bad_request(message.to_string()).with_reason("malformed_request")
+}
+
+fn ambiguous() -> ApiError {
+    ApiError::bad_request("the request's length is ambiguous").with_reason("ambiguous_framing")
+}
+
+fn too_large(max_body: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is over {max_body} bytes"),
+    )
+}
+
+fn timed_out() -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestTimeout,
+        "the request did not arrive in time",
+    )
+}
+
+fn head_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::HeadersTooLarge,
+        format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} fields"),
+    )
+}
+
+/// Reads until `buf` holds a complete head, and parses it. `Ok(None)`: the connection
+/// closed, idled out or is told to stop between requests. A head that arrives in pieces
+/// is parsed again only once its end (an empty line) is in the buffer, so a client
+/// trickling a head byte by byte does not make the parse quadratic.
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timer: &mut Timer,
+    mut stop: Pin<&mut WaitForCancellationFutureOwned>,
+    first: bool,
+) -> Result<Option<Parsed>, HeadError> {
+    let mut scan = HeadScan::default();
+    let mut skipped = 0;
+    loop {
+        // blank lines before a request line are skipped, a head's worth at most
+        let blank = blank_prefix(buf);
+        if blank > 0 {
+            skipped += blank;
+            if skipped > MAX_HEAD {
+                return Err(HeadError::Refused(malformed("too many blank lines")));
+            }
+            bytes::Buf::advance(buf, blank);
+            scan.reset();
+        }
+        {
+            let preface = &H2_PREFACE[..buf.len().min(H2_PREFACE.len())];
+            if first && buf.starts_with(preface) {
+                if preface.len() == H2_PREFACE.len() {
+                    return Err(HeadError::Http2);
+                }
+            } else if scan.worth_parsing(buf)
+                && let Some(parsed) = parse_head(buf)?
+            {
+                return Ok(Some(parsed));
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(HeadError::Refused(head_too_large()));
+            }
+        }
+        // shutdown closes the connection unless a head is complete: one arriving slowly
+        // would hold the drain to its deadline
+        match read_more(io, buf, Some(timer), Some(stop.as_mut())).await {
+            Read::Data => {}
+            Read::Stopped => return Ok(None),
+            Read::Closed | Read::TimedOut if buf.is_empty() => return Ok(None),
+            Read::Closed => {
+                return Err(HeadError::Refused(malformed(
+                    "the connection closed inside a request head",
+                )));
+            }
+            Read::TimedOut => return Err(HeadError::Refused(timed_out())),
+        }
+    }
+}
+
+/// How many bytes of blank lines (CRLF or a bare LF) `buf` starts with.
+fn blank_prefix(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`; `Ok(None)` while it is incomplete. On success
+/// the head is taken out of `buf` (its bytes shared by the request's header values).
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
+    // left uninitialised: zeroing 128 fields cost more than parsing a typical head
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Refused(head_too_large())),
+        Err(err) => {
+            return Err(HeadError::Refused(malformed(&format!(
+                "the request head could not be parsed: {err}"
+            ))));
+        }
+    };
+    if length > MAX_HEAD {
+        return Err(HeadError::Refused(head_too_large()));
+    }
+    // where each piece lies in the buffer, to take the head out without copying it
+    let base = buf.as_ptr() as usize;
+    let at = |piece: &[u8]| {
+        let start = piece.as_ptr() as usize - base;
+        (start, start + piece.len())
+    };
+    let refused = |message: &str| HeadError::Refused(malformed(message));
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| refused("the request method is not a token"))?;
+    let target = at(parsed.path.unwrap_or_default().as_bytes());
+    let ranges: Vec<_> = parsed
+        .headers
+        .iter()
+        .map(|field| (at(field.name.as_bytes()), at(field.value)))
+        .collect();
+    let head = buf.split_to(length).freeze();
+
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
+        .map_err(|_| refused("the request target is not a URI"))?;
+    let mut headers = HeaderMap::with_capacity(ranges.len());
+    let mut framing = Framing::Empty;
+    let (mut lengths, mut codings, mut hosts) = (0, 0, 0);
+    let mut chunked = false;
+    let mut expect_continue = false;
+    let mut connection = ConnectionTokens::default();
+    for (name, value) in &ranges {
+        let name = HeaderName::from_bytes(&head[name.0..name.1])
+            .map_err(|_| refused("a header name is not a token"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
+            .map_err(|_| refused("a header value holds a control character"))?;
+        match name {
+            header::CONTENT_LENGTH => {
+                // §6.3 item 5: a list or an invalid value is unrecoverable for a request
+                lengths += 1;
+                let length = content_length(value.as_bytes())
+                    .ok_or_else(|| HeadError::Refused(ambiguous()))?;
+                framing = Framing::Length(length);
+            }
+            header::TRANSFER_ENCODING => {
+                // §6.3 item 4: a request whose final coding is not chunked cannot be framed;
+                // stricter than that, only the lone coding `chunked` is taken
+                codings += 1;
+                chunked = value
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked");
+            }
+            header::HOST => hosts += 1,
+            header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            header::CONNECTION => connection.read(value.as_bytes()),
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    if codings > 0 {
+        if lengths > 0 || codings > 1 || !chunked || version == Version::HTTP_10 {
+            return Err(HeadError::Refused(ambiguous()));
+        }
+        framing = Framing::Chunked;
+    }
+    if lengths > 1 {
+        return Err(HeadError::Refused(ambiguous()));
+    }
+    if framing == Framing::Length(0) {
+        framing = Framing::Empty;
+    }
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(refused("an HTTP/1.1 request needs exactly one host header"));
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let keep_alive = connection.persistent(version == Version::HTTP_10);
+    Ok(Some(Parsed {
+        request,
+        framing,
+        expect_continue,
+        keep_alive,
+    }))
+}
+
+/// Answers `err` in the envelope, with `connection: close`; the correlation id is the
+/// client's (when the head was parsed and it gave a valid one) or a new one.
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    request: Option<&Request<()>>,
+    err: ApiError,
+) {
+    tracing::debug!(reason = err.envelope_code(), message = %err.message, "request refused by the connection");
+    metrics::counter!("gateway_refused_requests_total", "reason" => err.envelope_code())
+        .increment(1);
+    let correlation = crate::http::CorrelationId::accept_or_mint(
+        request.and_then(|request| request.headers().get(&crate::http::CORRELATION_NAME)),
+    );
+    let mut response =
+        crate::http::in_correlation_scope(correlation.clone(), || err.into_response());
+    response.headers_mut().insert(
+        crate::http::CORRELATION_NAME.clone(),
+        correlation.header_value(),
+    );
+    let head_only = request.is_some_and(|request| request.method() == Method::HEAD);
+    let write = async {
+        write_response(io, out, response, head_only, false, false).await?;
+        io.shutdown().await
+    };
+    // a client that does not read its refusal is not waited for long
+    if let Ok(Ok(())) = tokio::time::timeout(LINGER, write).await {
+        linger(io).await;
+    }
+}
+
+/// After a refusal, reads and drops what the client still sends (at most
+/// [`LINGER_BYTES`], for at most [`LINGER`]) before the connection is dropped: closing a
+/// socket with unread bytes makes the kernel send a reset, which can destroy the answer
+/// before the client reads it.
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => left = left.saturating_sub(read),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Bounds of [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// An I/O object that first yields bytes already read from it: hands a connection whose
+/// first bytes were read here to hyper's HTTP/2 server.
+pub struct Rewind<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    pub fn new(prefix: Bytes, inner: I) -> Rewind<I> {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let take = self.prefix.len().min(buf.remaining());
+            let piece = self.prefix.split_to(take);
+            buf.put_slice(&piece);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
