@@ -2,9 +2,9 @@
 //! per-account failure backoff shared by every replica through the store. Time is a
 //! parameter everywhere, so tests control it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use gateway_edge::{ApiError, ErrorCode};
@@ -70,9 +70,7 @@ impl KeyedLimiter {
     pub fn check(&self, key: IpAddr, now_ms: i64) -> Result<(), Duration> {
         let capacity = f64::from(self.quota.rate);
         let per_ms = capacity / self.quota.period.as_millis() as f64;
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
+        let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT {
             // drop keys that have refilled completely: they carry no state
             let full_after = self.quota.period.as_millis() as i64;

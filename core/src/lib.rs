@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod backoff;
 pub mod error;
 pub mod jwks;
 pub mod routing;

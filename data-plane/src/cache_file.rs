@@ -90,9 +90,7 @@ fn write(path: &Path, mirrors: &Mirrors) -> std::io::Result<bool> {
         return Ok(false);
     };
     let documents = {
-        let Ok(mut journal) = journal.lock() else {
-            return Ok(false);
-        };
+        let mut journal = journal.lock();
         if !journal.dirty {
             return Ok(false);
         }
@@ -146,7 +144,7 @@ pub async fn keep(path: PathBuf, mirrors: Arc<Mirrors>, shutdown: CancellationTo
             Ok(Err(err)) => {
                 metrics::counter!("gateway_mirror_cache_write_errors_total").increment(1);
                 tracing::warn!(path = %path.display(), error = %err, "cannot write the mirror cache file");
-                if let Some(Ok(mut journal)) = mirrors.journal.as_ref().map(|j| j.lock()) {
+                if let Some(mut journal) = mirrors.journal.as_ref().map(|j| j.lock()) {
                     journal.dirty = true;
                 }
             }

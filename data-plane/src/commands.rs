@@ -2,7 +2,9 @@
 //! wrapper, both forwarded to the aggregate shard of the tenant over pooled gRPC channels.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::Json;
@@ -53,10 +55,7 @@ impl Channels {
     }
 
     fn get(&self, endpoint: &str) -> Result<Channel, ApiError> {
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| ApiError::internal("channel pool", &"poisoned"))?;
+        let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }

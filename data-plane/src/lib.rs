@@ -84,7 +84,10 @@ async fn connect_and_follow(
     let store = match source {
         StoreSource::Open(store) => store,
         StoreSource::Connect(config) => {
-            let mut backoff = std::time::Duration::from_millis(200);
+            let mut backoff = gateway_core::backoff::Backoff::new(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(5),
+            );
             loop {
                 let opened = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -93,12 +96,12 @@ async fn connect_and_follow(
                 match opened {
                     Ok(store) => break store,
                     Err(err) => {
-                        tracing::warn!(error = %err, retry_ms = backoff.as_millis() as u64, "store unreachable, serving from the mirrors");
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %err, retry_ms = delay.as_millis() as u64, "store unreachable, serving from the mirrors");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                     }
                 }
             }

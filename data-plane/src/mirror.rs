@@ -31,13 +31,13 @@ pub struct Mirrors {
     /// Access-token verification keys, built from each new `jwks` document.
     pub jwks: ArcSwapOption<KeysInUse>,
     /// Effective rights per principal (`principal.<id>` documents of the authz bucket).
-    pub principals: std::sync::RwLock<foldhash::HashMap<String, Arc<Verified<EffectiveRights>>>>,
+    pub principals: parking_lot::RwLock<foldhash::HashMap<String, Arc<Verified<EffectiveRights>>>>,
     /// Routing comes from a local file (`--routing-file`): routing documents of the store
     /// are ignored.
     pub static_routing: bool,
     /// The signed bytes of every applied document, for the local cache file; `None` when
     /// no cache file is kept.
-    pub journal: Option<std::sync::Mutex<Journal>>,
+    pub journal: Option<parking_lot::Mutex<Journal>>,
     /// Signalled when a new routing table is swapped in (the heartbeat reports it).
     pub routing_changed: tokio::sync::Notify,
     /// Unix seconds of the last sign that the mirrors are current: a heartbeat written or
@@ -72,7 +72,7 @@ impl Mirrors {
     pub fn new(static_routing: bool, journal: bool) -> Mirrors {
         Mirrors {
             static_routing,
-            journal: journal.then(|| std::sync::Mutex::new(Journal::default())),
+            journal: journal.then(|| parking_lot::Mutex::new(Journal::default())),
             ..Mirrors::default()
         }
     }
@@ -93,7 +93,7 @@ impl Mirrors {
 
     fn remember(&self, bytes: &[u8], record: impl FnOnce(&mut Journal, String)) {
         use base64::Engine;
-        if let Some(Ok(mut journal)) = self.journal.as_ref().map(|j| j.lock()) {
+        if let Some(mut journal) = self.journal.as_ref().map(|j| j.lock()) {
             record(
                 &mut journal,
                 base64::engine::general_purpose::STANDARD.encode(bytes),
@@ -163,10 +163,7 @@ impl Mirrors {
                 "document filed under another principal".into(),
             ));
         }
-        let mut principals = self
-            .principals
-            .write()
-            .map_err(|_| DocError::Payload("principal mirror poisoned".into()))?;
+        let mut principals = self.principals.write();
         let current = principals.get(principal_id).map(|d| d.revision);
         if !accept_revision(current, doc.revision)? {
             return Ok(false);
@@ -182,7 +179,7 @@ impl Mirrors {
 
     /// The current effective rights of a principal.
     pub fn principal(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
-        self.principals.read().ok()?.get(principal_id).cloned()
+        self.principals.read().get(principal_id).cloned()
     }
 }
 
@@ -226,7 +223,8 @@ pub async fn follow(
     } else {
         ""
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        gateway_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let watch = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -234,16 +232,16 @@ pub async fn follow(
         };
         let mut watch = match watch {
             Ok(watch) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 watch
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_ms = backoff.as_millis() as u64, "cannot watch snapshots");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_ms = delay.as_millis() as u64, "cannot watch snapshots");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -309,7 +307,7 @@ pub async fn heartbeat(
             plane: "data".into(),
             routing_revision: mirrors.routing.load().as_ref().map_or(0, |t| t.revision),
             jwks_revision: mirrors.jwks.load().as_ref().map_or(0, |k| k.revision),
-            principals: mirrors.principals.read().map_or(0, |p| p.len() as u64),
+            principals: mirrors.principals.read().len() as u64,
             started_at,
             seen_at: gateway_core::unix_now(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -15,9 +15,9 @@
 //! sent again on a new connection when that is safe (see [`Conns::call`]). Connections
 //! idle past `idle_timeout`, or closed by the upstream, are dropped by a sweep.
 
+use parking_lot::Mutex;
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -189,7 +189,7 @@ impl Conns {
 
     /// Idle connections now held.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+        self.idle.lock().len()
     }
 
     /// Sends `call` on an idle connection, or on a new one when none is left, and reads
@@ -247,9 +247,8 @@ impl Conns {
         if conn.read.capacity() > KEEP_BUFFER {
             conn.read = BytesMut::with_capacity(16 * 1024);
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < policy.max_idle
-        {
+        let mut idle = self.idle.lock();
+        if idle.len() < policy.max_idle {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -260,21 +259,17 @@ impl Conns {
     /// Drops the connections idle for longer than the policy allows, and those the
     /// upstream has closed.
     pub fn sweep(&self, policy: PoolPolicy, now: Instant) {
-        let stale: Vec<Idle> = match self.idle.lock() {
-            Ok(mut idle) => {
-                let mut stale = Vec::new();
-                for mut c in std::mem::take(&mut *idle) {
-                    if now.duration_since(c.since) < policy.idle_timeout
-                        && c.conn.stream.still_open()
-                    {
-                        idle.push(c);
-                    } else {
-                        stale.push(c);
-                    }
+        let stale: Vec<Idle> = {
+            let mut idle = self.idle.lock();
+            let mut stale = Vec::new();
+            for mut c in std::mem::take(&mut *idle) {
+                if now.duration_since(c.since) < policy.idle_timeout && c.conn.stream.still_open() {
+                    idle.push(c);
+                } else {
+                    stale.push(c);
                 }
-                stale
             }
-            Err(_) => return,
+            stale
         };
         // closed outside the lock
         drop(stale);
@@ -283,7 +278,7 @@ impl Conns {
     /// The most recently used idle connection that is still open.
     fn take_idle(&self, policy: PoolPolicy) -> Option<Conn> {
         loop {
-            let Idle { mut conn, since } = self.idle.lock().ok()?.pop()?;
+            let Idle { mut conn, since } = self.idle.lock().pop()?;
             if since.elapsed() < policy.idle_timeout && conn.stream.still_open() {
                 return Some(conn);
             }
@@ -389,7 +384,7 @@ mod tests {
                             buf.extend_from_slice(&chunk[..n]);
                         };
                         let index = {
-                            let mut all = r.lock().unwrap();
+                            let mut all = r.lock();
                             all.push(request);
                             (all.len() - 1).min(replies.len() - 1)
                         };
@@ -473,20 +468,20 @@ mod tests {
             "POST /v1/query/v HTTP/1.1\r\nhost: {host}\r\naccept-encoding: identity\r\nx-tenant-id: acme\r\ncontent-length: 2\r\n\r\n{{}}"
         );
         assert_eq!(
-            String::from_utf8(up.requests.lock().unwrap()[0].clone()).unwrap(),
+            String::from_utf8(up.requests.lock()[0].clone()).unwrap(),
             expected
         );
         // a GET carries no length; a large body arrives whole (written apart from the head)
         call_with(&conns, PoolPolicy::default(), Method::GET, b"")
             .await
             .unwrap();
-        let get = String::from_utf8(up.requests.lock().unwrap()[10].clone()).unwrap();
+        let get = String::from_utf8(up.requests.lock()[10].clone()).unwrap();
         assert!(!get.contains("content-length"), "{get}");
         let big: &'static [u8] = Box::leak(vec![b'x'; 100 * 1024].into_boxed_slice());
         call_with(&conns, PoolPolicy::default(), Method::PUT, big)
             .await
             .unwrap();
-        assert!(up.requests.lock().unwrap()[11].ends_with(big));
+        assert!(up.requests.lock()[11].ends_with(big));
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     }
 
@@ -641,7 +636,7 @@ mod tests {
         let again = call_with(&conns, policy, Method::GET, b"").await.unwrap();
         assert_eq!(&again.body[..], b"ok");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(up.requests.lock().unwrap().len(), 3);
+        assert_eq!(up.requests.lock().len(), 3);
 
         let up = upstream(vec![Reply::Keep(OK), Reply::Hangup, Reply::Keep(OK)]).await;
         let conns = Conns::new(&up.url).unwrap();
@@ -649,7 +644,7 @@ mod tests {
         // a POST may have been acted on: not sent twice
         let err = call(&conns).await.err().unwrap();
         assert!(matches!(err, SendError::Closed(_)), "{err:?}");
-        assert_eq!(up.requests.lock().unwrap().len(), 2);
+        assert_eq!(up.requests.lock().len(), 2);
     }
 
     #[tokio::test]
@@ -661,7 +656,7 @@ mod tests {
         let answer = call(&conns).await.unwrap();
         assert_eq!(answer.body.len(), 1 << 20);
         drop(answer);
-        let idle = conns.idle.lock().unwrap();
+        let idle = conns.idle.lock();
         assert_eq!(idle.len(), 1);
         assert!(
             idle[0].conn.read.capacity() <= KEEP_BUFFER,

@@ -17,7 +17,9 @@
 //!   moves the entry to the current one).
 
 use foldhash::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use gateway_core::token::AccessClaims;
 use sha2::{Digest, Sha256};
@@ -67,7 +69,7 @@ impl TokenCache {
             return None;
         }
         let key = key_of(token);
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = self.inner.lock();
         if inner.keys_revision != keys_revision {
             return None;
         }
@@ -99,9 +101,7 @@ impl TokenCache {
             return;
         }
         let key = key_of(token);
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = self.inner.lock();
         if inner.keys_revision != keys_revision {
             // a new key set: nothing verified under the old one is kept
             inner.keys_revision = keys_revision;
@@ -120,10 +120,8 @@ impl TokenCache {
 
     /// Entries held (both generations).
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|i| i.current.len() + i.previous.len())
-            .unwrap_or(0)
+        let inner = self.inner.lock();
+        inner.current.len() + inner.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,8 +4,10 @@
 //! one probe → closed or open again), a global concurrency limit that sheds load instead of
 //! queueing, and request deadlines shared by every attempt of one call.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use gateway_edge::{ApiError, ErrorCode};
@@ -93,10 +95,7 @@ impl Endpoint {
     }
 
     fn circuit(&self) -> Circuit {
-        self.circuit
-            .lock()
-            .map(|c| *c)
-            .unwrap_or(Circuit::Closed { failures: 0 })
+        *self.circuit.lock()
     }
 
     fn set(&self, circuit: &mut Circuit, next: Circuit) {
@@ -154,9 +153,7 @@ impl Attempt {
 
     pub fn report(mut self, outcome: Outcome) {
         self.reported = true;
-        let Ok(mut circuit) = self.endpoint.circuit.lock() else {
-            return;
-        };
+        let mut circuit = self.endpoint.circuit.lock();
         let next = match (outcome, *circuit) {
             (Outcome::Answered, _) => Circuit::Closed { failures: 0 },
             (Outcome::Failed, Circuit::Closed { failures }) => {
@@ -184,7 +181,7 @@ impl Drop for Attempt {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.probe
             && !self.reported
-            && let Ok(mut circuit) = self.endpoint.circuit.lock()
+            && let mut circuit = self.endpoint.circuit.lock()
             && *circuit == Circuit::HalfOpen
         {
             // nobody learnt anything: the next call may probe again at once
@@ -249,12 +246,10 @@ impl Upstreams {
     }
 
     fn endpoint(&self, url: &str) -> Arc<Endpoint> {
-        if let Some(found) = self.endpoints.read().ok().and_then(|m| m.get(url).cloned()) {
+        if let Some(found) = self.endpoints.read().get(url).cloned() {
             return found;
         }
-        let Ok(mut endpoints) = self.endpoints.write() else {
-            return Arc::new(Endpoint::new(url));
-        };
+        let mut endpoints = self.endpoints.write();
         if endpoints.len() >= MAX_ENDPOINTS {
             endpoints.retain(|_, e| {
                 e.in_flight.load(Ordering::Relaxed) > 0
@@ -288,9 +283,7 @@ impl Upstreams {
                 continue;
             }
             let endpoint = self.endpoint(url);
-            let Ok(mut circuit) = endpoint.circuit.lock() else {
-                continue;
-            };
+            let mut circuit = endpoint.circuit.lock();
             match *circuit {
                 Circuit::Closed { .. } => {
                     drop(circuit);
@@ -353,10 +346,7 @@ impl Upstreams {
     /// seconds: an endpoint nobody calls any more must not hold sockets open).
     pub fn sweep_idle(&self) {
         let now = Instant::now();
-        let endpoints: Vec<Arc<Endpoint>> = match self.endpoints.read() {
-            Ok(map) => map.values().cloned().collect(),
-            Err(_) => return,
-        };
+        let endpoints: Vec<Arc<Endpoint>> = self.endpoints.read().values().cloned().collect();
         for endpoint in endpoints {
             if let Some(conns) = &endpoint.conns {
                 conns.sweep(self.policy.pool, now);
@@ -370,30 +360,27 @@ impl Upstreams {
         let mut list: Vec<EndpointReport> = self
             .endpoints
             .read()
-            .map(|m| {
-                m.values()
-                    .map(|e| {
-                        let circuit = e.circuit();
-                        EndpointReport {
-                            endpoint: e.url.to_string(),
-                            circuit: circuit.name(),
-                            consecutive_failures: match circuit {
-                                Circuit::Closed { failures } => failures,
-                                _ => self.policy.failure_threshold,
-                            },
-                            in_flight: e.in_flight.load(Ordering::Relaxed),
-                            idle_connections: e.conns.as_ref().map_or(0, Conns::idle_count),
-                            retry_in_ms: match circuit {
-                                Circuit::Open { until } => {
-                                    Some(until.saturating_duration_since(now).as_millis() as u64)
-                                }
-                                _ => None,
-                            },
+            .values()
+            .map(|e| {
+                let circuit = e.circuit();
+                EndpointReport {
+                    endpoint: e.url.to_string(),
+                    circuit: circuit.name(),
+                    consecutive_failures: match circuit {
+                        Circuit::Closed { failures } => failures,
+                        _ => self.policy.failure_threshold,
+                    },
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
+                    idle_connections: e.conns.as_ref().map_or(0, Conns::idle_count),
+                    retry_in_ms: match circuit {
+                        Circuit::Open { until } => {
+                            Some(until.saturating_duration_since(now).as_millis() as u64)
                         }
-                    })
-                    .collect()
+                        _ => None,
+                    },
+                }
             })
-            .unwrap_or_default();
+            .collect();
         list.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         list
     }

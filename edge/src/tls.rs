@@ -6,7 +6,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -187,7 +189,7 @@ impl TlsReloader {
     /// configuration stays), `None` unchanged.
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let now = stamp(&self.files);
-        let mut loaded = self.loaded.lock().ok()?;
+        let mut loaded = self.loaded.lock();
         if *loaded == now {
             return None;
         }

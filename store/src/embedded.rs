@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -245,10 +247,7 @@ impl Inner {
         value: &[u8],
         write: Write,
     ) -> Result<Option<Revision>, StoreError> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Unavailable("embedded store writer poisoned".into()))?;
+        let _guard = self.writer.lock();
         let txn = self.db.begin_write().map_err(io_err)?;
         let (revision, event) = {
             let mut kv = txn.open_table(kv_def(bucket)).map_err(io_err)?;
@@ -522,10 +521,7 @@ impl AuditLog for EmbeddedAudit {
         let inner = Arc::clone(&self.inner);
         let raw = encode_audit(tenant, action, &data);
         blocking(move || {
-            let _guard = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Unavailable("embedded store writer poisoned".into()))?;
+            let _guard = inner.writer.lock();
             let txn = inner.db.begin_write().map_err(io_err)?;
             let seq = {
                 let mut meta = txn.open_table(META).map_err(io_err)?;

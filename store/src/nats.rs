@@ -86,6 +86,16 @@ pub async fn open(config: &NatsConfig) -> Result<Store, StoreError> {
         .name(&config.client_name)
         .connection_timeout(config.timeout)
         .request_timeout(Some(config.timeout))
+        // the first retry at once, then exponential with jitter: replicas that lost the
+        // server together do not come back to it in step
+        .reconnect_delay_callback(|attempts| match attempts {
+            0 | 1 => Duration::ZERO,
+            n => gateway_core::backoff::jittered(
+                (n - 2).min(16) as u32,
+                Duration::from_millis(50),
+                Duration::from_secs(4),
+            ),
+        })
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),

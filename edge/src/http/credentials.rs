@@ -37,9 +37,10 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-/// Equal byte strings, in time independent of where they differ.
+/// Equal byte strings, in time independent of where they differ (`subtle`; the length is
+/// not secret).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// A cookie is an ambient credential: the browser sends it whatever page asked. A
