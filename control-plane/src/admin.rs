@@ -4,6 +4,7 @@
 
 pub mod iam_routes;
 pub mod principal_routes;
+pub mod principals;
 pub mod rebalance_routes;
 pub mod routing_routes;
 

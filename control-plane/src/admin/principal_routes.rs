@@ -1,29 +1,23 @@
 //! Admin routes for users, their credentials, sessions, MFA and identities, and for
 //! service accounts. Platform admins manage everyone; tenant admins manage the members of
-//! their tenants (never a principal holding a platform role).
-
-use std::collections::BTreeSet;
-use std::time::Duration;
+//! their tenants (never a principal holding a platform role). The rules live in
+//! [`super::principals`]; the handlers here extract, call one of them, and shape the answer.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gateway_core::authz::{Scope, TenantId};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_edge::{ApiError, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Admin;
+use super::principals::{self, Caller, service_accounts as accounts, user_view};
 use crate::AppState;
 use crate::api::{ApiJson, ClientIp};
-use crate::audit::Audit;
-use crate::auth::onetime::{self, Purpose};
-use crate::auth::users::{self, User, UserStatus};
-use crate::auth::{oidc, service_accounts, sessions};
-use crate::iam::{assignments, tenant};
-use crate::mail::Mail;
+use crate::auth::service_accounts::ServiceAccount;
+use crate::auth::users::UserStatus;
 
 /// Mutating routes of this module (the audit test enumerates them).
 pub const MUTATING_ROUTES: &[(&str, &str)] = &[
@@ -97,88 +91,6 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn user_view(user: &User) -> serde_json::Value {
-    json!({
-        "id": user.id,
-        "email": user.email,
-        "email_verified": user.email_verified,
-        "status": user.status,
-        "mfa_enabled": user.mfa_enabled,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "tokens_valid_after": user.tokens_valid_after,
-    })
-}
-
-/// Tenants of a principal and whether it holds a platform role.
-async fn memberships(
-    state: &AppState,
-    principal: &str,
-) -> Result<(BTreeSet<TenantId>, bool), ApiError> {
-    let mut tenants = BTreeSet::new();
-    let mut platform = false;
-    for a in assignments::for_principal(&state.store, principal).await? {
-        match a.scope {
-            Scope::Tenant { tenant } => {
-                tenants.insert(tenant);
-            }
-            Scope::Platform => platform = true,
-        }
-    }
-    Ok((tenants, platform))
-}
-
-/// Allows `action` on a principal: platform-wide, or as an admin of one of its tenants
-/// (never over a principal holding a platform role). Returns the tenant used, if any.
-async fn authorize_on(
-    state: &AppState,
-    admin: &Admin,
-    principal: &str,
-    action: &str,
-) -> Result<Option<TenantId>, ApiError> {
-    if admin.is_platform(action) {
-        return Ok(None);
-    }
-    let (tenants, platform) = memberships(state, principal).await?;
-    if !platform
-        && let Some(t) = tenants
-            .into_iter()
-            .find(|t| admin.require(Some(t), action).is_ok())
-    {
-        return Ok(Some(t));
-    }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!("not allowed to {action} on this principal"),
-    )
-    .with_reason("not_authorized_for_principal"))
-}
-
-async fn load_user(state: &AppState, id: &str) -> Result<User, ApiError> {
-    users::get(&state.store, id)
-        .await?
-        .map(|(u, _)| u)
-        .ok_or_else(|| ApiError::not_found("no such user"))
-}
-
-fn entry(
-    admin: &Admin,
-    action: &str,
-    target: &str,
-    tenant: &Option<TenantId>,
-    ip: std::net::IpAddr,
-    now: i64,
-) -> Audit {
-    let audit = Audit::new(action, "ok", now)
-        .actor(admin.id())
-        .target(target)
-        .ip(ip);
-    match tenant {
-        Some(t) => audit.tenant(t.as_str()),
-        None => audit,
-    }
-}
-
 #[derive(Deserialize)]
 pub(crate) struct UserFilter {
     #[serde(default)]
@@ -199,56 +111,16 @@ pub(crate) async fn list_users(
     admin: Admin,
     Query(filter): Query<UserFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tenant_filter = filter.tenant_id.as_deref().map(tenant).transpose()?;
-    if !admin.is_platform("iam.users.read") {
-        let Some(t) = &tenant_filter else {
-            return Err(
-                ApiError::bad_request("tenant_id is required").with_reason("missing_tenant")
-            );
-        };
-        admin.require(Some(t), "iam.users.read")?;
-    }
-    let email = filter
-        .email
-        .as_deref()
-        .map(users::normalize_email)
-        .transpose()?;
-    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
-    let members: Option<BTreeSet<String>> = match &tenant_filter {
-        Some(t) => Some(
-            assignments::all(&state.store)
-                .await?
-                .into_iter()
-                .filter(|a| matches!(&a.scope, Scope::Tenant { tenant } if tenant == t))
-                .map(|a| a.principal_id)
-                .collect(),
-        ),
-        None => None,
+    let query = principals::UserQuery {
+        email: filter.email.as_deref(),
+        tenant_id: filter.tenant_id.as_deref(),
+        status: filter.status,
+        after: filter.after.clone(),
+        limit: filter.limit,
     };
-    let mut found = Vec::new();
-    let mut after = filter.after.clone();
-    let mut next = None;
-    // scan pages until `limit` users pass the filters (bounded per request)
-    for _ in 0..50 {
-        let (page, page_next) = users::list_page(&state.store, after.as_deref(), 500).await?;
-        for user in page {
-            let keep = email.as_ref().is_none_or(|e| &user.email == e)
-                && filter.status.is_none_or(|s| user.status == s)
-                && members.as_ref().is_none_or(|m| m.contains(&user.id));
-            after = Some(user.id.clone());
-            if keep {
-                found.push(user_view(&user));
-                if found.len() == limit {
-                    next = after.clone();
-                    break;
-                }
-            }
-        }
-        if next.is_some() || page_next.is_none() {
-            break;
-        }
-    }
-    Ok(Json(json!({"users": found, "next_after": next})))
+    let page = principals::list_users(&state, &admin, query).await?;
+    let found: Vec<_> = page.users.iter().map(user_view).collect();
+    Ok(Json(json!({"users": found, "next_after": page.next_after})))
 }
 
 #[utoipa::path(get, path = "/admin/users/{id}", tag = "admin.users", summary = "One user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -257,13 +129,11 @@ pub(crate) async fn get_user(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize_on(&state, &admin, &id, "iam.users.read").await?;
-    let user = load_user(&state, &id).await?;
-    let (tenants, platform) = memberships(&state, &id).await?;
-    let mut view = user_view(&user);
-    view["tenants"] = json!(tenants);
-    view["platform_roles"] = json!(platform);
-    view["recovery_codes_left"] = json!(state.auth.mfa.recovery_codes_left(&id).await?);
+    let details = principals::user_details(&state, &admin, &id).await?;
+    let mut view = user_view(&details.user);
+    view["tenants"] = json!(details.tenants);
+    view["platform_roles"] = json!(details.platform_roles);
+    view["recovery_codes_left"] = json!(details.recovery_codes_left);
     Ok(Json(view))
 }
 
@@ -283,34 +153,15 @@ pub(crate) async fn create_user(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.users.write")?;
-    let email = users::normalize_email(&body.email)?;
-    let phc = match &body.password {
-        Some(password) => {
-            let password = state
-                .auth
-                .settings
-                .password_policy
-                .check(password, &email)
-                .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(err.code()))?;
-            Some(
-                state
-                    .auth
-                    .hasher
-                    .hash(&password)
-                    .await
-                    .map_err(|err| ApiError::internal("hashing", &err))?,
-            )
-        }
-        None => None,
-    };
-    let now = unix_now();
-    let user = users::create(&state.store, &email, phc, body.email_verified, now).await?;
-    state.publisher.publish(&user.id, now).await?;
-    entry(&admin, "admin.user.create", &user.id, &None, ip, now)
-        .detail(json!({"after": user_view(&user)}))
-        .record(&state.store)
-        .await;
+    let caller = caller(&admin, ip);
+    let user = principals::create_user(
+        &state,
+        &caller,
+        &body.email,
+        body.password.as_deref(),
+        body.email_verified,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(user_view(&user))))
 }
 
@@ -330,66 +181,16 @@ pub(crate) async fn update_user(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.users.write")?;
-    let before = load_user(&state, &id).await?;
-    let email = body
-        .email
-        .as_deref()
-        .map(users::normalize_email)
-        .transpose()?;
-    let now = unix_now();
-    let mut after = before.clone();
-    if let Some(email) = &email {
-        after = users::change_email(&state.store, &id, email, now).await?;
-    }
-    if let Some(verified) = body.email_verified {
-        after = users::update(&state.store, &id, now, |u| u.email_verified = verified).await?;
-    }
-    entry(&admin, "admin.user.update", &id, &None, ip, now)
-        .detail(json!({"before": user_view(&before), "after": user_view(&after)}))
-        .record(&state.store)
-        .await;
-    Ok(Json(user_view(&after)))
-}
-
-async fn set_status(
-    state: &AppState,
-    admin: &Admin,
-    id: &str,
-    ip: std::net::IpAddr,
-    disable: bool,
-) -> Result<User, ApiError> {
-    let tenant = authorize_on(state, admin, id, "iam.users.write").await?;
-    load_user(state, id).await?;
-    let now = unix_now();
-    let user = users::update(&state.store, id, now, |u| {
-        if disable {
-            u.status = UserStatus::Disabled;
-            u.tokens_valid_after = users::revoke_tokens(u.tokens_valid_after, now);
-        } else {
-            u.status = UserStatus::Active;
-        }
-    })
-    .await?;
-    if disable {
-        sessions::revoke_all(&state.store, id, now, "disabled").await?;
-    }
-    state.publisher.publish(id, now).await?;
-    entry(
-        admin,
-        if disable {
-            "admin.user.disable"
-        } else {
-            "admin.user.enable"
-        },
-        id,
-        &tenant,
-        ip,
-        now,
+    let caller = caller(&admin, ip);
+    let user = principals::update_user(
+        &state,
+        &caller,
+        &id,
+        body.email.as_deref(),
+        body.email_verified,
     )
-    .record(&state.store)
-    .await;
-    Ok(user)
+    .await?;
+    Ok(Json(user_view(&user)))
 }
 
 #[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin.users", summary = "Disable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -399,9 +200,8 @@ pub(crate) async fn disable_user(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(user_view(
-        &set_status(&state, &admin, &id, ip, true).await?,
-    )))
+    let user = principals::set_status(&state, &caller(&admin, ip), &id, true).await?;
+    Ok(Json(user_view(&user)))
 }
 
 #[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin.users", summary = "Enable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -411,9 +211,8 @@ pub(crate) async fn enable_user(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(user_view(
-        &set_status(&state, &admin, &id, ip, false).await?,
-    )))
+    let user = principals::set_status(&state, &caller(&admin, ip), &id, false).await?;
+    Ok(Json(user_view(&user)))
 }
 
 /// Deletion removes credentials, MFA, sessions, identities, assignments and the record;
@@ -425,27 +224,7 @@ pub(crate) async fn delete_user(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.users.write")?;
-    if id == admin.id() {
-        return Err(
-            ApiError::new(ErrorCode::Conflict, "admins cannot delete themselves")
-                .with_reason("self_delete"),
-        );
-    }
-    let user = load_user(&state, &id).await?;
-    let now = unix_now();
-    sessions::revoke_all(&state.store, &id, now, "deleted").await?;
-    state.auth.mfa.remove(&id).await?;
-    for identity in oidc::identities_of(&state.store, &id).await? {
-        oidc::unlink(&state.store, &identity.provider, &identity.subject).await?;
-    }
-    assignments::remove_all(&state.store, &id).await?;
-    users::remove(&state.store, &user).await?;
-    state.publisher.publish(&id, now).await?;
-    entry(&admin, "admin.user.delete", &id, &None, ip, now)
-        .detail(json!({"before": user_view(&user)}))
-        .record(&state.store)
-        .await;
+    principals::delete_user(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -462,29 +241,7 @@ pub(crate) async fn set_password(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.credentials.write")?;
-    let user = load_user(&state, &id).await?;
-    let password = state
-        .auth
-        .settings
-        .password_policy
-        .check(&body.password, &user.email)
-        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(err.code()))?;
-    let phc = state
-        .auth
-        .hasher
-        .hash(&password)
-        .await
-        .map_err(|err| ApiError::internal("hashing", &err))?;
-    let now = unix_now();
-    users::set_password(&state.store, &id, phc, now).await?;
-    state
-        .auth
-        .sign_out_everywhere(&id, "password_set_by_admin", now)
-        .await?;
-    entry(&admin, "admin.user.password.set", &id, &None, ip, now)
-        .record(&state.store)
-        .await;
+    principals::set_password(&state, &caller(&admin, ip), &id, &body.password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -496,45 +253,7 @@ pub(crate) async fn force_reset(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.credentials.write")?;
-    let user = load_user(&state, &id).await?;
-    let now = unix_now();
-    users::remove_password(&state.store, &id).await?;
-    state
-        .auth
-        .sign_out_everywhere(&id, "forced_reset", now)
-        .await?;
-    let token = onetime::issue(
-        &state.store,
-        Purpose::Reset,
-        &id,
-        &user.email,
-        state.auth.settings.one_time_ttl,
-        now,
-    )
-    .await?;
-    state.auth.mailer.send_later(
-        Mail {
-            to: user.email.clone(),
-            subject: "Choose a new password".into(),
-            body: format!(
-                "An administrator asked you to choose a new password.\n\n{}/reset-password?token={token}\n\nor submit this code: {token}\n\nIt expires in {} minutes.",
-                state.auth.settings.public_url.trim_end_matches('/'),
-                state.auth.settings.one_time_ttl.as_secs() / 60
-            ),
-        },
-        "forced_reset",
-    );
-    entry(
-        &admin,
-        "admin.user.password.force_reset",
-        &id,
-        &None,
-        ip,
-        now,
-    )
-    .record(&state.store)
-    .await;
+    principals::force_reset(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -545,14 +264,7 @@ pub(crate) async fn reset_mfa(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.mfa.write")?;
-    load_user(&state, &id).await?;
-    let now = unix_now();
-    state.auth.mfa.remove(&id).await?;
-    users::update(&state.store, &id, now, |u| u.mfa_enabled = false).await?;
-    entry(&admin, "admin.user.mfa.reset", &id, &None, ip, now)
-        .record(&state.store)
-        .await;
+    principals::reset_mfa(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -563,20 +275,7 @@ pub(crate) async fn revoke_recovery(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.mfa.write")?;
-    load_user(&state, &id).await?;
-    let now = unix_now();
-    state.auth.mfa.revoke_recovery_codes(&id).await?;
-    entry(
-        &admin,
-        "admin.user.mfa.recovery_codes.revoke",
-        &id,
-        &None,
-        ip,
-        now,
-    )
-    .record(&state.store)
-    .await;
+    principals::revoke_recovery_codes(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -586,11 +285,9 @@ pub(crate) async fn list_sessions(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize_on(&state, &admin, &id, "iam.sessions.write").await?;
-    load_user(&state, &id).await?;
+    let sessions = principals::list_sessions(&state, &admin, &id).await?;
     let now = unix_now();
-    let list: Vec<_> = sessions::list(&state.store, &id)
-        .await?
+    let list: Vec<_> = sessions
         .into_iter()
         .map(|s| {
             json!({
@@ -610,15 +307,7 @@ pub(crate) async fn revoke_session(
     ClientIp(ip): ClientIp,
     Path((id, session_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = authorize_on(&state, &admin, &id, "iam.sessions.write").await?;
-    let now = unix_now();
-    if !sessions::revoke(&state.store, &id, &session_id, now, "revoked_by_admin").await? {
-        return Err(ApiError::not_found("no such active session"));
-    }
-    entry(&admin, "admin.user.session.revoke", &id, &tenant, ip, now)
-        .detail(json!({"session_id": session_id}))
-        .record(&state.store)
-        .await;
+    principals::revoke_session(&state, &caller(&admin, ip), &id, &session_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -630,24 +319,7 @@ pub(crate) async fn revoke_sessions(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tenant = authorize_on(&state, &admin, &id, "iam.sessions.write").await?;
-    load_user(&state, &id).await?;
-    let now = unix_now();
-    let ended = state
-        .auth
-        .sign_out_everywhere(&id, "global_signout_by_admin", now)
-        .await?;
-    entry(
-        &admin,
-        "admin.user.sessions.revoke_all",
-        &id,
-        &tenant,
-        ip,
-        now,
-    )
-    .detail(json!({"sessions_ended": ended}))
-    .record(&state.store)
-    .await;
+    let ended = principals::revoke_sessions(&state, &caller(&admin, ip), &id).await?;
     Ok(Json(json!({"sessions_ended": ended})))
 }
 
@@ -657,11 +329,8 @@ pub(crate) async fn list_identities(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize_on(&state, &admin, &id, "iam.users.read").await?;
-    load_user(&state, &id).await?;
-    Ok(Json(
-        json!({"identities": oidc::identities_of(&state.store, &id).await?}),
-    ))
+    let identities = principals::list_identities(&state, &admin, &id).await?;
+    Ok(Json(json!({"identities": identities})))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -680,25 +349,16 @@ pub(crate) async fn link_identity(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<IdentityBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.users.write")?;
-    load_user(&state, &id).await?;
-    if body.provider != oidc::GOOGLE {
-        return Err(ApiError::bad_request("unknown provider").with_reason("unknown_provider"));
-    }
-    if body.subject.is_empty() || body.subject.len() > 255 {
-        return Err(ApiError::bad_request("subject is required").with_reason("invalid_subject"));
-    }
-    let now = unix_now();
-    let identity = oidc::ProviderIdentity {
-        subject: body.subject.clone(),
-        email: body.email.clone(),
-        email_verified: false,
-    };
-    oidc::link(&state.store, oidc::GOOGLE, &identity, &id, now).await?;
-    entry(&admin, "admin.user.identity.link", &id, &None, ip, now)
-        .detail(json!({"provider": body.provider}))
-        .record(&state.store)
-        .await;
+    let caller = caller(&admin, ip);
+    principals::link_identity(
+        &state,
+        &caller,
+        &id,
+        &body.provider,
+        &body.subject,
+        body.email,
+    )
+    .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -709,21 +369,11 @@ pub(crate) async fn unlink_identity(
     ClientIp(ip): ClientIp,
     Path((id, provider, subject)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.users.write")?;
-    let linked = oidc::linked_user(&state.store, &provider, &subject).await?;
-    if linked.is_none_or(|l| l.user_id != id) {
-        return Err(ApiError::not_found("no such identity on this user"));
-    }
-    let now = unix_now();
-    oidc::unlink(&state.store, &provider, &subject).await?;
-    entry(&admin, "admin.user.identity.unlink", &id, &None, ip, now)
-        .detail(json!({"provider": provider}))
-        .record(&state.store)
-        .await;
+    principals::unlink_identity(&state, &caller(&admin, ip), &id, &provider, &subject).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn account_view(account: &service_accounts::ServiceAccount, now: i64) -> serde_json::Value {
+fn account_view(account: &ServiceAccount, now: i64) -> serde_json::Value {
     json!({
         "id": account.id,
         "name": account.name,
@@ -732,23 +382,6 @@ fn account_view(account: &service_accounts::ServiceAccount, now: i64) -> serde_j
         "created_at": account.created_at,
         "secrets": account.live_secrets(now).map(|s| json!({"id": s.id, "created_at": s.created_at, "expires_at": s.expires_at})).collect::<Vec<_>>(),
     })
-}
-
-/// Service accounts are managed platform-wide, or by admins of their owner tenant.
-fn authorize_account(
-    admin: &Admin,
-    owner: Option<&str>,
-    action: &str,
-) -> Result<Option<TenantId>, ApiError> {
-    if admin.is_platform(action) {
-        return Ok(None);
-    }
-    let owner = owner.and_then(|t| TenantId::parse(t).ok()).ok_or_else(|| {
-        ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
-            .with_reason("not_platform_authorized")
-    })?;
-    admin.require(Some(&owner), action)?;
-    Ok(Some(owner))
 }
 
 #[derive(Deserialize)]
@@ -763,23 +396,9 @@ pub(crate) async fn list_service_accounts(
     admin: Admin,
     Query(filter): Query<AccountFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let owner = filter.tenant_id.as_deref().map(tenant).transpose()?;
-    authorize_account(
-        &admin,
-        owner.as_ref().map(TenantId::as_str),
-        "iam.service_accounts.read",
-    )?;
+    let found = accounts::list(&state, &admin, filter.tenant_id.as_deref()).await?;
     let now = unix_now();
-    let accounts: Vec<_> = service_accounts::list(&state.store)
-        .await?
-        .iter()
-        .filter(|a| {
-            owner
-                .as_ref()
-                .is_none_or(|o| a.owner_tenant.as_deref() == Some(o.as_str()))
-        })
-        .map(|a| account_view(a, now))
-        .collect();
+    let accounts: Vec<_> = found.iter().map(|a| account_view(a, now)).collect();
     Ok(Json(json!({"service_accounts": accounts})))
 }
 
@@ -789,14 +408,7 @@ pub(crate) async fn get_service_account(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (account, _) = service_accounts::get(&state.store, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such service account"))?;
-    authorize_account(
-        &admin,
-        account.owner_tenant.as_deref(),
-        "iam.service_accounts.read",
-    )?;
+    let account = accounts::get(&state, &admin, &id).await?;
     Ok(Json(account_view(&account, unix_now())))
 }
 
@@ -815,34 +427,10 @@ pub(crate) async fn create_service_account(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<CreateAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let owner = body.tenant_id.as_deref().map(tenant).transpose()?;
-    let audit_tenant = authorize_account(
-        &admin,
-        owner.as_ref().map(TenantId::as_str),
-        "iam.service_accounts.write",
-    )?;
-    let now = unix_now();
-    let (account, secret) = service_accounts::create(&state.store, &body.name, now).await?;
-    let account = match &owner {
-        Some(o) => {
-            service_accounts::set_owner(&state.store, &account.id, Some(o.to_string())).await?
-        }
-        None => account,
-    };
-    state.publisher.publish(&account.id, now).await?;
-    entry(
-        &admin,
-        "admin.service_account.create",
-        &account.id,
-        &audit_tenant.or(owner),
-        ip,
-        now,
-    )
-    .detail(json!({"name": account.name}))
-    .record(&state.store)
-    .await;
-    let mut view = account_view(&account, now);
-    view["client_secret"] = json!(secret);
+    let caller = caller(&admin, ip);
+    let created = accounts::create(&state, &caller, &body.name, body.tenant_id.as_deref()).await?;
+    let mut view = account_view(&created.account, created.now);
+    view["client_secret"] = json!(created.client_secret);
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
@@ -874,34 +462,8 @@ pub(crate) async fn rotate_service_account(
                 .with_reason("invalid_body")
         })?
     };
-    let (account, _) = service_accounts::get(&state.store, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such service account"))?;
-    let tenant = authorize_account(
-        &admin,
-        account.owner_tenant.as_deref(),
-        "iam.service_accounts.write",
-    )?;
-    let overlap = body.overlap_seconds.unwrap_or(86_400);
-    if overlap > 30 * 86_400 {
-        return Err(ApiError::bad_request("overlap_seconds is at most 30 days")
-            .with_reason("invalid_overlap"));
-    }
-    let now = unix_now();
-    let secret =
-        service_accounts::rotate_secret(&state.store, &id, Duration::from_secs(overlap), now)
-            .await?;
-    entry(
-        &admin,
-        "admin.service_account.rotate",
-        &id,
-        &tenant,
-        ip,
-        now,
-    )
-    .detail(json!({"overlap_seconds": overlap}))
-    .record(&state.store)
-    .await;
+    let (secret, overlap) =
+        accounts::rotate(&state, &caller(&admin, ip), &id, body.overlap_seconds).await?;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "no-store")],
         Json(json!({"id": id, "client_secret": secret, "overlap_seconds": overlap})),
@@ -915,28 +477,11 @@ pub(crate) async fn delete_service_account(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (account, _) = service_accounts::get(&state.store, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such service account"))?;
-    let tenant = authorize_account(
-        &admin,
-        account.owner_tenant.as_deref(),
-        "iam.service_accounts.write",
-    )?;
-    let now = unix_now();
-    assignments::remove_all(&state.store, &id).await?;
-    service_accounts::delete(&state.store, &id).await?;
-    state.publisher.publish(&id, now).await?;
-    entry(
-        &admin,
-        "admin.service_account.delete",
-        &id,
-        &tenant,
-        ip,
-        now,
-    )
-    .detail(json!({"name": account.name}))
-    .record(&state.store)
-    .await;
+    accounts::delete(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The admin behind a change and where from, for the audit record.
+fn caller(admin: &Admin, ip: std::net::IpAddr) -> Caller<'_> {
+    Caller { admin, ip }
 }

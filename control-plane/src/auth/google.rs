@@ -1,0 +1,126 @@
+//! Google sign-in: the start of the flow and the provider's callback (sign-in, sign-up, or link).
+
+use std::net::IpAddr;
+
+use gateway_edge::{ApiError, ErrorCode};
+use serde_json::json;
+
+use super::users::{self, UserStatus};
+use super::{AuthService, CallbackOutcome, Principal, oidc};
+use crate::audit::Audit;
+
+impl AuthService {
+    /// The configured Google sign-in, or 404.
+    fn google(&self) -> Result<&oidc::GoogleOidc, ApiError> {
+        self.google.as_deref().ok_or_else(|| {
+            ApiError::not_found("Google sign-in is not configured")
+                .with_reason("provider_not_configured")
+        })
+    }
+
+    /// Starts a Google sign-in, or (with `linking`) the link of a Google identity to the
+    /// signed-in user.
+    pub async fn google_start(
+        &self,
+        linking: Option<&Principal>,
+        now: i64,
+    ) -> Result<String, ApiError> {
+        let google = self.google()?;
+        let link_user = match linking {
+            Some(principal) => Some(self.user(principal).await?.id),
+            None => None,
+        };
+        google.start(link_user, now).await
+    }
+
+    /// The provider's redirect back: links the identity, or signs in (creating the account
+    /// on first use), never taking over an existing account silently.
+    pub async fn google_callback(
+        &self,
+        code: &str,
+        state: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<CallbackOutcome, ApiError> {
+        let google = self.google()?;
+        let (identity, pending) = google.finish(code, state, now).await?;
+        if let Some(user_id) = pending.link_user_id {
+            oidc::link(&self.store, oidc::GOOGLE, &identity, &user_id, now).await?;
+            Audit::new("auth.identity.link", "ok", now)
+                .ip(ip)
+                .actor(&user_id)
+                .target(&user_id)
+                .detail(json!({"provider": oidc::GOOGLE}))
+                .record(&self.store)
+                .await;
+            return Ok(CallbackOutcome::Linked {
+                linked: true,
+                provider: oidc::GOOGLE,
+            });
+        }
+        let user = match oidc::linked_user(&self.store, oidc::GOOGLE, &identity.subject).await? {
+            Some(link) => users::get(&self.store, &link.user_id)
+                .await?
+                .map(|(u, _)| u)
+                .ok_or_else(|| ApiError::internal("identity without user", &link.user_id))?,
+            None => {
+                let email = identity
+                    .email
+                    .as_deref()
+                    .map(users::normalize_email)
+                    .transpose()?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::Forbidden,
+                            "the provider did not share an email address",
+                        )
+                        .with_reason("email_required")
+                    })?;
+                match users::find_by_email(&self.store, &email).await? {
+                    Some((existing, _)) => {
+                        if !(google.settings().auto_link_verified_email && identity.email_verified)
+                        {
+                            Audit::new("auth.oidc.signin", "refused", now)
+                                .ip(ip)
+                                .target(&existing.id)
+                                .detail(json!({"reason": "account_exists"}))
+                                .record(&self.store)
+                                .await;
+                            return Err(ApiError::new(
+                                ErrorCode::Conflict,
+                                "an account with this email exists; sign in to it and link Google from there",
+                            )
+                            .with_reason("account_exists"));
+                        }
+                        oidc::link(&self.store, oidc::GOOGLE, &identity, &existing.id, now).await?;
+                        existing
+                    }
+                    None => {
+                        let user =
+                            users::create(&self.store, &email, None, identity.email_verified, now)
+                                .await?;
+                        oidc::link(&self.store, oidc::GOOGLE, &identity, &user.id, now).await?;
+                        self.publisher.publish(&user.id, now).await?;
+                        Audit::new("auth.signup", "ok", now)
+                            .ip(ip)
+                            .actor(&user.id)
+                            .target(&user.id)
+                            .detail(json!({"provider": oidc::GOOGLE}))
+                            .record(&self.store)
+                            .await;
+                        user
+                    }
+                }
+            }
+        };
+        if user.status != UserStatus::Active {
+            return Err(
+                ApiError::new(ErrorCode::Forbidden, "this account is disabled")
+                    .with_reason("account_disabled"),
+            );
+        }
+        self.complete_signin(&user, ip, now)
+            .await
+            .map(CallbackOutcome::SignedIn)
+    }
+}
