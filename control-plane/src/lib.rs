@@ -231,7 +231,7 @@ pub async fn run(
         match ops_listener {
             // the ops listener stays plain: probes and scrapers inside the cluster
             Some(listener) => {
-                let limits = config.lifecycle.conn_limits(http::OPS_MAX_BODY);
+                let limits = config.lifecycle.conn_limits("ops", http::OPS_MAX_BODY);
                 http::serve(
                     listener,
                     None,
@@ -252,7 +252,7 @@ pub async fn run(
             tls,
             app,
             None,
-            config.lifecycle.conn_limits(api::MAX_BODY_BYTES),
+            config.lifecycle.conn_limits("api", api::MAX_BODY_BYTES),
             stop_accepting.clone(),
             drain
         ),

@@ -248,6 +248,7 @@ async fn serve_grpc(
     tls: Option<Arc<gateway_edge::tls::TlsReloader>>,
     commands: commands::CommandProxy,
     readiness: Arc<Readiness>,
+    cap: gateway_edge::listen::ConnectionCap,
     stop: CancellationToken,
     drain_timeout: std::time::Duration,
 ) -> Result<(), RunError> {
@@ -274,7 +275,7 @@ async fn serve_grpc(
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     let server: Serving = match tls {
         Some(tls) => {
-            let listener = gateway_edge::tls::TlsListener::new(listener, tls)
+            let listener = gateway_edge::tls::TlsListener::new(listener, tls, cap)
                 .map_err(|err| RunError::Grpc(err.to_string()))?;
             let incoming = futures::stream::unfold(listener, |mut listener| async move {
                 let (stream, _) = listener.next().await?;
@@ -282,10 +283,13 @@ async fn serve_grpc(
             });
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            stop.clone().cancelled_owned(),
-        )),
+        None => {
+            let incoming = futures::stream::unfold((listener, cap), |(listener, cap)| async move {
+                let (stream, _) = gateway_edge::listen::accept(&listener, &cap).await;
+                Some((Ok::<_, std::io::Error>(stream), (listener, cap)))
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
+        }
     };
     let deadline = async {
         stop.cancelled().await;
@@ -437,7 +441,9 @@ pub async fn run(
             http_tls,
             public,
             Some(query_route),
-            config.lifecycle.conn_limits(config.max_body_bytes),
+            config
+                .lifecycle
+                .conn_limits("public", config.max_body_bytes),
             stop_accepting.clone(),
             drain
         ),
@@ -446,6 +452,7 @@ pub async fn run(
             grpc_tls,
             command_service,
             Arc::clone(&readiness),
+            gateway_edge::listen::ConnectionCap::new("grpc", config.lifecycle.max_connections),
             stop_accepting.clone(),
             drain
         ),
@@ -454,7 +461,7 @@ pub async fn run(
             None,
             ops,
             None,
-            config.lifecycle.conn_limits(http::OPS_MAX_BODY),
+            config.lifecycle.conn_limits("ops", http::OPS_MAX_BODY),
             stop_accepting,
             drain
         ),

@@ -70,6 +70,14 @@ pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// A whole number of at least one.
+pub fn parse_positive_count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("{value:?} is not a whole number of at least 1")),
+        Ok(count) => Ok(count),
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreBackend {
     /// NATS JetStream (production, several replicas)
@@ -200,12 +208,20 @@ pub struct LifecycleArgs {
     /// A request body must arrive within this of its head (408 after).
     #[arg(long, env = "GATEWAY_HTTP_BODY_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub http_body_timeout: Duration,
+    /// Most connections each listener holds at once (plain or TLS, HTTP or gRPC); at the cap
+    /// a listener stops accepting until one closes, and new clients wait in the kernel's
+    /// backlog. Open connections: `gateway_open_connections{listener}`.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = crate::h1::server::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive_count)]
+    pub max_connections: usize,
 }
 
 impl LifecycleArgs {
-    /// The bounds of a listener's connections, with bodies up to `max_body`.
-    pub fn conn_limits(&self, max_body: usize) -> crate::h1::ConnLimits {
+    /// The bounds of the connections of the listener named `listener` (in metrics), with
+    /// bodies up to `max_body`.
+    pub fn conn_limits(&self, listener: &'static str, max_body: usize) -> crate::h1::ConnLimits {
         crate::h1::ConnLimits {
+            listener,
+            max_connections: self.max_connections,
             max_body,
             head_timeout: self.http_head_timeout,
             body_timeout: self.http_body_timeout,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod h1;
 pub mod http;
+pub mod listen;
 pub mod telemetry;
 pub mod tls;
 

@@ -24,6 +24,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_duration;
+use crate::listen::{Capped, ConnectionCap};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,22 +228,27 @@ impl TlsReloader {
 
 /// A listener whose connections arrive after their TLS handshake.
 pub struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    incoming: mpsc::Receiver<(Capped<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` and shakes hands with the current configuration of `tls`, until the
+    /// Accepts on `tcp` under `cap` (a connection holds its place from before its
+    /// handshake) and shakes hands with the current configuration of `tls`, until the
     /// listener is dropped.
-    pub fn new(tcp: TcpListener, tls: Arc<TlsReloader>) -> std::io::Result<TlsListener> {
+    pub fn new(
+        tcp: TcpListener,
+        tls: Arc<TlsReloader>,
+        cap: ConnectionCap,
+    ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (sender, incoming) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, tls, sender));
+        tokio::spawn(accept_loop(tcp, tls, cap, sender));
         Ok(TlsListener { incoming, local })
     }
 
     /// The next connection, handshake done (`None` once the accept loop ended).
-    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    pub async fn next(&mut self) -> Option<(Capped<TlsStream<TcpStream>>, SocketAddr)> {
         self.incoming.recv().await
     }
 }
@@ -250,23 +256,15 @@ impl TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     tls: Arc<TlsReloader>,
-    sender: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    cap: ConnectionCap,
+    sender: mpsc::Sender<(Capped<TlsStream<TcpStream>>, SocketAddr)>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             // the server is gone: stop accepting (and release the port)
             _ = sender.closed() => return,
-            accepted = tcp.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // out of descriptors and the like: back off instead of spinning
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+            accepted = crate::listen::accept(&tcp, &cap) => accepted,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("gateway_tls_handshake_failures_total", "reason" => "too_many")
@@ -276,18 +274,18 @@ async fn accept_loop(
         let (acceptor, sender) = (tls.acceptor(), sender.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let reason =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = sender.send((stream, peer)).await;
-                        return;
-                    }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "tls handshake failed");
-                        "handshake"
-                    }
-                    Err(_) => "timeout",
-                };
+            let (tcp, admitted) = stream.into_parts();
+            let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = sender.send((Capped::new(stream, admitted), peer)).await;
+                    return;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "tls handshake failed");
+                    "handshake"
+                }
+                Err(_) => "timeout",
+            };
             metrics::counter!("gateway_tls_handshake_failures_total", "reason" => reason)
                 .increment(1);
         });
@@ -295,7 +293,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Capped<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

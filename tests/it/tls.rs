@@ -229,6 +229,7 @@ async fn listeners_speak_tls_reload_certificates_and_the_data_plane_uses_mutual_
     let grpc_listener = gateway_edge::tls::TlsListener::new(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc_tls,
+        gateway_edge::listen::ConnectionCap::new("node-grpc", 64),
     )
     .unwrap();
     let aggregate_url = format!(

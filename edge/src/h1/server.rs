@@ -57,9 +57,15 @@ use crate::error::ApiError;
 #[cfg(test)]
 mod tests;
 
-/// Bounds of one connection.
+/// Bounds of a listener's connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
+    /// The listener's name in metrics (`public`, `grpc`, `ops`, `api`).
+    pub listener: &'static str,
+    /// Most connections open at once; at the cap the listener stops accepting until one
+    /// closes ([`crate::listen`]). With at most [`MAX_HEAD`] plus `max_body` plus an
+    /// answer's write buffer held per HTTP/1.1 connection, this bounds the listener's memory.
+    pub max_connections: usize,
     /// Largest request body read (413 past it).
     pub max_body: usize,
     /// From the connection's start or the previous answer to the next complete head:
@@ -70,15 +76,21 @@ pub struct ConnLimits {
 }
 
 impl ConnLimits {
-    /// The defaults with `max_body`: 60 s for the next head, 60 s for a body.
+    /// The defaults with `max_body`: 60 s for the next head, 60 s for a body,
+    /// [`DEFAULT_MAX_CONNECTIONS`].
     pub fn with_max_body(max_body: usize) -> ConnLimits {
         ConnLimits {
+            listener: "http",
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_body,
             head_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// Connections a listener holds at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// How a connection ended.
 pub enum Outcome {

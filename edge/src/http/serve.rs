@@ -29,9 +29,10 @@ pub async fn serve(
     stop: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
+    let cap = crate::listen::ConnectionCap::new(limits.listener, limits.max_connections);
     let mut incoming = match tls {
-        Some(tls) => Incoming::Tls(crate::tls::TlsListener::new(listener, tls)?),
-        None => Incoming::Plain(listener),
+        Some(tls) => Incoming::Tls(crate::tls::TlsListener::new(listener, tls, cap)?),
+        None => Incoming::Plain(listener, cap),
     };
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -49,7 +50,7 @@ pub async fn serve(
                 connections.spawn(connection(stream, front, limits, stop, false));
             }
             Accepted::Tls(stream, peer) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let h2 = stream.get_ref().get_ref().1.alpn_protocol() == Some(b"h2");
                 let front = Front::new(&fast, &app, peer);
                 connections.spawn(connection(stream, front, limits, stop, h2));
             }
@@ -70,14 +71,16 @@ pub async fn serve(
 }
 
 enum Incoming {
-    Plain(TcpListener),
+    Plain(TcpListener, crate::listen::ConnectionCap),
     Tls(crate::tls::TlsListener),
 }
 
+type Capped<I> = crate::listen::Capped<I>;
+
 enum Accepted {
-    Plain(tokio::net::TcpStream, std::net::SocketAddr),
+    Plain(Capped<tokio::net::TcpStream>, std::net::SocketAddr),
     Tls(
-        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        Box<Capped<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
         std::net::SocketAddr,
     ),
 }
@@ -85,20 +88,10 @@ enum Accepted {
 impl Incoming {
     async fn accept(&mut self) -> Accepted {
         match self {
-            Incoming::Plain(listener) => loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        // answers are written whole: nothing is gained by delaying them
-                        let _ = stream.set_nodelay(true);
-                        return Accepted::Plain(stream, peer);
-                    }
-                    Err(err) => {
-                        // out of descriptors and the like: back off instead of spinning
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            },
+            Incoming::Plain(listener, cap) => {
+                let (stream, peer) = crate::listen::accept(listener, cap).await;
+                Accepted::Plain(stream, peer)
+            }
             Incoming::Tls(listener) => match listener.next().await {
                 Some((stream, peer)) => Accepted::Tls(Box::new(stream), peer),
                 // the handshake loop only ends when the listener is dropped

@@ -163,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout: std::time::Duration::from_secs(5),
         http_head_timeout: std::time::Duration::from_secs(60),
         http_body_timeout: std::time::Duration::from_secs(60),
+        max_connections: gateway_edge::h1::server::DEFAULT_MAX_CONNECTIONS,
     };
     let shutdown = CancellationToken::new();
     gateway_edge::http::cancel_on_signals(shutdown.clone());

@@ -85,6 +85,8 @@ struct Conn {
 
 fn limits() -> ConnLimits {
     ConnLimits {
+        listener: "test",
+        max_connections: 16,
         max_body: 1024,
         head_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
