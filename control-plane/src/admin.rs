@@ -52,10 +52,10 @@ impl Admin {
         } else {
             metrics::counter!("gateway_admin_denials_total", "reason" => decision.reason.code())
                 .increment(1);
-            Err(
-                ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
-                    .with_reason(decision.reason.code()),
-            )
+            Err(ApiError {
+                reason: decision.reason.denial(),
+                ..ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
+            })
         }
     }
 

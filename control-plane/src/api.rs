@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use serde::de::DeserializeOwned;
 
 /// Largest JSON body accepted by the API routes.
@@ -35,7 +35,7 @@ where
             return Err(ApiError::bad_request(format!(
                 "the body nests deeper than {MAX_JSON_DEPTH} levels"
             ))
-            .with_reason("json_too_deep"));
+            .with_reason(Reason::JsonTooDeep));
         }
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(value)| ApiJson(value))
@@ -72,7 +72,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "the body must be json (content-type: application/json)",
         ),
         JsonRejection::JsonSyntaxError(_) => {
-            ApiError::bad_request("the body is not valid json").with_reason("malformed_json")
+            ApiError::bad_request("the body is not valid json").with_reason(Reason::MalformedJson)
         }
         JsonRejection::JsonDataError(err) => {
             // serde messages may quote input values: only the field name goes back
@@ -84,7 +84,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
                 ),
                 None => "the body does not match the expected fields".to_string(),
             };
-            ApiError::bad_request(message).with_reason("invalid_body")
+            ApiError::bad_request(message).with_reason(Reason::InvalidBody)
         }
         JsonRejection::BytesRejection(err) => {
             if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

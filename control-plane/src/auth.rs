@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::token::{ACCESS_TOKEN_TYPE, AccessClaims};
-use gateway_edge::ApiError;
+use gateway_edge::{ApiError, Reason};
 use gateway_store::Store;
 use serde::Serialize;
 
@@ -124,13 +124,13 @@ pub struct AuthService {
 /// One token of `limiter` (the `name`d per-IP limit) for `ip`, or 429.
 fn limit(limiter: &KeyedLimiter, name: &'static str, ip: IpAddr, now: i64) -> Result<(), ApiError> {
     limiter.check(ip, now.saturating_mul(1000)).map_err(|wait| {
-        crate::limits::count_limited(name, "rate_limited");
-        too_many(wait, "rate_limited")
+        crate::limits::count_limited(name, Reason::RateLimited);
+        too_many(wait, Reason::RateLimited)
     })
 }
 
 fn invalid_token() -> ApiError {
-    ApiError::bad_request("the token is not valid or has expired").with_reason("invalid_token")
+    ApiError::bad_request("the token is not valid or has expired").with_reason(Reason::InvalidToken)
 }
 
 fn hash_failed(err: passwords::HashError) -> ApiError {

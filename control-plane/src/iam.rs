@@ -8,7 +8,7 @@ pub mod publish;
 pub mod roles;
 
 use gateway_core::authz::{AuthzError, TenantId};
-use gateway_edge::ApiError;
+use gateway_edge::{ApiError, Reason};
 
 /// The scope token used in keys for platform-wide assignments.
 pub const PLATFORM_SCOPE_KEY: &str = "_platform";
@@ -21,7 +21,7 @@ pub(crate) fn record_err(err: gateway_store::RecordError) -> ApiError {
 pub fn tenant(value: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(value).map_err(|err: AuthzError| {
         ApiError::new(gateway_edge::ErrorCode::InvalidTenant, err.to_string())
-            .with_reason("invalid_tenant")
+            .with_reason(Reason::InvalidTenant)
     })
 }
 
@@ -36,7 +36,7 @@ pub fn principal_id(value: &str) -> Result<String, ApiError> {
     } else {
         Err(
             ApiError::bad_request("principal_id must be a usr_ or svc_ id")
-                .with_reason("invalid_principal"),
+                .with_reason(Reason::InvalidPrincipal),
         )
     }
 }

@@ -16,7 +16,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use futures::StreamExt;
 use gateway_core::jwks::{JwkSet, JwksDocument, KeyStatus, PublicJwk, PublishedKey};
 use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, RecordError, Store, StoreError, WatchEvent, WatchFrom};
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use rand::RngCore;
@@ -536,14 +536,14 @@ impl KeyManager {
     }
 
     /// Verifies an access token against the published keys at time `now`: the algorithm
-    /// comes from our key, never from the token. Errors are reason codes.
+    /// comes from our key, never from the token. Errors are [`Reason`]s.
     pub fn verify_access(
         &self,
         token: &str,
         issuer: &str,
         audience: &str,
         now: i64,
-    ) -> Result<gateway_core::token::AccessClaims, &'static str> {
+    ) -> Result<gateway_core::token::AccessClaims, Reason> {
         self.loaded
             .load()
             .verifier

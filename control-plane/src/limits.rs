@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, Store, StoreError, hash_key_token};
 use serde::{Deserialize, Serialize};
 
@@ -92,17 +92,17 @@ impl KeyedLimiter {
 }
 
 /// Counts one refusal by an abuse limit: `gateway_rate_limited_total{limit, reason}`.
-pub fn count_limited(limit: &str, reason: &'static str) {
+pub fn count_limited(limit: &str, reason: Reason) {
     metrics::counter!(
         "gateway_rate_limited_total",
         "limit" => limit.to_string(),
-        "reason" => reason
+        "reason" => reason.as_str()
     )
     .increment(1);
 }
 
 /// 429 with `retry-after` (whole seconds, at least 1).
-pub fn too_many(wait: Duration, reason: &'static str) -> ApiError {
+pub fn too_many(wait: Duration, reason: Reason) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ApiError::new(ErrorCode::RateLimited, "too many attempts; try again later")
         .with_reason(reason)
@@ -192,10 +192,10 @@ impl AccountBackoff {
         };
         let backoff = Backoff::from_bytes(&entry.value).unwrap_or_default();
         if backoff.locked_until > now {
-            count_limited(scope, "account_locked");
+            count_limited(scope, Reason::AccountLocked);
             return Err(too_many(
                 Duration::from_secs((backoff.locked_until - now) as u64),
-                "account_locked",
+                Reason::AccountLocked,
             ));
         }
         Ok(())
@@ -331,10 +331,10 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up() {
-        let err = too_many(Duration::from_millis(1500), "rate_limited");
+        let err = too_many(Duration::from_millis(1500), Reason::RateLimited);
         assert_eq!(err.retry_after, Some(2));
         assert_eq!(
-            too_many(Duration::ZERO, "rate_limited").retry_after,
+            too_many(Duration::ZERO, Reason::RateLimited).retry_after,
             Some(1)
         );
     }

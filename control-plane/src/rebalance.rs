@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use gateway_core::authz::TenantId;
 use gateway_core::routing::{RoutingDocument, ServiceKind};
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::heartbeat::{DATA_PREFIX, FORGET_AFTER_SECS, Heartbeat, STALE_AFTER_SECS};
 use gateway_store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ pub struct Rebalancer {
     client: reqwest::Client,
 }
 
-fn conflict(reason: &'static str, message: impl Into<String>) -> ApiError {
+fn conflict(reason: Reason, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Conflict, message).with_reason(reason)
 }
 
@@ -212,14 +212,14 @@ impl Rebalancer {
 
     pub async fn load(&self, id: &str) -> Result<(Plan, u64), ApiError> {
         if !valid_plan_id(id) {
-            return Err(ApiError::not_found("no such plan").with_reason("plan_not_found"));
+            return Err(ApiError::not_found("no such plan").with_reason(Reason::PlanNotFound));
         }
         let entry = self
             .store
             .kv(Bucket::Rebalance)
             .get(&plan_key(id))
             .await?
-            .ok_or_else(|| ApiError::not_found("no such plan").with_reason("plan_not_found"))?;
+            .ok_or_else(|| ApiError::not_found("no such plan").with_reason(Reason::PlanNotFound))?;
         let plan = Plan::from_bytes(&entry.value)
             .map_err(|err| ApiError::internal("stored plan unreadable", &err))?;
         Ok((plan, entry.revision))
@@ -260,16 +260,16 @@ impl Rebalancer {
             return Err(ApiError::bad_request(format!(
                 "{kind}: shard {target:?} is not in the directory"
             ))
-            .with_reason("unknown_shard"));
+            .with_reason(Reason::UnknownShard));
         }
         let source = effective(&doc, kind, &tenant).ok_or_else(|| {
             ApiError::bad_request(format!("tenant {tenant} is not routed for {kind}"))
-                .with_reason("tenant_not_routed")
+                .with_reason(Reason::TenantNotRouted)
         })?;
         if source == target {
             return Err(
                 ApiError::bad_request(format!("tenant {tenant} is already on {target}"))
-                    .with_reason("already_on_target"),
+                    .with_reason(Reason::AlreadyOnTarget),
             );
         }
         let id = format!("rbp_{}", uuid::Uuid::new_v4().simple());
@@ -284,7 +284,7 @@ impl Rebalancer {
                     .map(|e| String::from_utf8_lossy(&e.value).to_string())
                     .unwrap_or_default();
                 return Err(conflict(
-                    "plan_already_active",
+                    Reason::PlanAlreadyActive,
                     format!("plan {holder} is already active for {tenant} ({kind})"),
                 ));
             }
@@ -360,7 +360,7 @@ impl Rebalancer {
                 PlanState::Planned => {}
                 PlanState::Applying if plan.lease_until.is_some_and(|t| t > now) => {
                     return Err(conflict(
-                        "plan_in_progress",
+                        Reason::PlanInProgress,
                         "another apply of this plan is running",
                     )
                     .with_retry_after(plan.lease_until.map_or(1, |t| (t - now).max(1) as u64))
@@ -369,7 +369,7 @@ impl Rebalancer {
                 PlanState::Applying => {}
                 other => {
                     return Err(conflict(
-                        "plan_not_applicable",
+                        Reason::PlanNotApplicable,
                         format!("the plan is {}", state_name(other)),
                     )
                     .into());
@@ -412,7 +412,7 @@ impl Rebalancer {
                 plan.lease_until = None;
                 self.save(&plan, revision).await?;
                 self.release(&plan).await;
-                return Err(conflict("placement_moved", note).into());
+                return Err(conflict(Reason::PlacementMoved, note).into());
             }
         }
 
@@ -433,7 +433,9 @@ impl Rebalancer {
         // still ours? (a lease that ran out during slow gates may have been taken over)
         let (current, current_revision) = self.load(id).await?;
         if current.lease_holder.as_deref() != Some(token.as_str()) {
-            return Err(conflict("plan_in_progress", "the plan was taken over meanwhile").into());
+            return Err(
+                conflict(Reason::PlanInProgress, "the plan was taken over meanwhile").into(),
+            );
         }
         revision = current_revision;
         let (kind, tenant) = (plan.kind, plan.tenant_id.clone());
@@ -445,14 +447,14 @@ impl Rebalancer {
                     Some(shard) if shard == source => {}
                     _ => {
                         return Err(conflict(
-                            "placement_moved",
+                            Reason::PlacementMoved,
                             "the tenant is no longer on the source shard",
                         ));
                     }
                 }
                 if !doc.kind(kind).shards.contains_key(&target) {
                     return Err(conflict(
-                        "target_missing",
+                        Reason::TargetMissing,
                         "the target shard left the directory",
                     ));
                 }
@@ -504,7 +506,7 @@ impl Rebalancer {
                 if current.state == PlanState::Applied {
                     return Ok(current);
                 }
-                return Err(conflict("plan_in_progress", "the plan changed meanwhile").into());
+                return Err(conflict(Reason::PlanInProgress, "the plan changed meanwhile").into());
             }
             Err(err) => return Err(err.into()),
         }
@@ -526,14 +528,14 @@ impl Rebalancer {
                 PlanState::Applying if plan.lease_until.is_none_or(|t| t <= now) => {}
                 PlanState::Applying => {
                     return Err(conflict(
-                        "plan_in_progress",
+                        Reason::PlanInProgress,
                         "the plan is being applied; retry when it ends",
                     )
                     .with_retry_after(1));
                 }
                 other => {
                     return Err(conflict(
-                        "plan_not_applicable",
+                        Reason::PlanNotApplicable,
                         format!("a {} plan cannot be rolled back", state_name(other)),
                     ));
                 }
@@ -559,7 +561,7 @@ impl Rebalancer {
                     .modify(now, |doc| {
                         if effective(doc, kind, &tenant).as_deref() != Some(target.as_str()) {
                             return Err(conflict(
-                                "placement_moved",
+                                Reason::PlacementMoved,
                                 "the tenant's placement moved since the cutover",
                             ));
                         }
@@ -581,7 +583,7 @@ impl Rebalancer {
                 );
             } else {
                 return Err(conflict(
-                    "placement_moved",
+                    Reason::PlacementMoved,
                     format!(
                         "the tenant is on {} now, not on the plan's target {}; nothing rolled back",
                         on.as_deref().unwrap_or("no shard"),
@@ -611,7 +613,7 @@ impl Rebalancer {
                 plan.state == PlanState::Applying && plan.lease_until.is_none_or(|t| t <= now);
             if plan.state != PlanState::Planned && !abandoned {
                 return Err(conflict(
-                    "plan_not_applicable",
+                    Reason::PlanNotApplicable,
                     format!("a {} plan cannot be cancelled", state_name(plan.state)),
                 ));
             }
@@ -621,7 +623,7 @@ impl Rebalancer {
                     == Some(plan.target_shard.as_str())
                 {
                     return Err(conflict(
-                        "plan_not_applicable",
+                        Reason::PlanNotApplicable,
                         "the plan already cut over; roll it back instead",
                     ));
                 }

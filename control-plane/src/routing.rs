@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gateway_core::routing::{RoutingDocument, ServiceKind};
 use gateway_core::signed::{DocSigningKey, DocVerifyingKeys, Verified};
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Store, StoreError};
 
 /// Key and kind of the routing document.
@@ -18,7 +18,7 @@ pub struct RoutingAdmin {
 }
 
 fn conflict(message: &str) -> ApiError {
-    ApiError::new(ErrorCode::Conflict, message).with_reason("routing_revision_conflict")
+    ApiError::new(ErrorCode::Conflict, message).with_reason(Reason::RoutingRevisionConflict)
 }
 
 impl RoutingAdmin {
@@ -46,9 +46,9 @@ impl RoutingAdmin {
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64, ApiError> {
-        document
-            .validate()
-            .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_routing"))?;
+        document.validate().map_err(|err| {
+            ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRouting)
+        })?;
         let (current, kv_revision) = self.current().await?;
         let current_revision = current.as_ref().map_or(0, |d| d.revision);
         if expected.is_some_and(|e| e != current_revision) {
@@ -103,7 +103,7 @@ impl RoutingAdmin {
             change(&mut after)?;
             match self.publish(after.clone(), Some(revision), now).await {
                 Ok(published) => return Ok((before, after, published)),
-                Err(err) if err.reason == Some("routing_revision_conflict") => continue,
+                Err(err) if err.reason == Some(Reason::RoutingRevisionConflict) => continue,
                 Err(err) => return Err(err),
             }
         }

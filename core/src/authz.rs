@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rights;
+
 /// Longest tenant id.
 pub const MAX_TENANT_LEN: usize = 63;
 
@@ -256,6 +258,17 @@ impl Reason {
             Reason::NotPlatformAuthorized => "not_platform_authorized",
         }
     }
+
+    /// The envelope reason of a denial (the same code); `None` for the reasons that allow.
+    pub const fn denial(self) -> Option<crate::error::Reason> {
+        match self {
+            Reason::TenantRight | Reason::PlatformRight => None,
+            Reason::PrincipalDisabled => Some(crate::error::Reason::PrincipalDisabled),
+            Reason::NotTenantMember => Some(crate::error::Reason::NotTenantMember),
+            Reason::NoMatchingRight => Some(crate::error::Reason::NoMatchingRight),
+            Reason::NotPlatformAuthorized => Some(crate::error::Reason::NotPlatformAuthorized),
+        }
+    }
 }
 
 /// The answer, with the grant that matched (for `explain`).
@@ -355,20 +368,20 @@ pub const TENANT_MEMBER: &str = "tenant_member";
 /// Rights of the built-in roles (they cannot be edited).
 pub fn builtin_role(name: &str) -> Option<Vec<Right>> {
     let rights: &[&str] = match name {
-        PLATFORM_ADMIN => &["*"],
+        PLATFORM_ADMIN => &[rights::ALL],
         TENANT_ADMIN => &[
-            "iam.users.read",
-            "iam.assignments.read",
-            "iam.assignments.write",
-            "iam.service_accounts.read",
-            "iam.service_accounts.write",
-            "iam.sessions.write",
-            "audit.read",
-            "command.submit:*",
-            "query.read:*",
-            "runner.admin",
+            rights::IAM_USERS_READ,
+            rights::IAM_ASSIGNMENTS_READ,
+            rights::IAM_ASSIGNMENTS_WRITE,
+            rights::IAM_SERVICE_ACCOUNTS_READ,
+            rights::IAM_SERVICE_ACCOUNTS_WRITE,
+            rights::IAM_SESSIONS_WRITE,
+            rights::AUDIT_READ,
+            rights::COMMAND_SUBMIT_ANY,
+            rights::QUERY_READ_ANY,
+            rights::RUNNER_ADMIN,
         ],
-        TENANT_MEMBER => &["command.submit:*", "query.read:*"],
+        TENANT_MEMBER => &[rights::COMMAND_SUBMIT_ANY, rights::QUERY_READ_ANY],
         _ => return None,
     };
     Some(rights.iter().filter_map(|r| Right::parse(r).ok()).collect())

@@ -1,5 +1,5 @@
 //! The gateway's model, shared by both planes and free of I/O: rights, tenant ids and the
-//! authorization decision ([`authz`]), the routing model ([`routing`]), signed documents
+//! authorization decision ([`authz`]), the names of the rights ([`rights`]), the routing model ([`routing`]), signed documents
 //! ([`signed`]), access-token claims ([`token`]), public keys ([`jwks`]) and the API's
 //! error codes ([`error`]). It depends on serde, the crypto crates and `http`'s types only,
 //! so the fuzz targets of these parsers build without a runtime.
@@ -9,11 +9,12 @@ pub mod authz;
 pub mod backoff;
 pub mod error;
 pub mod jwks;
+pub mod rights;
 pub mod routing;
 pub mod signed;
 pub mod token;
 
-pub use error::{ErrorCode, GrpcCode};
+pub use error::{ErrorCode, GrpcCode, Reason};
 
 /// Seconds since the Unix epoch (wall clock). Logic that depends on time takes `now` as a
 /// parameter; only the edges call this.

@@ -28,6 +28,7 @@ pub const ACCESS_TOKEN_TYPE: &str = "access";
 pub const USER_PREFIX: &str = "usr_";
 pub const SERVICE_PREFIX: &str = "svc_";
 
+use crate::error::Reason;
 use crate::jwks::{JwksDocument, KeyStatus};
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -86,7 +87,7 @@ impl TokenVerifier {
         self.keys.is_empty()
     }
 
-    /// Checks an access token at time `now`; errors are reason codes
+    /// Checks an access token at time `now`; errors are [`Reason`]s
     /// (`malformed_token`, `unknown_key`, `bad_signature`, `token_expired`, …).
     pub fn verify(
         &self,
@@ -94,7 +95,7 @@ impl TokenVerifier {
         issuer: &str,
         audience: &str,
         now: i64,
-    ) -> Result<AccessClaims, &'static str> {
+    ) -> Result<AccessClaims, Reason> {
         self.verify_until(token, issuer, audience, now)
             .map(|(claims, _)| claims)
     }
@@ -107,22 +108,22 @@ impl TokenVerifier {
         issuer: &str,
         audience: &str,
         now: i64,
-    ) -> Result<(AccessClaims, i64), &'static str> {
+    ) -> Result<(AccessClaims, i64), Reason> {
         if token.len() > 8192 {
-            return Err("malformed_token");
+            return Err(Reason::MalformedToken);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed_token")?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Reason::MalformedToken)?;
         if header.typ.as_deref() != Some("at+jwt") {
-            return Err("wrong_token_type");
+            return Err(Reason::WrongTokenType);
         }
-        let kid = header.kid.ok_or("unknown_key")?;
+        let kid = header.kid.ok_or(Reason::UnknownKey)?;
         let key = self
             .keys
             .iter()
             .find(|k| k.kid == kid && k.not_after.is_none_or(|t| now <= t))
-            .ok_or("unknown_key")?;
+            .ok_or(Reason::UnknownKey)?;
         if header.alg != key.alg {
-            return Err("algorithm_mismatch");
+            return Err(Reason::AlgorithmMismatch);
         }
         let mut validation = jsonwebtoken::Validation::new(key.alg);
         validation.set_issuer(&[issuer]);
@@ -133,21 +134,21 @@ impl TokenVerifier {
         let data =
             jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation).map_err(|err| {
                 match err.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad_signature",
-                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong_issuer",
-                    jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong_audience",
-                    _ => "malformed_token",
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => Reason::BadSignature,
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => Reason::WrongAudience,
+                    _ => Reason::MalformedToken,
                 }
             })?;
         let claims = data.claims;
         if claims.typ != ACCESS_TOKEN_TYPE {
-            return Err("wrong_token_type");
+            return Err(Reason::WrongTokenType);
         }
         if now > claims.exp + LEEWAY_SECS {
-            return Err("token_expired");
+            return Err(Reason::TokenExpired);
         }
         if claims.nbf > now + LEEWAY_SECS {
-            return Err("token_not_yet_valid");
+            return Err(Reason::TokenNotYetValid);
         }
         let until = key.not_after.map_or(claims.exp + LEEWAY_SECS, |t| {
             t.min(claims.exp + LEEWAY_SECS)

@@ -11,9 +11,10 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use base64::Engine;
+use gateway_core::rights;
 use gateway_core::routing::ServiceKind;
 use gateway_edge::http::{CorrelationId, Hex, TenantHeader, TraceContext, valid_correlation_id};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use gateway_proto::aggregate::v1::command_service_client::CommandServiceClient;
 use gateway_proto::aggregate::v1::command_service_server::CommandService;
 use gateway_proto::aggregate::v1::{SubmitCommandRequest, SubmitCommandResponse};
@@ -107,14 +108,14 @@ pub async fn submit(
     if command.aggregate_id.is_empty() || command.aggregate_id.len() > 256 {
         return Err(
             ApiError::bad_request("aggregate_id is required (at most 256 bytes)")
-                .with_reason("invalid_aggregate_id")
+                .with_reason(Reason::InvalidAggregateId)
                 .into(),
         );
     }
     state.authorize(
         &rights.payload,
         &tenant,
-        "command.submit",
+        rights::COMMAND_SUBMIT,
         Some(&command.aggregate_type),
     )?;
     let route = state.route(&tenant, ServiceKind::Aggregate)?;
@@ -289,14 +290,14 @@ pub struct CommandBody {
 
 fn upstream_to_api(status: &tonic::Status) -> ApiError {
     let (code, reason) = match status.code() {
-        tonic::Code::InvalidArgument => (ErrorCode::BadRequest, "invalid_argument"),
-        tonic::Code::FailedPrecondition => (ErrorCode::Conflict, "failed_precondition"),
-        tonic::Code::AlreadyExists => (ErrorCode::Conflict, "already_exists"),
-        tonic::Code::Aborted => (ErrorCode::Conflict, "aborted"),
-        tonic::Code::NotFound => (ErrorCode::NotFound, "not_found"),
-        tonic::Code::PermissionDenied => (ErrorCode::Forbidden, "permission_denied"),
-        tonic::Code::ResourceExhausted => (ErrorCode::RateLimited, "resource_exhausted"),
-        _ => (ErrorCode::BadGateway, "upstream_error"),
+        tonic::Code::InvalidArgument => (ErrorCode::BadRequest, Reason::InvalidArgument),
+        tonic::Code::FailedPrecondition => (ErrorCode::Conflict, Reason::FailedPrecondition),
+        tonic::Code::AlreadyExists => (ErrorCode::Conflict, Reason::AlreadyExists),
+        tonic::Code::Aborted => (ErrorCode::Conflict, Reason::Aborted),
+        tonic::Code::NotFound => (ErrorCode::NotFound, Reason::NotFound),
+        tonic::Code::PermissionDenied => (ErrorCode::Forbidden, Reason::PermissionDenied),
+        tonic::Code::ResourceExhausted => (ErrorCode::RateLimited, Reason::ResourceExhausted),
+        _ => (ErrorCode::BadGateway, Reason::UpstreamError),
     };
     ApiError::new(code, status.message().chars().take(500).collect::<String>()).with_reason(reason)
 }
@@ -315,7 +316,7 @@ pub async fn submit_http(
     let caller = authenticate(&state, &headers)?;
     let body: CommandBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request("the body must be {command_type, payload, …}")
-            .with_reason("invalid_body")
+            .with_reason(Reason::InvalidBody)
     })?;
     let command = SubmitCommandRequest {
         aggregate_type,

@@ -11,12 +11,13 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
 use gateway_core::authz::{EffectiveRights, Request, TenantId, permits};
+use gateway_core::rights;
 use gateway_core::routing::{Route, RoutingError, ServiceKind};
 use gateway_core::signed::Verified;
 use gateway_core::token::AccessClaims;
 use gateway_edge::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
 pub use gateway_edge::http::{normalize_runner_path, safe_segment};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 
 use crate::mirror::Mirrors;
 use crate::pool::{Answer, Call, SendError};
@@ -105,8 +106,9 @@ impl ProxyState {
         method: &axum::http::Method,
         now: i64,
     ) -> Result<(Arc<AccessClaims>, Arc<Verified<EffectiveRights>>), ApiError> {
-        let refuse = |reason: &'static str| {
-            metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
+        let refuse = |reason: Reason| {
+            metrics::counter!("gateway_auth_failures_total", "reason" => reason.as_str())
+                .increment(1);
             gateway_edge::http::credential_refusal(reason)
         };
         // decisions from mirrors too old to trust (revocations may be missing) are refused
@@ -121,7 +123,7 @@ impl ProxyState {
                 ErrorCode::NotReady,
                 "the gateway has not reached its state store for too long; retry shortly",
             )
-            .with_reason("state_stale")
+            .with_reason(Reason::StateStale)
             .with_retry_after(5));
         }
         let token = credential(headers, method).map_err(refuse)?;
@@ -144,15 +146,15 @@ impl ProxyState {
         let rights = self
             .mirrors
             .principal(&claims.sub)
-            .ok_or_else(|| refuse("unknown_principal"))?;
+            .ok_or_else(|| refuse(Reason::UnknownPrincipal))?;
         if rights.payload.disabled {
-            return Err(refuse("principal_disabled"));
+            return Err(refuse(Reason::PrincipalDisabled));
         }
         // tokens issued at or before a global sign-out (same second included) are refused;
         // the control plane issues later tokens with a later iat
         let valid_after = rights.payload.tokens_valid_after;
         if valid_after > 0 && claims.iat <= valid_after {
-            return Err(refuse("token_revoked"));
+            return Err(refuse(Reason::TokenRevoked));
         }
         Ok((claims, rights))
     }
@@ -177,10 +179,10 @@ impl ProxyState {
             Err(reason) => {
                 metrics::counter!("gateway_authz_denials_total", "reason" => reason.code())
                     .increment(1);
-                Err(
-                    ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
-                        .with_reason(reason.code()),
-                )
+                Err(ApiError {
+                    reason: reason.denial(),
+                    ..ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
+                })
             }
         }
     }
@@ -193,7 +195,8 @@ impl ProxyState {
             RoutingError::TenantNotRouted { .. } => {
                 metrics::counter!("gateway_routing_misses_total", "kind" => kind.as_str())
                     .increment(1);
-                ApiError::new(ErrorCode::NotFound, err.to_string()).with_reason("tenant_not_routed")
+                ApiError::new(ErrorCode::NotFound, err.to_string())
+                    .with_reason(Reason::TenantNotRouted)
             }
             other => ApiError::internal("routing", &other),
         })
@@ -239,7 +242,12 @@ pub async fn query_with(
         .strip_prefix("/v1/query/")
         .ok_or_else(|| ApiError::not_found("no such route"))?;
     let view_type = safe_segment(view_type)?;
-    state.authorize(&rights.payload, &tenant, "query.read", Some(view_type))?;
+    state.authorize(
+        &rights.payload,
+        &tenant,
+        rights::QUERY_READ,
+        Some(view_type),
+    )?;
     let route = state.route(&tenant, ServiceKind::Projection)?;
     let _slot = state.upstreams.admit("query")?;
     note_principal(&claims.sub, &tenant);
@@ -528,10 +536,10 @@ pub async fn runner(
     let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
     // the raw path is checked too: axum has already decoded %2F into '/'
     if uri.path().contains("%2") || uri.path().contains("%5") || uri.path().contains("//") {
-        return Err(ApiError::bad_request("invalid runner path").with_reason("invalid_path"));
+        return Err(ApiError::bad_request("invalid runner path").with_reason(Reason::InvalidPath));
     }
     let path = normalize_runner_path(&path)?;
-    state.authorize(&rights.payload, &tenant, "runner.admin", None)?;
+    state.authorize(&rights.payload, &tenant, rights::RUNNER_ADMIN, None)?;
     let route = state.route(&tenant, ServiceKind::Runner)?;
     let _slot = state.upstreams.admit("runner")?;
     note_principal(&claims.sub, &tenant);
@@ -539,8 +547,9 @@ pub async fn runner(
         Some(query) => format!("/admin/runner/{path}?{query}"),
         None => format!("/admin/runner/{path}"),
     };
-    let path = PathAndQuery::try_from(path)
-        .map_err(|_| ApiError::bad_request("invalid runner path").with_reason("invalid_path"))?;
+    let path = PathAndQuery::try_from(path).map_err(|_| {
+        ApiError::bad_request("invalid runner path").with_reason(Reason::InvalidPath)
+    })?;
     // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
     // only when they never reached an endpoint
     let idempotent = method.is_idempotent();

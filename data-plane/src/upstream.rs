@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -240,7 +240,7 @@ impl Upstreams {
                 ErrorCode::Overloaded,
                 "the gateway is at its concurrency limit; retry shortly",
             )
-            .with_reason("load_shed")
+            .with_reason(Reason::LoadShed)
             .with_retry_after(1)
         })
     }
@@ -325,7 +325,7 @@ impl Upstreams {
                     ErrorCode::UpstreamUnavailable,
                     "every endpoint of the shard is failing; retry shortly",
                 )
-                .with_reason("circuit_open")
+                .with_reason(Reason::CircuitOpen)
                 .with_retry_after(wait.as_secs().max(1)));
             }
         };

@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use gateway_core::ErrorCode;
+use gateway_core::{ErrorCode, Reason};
 use serde::Serialize;
 
 use crate::http::current_correlation_id;
@@ -20,9 +20,9 @@ pub fn tonic_code(code: ErrorCode) -> tonic::Code {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub code: ErrorCode,
-    /// A more precise code for the envelope (e.g. `refresh_token_reused` for an
+    /// A more precise code for the envelope (e.g. [`Reason::RefreshTokenReused`] for an
     /// `Unauthenticated` error); the status still comes from `code`.
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     pub message: String,
     /// Seconds for `retry-after` (429, 503).
     pub retry_after: Option<u64>,
@@ -39,14 +39,17 @@ impl ApiError {
     }
 
     /// The same error with a precise envelope code.
-    pub fn with_reason(mut self, reason: &'static str) -> Self {
+    pub fn with_reason(mut self, reason: Reason) -> Self {
         self.reason = Some(reason);
         self
     }
 
     /// The code written in the envelope.
     pub fn envelope_code(&self) -> &'static str {
-        self.reason.unwrap_or(self.code.as_str())
+        match self.reason {
+            Some(reason) => reason.as_str(),
+            None => self.code.as_str(),
+        }
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -152,6 +155,16 @@ mod tests {
             tonic::Code::DeadlineExceeded
         );
         assert_eq!(tonic_code(ErrorCode::Overloaded), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn the_reason_refines_the_envelope_code_not_the_status() {
+        let plain = ApiError::new(ErrorCode::Unauthenticated, "no");
+        assert_eq!(plain.envelope_code(), "unauthenticated");
+        let reused = plain.with_reason(Reason::RefreshTokenReused);
+        assert_eq!(reused.envelope_code(), "refresh_token_reused");
+        assert_eq!(reused.to_string(), "refresh_token_reused: no");
+        assert_eq!(reused.into_response().status(), 401);
     }
 
     #[test]

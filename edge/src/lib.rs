@@ -14,7 +14,7 @@ pub mod telemetry;
 pub mod tls;
 
 pub use error::ApiError;
-pub use gateway_core::{ErrorCode, unix_now};
+pub use gateway_core::{ErrorCode, Reason, unix_now};
 
 /// [`http::BuildInfo`] of the calling crate; the git sha comes from `GATEWAY_GIT_SHA` at
 /// build time (set by the Dockerfiles).

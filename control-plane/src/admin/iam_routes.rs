@@ -6,8 +6,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gateway_core::authz::{Reason, Request, Right, Scope, decide};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_core::authz::{self, Request, Right, Scope, decide};
+use gateway_core::rights;
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use gateway_store::{AuditQuery, PLATFORM_SCOPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -61,9 +62,10 @@ pub(crate) async fn list_roles(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    if !admin.is_platform(rights::IAM_ROLES_READ)
+        && admin.tenants_with(rights::IAM_ASSIGNMENTS_READ).is_empty()
     {
-        admin.require(None, "iam.roles.read")?;
+        admin.require(None, rights::IAM_ROLES_READ)?;
     }
     Ok(Json(json!({"roles": roles::list(&state.store).await?})))
 }
@@ -74,9 +76,10 @@ pub(crate) async fn get_role(
     admin: Admin,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    if !admin.is_platform(rights::IAM_ROLES_READ)
+        && admin.tenants_with(rights::IAM_ASSIGNMENTS_READ).is_empty()
     {
-        admin.require(None, "iam.roles.read")?;
+        admin.require(None, rights::IAM_ROLES_READ)?;
     }
     let role = roles::get(&state.store, &name)
         .await?
@@ -99,7 +102,7 @@ pub(crate) async fn create_role(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RoleBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.roles.write")?;
+    admin.require(None, rights::IAM_ROLES_WRITE)?;
     let rights = roles::parse_rights(&body.rights)?;
     let now = unix_now();
     let role = roles::create(&state.store, &body.name, &body.description, rights, now).await?;
@@ -127,7 +130,7 @@ pub(crate) async fn update_role(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RoleUpdate>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.roles.write")?;
+    admin.require(None, rights::IAM_ROLES_WRITE)?;
     let rights = body
         .rights
         .as_deref()
@@ -158,7 +161,7 @@ pub(crate) async fn delete_role(
     ClientIp(ip): ClientIp,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.roles.write")?;
+    admin.require(None, rights::IAM_ROLES_WRITE)?;
     let now = unix_now();
     let before = roles::delete(&state.store, &name).await?;
     // the holders keep the assignment until it is removed; their documents drop the
@@ -177,9 +180,10 @@ pub(crate) async fn list_rights(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !admin.is_platform("iam.roles.read") && admin.tenants_with("iam.assignments.read").is_empty()
+    if !admin.is_platform(rights::IAM_ROLES_READ)
+        && admin.tenants_with(rights::IAM_ASSIGNMENTS_READ).is_empty()
     {
-        admin.require(None, "iam.roles.read")?;
+        admin.require(None, rights::IAM_ROLES_READ)?;
     }
     Ok(Json(
         json!({"rights": roles::list_rights(&state.store).await?}),
@@ -200,9 +204,9 @@ pub(crate) async fn create_right(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RightBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.rights.write")?;
+    admin.require(None, rights::IAM_RIGHTS_WRITE)?;
     let right = Right::parse(&body.name)
-        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_right"))?;
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRight))?;
     let now = unix_now();
     let info = roles::register_right(&state.store, right, &body.description, now).await?;
     audit(&admin, "admin.right.create", ip, now)
@@ -219,9 +223,9 @@ pub(crate) async fn delete_right(
     ClientIp(ip): ClientIp,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(None, "iam.rights.write")?;
+    admin.require(None, rights::IAM_RIGHTS_WRITE)?;
     let right = Right::parse(&name)
-        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_right"))?;
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRight))?;
     if !roles::delete_right(&state.store, &right).await? {
         return Err(ApiError::not_found("no such right"));
     }
@@ -248,14 +252,14 @@ pub(crate) async fn list_assignments(
     Query(filter): Query<AssignmentFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
-    if !admin.is_platform("iam.assignments.read") {
+    if !admin.is_platform(rights::IAM_ASSIGNMENTS_READ) {
         // tenant admins list one of their tenants at a time
         let Some(t) = &tenant else {
             return Err(
-                ApiError::bad_request("tenant_id is required").with_reason("missing_tenant")
+                ApiError::bad_request("tenant_id is required").with_reason(Reason::MissingTenant)
             );
         };
-        admin.require(Some(t), "iam.assignments.read")?;
+        admin.require(Some(t), rights::IAM_ASSIGNMENTS_READ)?;
     }
     let mut found = match &filter.principal_id {
         Some(id) => assignments::for_principal(&state.store, &principal_id(id)?).await?,
@@ -285,11 +289,11 @@ async fn check_assignment(
 ) -> Result<(String, Scope, roles::Role), ApiError> {
     let principal = principal_id(&body.principal_id)?;
     let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
-    let decision = admin.require(tenant.as_ref(), "iam.assignments.write")?;
+    let decision = admin.require(tenant.as_ref(), rights::IAM_ASSIGNMENTS_WRITE)?;
     let role = roles::get(&state.store, &body.role)
         .await?
-        .ok_or_else(|| ApiError::bad_request("no such role").with_reason("unknown_role"))?;
-    if decision.reason != Reason::PlatformRight {
+        .ok_or_else(|| ApiError::bad_request("no such role").with_reason(Reason::UnknownRole))?;
+    if decision.reason != authz::Reason::PlatformRight {
         // a tenant admin: never more than they hold themselves, in that tenant
         let held: Vec<Right> = admin
             .rights
@@ -312,7 +316,7 @@ async fn check_assignment(
                     missing.as_str()
                 ),
             )
-            .with_reason("privilege_escalation"));
+            .with_reason(Reason::PrivilegeEscalation));
         }
     }
     let exists = if principal.starts_with(gateway_core::token::SERVICE_PREFIX) {
@@ -325,7 +329,9 @@ async fn check_assignment(
             .is_some()
     };
     if !exists {
-        return Err(ApiError::bad_request("no such principal").with_reason("unknown_principal"));
+        return Err(
+            ApiError::bad_request("no such principal").with_reason(Reason::UnknownPrincipal)
+        );
     }
     Ok((principal, assignments::scope_of(tenant), role))
 }
@@ -342,12 +348,12 @@ pub(crate) async fn create_assignment(
     let (principal, scope, role) = match checked {
         Ok(checked) => checked,
         Err(err) => {
-            if err.reason == Some("privilege_escalation") {
+            if err.reason == Some(Reason::PrivilegeEscalation) {
                 Audit::new("admin.assignment.create", "refused", now)
                     .actor(admin.id())
                     .ip(ip)
                     .target(&body.principal_id)
-                    .detail(json!({"role": body.role, "tenant_id": body.tenant_id, "reason": "privilege_escalation"}))
+                    .detail(json!({"role": body.role, "tenant_id": body.tenant_id, "reason": Reason::PrivilegeEscalation.as_str()}))
                     .record(&state.store)
                     .await;
             }
@@ -419,9 +425,9 @@ pub(crate) async fn explain(
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = principal_id(&body.principal_id)?;
     let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
-    admin.require(tenant.as_ref(), "iam.assignments.read")?;
+    admin.require(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
     if body.action.is_empty() || body.action.len() > 128 {
-        return Err(ApiError::bad_request("action is required").with_reason("invalid_action"));
+        return Err(ApiError::bad_request("action is required").with_reason(Reason::InvalidAction));
     }
     let rights = state.publisher.effective(&principal, unix_now()).await?;
     let decision = decide(
@@ -448,7 +454,7 @@ pub(crate) async fn effective(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "iam.assignments.read")?;
+    admin.require(None, rights::IAM_ASSIGNMENTS_READ)?;
     let principal = principal_id(&id)?;
     Ok(Json(
         state.publisher.effective(&principal, unix_now()).await?,
@@ -461,7 +467,7 @@ pub(crate) async fn rotate_keys(
     admin: Admin,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "keys.rotate")?;
+    admin.require(None, rights::KEYS_ROTATE)?;
     let now = unix_now();
     let kid = state.keys.rotate(now).await?;
     audit(&admin, "admin.keys.rotate", ip, now)
@@ -498,10 +504,10 @@ pub(crate) async fn read_audit(
     let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
     match &tenant {
         Some(t) => {
-            admin.require(Some(t), "audit.read")?;
+            admin.require(Some(t), rights::AUDIT_READ)?;
         }
         None => {
-            admin.require(None, "audit.read")?;
+            admin.require(None, rights::AUDIT_READ)?;
         }
     }
     let limit = filter.limit.unwrap_or(100).clamp(1, 500);

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gateway_edge::{ApiError, unix_now};
+use gateway_edge::{ApiError, Reason, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -459,7 +459,7 @@ pub(crate) async fn rotate_service_account(
     } else {
         serde_json::from_slice(&raw).map_err(|_| {
             ApiError::bad_request("the body does not match the expected fields")
-                .with_reason("invalid_body")
+                .with_reason(Reason::InvalidBody)
         })?
     };
     let (secret, overlap) =

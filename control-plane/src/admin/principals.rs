@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use gateway_core::authz::{Scope, TenantId};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_core::rights;
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use serde_json::json;
 
 use super::Admin;
@@ -79,7 +80,7 @@ pub async fn authorize_on(
         ErrorCode::Forbidden,
         format!("not allowed to {action} on this principal"),
     )
-    .with_reason("not_authorized_for_principal"))
+    .with_reason(Reason::NotAuthorizedForPrincipal))
 }
 
 async fn load_user(state: &AppState, id: &str) -> Result<User, ApiError> {
@@ -149,13 +150,13 @@ pub async fn list_users(
     query: UserQuery<'_>,
 ) -> Result<UserPage, ApiError> {
     let tenant_filter = query.tenant_id.map(tenant).transpose()?;
-    if !admin.is_platform("iam.users.read") {
+    if !admin.is_platform(rights::IAM_USERS_READ) {
         let Some(t) = &tenant_filter else {
             return Err(
-                ApiError::bad_request("tenant_id is required").with_reason("missing_tenant")
+                ApiError::bad_request("tenant_id is required").with_reason(Reason::MissingTenant)
             );
         };
-        admin.require(Some(t), "iam.users.read")?;
+        admin.require(Some(t), rights::IAM_USERS_READ)?;
     }
     let email = query.email.map(users::normalize_email).transpose()?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
@@ -213,7 +214,7 @@ pub async fn user_details(
     admin: &Admin,
     id: &str,
 ) -> Result<UserDetails, ApiError> {
-    authorize_on(state, admin, id, "iam.users.read").await?;
+    authorize_on(state, admin, id, rights::IAM_USERS_READ).await?;
     let user = load_user(state, id).await?;
     let (tenants, platform_roles) = memberships(state, id).await?;
     let recovery_codes_left = state.auth.mfa.recovery_codes_left(id).await?;
@@ -233,7 +234,7 @@ pub async fn create_user(
     password: Option<&str>,
     email_verified: bool,
 ) -> Result<User, ApiError> {
-    caller.admin.require(None, "iam.users.write")?;
+    caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     let email = users::normalize_email(email)?;
     let phc = match password {
         Some(password) => Some(hash_new_password(state, password, &email).await?),
@@ -257,7 +258,7 @@ pub async fn update_user(
     email: Option<&str>,
     email_verified: Option<bool>,
 ) -> Result<User, ApiError> {
-    caller.admin.require(None, "iam.users.write")?;
+    caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     let before = load_user(state, id).await?;
     let email = email.map(users::normalize_email).transpose()?;
     let now = unix_now();
@@ -283,7 +284,7 @@ pub async fn set_status(
     id: &str,
     disable: bool,
 ) -> Result<User, ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, "iam.users.write").await?;
+    let tenant = authorize_on(state, caller.admin, id, rights::IAM_USERS_WRITE).await?;
     load_user(state, id).await?;
     let now = unix_now();
     let user = users::update(&state.store, id, now, |u| {
@@ -318,11 +319,11 @@ pub async fn set_status(
 /// Removes credentials, MFA, sessions, identities, assignments and the record; the
 /// published document turns disabled so every data plane refuses the principal.
 pub async fn delete_user(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.users.write")?;
+    caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     if id == caller.admin.id() {
         return Err(
             ApiError::new(ErrorCode::Conflict, "admins cannot delete themselves")
-                .with_reason("self_delete"),
+                .with_reason(Reason::SelfDelete),
         );
     }
     let user = load_user(state, id).await?;
@@ -349,7 +350,7 @@ pub async fn set_password(
     id: &str,
     password: &str,
 ) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.credentials.write")?;
+    caller.admin.require(None, rights::IAM_CREDENTIALS_WRITE)?;
     let user = load_user(state, id).await?;
     let phc = hash_new_password(state, password, &user.email).await?;
     let now = unix_now();
@@ -366,7 +367,7 @@ pub async fn set_password(
 
 /// The password stops working, every session ends, and a reset link goes to the user.
 pub async fn force_reset(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.credentials.write")?;
+    caller.admin.require(None, rights::IAM_CREDENTIALS_WRITE)?;
     let user = load_user(state, id).await?;
     let now = unix_now();
     users::remove_password(&state.store, id).await?;
@@ -403,7 +404,7 @@ pub async fn force_reset(state: &AppState, caller: &Caller<'_>, id: &str) -> Res
 
 /// Removes a user's second factor.
 pub async fn reset_mfa(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.mfa.write")?;
+    caller.admin.require(None, rights::IAM_MFA_WRITE)?;
     load_user(state, id).await?;
     let now = unix_now();
     state.auth.mfa.remove(id).await?;
@@ -420,7 +421,7 @@ pub async fn revoke_recovery_codes(
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.mfa.write")?;
+    caller.admin.require(None, rights::IAM_MFA_WRITE)?;
     load_user(state, id).await?;
     let now = unix_now();
     state.auth.mfa.revoke_recovery_codes(id).await?;
@@ -442,7 +443,7 @@ pub async fn list_sessions(
     admin: &Admin,
     id: &str,
 ) -> Result<Vec<sessions::Session>, ApiError> {
-    authorize_on(state, admin, id, "iam.sessions.write").await?;
+    authorize_on(state, admin, id, rights::IAM_SESSIONS_WRITE).await?;
     load_user(state, id).await?;
     sessions::list(&state.store, id).await
 }
@@ -454,7 +455,7 @@ pub async fn revoke_session(
     id: &str,
     session_id: &str,
 ) -> Result<(), ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, "iam.sessions.write").await?;
+    let tenant = authorize_on(state, caller.admin, id, rights::IAM_SESSIONS_WRITE).await?;
     let now = unix_now();
     if !sessions::revoke(&state.store, id, session_id, now, "revoked_by_admin").await? {
         return Err(ApiError::not_found("no such active session"));
@@ -473,7 +474,7 @@ pub async fn revoke_sessions(
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<usize, ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, "iam.sessions.write").await?;
+    let tenant = authorize_on(state, caller.admin, id, rights::IAM_SESSIONS_WRITE).await?;
     load_user(state, id).await?;
     let now = unix_now();
     let ended = state
@@ -493,7 +494,7 @@ pub async fn list_identities(
     admin: &Admin,
     id: &str,
 ) -> Result<Vec<oidc::IdentityLink>, ApiError> {
-    authorize_on(state, admin, id, "iam.users.read").await?;
+    authorize_on(state, admin, id, rights::IAM_USERS_READ).await?;
     load_user(state, id).await?;
     oidc::identities_of(&state.store, id).await
 }
@@ -507,13 +508,15 @@ pub async fn link_identity(
     subject: &str,
     email: Option<String>,
 ) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.users.write")?;
+    caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     load_user(state, id).await?;
     if provider != oidc::GOOGLE {
-        return Err(ApiError::bad_request("unknown provider").with_reason("unknown_provider"));
+        return Err(ApiError::bad_request("unknown provider").with_reason(Reason::UnknownProvider));
     }
     if subject.is_empty() || subject.len() > 255 {
-        return Err(ApiError::bad_request("subject is required").with_reason("invalid_subject"));
+        return Err(
+            ApiError::bad_request("subject is required").with_reason(Reason::InvalidSubject)
+        );
     }
     let now = unix_now();
     let identity = oidc::ProviderIdentity {
@@ -537,7 +540,7 @@ pub async fn unlink_identity(
     provider: &str,
     subject: &str,
 ) -> Result<(), ApiError> {
-    caller.admin.require(None, "iam.users.write")?;
+    caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     let linked = oidc::linked_user(&state.store, provider, subject).await?;
     if linked.is_none_or(|l| l.user_id != id) {
         return Err(ApiError::not_found("no such identity on this user"));

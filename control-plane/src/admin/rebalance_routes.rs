@@ -6,8 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gateway_core::rights;
 use gateway_core::routing::ServiceKind;
-use gateway_edge::{ApiError, unix_now};
+use gateway_edge::{ApiError, Reason, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -25,9 +26,6 @@ pub const MUTATING_ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/rebalance/plans/{id}/rollback"),
     ("POST", "/admin/rebalance/plans/{id}/cancel"),
 ];
-
-/// The platform right every rebalancing route requires.
-pub const RIGHT: &str = "rebalance.operate";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -77,13 +75,14 @@ pub(crate) async fn create(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     let tenant = tenant(&body.tenant_id)?;
     let kind = ServiceKind::parse(&body.kind).ok_or_else(|| {
-        ApiError::bad_request("kind is aggregate, projection or runner").with_reason("invalid_kind")
+        ApiError::bad_request("kind is aggregate, projection or runner")
+            .with_reason(Reason::InvalidKind)
     })?;
     gateway_core::routing::validate_shard_id(&body.target_shard)
-        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_shard"))?;
+        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidShard))?;
     let plan = state
         .rebalancer
         .create(tenant, kind, body.target_shard, admin.id(), unix_now())
@@ -107,7 +106,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     Ok(Json(json!({"plans": state.rebalancer.list().await?})))
 }
 
@@ -117,7 +116,7 @@ pub(crate) async fn read(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     let (plan, _) = state.rebalancer.load(&id).await?;
     Ok(Json(plan))
 }
@@ -129,7 +128,7 @@ pub(crate) async fn gates(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     let (plan, _) = state.rebalancer.load(&id).await?;
     let (current, _) = state.routing.current().await?;
     let doc = current.map(|d| d.payload).unwrap_or_default();
@@ -145,7 +144,7 @@ pub(crate) async fn apply(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     match state.rebalancer.apply(&id, admin.id()).await {
         Ok(plan) => {
             audit(
@@ -175,7 +174,7 @@ pub(crate) async fn apply(
                 gateway_edge::ErrorCode::Conflict,
                 "the readiness gates do not all pass; nothing was changed",
             )
-            .with_reason("gates_not_ready");
+            .with_reason(Reason::GatesNotReady);
             let body = json!({
                 "error": {
                     "code": error.envelope_code(),
@@ -213,7 +212,7 @@ pub(crate) async fn rollback(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     let result = state.rebalancer.rollback(&id, admin.id()).await;
     finish(&state, &admin, ip, &id, "admin.rebalance.rollback", result).await
 }
@@ -225,7 +224,7 @@ pub(crate) async fn cancel(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, RIGHT)?;
+    admin.require(None, rights::REBALANCE_OPERATE)?;
     let result = state.rebalancer.cancel(&id, admin.id()).await;
     finish(&state, &admin, ip, &id, "admin.rebalance.cancel", result).await
 }
@@ -260,6 +259,6 @@ pub(crate) async fn replicas(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.read")?;
+    admin.require(None, rights::ROUTING_READ)?;
     Ok(Json(state.rebalancer.replicas(unix_now()).await?))
 }

@@ -4,8 +4,9 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use gateway_core::rights;
 use gateway_core::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,7 +43,8 @@ pub fn router() -> Router<AppState> {
 
 fn kind(value: &str) -> Result<ServiceKind, ApiError> {
     ServiceKind::parse(value).ok_or_else(|| {
-        ApiError::bad_request("kind is aggregate, projection or runner").with_reason("invalid_kind")
+        ApiError::bad_request("kind is aggregate, projection or runner")
+            .with_reason(Reason::InvalidKind)
     })
 }
 
@@ -67,7 +69,7 @@ pub(crate) async fn read(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.read")?;
+    admin.require(None, rights::ROUTING_READ)?;
     let (current, _) = state.routing.current().await?;
     Ok(Json(match current {
         Some(doc) => {
@@ -93,7 +95,7 @@ pub(crate) async fn replace(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<ReplaceBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let now = unix_now();
     let revision = state
         .routing
@@ -118,7 +120,7 @@ pub(crate) async fn reload(
     admin: Admin,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let now = unix_now();
     let (_, _, revision) = state.routing.modify(now, |_| Ok(())).await?;
     record(
@@ -141,7 +143,7 @@ pub(crate) async fn tenant_routes(
     admin: Admin,
     Path(tenant_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.read")?;
+    admin.require(None, rights::ROUTING_READ)?;
     let tenant = tenant(&tenant_id)?;
     let (current, _) = state.routing.current().await?;
     let Some(doc) = current else {
@@ -184,7 +186,7 @@ pub(crate) async fn place(
     Path((kind_name, tenant_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<PlaceBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let (kind, tenant) = (kind(&kind_name)?, tenant(&tenant_id)?);
     let now = unix_now();
     let shard = body.shard.clone();
@@ -210,7 +212,7 @@ pub(crate) async fn unplace(
     ClientIp(ip): ClientIp,
     Path((kind_name, tenant_id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let (kind, tenant) = (kind(&kind_name)?, tenant(&tenant_id)?);
     let now = unix_now();
     let (_, _, revision) = state
@@ -250,17 +252,18 @@ pub(crate) async fn put_shard(
     Path((kind_name, shard)): Path<(String, String)>,
     ApiJson(body): ApiJson<ShardBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let kind = kind(&kind_name)?;
-    validate_shard_id(&shard)
-        .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_routing"))?;
+    validate_shard_id(&shard).map_err(|err| {
+        ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRouting)
+    })?;
     if body.endpoints.is_empty()
         || body.endpoints.len() > 64
         || body.endpoints.iter().any(|e| !validate_endpoint(e))
     {
         return Err(
             ApiError::bad_request("endpoints are 1 to 64 http(s)://host:port URLs")
-                .with_reason("invalid_routing"),
+                .with_reason(Reason::InvalidRouting),
         );
     }
     let now = unix_now();
@@ -294,7 +297,7 @@ pub(crate) async fn delete_shard(
     ClientIp(ip): ClientIp,
     Path((kind_name, shard)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin.require(None, "routing.write")?;
+    admin.require(None, rights::ROUTING_WRITE)?;
     let kind = kind(&kind_name)?;
     let now = unix_now();
     let (_, _, revision) = state

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use serde_json::json;
 
 use super::users::{self, UserStatus};
@@ -14,7 +14,7 @@ impl AuthService {
     fn google(&self) -> Result<&oidc::GoogleOidc, ApiError> {
         self.google.as_deref().ok_or_else(|| {
             ApiError::not_found("Google sign-in is not configured")
-                .with_reason("provider_not_configured")
+                .with_reason(Reason::ProviderNotConfigured)
         })
     }
 
@@ -74,7 +74,7 @@ impl AuthService {
                             ErrorCode::Forbidden,
                             "the provider did not share an email address",
                         )
-                        .with_reason("email_required")
+                        .with_reason(Reason::EmailRequired)
                     })?;
                 match users::find_by_email(&self.store, &email).await? {
                     Some((existing, _)) => {
@@ -83,14 +83,14 @@ impl AuthService {
                             Audit::new("auth.oidc.signin", "refused", now)
                                 .ip(ip)
                                 .target(&existing.id)
-                                .detail(json!({"reason": "account_exists"}))
+                                .detail(json!({"reason": Reason::AccountExists.as_str()}))
                                 .record(&self.store)
                                 .await;
                             return Err(ApiError::new(
                                 ErrorCode::Conflict,
                                 "an account with this email exists; sign in to it and link Google from there",
                             )
-                            .with_reason("account_exists"));
+                            .with_reason(Reason::AccountExists));
                         }
                         oidc::link(&self.store, oidc::GOOGLE, &identity, &existing.id, now).await?;
                         existing
@@ -116,7 +116,7 @@ impl AuthService {
         if user.status != UserStatus::Active {
             return Err(
                 ApiError::new(ErrorCode::Forbidden, "this account is disabled")
-                    .with_reason("account_disabled"),
+                    .with_reason(Reason::AccountDisabled),
             );
         }
         self.complete_signin(&user, ip, now)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,7 @@ fn normalize_recovery(code: &str) -> String {
         .collect()
 }
 
-fn conflict(reason: &'static str, message: &str) -> ApiError {
+fn conflict(reason: Reason, message: &str) -> ApiError {
     ApiError::new(ErrorCode::Conflict, message).with_reason(reason)
 }
 
@@ -183,7 +183,7 @@ impl Mfa {
     ) -> Result<Enrolment, ApiError> {
         if self.load(user_id).await?.is_some_and(|(r, _)| r.confirmed) {
             return Err(conflict(
-                "mfa_already_enabled",
+                Reason::MfaAlreadyEnabled,
                 "two-factor authentication is already on",
             ));
         }
@@ -269,10 +269,10 @@ impl Mfa {
         now: i64,
     ) -> Result<Vec<String>, ApiError> {
         match self.load(user_id).await? {
-            None => return Err(conflict("mfa_not_enrolled", "start enrolment first")),
+            None => return Err(conflict(Reason::MfaNotEnrolled, "start enrolment first")),
             Some((record, _)) if record.confirmed => {
                 return Err(conflict(
-                    "mfa_already_enabled",
+                    Reason::MfaAlreadyEnabled,
                     "two-factor authentication is already on",
                 ));
             }
@@ -379,7 +379,7 @@ impl Mfa {
 
 pub fn invalid_code() -> ApiError {
     ApiError::new(ErrorCode::Unauthenticated, "the code is not valid")
-        .with_reason("invalid_mfa_code")
+        .with_reason(Reason::InvalidMfaCode)
 }
 
 #[cfg(test)]

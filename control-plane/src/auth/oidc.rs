@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{
     Bucket, Record, Revision, Store, StoreError, encode_key_token, hash_key_token, read_all,
 };
@@ -103,7 +103,7 @@ fn provider_down(context: &str, err: &dyn std::fmt::Display) -> ApiError {
         ErrorCode::BadGateway,
         "the identity provider did not answer as expected",
     )
-    .with_reason("identity_provider_error")
+    .with_reason(Reason::IdentityProviderError)
 }
 
 pub struct GoogleOidc {
@@ -205,7 +205,7 @@ impl GoogleOidc {
     ) -> Result<(ProviderIdentity, PendingLogin), ApiError> {
         let invalid_state = || {
             ApiError::bad_request("the sign-in is unknown or has expired; start again")
-                .with_reason("invalid_state")
+                .with_reason(Reason::InvalidState)
         };
         if state.is_empty() || state.len() > 256 || code.is_empty() || code.len() > 2048 {
             return Err(invalid_state());
@@ -257,7 +257,7 @@ impl GoogleOidc {
                     ErrorCode::Unauthenticated,
                     "the identity provider's answer is not valid",
                 )
-                .with_reason("invalid_id_token")
+                .with_reason(Reason::InvalidIdToken)
             })?;
         Ok((
             ProviderIdentity {
@@ -327,7 +327,7 @@ pub async fn link(
                     ErrorCode::Conflict,
                     "this Google account is linked to another user",
                 )
-                .with_reason("identity_in_use")),
+                .with_reason(Reason::IdentityInUse)),
             }
         }
         Err(err) => Err(err.into()),

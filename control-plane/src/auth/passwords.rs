@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use gateway_core::Reason;
 use rand::RngCore;
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization;
@@ -31,13 +32,13 @@ pub enum PasswordError {
 }
 
 impl PasswordError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Reason {
         match self {
-            PasswordError::TooShort(_) => "password_too_short",
-            PasswordError::TooLong => "password_too_long",
-            PasswordError::Common => "password_too_common",
-            PasswordError::Contextual => "password_contextual",
-            PasswordError::Repetitive => "password_repetitive",
+            PasswordError::TooShort(_) => Reason::PasswordTooShort,
+            PasswordError::TooLong => Reason::PasswordTooLong,
+            PasswordError::Common => Reason::PasswordTooCommon,
+            PasswordError::Contextual => Reason::PasswordContextual,
+            PasswordError::Repetitive => Reason::PasswordRepetitive,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gateway_edge::ApiError;
+use gateway_edge::{ApiError, Reason};
 
 use super::onetime::{self, Purpose};
 use super::users::{self, UserStatus};
@@ -32,7 +32,7 @@ impl AuthService {
             .await?;
         if !within_budget {
             // silent to the client (it would tell the address exists), counted here
-            crate::limits::count_limited("forgot", "mailbox_budget");
+            crate::limits::count_limited("forgot", Reason::MailboxBudget);
         }
         let found = users::find_by_email(&self.store, &email).await?;
         let mut audit = Audit::new(

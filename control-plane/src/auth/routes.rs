@@ -10,9 +10,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_core::unix_now;
-use gateway_edge::ApiError;
 use gateway_edge::ErrorCode;
 use gateway_edge::http;
+use gateway_edge::{ApiError, Reason};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -117,7 +117,7 @@ pub(crate) async fn refresh(
             // a browser session: the cookie, under the CSRF check
             let token = http::cookie(&headers, http::REFRESH_COOKIE).ok_or_else(|| {
                 ApiError::new(ErrorCode::Unauthenticated, "a refresh token is required")
-                    .with_reason("invalid_refresh_token")
+                    .with_reason(Reason::InvalidRefreshToken)
             })?;
             http::check_csrf(&headers, &Method::POST).map_err(http::credential_refusal)?;
             token.to_string()
@@ -148,7 +148,7 @@ pub(crate) async fn signout(
         serde_json::from_slice::<SignoutBody>(&body)
             .map_err(|_| {
                 ApiError::bad_request("the body does not match the expected fields")
-                    .with_reason("invalid_body")
+                    .with_reason(Reason::InvalidBody)
             })?
             .all
     };
@@ -328,7 +328,7 @@ pub(crate) async fn token(
         .to_ascii_lowercase();
     let bad_body = || {
         ApiError::bad_request("grant_type (and the client credentials) are required")
-            .with_reason("invalid_request")
+            .with_reason(Reason::InvalidRequest)
     };
     let request: TokenRequest = if content_type.starts_with("application/x-www-form-urlencoded") {
         serde_urlencoded_form(&body).ok_or_else(bad_body)?
@@ -343,7 +343,7 @@ pub(crate) async fn token(
     if request.grant_type != "client_credentials" {
         return Err(
             ApiError::bad_request("only client_credentials is supported here")
-                .with_reason("unsupported_grant_type"),
+                .with_reason(Reason::UnsupportedGrantType),
         );
     }
     let basic = basic_credentials(&headers);
@@ -418,19 +418,19 @@ pub(crate) async fn google_callback(
     ClientIp(ip): ClientIp,
     query: Result<axum::extract::Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let axum::extract::Query(query) = query
-        .map_err(|_| ApiError::bad_request("malformed callback").with_reason("invalid_request"))?;
+    let axum::extract::Query(query) = query.map_err(|_| {
+        ApiError::bad_request("malformed callback").with_reason(Reason::InvalidRequest)
+    })?;
     if query.error.is_some() {
         return Err(ApiError::new(
             gateway_edge::ErrorCode::Unauthenticated,
             "the identity provider refused the sign-in",
         )
-        .with_reason("access_denied"));
+        .with_reason(Reason::AccessDenied));
     }
     let (Some(code), Some(oidc_state)) = (query.code, query.state) else {
-        return Err(
-            ApiError::bad_request("code and state are required").with_reason("invalid_request")
-        );
+        return Err(ApiError::bad_request("code and state are required")
+            .with_reason(Reason::InvalidRequest));
     };
     let outcome = state
         .auth

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_core::token::SERVICE_PREFIX;
-use gateway_edge::ApiError;
+use gateway_edge::{ApiError, Reason};
 use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ pub async fn create(
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(
             ApiError::bad_request("a name of 1 to 128 characters is required")
-                .with_reason("invalid_name"),
+                .with_reason(Reason::InvalidName),
         );
     }
     let (secret, hash) = new_secret();

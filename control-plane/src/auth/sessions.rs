@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, Revision, Store, StoreError, hash_key_token, read_all};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -134,23 +134,25 @@ impl From<RefreshError> for ApiError {
             ApiError::new(ErrorCode::Unauthenticated, message).with_reason(reason)
         };
         match err {
-            RefreshError::Invalid => {
-                unauthenticated("invalid_refresh_token", "the refresh token is not valid")
-            }
+            RefreshError::Invalid => unauthenticated(
+                Reason::InvalidRefreshToken,
+                "the refresh token is not valid",
+            ),
             RefreshError::Expired => unauthenticated(
-                "refresh_token_expired",
+                Reason::RefreshTokenExpired,
                 "the session has expired; sign in again",
             ),
-            RefreshError::Revoked => {
-                unauthenticated("session_revoked", "the session has ended; sign in again")
-            }
+            RefreshError::Revoked => unauthenticated(
+                Reason::SessionRevoked,
+                "the session has ended; sign in again",
+            ),
             RefreshError::AlreadyRotated => ApiError::new(
                 ErrorCode::Conflict,
                 "this refresh token was just rotated by another request; use the newer token",
             )
-            .with_reason("refresh_token_already_rotated"),
+            .with_reason(Reason::RefreshTokenAlreadyRotated),
             RefreshError::Reused { .. } => unauthenticated(
-                "refresh_token_reused",
+                Reason::RefreshTokenReused,
                 "this refresh token was already used; the session has been ended",
             ),
             RefreshError::Store(err) => err,

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use serde_json::json;
 
 use super::onetime::{self, Purpose};
@@ -22,7 +22,7 @@ fn invalid_credentials() -> ApiError {
         ErrorCode::Unauthenticated,
         "the email or password is not correct",
     )
-    .with_reason("invalid_credentials")
+    .with_reason(Reason::InvalidCredentials)
 }
 
 impl AuthService {
@@ -73,12 +73,12 @@ impl AuthService {
             Audit::new("auth.signin", "refused", now)
                 .ip(ip)
                 .target(&user.id)
-                .detail(json!({"reason": "account_disabled"}))
+                .detail(json!({"reason": Reason::AccountDisabled.as_str()}))
                 .record(&self.store)
                 .await;
             return Err(
                 ApiError::new(ErrorCode::Forbidden, "this account is disabled")
-                    .with_reason("account_disabled"),
+                    .with_reason(Reason::AccountDisabled),
             );
         }
         if self.settings.require_verified_email && !user.email_verified {
@@ -86,7 +86,7 @@ impl AuthService {
                 ErrorCode::Forbidden,
                 "verify your email address before signing in",
             )
-            .with_reason("email_not_verified"));
+            .with_reason(Reason::EmailNotVerified));
         }
         if let Some(credential) = &credential
             && self.hasher.needs_rehash(&credential.phc)
@@ -177,7 +177,7 @@ impl AuthService {
                 ErrorCode::Unauthenticated,
                 "the sign-in has expired; start again",
             )
-            .with_reason("invalid_mfa_token")
+            .with_reason(Reason::InvalidMfaToken)
         };
         let (challenge, _) = onetime::peek(&self.store, Purpose::MfaChallenge, mfa_token, now)
             .await?
@@ -202,7 +202,7 @@ impl AuthService {
             ),
             _ => {
                 return Err(ApiError::bad_request("send either code or recovery_code")
-                    .with_reason("invalid_body"));
+                    .with_reason(Reason::InvalidBody));
             }
         };
         if !accepted {
@@ -228,7 +228,7 @@ impl AuthService {
                     ErrorCode::Unauthenticated,
                     "too many wrong codes; sign in again",
                 )
-                .with_reason("mfa_attempts_exhausted")
+                .with_reason(Reason::MfaAttemptsExhausted)
             });
         }
         self.backoff.succeeded("mfa", &user.id).await?;
@@ -263,7 +263,7 @@ impl AuthService {
         self.backoff.check("client", client_id, now).await?;
         let invalid_client = || {
             ApiError::new(ErrorCode::Unauthenticated, "client authentication failed")
-                .with_reason("invalid_client")
+                .with_reason(Reason::InvalidClient)
         };
         let Some(account) =
             service_accounts::verify(&self.store, client_id, client_secret, now).await?
@@ -307,13 +307,13 @@ impl AuthService {
                 .with_reason(reason)
             };
             let Some((account, _)) = service_accounts::get(&self.store, &claims.sub).await? else {
-                return Err(refused("unknown_principal"));
+                return Err(refused(Reason::UnknownPrincipal));
             };
             if account.disabled {
-                return Err(refused("principal_disabled"));
+                return Err(refused(Reason::PrincipalDisabled));
             }
             if account.tokens_valid_after > 0 && claims.iat <= account.tokens_valid_after {
-                return Err(refused("token_revoked"));
+                return Err(refused(Reason::TokenRevoked));
             }
             return Ok(Principal {
                 user_id: claims.sub,
@@ -328,20 +328,20 @@ impl AuthService {
             .with_reason(reason)
         };
         let Some((user, _)) = users::get(&self.store, &claims.sub).await? else {
-            return Err(refused("unknown_principal"));
+            return Err(refused(Reason::UnknownPrincipal));
         };
         if user.status != UserStatus::Active {
-            return Err(refused("principal_disabled"));
+            return Err(refused(Reason::PrincipalDisabled));
         }
         if user.tokens_valid_after > 0 && claims.iat <= user.tokens_valid_after {
-            return Err(refused("token_revoked"));
+            return Err(refused(Reason::TokenRevoked));
         }
         if let Some(session_id) = &claims.sid {
             let active = sessions::find(&self.store, &user.id, session_id)
                 .await?
                 .is_some_and(|s| s.revoked_at.is_none());
             if !active {
-                return Err(refused("session_revoked"));
+                return Err(refused(Reason::SessionRevoked));
             }
         }
         Ok(Principal {

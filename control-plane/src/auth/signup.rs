@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use gateway_edge::ApiError;
+use gateway_edge::{ApiError, Reason};
 use serde_json::json;
 
 use super::onetime::{self, Purpose};
@@ -123,7 +123,7 @@ impl AuthService {
                 match users::create(&self.store, &email, Some(phc), true, now).await {
                     Ok(user) => user,
                     // another replica created it a moment ago
-                    Err(err) if err.reason == Some("email_taken") => {
+                    Err(err) if err.reason == Some(Reason::EmailTaken) => {
                         users::find_by_email(&self.store, &email)
                             .await?
                             .map(|(u, _)| u)

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 
 use super::{AuthService, Principal, mfa, users};
 use crate::audit::Audit;
@@ -50,7 +50,7 @@ impl AuthService {
         if !user.mfa_enabled {
             return Err(
                 ApiError::new(ErrorCode::Conflict, "two-factor authentication is off")
-                    .with_reason("mfa_not_enabled"),
+                    .with_reason(Reason::MfaNotEnabled),
             );
         }
         if !self

@@ -2,7 +2,7 @@
 //! password credentials (`password.<user id>`), written without partial state.
 
 use gateway_core::token::USER_PREFIX;
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, RecordError, Revision, Store, StoreError, hash_key_token};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -75,8 +75,9 @@ pub fn password_key(user_id: &str) -> String {
 
 /// Trimmed, NFKC, lowercased; refuses what is not plausibly an address.
 pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
-    let invalid =
-        || ApiError::bad_request("a valid email address is required").with_reason("invalid_email");
+    let invalid = || {
+        ApiError::bad_request("a valid email address is required").with_reason(Reason::InvalidEmail)
+    };
     if raw.len() > 4 * MAX_EMAIL_LEN {
         return Err(invalid());
     }
@@ -180,7 +181,7 @@ pub async fn create(
                 ErrorCode::Conflict,
                 "an account with this email already exists",
             )
-            .with_reason("email_taken"))
+            .with_reason(Reason::EmailTaken))
         }
         Err(err) => {
             undo.await;
@@ -330,7 +331,7 @@ pub async fn change_email(
                 ErrorCode::Conflict,
                 "an account with this email already exists",
             )
-            .with_reason("email_taken"));
+            .with_reason(Reason::EmailTaken));
         }
         Err(err) => return Err(err.into()),
     }

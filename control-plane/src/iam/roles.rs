@@ -2,7 +2,7 @@
 //! cannot be created, edited or deleted through the API.
 
 use gateway_core::authz::{Right, builtin_role};
-use gateway_edge::{ApiError, ErrorCode};
+use gateway_edge::{ApiError, ErrorCode, Reason};
 use gateway_store::{Bucket, Record, Store, StoreError, read_all};
 use serde::{Deserialize, Serialize};
 
@@ -61,21 +61,21 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
         Err(ApiError::bad_request(
             "a role name is 1 to 64 characters of [a-z0-9_], starting with a letter",
         )
-        .with_reason("invalid_role_name"))
+        .with_reason(Reason::InvalidRoleName))
     }
 }
 
 pub fn parse_rights(rights: &[String]) -> Result<Vec<Right>, ApiError> {
     if rights.len() > 200 {
-        return Err(
-            ApiError::bad_request("a role has at most 200 rights").with_reason("invalid_rights")
-        );
+        return Err(ApiError::bad_request("a role has at most 200 rights")
+            .with_reason(Reason::InvalidRights));
     }
     let mut parsed: Vec<Right> = rights
         .iter()
         .map(|r| {
-            Right::parse(r)
-                .map_err(|err| ApiError::bad_request(err.to_string()).with_reason("invalid_right"))
+            Right::parse(r).map_err(|err| {
+                ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRight)
+            })
         })
         .collect::<Result<_, _>>()?;
     parsed.sort();
@@ -96,7 +96,7 @@ fn builtin(name: &str) -> Option<Role> {
 
 fn builtin_refused() -> ApiError {
     ApiError::new(ErrorCode::Forbidden, "built-in roles cannot be changed")
-        .with_reason("builtin_role")
+        .with_reason(Reason::BuiltinRole)
 }
 
 /// A role by name (built-in or custom).
@@ -158,7 +158,7 @@ pub async fn create(
             ErrorCode::Conflict,
             "a role with this name exists",
         )
-        .with_reason("role_exists")),
+        .with_reason(Reason::RoleExists)),
         Err(err) => Err(err.into()),
     }
 }
@@ -240,7 +240,7 @@ pub async fn register_right(
             ErrorCode::Conflict,
             "this right is registered",
         )
-        .with_reason("right_exists")),
+        .with_reason(Reason::RightExists)),
         Err(err) => Err(err.into()),
     }
 }

@@ -241,3 +241,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn denials_carry_their_code_into_the_envelope() {
+    use Reason::*;
+    for reason in [TenantRight, PlatformRight] {
+        assert_eq!(reason.denial(), None);
+    }
+    for reason in [
+        PrincipalDisabled,
+        NotTenantMember,
+        NoMatchingRight,
+        NotPlatformAuthorized,
+    ] {
+        assert_eq!(reason.denial().map(|r| r.as_str()), Some(reason.code()));
+    }
+}

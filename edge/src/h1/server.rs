@@ -42,7 +42,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use gateway_core::ErrorCode;
+use gateway_core::{ErrorCode, Reason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -248,11 +248,11 @@ pub enum HeadError {
 }
 
 fn malformed(message: &str) -> ApiError {
-    ApiError::bad_request(message.to_string()).with_reason("malformed_request")
+    ApiError::bad_request(message.to_string()).with_reason(Reason::MalformedRequest)
 }
 
 fn ambiguous() -> ApiError {
-    ApiError::bad_request("the request's length is ambiguous").with_reason("ambiguous_framing")
+    ApiError::bad_request("the request's length is ambiguous").with_reason(Reason::AmbiguousFraming)
 }
 
 fn too_large(max_body: usize) -> ApiError {

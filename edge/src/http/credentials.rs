@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 
 use crate::error::ApiError;
-use gateway_core::ErrorCode;
+use gateway_core::{ErrorCode, Reason};
 
 /// Browser sessions: the access token in an `HttpOnly; Secure; SameSite=Strict` cookie.
 pub const ACCESS_COOKIE: &str = "__Host-gw_access";
@@ -47,8 +47,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// state-changing request (any method but GET, HEAD, OPTIONS, TRACE) authenticated by
 /// cookie must carry [`CSRF_HEADER`] equal to the [`CSRF_COOKIE`] (double submit: another
 /// site can make the browser send the cookie but cannot read it), and must not be a
-/// cross-site fetch (`sec-fetch-site`). Error: `csrf_failed`.
-pub fn check_csrf(headers: &HeaderMap, method: &axum::http::Method) -> Result<(), &'static str> {
+/// cross-site fetch (`sec-fetch-site`). Error: [`Reason::CsrfFailed`].
+pub fn check_csrf(headers: &HeaderMap, method: &axum::http::Method) -> Result<(), Reason> {
     if method.is_safe() {
         return Ok(());
     }
@@ -56,40 +56,40 @@ pub fn check_csrf(headers: &HeaderMap, method: &axum::http::Method) -> Result<()
         .get("sec-fetch-site")
         .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
     {
-        return Err("csrf_failed");
+        return Err(Reason::CsrfFailed);
     }
-    let expected = cookie(headers, CSRF_COOKIE).ok_or("csrf_failed")?;
+    let expected = cookie(headers, CSRF_COOKIE).ok_or(Reason::CsrfFailed)?;
     let mut given = headers.get_all(CSRF_HEADER).iter();
     let (Some(value), None) = (given.next(), given.next()) else {
-        return Err("csrf_failed");
+        return Err(Reason::CsrfFailed);
     };
     if expected.len() < 16 || !constant_time_eq(expected.as_bytes(), value.as_bytes()) {
-        return Err("csrf_failed");
+        return Err(Reason::CsrfFailed);
     }
     Ok(())
 }
 
 /// The caller's access token: `Authorization: Bearer` (APIs, services) or else the
-/// [`ACCESS_COOKIE`] of a browser session, under [`check_csrf`]. Errors are reason codes
-/// (those of [`bearer_token`], and `csrf_failed`).
+/// [`ACCESS_COOKIE`] of a browser session, under [`check_csrf`]. Errors are reasons
+/// (those of [`bearer_token`], and [`Reason::CsrfFailed`]).
 pub fn credential<'a>(
     headers: &'a HeaderMap,
     method: &axum::http::Method,
-) -> Result<&'a str, &'static str> {
+) -> Result<&'a str, Reason> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
         return bearer_token(headers);
     }
-    let token = cookie(headers, ACCESS_COOKIE).ok_or("missing_token")?;
+    let token = cookie(headers, ACCESS_COOKIE).ok_or(Reason::MissingToken)?;
     check_csrf(headers, method)?;
     if token.is_empty() || token.len() > 8192 {
-        return Err("malformed_token");
+        return Err(Reason::MalformedToken);
     }
     Ok(token)
 }
 
 /// The answer to a refused credential: 403 for a failed CSRF check, 401 otherwise.
-pub fn credential_refusal(reason: &'static str) -> ApiError {
-    if reason == "csrf_failed" {
+pub fn credential_refusal(reason: Reason) -> ApiError {
+    if reason == Reason::CsrfFailed {
         ApiError::new(
             ErrorCode::Forbidden,
             "a cookie-authenticated change needs the x-csrf-token header of its session",
@@ -105,18 +105,18 @@ pub fn credential_refusal(reason: &'static str) -> ApiError {
 }
 
 /// The bearer token of `headers`: exactly one `Authorization: Bearer <token>`; errors are
-/// reason codes (`missing_token`, `ambiguous_token`, `malformed_token`).
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
+/// reasons ([`Reason::MissingToken`], [`Reason::AmbiguousToken`], [`Reason::MalformedToken`]).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Reason> {
     let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let value = values.next().ok_or("missing_token")?;
+    let value = values.next().ok_or(Reason::MissingToken)?;
     if values.next().is_some() {
-        return Err("ambiguous_token");
+        return Err(Reason::AmbiguousToken);
     }
-    let value = value.to_str().map_err(|_| "malformed_token")?;
-    let (scheme, token) = value.split_once(' ').ok_or("malformed_token")?;
+    let value = value.to_str().map_err(|_| Reason::MalformedToken)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Reason::MalformedToken)?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 8192 {
-        return Err("malformed_token");
+        return Err(Reason::MalformedToken);
     }
     Ok(token)
 }

@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use gateway_core::ErrorCode;
+use gateway_core::{ErrorCode, Reason};
 
 /// Most header bytes (names and values) a request may carry. Bearer tokens are about 1 KiB;
 /// nothing the gateway serves needs more, and parsers disagreeing on huge heads is a classic
@@ -42,7 +42,8 @@ pub fn check_unambiguous(headers: &HeaderMap, path: &str) -> Result<(), ApiError
         ));
     }
     let framing = || {
-        ApiError::bad_request("the request's length is ambiguous").with_reason("ambiguous_framing")
+        ApiError::bad_request("the request's length is ambiguous")
+            .with_reason(Reason::AmbiguousFraming)
     };
     let lengths = headers
         .get_all(axum::http::header::CONTENT_LENGTH)
@@ -63,7 +64,7 @@ pub fn check_unambiguous(headers: &HeaderMap, path: &str) -> Result<(), ApiError
     if !normal_path(path) {
         return Err(
             ApiError::bad_request("the request path is not in normal form")
-                .with_reason("invalid_path"),
+                .with_reason(Reason::InvalidPath),
         );
     }
     Ok(())
@@ -108,14 +109,14 @@ pub fn safe_segment(value: &str) -> Result<&str, ApiError> {
     if ok {
         Ok(value)
     } else {
-        Err(ApiError::bad_request("invalid path segment").with_reason("invalid_path"))
+        Err(ApiError::bad_request("invalid path segment").with_reason(Reason::InvalidPath))
     }
 }
 
 /// Normalises a runner sub-path: segments of `[A-Za-z0-9_.-]`, no empty, `.` or `..`
 /// segments (no traversal), no encoded separators; refused otherwise.
 pub fn normalize_runner_path(path: &str) -> Result<String, ApiError> {
-    let invalid = || ApiError::bad_request("invalid runner path").with_reason("invalid_path");
+    let invalid = || ApiError::bad_request("invalid runner path").with_reason(Reason::InvalidPath);
     if path.is_empty() || path.len() > 1024 {
         return Err(invalid());
     }

@@ -3,7 +3,7 @@
 use axum::http::{HeaderMap, HeaderName};
 
 use crate::error::ApiError;
-use gateway_core::ErrorCode;
+use gateway_core::{ErrorCode, Reason};
 
 /// Header naming the tenant of a tenant-scoped call.
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -22,20 +22,23 @@ impl TenantHeader {
             ApiError::new(ErrorCode::InvalidTenant, message).with_reason(reason)
         };
         let Some(value) = values.next() else {
-            return Err(bad("missing_tenant", "the x-tenant-id header is required"));
+            return Err(bad(
+                Reason::MissingTenant,
+                "the x-tenant-id header is required",
+            ));
         };
         if values.next().is_some() {
             return Err(bad(
-                "ambiguous_tenant",
+                Reason::AmbiguousTenant,
                 "send exactly one x-tenant-id header",
             ));
         }
         let value = value
             .to_str()
-            .map_err(|_| bad("invalid_tenant", "x-tenant-id is not a tenant id"))?;
+            .map_err(|_| bad(Reason::InvalidTenant, "x-tenant-id is not a tenant id"))?;
         gateway_core::authz::TenantId::parse(value)
             .map(TenantHeader)
-            .map_err(|err| bad("invalid_tenant", &err.to_string()))
+            .map_err(|err| bad(Reason::InvalidTenant, &err.to_string()))
     }
 }
 

@@ -285,7 +285,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
     for (name, token, reason) in refused {
         let found = manager.verify_access(token, &args.issuer, &args.audience, now);
         anyhow::ensure!(
-            found.as_ref().err() == Some(&reason),
+            found.as_ref().err().map(|r| r.as_str()) == Some(reason),
             "{name}: expected {reason}, got {found:?}"
         );
         write(dir, name, token)?;

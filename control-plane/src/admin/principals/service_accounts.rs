@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use gateway_core::authz::TenantId;
-use gateway_edge::{ApiError, ErrorCode, unix_now};
+use gateway_core::rights;
+use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use serde_json::json;
 
 use super::{Caller, entry};
@@ -29,7 +30,7 @@ pub fn authorize_account(
     }
     let owner = owner.and_then(|t| TenantId::parse(t).ok()).ok_or_else(|| {
         ApiError::new(ErrorCode::Forbidden, format!("not allowed to {action}"))
-            .with_reason("not_platform_authorized")
+            .with_reason(Reason::NotPlatformAuthorized)
     })?;
     admin.require(Some(&owner), action)?;
     Ok(Some(owner))
@@ -52,7 +53,7 @@ pub async fn list(
     authorize_account(
         admin,
         owner.as_ref().map(TenantId::as_str),
-        "iam.service_accounts.read",
+        rights::IAM_SERVICE_ACCOUNTS_READ,
     )?;
     Ok(service_accounts::list(&state.store)
         .await?
@@ -70,7 +71,7 @@ pub async fn get(state: &AppState, admin: &Admin, id: &str) -> Result<ServiceAcc
     authorize_account(
         admin,
         account.owner_tenant.as_deref(),
-        "iam.service_accounts.read",
+        rights::IAM_SERVICE_ACCOUNTS_READ,
     )?;
     Ok(account)
 }
@@ -93,7 +94,7 @@ pub async fn create(
     let audit_tenant = authorize_account(
         caller.admin,
         owner.as_ref().map(TenantId::as_str),
-        "iam.service_accounts.write",
+        rights::IAM_SERVICE_ACCOUNTS_WRITE,
     )?;
     let now = unix_now();
     let (account, secret) = service_accounts::create(&state.store, name, now).await?;
@@ -133,12 +134,12 @@ pub async fn rotate(
     let tenant = authorize_account(
         caller.admin,
         account.owner_tenant.as_deref(),
-        "iam.service_accounts.write",
+        rights::IAM_SERVICE_ACCOUNTS_WRITE,
     )?;
     let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
     if overlap > MAX_OVERLAP_SECONDS {
         return Err(ApiError::bad_request("overlap_seconds is at most 30 days")
-            .with_reason("invalid_overlap"));
+            .with_reason(Reason::InvalidOverlap));
     }
     let now = unix_now();
     let secret =
@@ -157,7 +158,7 @@ pub async fn delete(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(
     let tenant = authorize_account(
         caller.admin,
         account.owner_tenant.as_deref(),
-        "iam.service_accounts.write",
+        rights::IAM_SERVICE_ACCOUNTS_WRITE,
     )?;
     let now = unix_now();
     assignments::remove_all(&state.store, id).await?;
