@@ -1,0 +1,270 @@
+//! The audit trail: exactly one record for every mutating admin and principal route.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{PASSWORD, env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_admin_route_emits_exactly_one_audit_record() {
+    let env = env().await;
+    let admin = env.admin().await;
+    let store = env.store().await;
+    let (_, someone) = env.user("someone@example.com").await;
+    // one valid request per mutating route, and the audit action it must produce
+    let plan: BTreeMap<(&str, &str), (String, Option<Value>, &str)> = [
+        (
+            ("POST", "/admin/roles"),
+            (
+                "/admin/roles".to_string(),
+                Some(json!({"name": "auditor", "rights": ["audit.read"]})),
+                "admin.role.create",
+            ),
+        ),
+        (
+            ("PUT", "/admin/roles/{name}"),
+            (
+                "/admin/roles/auditor".to_string(),
+                Some(json!({"description": "reads audit"})),
+                "admin.role.update",
+            ),
+        ),
+        (
+            ("POST", "/admin/rights"),
+            (
+                "/admin/rights".to_string(),
+                Some(json!({"name": "audit.read", "description": "read the trail"})),
+                "admin.right.create",
+            ),
+        ),
+        (
+            ("POST", "/admin/assignments"),
+            (
+                "/admin/assignments".to_string(),
+                Some(json!({"principal_id": someone, "tenant_id": "acme", "role": "auditor"})),
+                "admin.assignment.create",
+            ),
+        ),
+        (
+            ("DELETE", "/admin/assignments"),
+            (
+                "/admin/assignments".to_string(),
+                Some(json!({"principal_id": someone, "tenant_id": "acme", "role": "auditor"})),
+                "admin.assignment.delete",
+            ),
+        ),
+        (
+            ("DELETE", "/admin/rights/{name}"),
+            (
+                "/admin/rights/audit.read".to_string(),
+                None,
+                "admin.right.delete",
+            ),
+        ),
+        (
+            ("DELETE", "/admin/roles/{name}"),
+            (
+                "/admin/roles/auditor".to_string(),
+                None,
+                "admin.role.delete",
+            ),
+        ),
+        (
+            ("POST", "/admin/keys/rotate"),
+            ("/admin/keys/rotate".to_string(), None, "admin.keys.rotate"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let declared: std::collections::BTreeSet<(&str, &str)> =
+        control_plane::admin::iam_routes::MUTATING_ROUTES
+            .iter()
+            .copied()
+            .collect();
+    let planned: std::collections::BTreeSet<(&str, &str)> = plan.keys().copied().collect();
+    assert_eq!(declared, planned, "every mutating route has a case here");
+    // run them in a dependency order
+    let order = [
+        ("POST", "/admin/roles"),
+        ("PUT", "/admin/roles/{name}"),
+        ("POST", "/admin/rights"),
+        ("POST", "/admin/assignments"),
+        ("DELETE", "/admin/assignments"),
+        ("DELETE", "/admin/rights/{name}"),
+        ("DELETE", "/admin/roles/{name}"),
+        ("POST", "/admin/keys/rotate"),
+    ];
+    for route in order {
+        let (path, body, action) = &plan[&route];
+        let before = env.audit_actions(&store).await;
+        let (status, answer) = env.call(route.0, path, Some(&admin), body.clone()).await;
+        assert!((200..300).contains(&status), "{route:?}: {status} {answer}");
+        let after = env.audit_actions(&store).await;
+        let new: Vec<&String> = after[before.len()..].iter().collect();
+        assert_eq!(new, vec![action], "{route:?} audits exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_principal_route_emits_exactly_one_audit_record() {
+    let env = env().await;
+    let admin = env.admin().await;
+    let store = env.store().await;
+    let (_, target) = env.user("target@example.com").await;
+    let (_, session_user) = env.user("sessions@example.com").await;
+    let (_, _) = env.signin("sessions@example.com", PASSWORD).await;
+    let (status, sessions) = env
+        .call(
+            "GET",
+            &format!("/admin/users/{session_user}/sessions"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let session_id = sessions["sessions"][0]["id"].as_str().unwrap().to_string();
+    let declared: std::collections::BTreeSet<(&str, &str)> =
+        control_plane::admin::principal_routes::MUTATING_ROUTES
+            .iter()
+            .copied()
+            .collect();
+
+    // (route, concrete path, body, audit action), in a workable order
+    type Step<'a> = ((&'a str, &'a str), String, Option<Value>, &'a str);
+    let mut plan: Vec<Step> = vec![
+        (
+            ("POST", "/admin/users"),
+            "/admin/users".into(),
+            Some(json!({"email": "made@example.com", "password": "marble falcon drifting north"})),
+            "admin.user.create",
+        ),
+        (
+            ("PATCH", "/admin/users/{id}"),
+            format!("/admin/users/{target}"),
+            Some(json!({"email_verified": true})),
+            "admin.user.update",
+        ),
+        (
+            ("POST", "/admin/users/{id}/disable"),
+            format!("/admin/users/{target}/disable"),
+            None,
+            "admin.user.disable",
+        ),
+        (
+            ("POST", "/admin/users/{id}/enable"),
+            format!("/admin/users/{target}/enable"),
+            None,
+            "admin.user.enable",
+        ),
+        (
+            ("PUT", "/admin/users/{id}/password"),
+            format!("/admin/users/{target}/password"),
+            Some(json!({"password": "copper kettle singing loudly"})),
+            "admin.user.password.set",
+        ),
+        (
+            ("POST", "/admin/users/{id}/password/force-reset"),
+            format!("/admin/users/{target}/password/force-reset"),
+            None,
+            "admin.user.password.force_reset",
+        ),
+        (
+            ("POST", "/admin/users/{id}/mfa/reset"),
+            format!("/admin/users/{target}/mfa/reset"),
+            None,
+            "admin.user.mfa.reset",
+        ),
+        (
+            ("POST", "/admin/users/{id}/mfa/recovery-codes/revoke"),
+            format!("/admin/users/{target}/mfa/recovery-codes/revoke"),
+            None,
+            "admin.user.mfa.recovery_codes.revoke",
+        ),
+        (
+            ("POST", "/admin/users/{id}/identities"),
+            format!("/admin/users/{target}/identities"),
+            Some(json!({"provider": "google", "subject": "42"})),
+            "admin.user.identity.link",
+        ),
+        (
+            (
+                "DELETE",
+                "/admin/users/{id}/identities/{provider}/{subject}",
+            ),
+            format!("/admin/users/{target}/identities/google/42"),
+            None,
+            "admin.user.identity.unlink",
+        ),
+        (
+            ("DELETE", "/admin/users/{id}/sessions/{session_id}"),
+            format!("/admin/users/{session_user}/sessions/{session_id}"),
+            None,
+            "admin.user.session.revoke",
+        ),
+        (
+            ("DELETE", "/admin/users/{id}/sessions"),
+            format!("/admin/users/{session_user}/sessions"),
+            None,
+            "admin.user.sessions.revoke_all",
+        ),
+        (
+            ("POST", "/admin/service-accounts"),
+            "/admin/service-accounts".into(),
+            Some(json!({"name": "exporter"})),
+            "admin.service_account.create",
+        ),
+    ];
+    let planned_so_far: Vec<(&str, &str)> = plan.iter().map(|p| p.0).collect();
+    for (route, path, body, action) in plan.drain(..) {
+        let before = env.audit_actions(&store).await.len();
+        let (status, answer) = env.call(route.0, &path, Some(&admin), body).await;
+        assert!((200..300).contains(&status), "{route:?}: {status} {answer}");
+        let after = env.audit_actions(&store).await;
+        assert_eq!(
+            after[before..].to_vec(),
+            vec![action.to_string()],
+            "{route:?}"
+        );
+    }
+    // the service account routes need the id just created
+    let (_, accounts) = env
+        .call("GET", "/admin/service-accounts", Some(&admin), None)
+        .await;
+    let account = accounts["service_accounts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tail: Vec<((&str, &str), String, &str)> = vec![
+        (
+            ("POST", "/admin/service-accounts/{id}/rotate"),
+            format!("/admin/service-accounts/{account}/rotate"),
+            "admin.service_account.rotate",
+        ),
+        (
+            ("DELETE", "/admin/service-accounts/{id}"),
+            format!("/admin/service-accounts/{account}"),
+            "admin.service_account.delete",
+        ),
+        (
+            ("DELETE", "/admin/users/{id}"),
+            format!("/admin/users/{target}"),
+            "admin.user.delete",
+        ),
+    ];
+    let mut covered: std::collections::BTreeSet<(&str, &str)> =
+        planned_so_far.into_iter().collect();
+    for (route, path, action) in tail {
+        covered.insert(route);
+        let before = env.audit_actions(&store).await.len();
+        let (status, answer) = env.call(route.0, &path, Some(&admin), None).await;
+        assert!((200..300).contains(&status), "{route:?}: {status} {answer}");
+        let after = env.audit_actions(&store).await;
+        assert_eq!(
+            after[before..].to_vec(),
+            vec![action.to_string()],
+            "{route:?}"
+        );
+    }
+    assert_eq!(covered, declared, "every mutating route has a case here");
+}

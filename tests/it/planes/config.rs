@@ -1,0 +1,160 @@
+//! Bad configuration: the planes exit non-zero naming the setting.
+
+use gateway_tests::SnapshotKeys;
+use gateway_tests::process::PlaneProcess;
+
+use super::START;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_non_zero_naming_the_setting() {
+    let keys = SnapshotKeys::generate();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                "/nonexistent/signing.pem".into(),
+            ],
+            "--snapshot-signing-key-file",
+        ),
+        ("control-plane", vec![], "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE"),
+        (
+            "control-plane",
+            vec!["--snapshot-signing-key-file".into(), keys.signing_path()],
+            "--key-encryption-key-file",
+        ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.verify_path(),
+            ],
+            "--key-encryption-key-file",
+        ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--listen".into(),
+                "localhost-ish:99999".into(),
+            ],
+            "--listen",
+        ),
+        (
+            "control-plane",
+            vec!["--snapshot-signing-key-file".into(), keys.verify_path()],
+            "--snapshot-signing-key-file",
+        ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
+                "--mail-outbox".into(),
+                keys.outbox_path(),
+                "--store-prefix".into(),
+                "has.dots".into(),
+            ],
+            "--store-prefix",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                "/nonexistent/verify.pem".into(),
+            ],
+            "--snapshot-verify-key-file",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--ops-listen".into(),
+                "nope".into(),
+            ],
+            "--ops-listen",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--drain-timeout".into(),
+                "ten seconds".into(),
+            ],
+            "--drain-timeout",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--routing-file".into(),
+                "/nonexistent/routing.json".into(),
+            ],
+            "--routing-file",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--routing-file".into(),
+                // a file that is not a routing document
+                keys.verify_path(),
+            ],
+            "not a routing document",
+        ),
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--max-in-flight".into(),
+                "0".into(),
+            ],
+            "--max-in-flight",
+        ),
+    ];
+    let secret_lines: Vec<String> = std::fs::read_to_string(keys.signing_path())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_string)
+        .collect();
+    assert!(!secret_lines.is_empty());
+    for (bin, args, setting) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = PlaneProcess::spawn(bin, &args, &[]);
+        let status = process.wait_exit(START);
+        assert!(!status.success(), "{bin} {args:?} must fail");
+        let stderr = process.stderr().join("\n");
+        assert!(stderr.contains(setting), "{bin} {args:?}: {stderr}");
+        // the private key never appears in an error
+        for line in secret_lines.iter() {
+            assert!(!stderr.contains(line.as_str()), "{stderr}");
+        }
+    }
+    // a setting from the environment is named too
+    let mut process = PlaneProcess::spawn(
+        "control-plane",
+        &[],
+        &[(
+            "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE",
+            "/nonexistent/from-env.pem",
+        )],
+    );
+    assert!(!process.wait_exit(START).success());
+    assert!(
+        process
+            .stderr()
+            .join("\n")
+            .contains("/nonexistent/from-env.pem")
+    );
+}
