@@ -137,6 +137,10 @@ reasons! {
     AmbiguousFraming => "ambiguous_framing",
     /// The path, a path segment or a runner path is not in normal form.
     InvalidPath => "invalid_path",
+    /// A body on a method that carries none (GET, HEAD, DELETE, OPTIONS).
+    UnexpectedBody => "unexpected_body",
+    /// The `host` header is not a host and optional port.
+    InvalidHost => "invalid_host",
     /// The body is not valid JSON.
     MalformedJson => "malformed_json",
     /// The JSON body nests deeper than allowed.

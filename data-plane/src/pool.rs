@@ -7,13 +7,24 @@
 //!
 //! Each [`Endpoint`](crate::upstream::Endpoint) keeps its idle connections: a short stack
 //! behind a lock held for a push or a pop, most recently used first (the warmest, and the
-//! cold ones age out at the bottom). A connection goes back only after its whole answer was
-//! read, and not when the answer said `connection: close`, was framed by the close, or
-//! left bytes after it. One taken from the stack is checked first: closed by the upstream
-//! meanwhile (EOF already seen by the reactor) or sending unasked bytes, it is dropped and
-//! the next one tried. Closed at the very moment the request went out, the request is
-//! sent again on a new connection when that is safe (see [`Conns::call`]). Connections
-//! idle past `idle_timeout`, or closed by the upstream, are dropped by a sweep.
+//! cold ones age out at the bottom).
+//!
+//! A kept-alive connection is where one caller's answer could reach another (an upstream
+//! that writes more than it declared, late), so reuse has rules:
+//! - **partitioned by tenant**: a connection carries calls of one tenant only, the tenant
+//!   of its first call; another tenant's call never takes it, whatever the upstream sends;
+//! - a connection goes back only after an answer whose framing ended exactly: not when it
+//!   said `connection: close`, was framed by the close, or left bytes after it; not after a
+//!   204, 304 or HEAD answer that declared a length or a transfer coding (its "body" may
+//!   still come); not after an error answer (4xx, 5xx) to a request with a body (the
+//!   upstream may have answered without reading it, and would read it as the next request);
+//! - at checkout, a real non-blocking peek at the socket (a `recv` with `MSG_PEEK`, not the
+//!   reactor's possibly stale readiness): a byte pending or the end of the stream, and the
+//!   connection is dropped and the next one tried.
+//!
+//! Closed at the very moment the request went out, the request is sent again on a new
+//! connection when that is safe (see [`Conns::call`]). Connections idle past
+//! `idle_timeout`, or closed by the upstream, are dropped by a sweep.
 
 use parking_lot::Mutex;
 use std::io;
@@ -119,24 +130,39 @@ impl AsyncWrite for Stream {
 
 impl Stream {
     /// Whether the idle connection is still usable: the upstream has neither closed it nor
-    /// sent anything unasked. Never waits, and costs no system call unless the reactor has
-    /// seen the socket become readable.
+    /// sent anything unasked. Never waits: one `recv(MSG_PEEK)` on the socket, which sees
+    /// what has arrived even when the reactor has not been told yet (and, over TLS, the
+    /// plaintext rustls already holds).
     fn still_open(&mut self) -> bool {
-        let mut probe = [0u8; 1];
         match self {
-            Stream::Plain(stream) => {
-                matches!(stream.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
-            }
+            Stream::Plain(stream) => quiet(stream),
             Stream::Tls(stream) => {
+                let mut probe = [0u8; 1];
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut buf = ReadBuf::new(&mut probe);
-                matches!(
+                let nothing_decrypted = matches!(
                     Pin::new(&mut **stream).poll_read(&mut cx, &mut buf),
                     Poll::Pending
-                )
+                );
+                // TLS records not yet read (a late answer, or the peer's close_notify)
+                let tcp = match stream.inner() {
+                    MaybeHttpsStream::Https(tls) => Some(tls.inner().get_ref().0.inner().inner()),
+                    MaybeHttpsStream::Http(_) => None,
+                };
+                nothing_decrypted && tcp.is_none_or(quiet)
             }
         }
     }
+}
+
+/// Whether nothing is pending on `tcp` and it is not closed: a non-blocking peek (the
+/// socket is in non-blocking mode) that must find no byte.
+fn quiet(tcp: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(tcp).peek(&mut probe),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// One kept-alive connection, with its read buffer and the buffer requests are written
@@ -150,6 +176,8 @@ struct Conn {
 struct Idle {
     conn: Conn,
     since: Instant,
+    /// The tenant whose calls this connection carries.
+    partition: HeaderValue,
 }
 
 /// Where calls to one endpoint go: the URI to connect to, the `host` header of its
@@ -192,8 +220,9 @@ impl Conns {
         self.idle.lock().len()
     }
 
-    /// Sends `call` on an idle connection, or on a new one when none is left, and reads
-    /// the whole answer; the connection is kept for the next call when it may be.
+    /// Sends `call` on an idle connection of `partition` (the caller's tenant), or on a new
+    /// one when none is left, and reads the whole answer; the connection is kept for the
+    /// next call of the same partition when it may be (see the module doc).
     ///
     /// A kept-alive connection the upstream closed while it sat idle (seen only once the
     /// request is written) is not the call's failure: the request goes out once more on a
@@ -203,6 +232,7 @@ impl Conns {
         &self,
         connector: &Connector,
         policy: PoolPolicy,
+        partition: &HeaderValue,
         call: &Call<'_>,
     ) -> Result<Answer, SendError> {
         let head_only = *call.method == Method::HEAD;
@@ -211,7 +241,7 @@ impl Conns {
             let idle = if fresh_only {
                 None
             } else {
-                self.take_idle(policy)
+                self.take_idle(policy, partition)
             };
             let reused = idle.is_some();
             let mut conn = match idle {
@@ -230,8 +260,12 @@ impl Conns {
                 .await
             {
                 Ok((answer, reusable)) => {
-                    if reusable && conn.read.is_empty() {
-                        self.put_back(conn, policy);
+                    // an error answer may have come before the body was read: the rest of
+                    // the body would be read as the next request
+                    let body_maybe_unread = !call.body.is_empty()
+                        && (answer.status.is_client_error() || answer.status.is_server_error());
+                    if reusable && conn.read.is_empty() && !body_maybe_unread {
+                        self.put_back(conn, policy, partition);
                     }
                     return Ok(answer);
                 }
@@ -242,7 +276,7 @@ impl Conns {
     }
 
     /// Keeps a connection whose answer was read in full for the next call.
-    fn put_back(&self, mut conn: Conn, policy: PoolPolicy) {
+    fn put_back(&self, mut conn: Conn, policy: PoolPolicy, partition: &HeaderValue) {
         // a large answer's buffer is not held by an idle connection
         if conn.read.capacity() > KEEP_BUFFER {
             conn.read = BytesMut::with_capacity(16 * 1024);
@@ -252,6 +286,7 @@ impl Conns {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
+                partition: partition.clone(),
             });
         }
     }
@@ -275,10 +310,16 @@ impl Conns {
         drop(stale);
     }
 
-    /// The most recently used idle connection that is still open.
-    fn take_idle(&self, policy: PoolPolicy) -> Option<Conn> {
+    /// The most recently used idle connection of `partition` that is still open.
+    fn take_idle(&self, policy: PoolPolicy, partition: &HeaderValue) -> Option<Conn> {
         loop {
-            let Idle { mut conn, since } = self.idle.lock().pop()?;
+            let Idle {
+                mut conn, since, ..
+            } = {
+                let mut idle = self.idle.lock();
+                let at = idle.iter().rposition(|c| c.partition == *partition)?;
+                idle.remove(at)
+            };
             if since.elapsed() < policy.idle_timeout && conn.stream.still_open() {
                 return Some(conn);
             }

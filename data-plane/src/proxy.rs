@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use gateway_core::authz::{EffectiveRights, Request, TenantId, permits};
 use gateway_core::rights;
@@ -373,8 +373,13 @@ impl Outgoing {
             body: &self.body,
             idempotent,
         };
-        match tokio::time::timeout(timeout, conns.call(connector, attempt.pool_policy(), &call))
-            .await
+        // the pool never lets a connection carry two tenants' calls
+        let partition = &identity.tenant;
+        match tokio::time::timeout(
+            timeout,
+            conns.call(connector, attempt.pool_policy(), partition, &call),
+        )
+        .await
         {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(SendError::Unreachable(detail))) => Err(Failure::Unreachable(detail)),
@@ -382,6 +387,7 @@ impl Outgoing {
                 Err(Failure::Failed(detail))
             }
             Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
+            Ok(Err(SendError::Invalid(detail))) => Err(Failure::Invalid(detail)),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -395,6 +401,9 @@ enum Failure {
     Failed(String),
     /// The answer was cut short while it was read.
     CutShort(String),
+    /// What came back breaks the protocol (not HTTP, a status outside 100–599, ambiguous
+    /// framing): the upstream may have acted on the call, so it is not sent again.
+    Invalid(String),
     Timeout,
 }
 
@@ -466,6 +475,17 @@ pub async fn forward(
                         false,
                         detail,
                     ),
+                    // a broken answer is a bad gateway, not an outage: no retry-after, so
+                    // clients do not retry into it
+                    Failure::Invalid(detail) => (
+                        "invalid_answer",
+                        ApiError::new(
+                            ErrorCode::BadGateway,
+                            "the upstream answer could not be read",
+                        ),
+                        false,
+                        detail,
+                    ),
                     Failure::Timeout => (
                         "timeout",
                         crate::upstream::timed_out(),
@@ -490,19 +510,29 @@ pub async fn forward(
         } else {
             attempt.report(Outcome::Answered);
         }
-        // relayed as it is: the status, the body and its content type; room for the
-        // correlation and trace headers added on the way out
+        // relayed as it is: the status, the body and its content type (a 205 never has a
+        // body, RFC 9110 §15.3.6); room for the correlation and trace headers added on the
+        // way out. An upstream's answer is served from the gateway's origin: it is never
+        // sniffed into something else (an HTML page from a JSON API).
+        let body = if status == StatusCode::RESET_CONTENT {
+            Bytes::new()
+        } else {
+            body
+        };
         let mut answer = Response::new(axum::body::Body::from(body));
         *answer.status_mut() = status;
         let headers = answer.headers_mut();
-        headers.reserve(4);
+        headers.reserve(5);
         if let Some(content_type) = content_type {
             headers.insert(header::CONTENT_TYPE, content_type);
         }
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
         return Ok(answer);
     }
     Err(last_error.unwrap_or_else(unavailable))
 }
+
+static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 pub fn unavailable() -> ApiError {
     ApiError::new(
@@ -512,7 +542,22 @@ pub fn unavailable() -> ApiError {
     .with_retry_after(1)
 }
 
-/// `/admin/runner/{*path}` (any method) → the runner shard of the tenant; `runner.admin`.
+/// The methods of the runner passthrough.
+const RUNNER_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// Methods whose requests carry no body.
+const BODILESS_METHODS: [Method; 4] = [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS];
+
+/// `/admin/runner/{*path}` ([`RUNNER_METHODS`]) → the runner shard of the tenant;
+/// `runner.admin`.
 #[allow(clippy::too_many_arguments)] // one axum extractor per argument
 pub async fn runner(
     State(state): State<ProxyState>,
@@ -524,12 +569,21 @@ pub async fn runner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // a tunnel through the gateway is never what a runner call means
-    if method == axum::http::Method::CONNECT {
+    // an allow-list: a tunnel (CONNECT), a reflection of the request (TRACE) or a method
+    // the runner contract does not know is never forwarded
+    if !RUNNER_METHODS.contains(&method) {
         return Err(ApiError::new(
             ErrorCode::MethodNotAllowed,
             "method not allowed on this route",
         ));
+    }
+    // a body on a method that has no use for one (RFC 9110 §9.3) is refused, not
+    // forwarded: an upstream that ignores it would read it as its next request
+    if !body.is_empty() && BODILESS_METHODS.contains(&method) {
+        return Err(
+            ApiError::bad_request(format!("a {method} request carries no body"))
+                .with_reason(Reason::UnexpectedBody),
+        );
     }
     let now = unix_now();
     let (claims, rights) = state.authenticate(&headers, &method, now)?;

@@ -2,6 +2,7 @@
 
 mod balancing;
 mod forwarding;
+mod isolation;
 mod outage;
 mod refusals;
 mod routing_file;

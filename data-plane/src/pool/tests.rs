@@ -17,6 +17,8 @@ enum Reply {
     Keep(&'static [u8]),
     /// These bytes, then the upstream closes the connection without saying so.
     Close(&'static [u8]),
+    /// These bytes, then 50 ms later the second ones, unasked, on the same connection.
+    KeepThen(&'static [u8], &'static [u8]),
     /// No answer: the request is read and the connection closed (an idle connection
     /// closed by the upstream just as a request was written on it).
     Hangup,
@@ -30,6 +32,8 @@ struct Upstream {
     accepted: Arc<AtomicUsize>,
     closed_by_client: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Told when unasked bytes ([`Reply::KeepThen`]) were written.
+    stray_written: Arc<tokio::sync::Notify>,
 }
 
 async fn upstream(replies: Vec<Reply>) -> Upstream {
@@ -39,6 +43,8 @@ async fn upstream(replies: Vec<Reply>) -> Upstream {
     let closed_by_client = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(Mutex::new(Vec::new()));
     let replies = Arc::new(replies);
+    let stray_written = Arc::new(tokio::sync::Notify::new());
+    let stray = Arc::clone(&stray_written);
     let (a, c, r) = (
         Arc::clone(&accepted),
         Arc::clone(&closed_by_client),
@@ -51,6 +57,7 @@ async fn upstream(replies: Vec<Reply>) -> Upstream {
             };
             a.fetch_add(1, Ordering::SeqCst);
             let (c, r, replies) = (Arc::clone(&c), Arc::clone(&r), Arc::clone(&replies));
+            let stray = Arc::clone(&stray);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -93,6 +100,16 @@ async fn upstream(replies: Vec<Reply>) -> Upstream {
                             let _ = socket.write_all(bytes).await;
                             return;
                         }
+                        Reply::KeepThen(bytes, unasked) => {
+                            if socket.write_all(bytes).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if socket.write_all(unasked).await.is_err() {
+                                return;
+                            }
+                            stray.notify_one();
+                        }
                         Reply::Hangup => return,
                     }
                 }
@@ -104,6 +121,7 @@ async fn upstream(replies: Vec<Reply>) -> Upstream {
         accepted,
         closed_by_client,
         requests,
+        stray_written,
     }
 }
 
@@ -119,7 +137,17 @@ async fn call_with(
     method: Method,
     body: &'static [u8],
 ) -> Result<Answer, SendError> {
-    let tenant = HeaderValue::from_static("acme");
+    call_for(conns, policy, "acme", method, body).await
+}
+
+async fn call_for(
+    conns: &Conns,
+    policy: PoolPolicy,
+    tenant: &'static str,
+    method: Method,
+    body: &'static [u8],
+) -> Result<Answer, SendError> {
+    let tenant = HeaderValue::from_static(tenant);
     let name = HeaderName::from_static("x-tenant-id");
     let headers = [(&name, &tenant)];
     let path = PathAndQuery::from_static("/v1/query/v");
@@ -131,7 +159,7 @@ async fn call_with(
         headers: &headers,
         body: &body,
     };
-    conns.call(&connector(), policy, &call).await
+    conns.call(&connector(), policy, &tenant, &call).await
 }
 
 async fn call(conns: &Conns) -> Result<Answer, SendError> {
@@ -243,7 +271,8 @@ async fn answers_are_framed_as_rfc_9112_says() {
         Reply::Keep(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\nnew"),
         // no body, whatever the length says
         Reply::Keep(b"HTTP/1.1 204 No Content\r\n\r\n"),
-        Reply::Keep(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+        // the answer to HEAD (without a length: one would end the connection)
+        Reply::Keep(b"HTTP/1.1 200 OK\r\n\r\n"),
         // the upstream says it closes: the answer counts, the connection is not kept
         Reply::Keep(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 4\r\n\r\ngone"),
         // framed by the close
@@ -296,7 +325,7 @@ async fn a_refused_or_cut_answer_never_leaves_its_connection_in_the_pool() {
         let conns = Conns::new(&up.url).unwrap();
         let err = call(&conns).await.err();
         assert!(
-            matches!(err, Some(SendError::Failed(_) | SendError::CutShort(_))),
+            matches!(err, Some(SendError::Invalid(_) | SendError::CutShort(_))),
             "{err:?}"
         );
         assert_eq!(conns.idle_count(), 0);
@@ -357,5 +386,99 @@ async fn a_large_answer_leaves_no_large_buffer_behind() {
         idle[0].conn.read.capacity() <= KEEP_BUFFER,
         "{}",
         idle[0].conn.read.capacity()
+    );
+}
+
+#[tokio::test]
+async fn connections_never_cross_tenants_nor_outlive_a_doubtful_answer() {
+    let up = upstream(vec![Reply::Keep(OK)]).await;
+    let conns = Conns::new(&up.url).unwrap();
+    let policy = PoolPolicy::default();
+    call_for(&conns, policy, "acme", Method::POST, b"{}")
+        .await
+        .unwrap();
+    assert_eq!(conns.idle_count(), 1);
+    // another tenant gets a connection of its own; each goes back to its tenant
+    call_for(&conns, policy, "globex", Method::POST, b"{}")
+        .await
+        .unwrap();
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(conns.idle_count(), 2);
+    for tenant in ["acme", "globex", "acme"] {
+        call_for(&conns, policy, tenant, Method::POST, b"{}")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "each tenant reuses its own"
+    );
+
+    // no reuse after an error answer to a request with a body, nor after a 204 or a HEAD
+    // answer that declared a length (its body may come late)
+    for (reply, method, body) in [
+        (
+            &b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"[..],
+            Method::POST,
+            &b"{}"[..],
+        ),
+        (
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+            Method::POST,
+            b"{}",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            Method::HEAD,
+            b"",
+        ),
+    ] {
+        let up = upstream(vec![Reply::Keep(reply)]).await;
+        let conns = Conns::new(&up.url).unwrap();
+        call_with(&conns, policy, method.clone(), body)
+            .await
+            .unwrap();
+        assert_eq!(
+            conns.idle_count(),
+            0,
+            "{method} {:?}",
+            String::from_utf8_lossy(reply)
+        );
+    }
+    // an error answer to a request without a body leaves the connection usable
+    let up = upstream(vec![Reply::Keep(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    )])
+    .await;
+    let conns = Conns::new(&up.url).unwrap();
+    call_with(&conns, policy, Method::GET, b"").await.unwrap();
+    assert_eq!(conns.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn bytes_the_upstream_sent_unasked_are_seen_at_checkout() {
+    // an answer, then 50 ms later an unasked second one on the same connection
+    let up = upstream(vec![
+        Reply::KeepThen(OK, b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nSECRET"),
+        Reply::Keep(OK),
+    ])
+    .await;
+    let conns = Conns::new(&up.url).unwrap();
+    call(&conns).await.unwrap();
+    assert_eq!(conns.idle_count(), 1);
+    // once the stray bytes are written (on loopback they are then in our socket's buffer,
+    // but the reactor has not necessarily been told), the idle connection is not used
+    up.stray_written.notified().await;
+    let next = call(&conns).await.unwrap();
+    assert_eq!(
+        &next.body[..],
+        b"ok",
+        "the stray answer was not taken for this one"
+    );
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection was made"
     );
 }

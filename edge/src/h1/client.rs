@@ -8,9 +8,12 @@
 //! - requests: origin-form target, `host`, `accept-encoding: identity` (only the content
 //!   type is relayed, so no content coding), the caller's headers, `content-length` for
 //!   every body and for the methods that carry one; the body in the same write when small;
-//! - answers: up to 8 interim (1xx) answers skipped, 101 refused (§9.8: never asked for);
+//! - answers: a status from 100 to 599 (RFC 9110 §15: a 3-digit code of those classes),
+//!   up to 8 interim (1xx) answers skipped, 101 refused (§9.8: never asked for);
 //!   the body framed by a final `chunked` coding, by `content-length`, or by the close;
-//!   none for `HEAD`, 1xx, 204 and 304 (§6.3 items 1–2); differing `content-length`s, a
+//!   none for `HEAD`, 1xx, 204 and 304 (§6.3 items 1–2), and then the connection is not
+//!   reused when such an answer declared a length or a coding (its body may still come
+//!   and be read as the next answer); differing `content-length`s, a
 //!   length beside a transfer coding (§6.3 item 3: a smuggling attempt, refused rather than
 //!   resolved), a length that is not digits, a head over [`MAX_HEAD`] or a body over the
 //!   caller's limit are refused. Repeated identical lengths are one length (§6.3 item 5).
@@ -59,8 +62,11 @@ pub enum SendError {
     /// No connection could be made (refused, TLS, DNS, connect timeout): the request never
     /// left, so it may go elsewhere.
     Unreachable(String),
-    /// Sent, or partly sent, but no answer came (reset, closed, not HTTP).
+    /// Sent, or partly sent, but no answer came (reset, closed).
     Failed(String),
+    /// What came back is not an HTTP/1.1 answer we can frame: not HTTP, a status outside
+    /// 100–599, ambiguous framing, an unasked protocol switch, a head too large.
+    Invalid(String),
     /// The answer began but was cut short or could not be read to its end.
     CutShort(String),
     /// The connection was closed or reset before any byte of an answer came.
@@ -142,14 +148,14 @@ pub async fn read_answer<I: AsyncRead + Unpin>(
                     Some(interpret(&response, length, head_only, max_body)?)
                 }
                 Ok(httparse::Status::Partial) => None,
-                Err(err) => return Err(SendError::Failed(format!("not an HTTP answer: {err}"))),
+                Err(err) => return Err(SendError::Invalid(format!("not an HTTP answer: {err}"))),
             }
         } else {
             None
         };
         let Some(head) = head else {
             if buf.len() > MAX_HEAD {
-                return Err(SendError::Failed("the answer's head is too large".into()));
+                return Err(SendError::Invalid("the answer's head is too large".into()));
             }
             let nothing_yet = !got_any && buf.is_empty();
             if let Read::Closed = read_more(io, buf, None, None).await {
@@ -167,10 +173,10 @@ pub async fn read_answer<I: AsyncRead + Unpin>(
         if head.status.is_informational() {
             interim += 1;
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(SendError::Failed("unasked protocol switch".into()));
+                return Err(SendError::Invalid("unasked protocol switch".into()));
             }
             if interim > MAX_INTERIM_ANSWERS {
-                return Err(SendError::Failed("too many interim answers".into()));
+                return Err(SendError::Invalid("too many interim answers".into()));
             }
             continue;
         }
@@ -212,9 +218,10 @@ fn interpret(
     head_only: bool,
     max_body: usize,
 ) -> Result<Head, SendError> {
-    let bad = |what: &str| SendError::Failed(format!("invalid answer: {what}"));
+    let bad = |what: &str| SendError::Invalid(format!("invalid answer: {what}"));
     let status = response
         .code
+        .filter(|code| (100..=599).contains(code))
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| bad("status"))?;
     let http10 = response.version == Some(0);
@@ -255,8 +262,13 @@ fn interpret(
         (false, None, Some(length)) => Framing::Length(length),
         (false, None, None) => Framing::UntilClose,
     };
-    // an HTTP/1.0 answer with a transfer coding closes the connection (RFC 9112 §6.1)
-    let keep_alive = connection.persistent(http10) && !(http10 && chunked.is_some());
+    // an HTTP/1.0 answer with a transfer coding closes the connection (RFC 9112 §6.1); a
+    // bodiless answer that declared a length or a coding may be followed by that body,
+    // which must never be taken for the next call's answer
+    let declared_body = chunked.is_some() || declared.is_some_and(|length| length > 0);
+    let keep_alive = connection.persistent(http10)
+        && !(http10 && chunked.is_some())
+        && !(no_body && declared_body);
     Ok(Head {
         status,
         length,

@@ -14,7 +14,8 @@
 //! - a head of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields, else 431
 //!   `headers_too_large`; anything httparse will not parse (obs-fold, spaces before the
 //!   colon, bare CR, a version other than 1.0 or 1.1), else 400 `malformed_request`;
-//! - exactly one `Host` in an HTTP/1.1 request (§3.2), else 400 `malformed_request`;
+//! - exactly one `Host` in an HTTP/1.1 request (§3.2), else 400 `malformed_request`, and
+//!   that one a host and optional port, else 400 `invalid_host`;
 //! - framing (§6): one `content-length` of digits, or one `transfer-encoding: chunked`
 //!   (not in HTTP/1.0), never both, else 400 `ambiguous_framing`; chunk sizes of hex
 //!   digits, extensions and trailers bounded, every chunk closed by CRLF;
@@ -247,6 +248,19 @@ pub enum HeadError {
     Refused(ApiError),
 }
 
+/// A `host` value as RFC 9112 §3.2 and RFC 9110 §7.2 define it: `uri-host [ ":" port ]`,
+/// without user information; an empty value is refused too (every target the gateway
+/// serves has an authority).
+fn valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && axum::http::uri::Authority::try_from(value).is_ok_and(|authority| {
+            // whatever follows the host is `:port`, and the port fits in 16 bits
+            let has_port = authority.as_str().len() > authority.host().len();
+            !authority.host().is_empty() && (!has_port || authority.port_u16().is_some())
+        })
+}
+
 fn malformed(message: &str) -> ApiError {
     ApiError::bad_request(message.to_string()).with_reason(Reason::MalformedRequest)
 }
@@ -413,7 +427,15 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
                     .trim_ascii()
                     .eq_ignore_ascii_case(b"chunked");
             }
-            header::HOST => hosts += 1,
+            header::HOST => {
+                hosts += 1;
+                if !valid_host(value.as_bytes()) {
+                    return Err(HeadError::Refused(
+                        ApiError::bad_request("the host header is not a host and port")
+                            .with_reason(Reason::InvalidHost),
+                    ));
+                }
+            }
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }

@@ -47,17 +47,39 @@ fn answers_are_framed_as_rfc_9112_says() {
         (201, &b"new"[..])
     );
 
-    // no body for 204, 304 and HEAD, whatever the length says
-    for (answer, head_only) in [
+    // no body for 204, 304 and HEAD, whatever the length says; such an answer that
+    // declared a length or a coding leaves the connection unusable (its body may follow)
+    for (answer, head_only, reusable) in [
         (
             &b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\nnext"[..],
             false,
+            false,
         ),
-        (b"HTTP/1.1 304 Not Modified\r\n\r\nnext", false),
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nnext", true),
+        (
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\nnext",
+            false,
+            true,
+        ),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\nnext", false, true),
+        (
+            b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\nnext",
+            false,
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nnext",
+            true,
+            false,
+        ),
+        (b"HTTP/1.1 200 OK\r\n\r\nnext", true, true),
     ] {
         let (empty, kept, rest) = read(answer, head_only).unwrap();
-        assert_eq!((empty.body.len(), kept, &rest[..]), (0, true, &b"next"[..]));
+        assert_eq!(
+            (empty.body.len(), kept, &rest[..]),
+            (0, reusable, &b"next"[..]),
+            "{:?}",
+            String::from_utf8_lossy(answer)
+        );
     }
 
     let (gone, kept, _) = read(
@@ -171,6 +193,8 @@ fn answers_that_cannot_be_framed_or_trusted_are_refused() {
             true,
         ),
         ("endless interim answers", interim.as_bytes(), false),
+        ("a status past 599", b"HTTP/1.1 600 Odd\r\ncontent-length: 0\r\n\r\n", false),
+        ("a status of 999", b"HTTP/1.1 999 Odd\r\ncontent-length: 0\r\n\r\n", false),
         ("a head that never ends", &huge_head, false),
     ];
     for (case, answer, cut_short) in cases {
@@ -178,7 +202,7 @@ fn answers_that_cannot_be_framed_or_trusted_are_refused() {
             .err()
             .unwrap_or_else(|| panic!("{case}: accepted"));
         match (&err, cut_short) {
-            (SendError::CutShort(_), true) | (SendError::Failed(_), false) => {}
+            (SendError::CutShort(_), true) | (SendError::Invalid(_), false) => {}
             _ => panic!("{case}: {err:?}"),
         }
     }

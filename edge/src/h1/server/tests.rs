@@ -261,6 +261,11 @@ async fn ambiguous_or_malformed_requests_are_refused_and_close_the_connection() 
         ("chunked in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "ambiguous_framing"),
         ("no host", b"GET / HTTP/1.1\r\n\r\n", 400, "malformed_request"),
         ("two hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "malformed_request"),
+        ("an empty host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", 400, "invalid_host"),
+        ("a host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "invalid_host"),
+        ("a host with user information", b"GET / HTTP/1.1\r\nHost: user@x\r\n\r\n", 400, "invalid_host"),
+        ("a host with a path", b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", 400, "invalid_host"),
+        ("a port out of range", b"GET / HTTP/1.1\r\nHost: x:70000\r\n\r\n", 400, "invalid_host"),
         ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nx-a: 1\r\n  2\r\n\r\n", 400, "malformed_request"),
         ("space before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "malformed_request"),
         ("HTTP/2.0 in a request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400, "malformed_request"),
@@ -618,5 +623,24 @@ proptest::proptest! {
             bodies,
             vec![b"POST /b 5 hello".to_vec(), b"POST /c 5 abcde".to_vec(), b"GET /d 0 ".to_vec()]
         );
+    }
+}
+
+#[test]
+fn hosts_are_a_host_and_an_optional_port() {
+    for good in [
+        "x",
+        "x:80",
+        "[::1]:8080",
+        "[::1]",
+        "127.0.0.1",
+        "api.example.com:443",
+    ] {
+        assert!(valid_host(good.as_bytes()), "{good}");
+    }
+    for bad in [
+        "", "a b", "user@x", "x/y", "x:70000", "x:8o", ":80", "[::1", "x?y",
+    ] {
+        assert!(!valid_host(bad.as_bytes()), "{bad}");
     }
 }
