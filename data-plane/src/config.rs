@@ -111,6 +111,36 @@ pub struct Cli {
     /// Largest request body forwarded.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Request fields not passed upstream, per route class: `class:name` (classes `query`,
+    /// `runner`; comma-separated in the environment). Fields the gateway sets itself
+    /// cannot be named.
+    #[arg(
+        long = "request-header-remove",
+        env = "GATEWAY_REQUEST_HEADER_REMOVE",
+        value_delimiter = ','
+    )]
+    pub request_header_remove: Vec<String>,
+    /// Request fields added upstream, per route class: `class:name:value`.
+    #[arg(
+        long = "request-header-add",
+        env = "GATEWAY_REQUEST_HEADER_ADD",
+        value_delimiter = ','
+    )]
+    pub request_header_add: Vec<String>,
+    /// Answer fields not relayed to clients, per route class: `class:name`.
+    #[arg(
+        long = "response-header-remove",
+        env = "GATEWAY_RESPONSE_HEADER_REMOVE",
+        value_delimiter = ','
+    )]
+    pub response_header_remove: Vec<String>,
+    /// Answer fields added for clients, per route class: `class:name:value`.
+    #[arg(
+        long = "response-header-add",
+        env = "GATEWAY_RESPONSE_HEADER_ADD",
+        value_delimiter = ','
+    )]
+    pub response_header_add: Vec<String>,
     /// Control-plane base URLs (comma-separated) that `/v1/auth/*` and
     /// `/.well-known/jwks.json` are forwarded to.
     #[arg(
@@ -165,6 +195,7 @@ pub struct Config {
     pub routing_file_poll: std::time::Duration,
     pub mirror_cache_file: Option<PathBuf>,
     pub max_body_bytes: usize,
+    pub headers: crate::headers::HeaderPolicies,
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
     pub lifecycle: LifecycleArgs,
@@ -266,6 +297,19 @@ impl Cli {
             routing_file_poll: self.routing_file_poll,
             mirror_cache_file: self.mirror_cache_file.clone(),
             max_body_bytes: self.max_body_bytes,
+            headers: crate::headers::HeaderPolicies::parse(
+                &self.request_header_remove,
+                &self.request_header_add,
+                &self.response_header_remove,
+                &self.response_header_add,
+            )
+            .map_err(|err| {
+                ConfigError::new(
+                    "request-header-* / --response-header-*",
+                    "GATEWAY_REQUEST_HEADER_* / GATEWAY_RESPONSE_HEADER_*",
+                    err,
+                )
+            })?,
             control_planes: self
                 .control_planes
                 .iter()

@@ -7,6 +7,7 @@ pub mod cache_file;
 pub mod client_tls;
 pub mod commands;
 pub mod config;
+pub mod headers;
 pub mod mirror;
 pub mod pool;
 pub mod proxy;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use gateway_core::authz::{EffectiveRights, Request, TenantId, permits};
 use gateway_core::rights;
@@ -65,6 +65,8 @@ pub struct ProxyShared {
     pub timeouts: Timeouts,
     /// Largest request body read, in bytes (413 past it).
     pub max_body: usize,
+    /// Fields removed and added per route class.
+    pub headers: crate::headers::HeaderPolicies,
 }
 
 impl ProxyState {
@@ -96,6 +98,7 @@ impl ProxyState {
             audience: config.token_audience.as_str().into(),
             timeouts: config.timeouts,
             max_body: config.max_body_bytes,
+            headers: config.headers.clone(),
         })))
     }
 
@@ -260,7 +263,14 @@ pub async fn query_with(
                 .map_err(|err| ApiError::internal("query path", &err))?
         }
     };
-    let identity = Identity::new(headers, &tenant, &claims.sub, &correlation, &trace)?;
+    let identity = Identity::new(
+        headers,
+        &state.headers.query,
+        &tenant,
+        &claims.sub,
+        &correlation,
+        &trace,
+    )?;
     // the limit is applied here: this route is served ahead of the router and its
     // body-limit layer
     let body = read_body(request.into_body(), state.max_body).await?;
@@ -269,6 +279,7 @@ pub async fn query_with(
         path,
         identity,
         body,
+        answers: &state.headers.query,
     };
     // a query reads: sending it again to another endpoint is safe
     forward(
@@ -281,15 +292,15 @@ pub async fn query_with(
     .await
 }
 
-const TENANT: HeaderName = HeaderName::from_static("x-tenant-id");
-const PRINCIPAL: HeaderName = HeaderName::from_static("x-principal-id");
-const CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TENANT: HeaderName = HeaderName::from_static("x-tenant-id");
+static PRINCIPAL: HeaderName = HeaderName::from_static("x-principal-id");
+static CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The client's `x-tenant-id`, passed on without a copy when it is exactly the tenant id
 /// (the header was checked to be a single value naming `tenant`).
 fn tenant_value(headers: &HeaderMap, tenant: &TenantId) -> Result<HeaderValue, ApiError> {
-    match headers.get(TENANT) {
+    match headers.get(&TENANT) {
         Some(value) if value.as_bytes() == tenant.as_str().as_bytes() => Ok(value.clone()),
         _ => HeaderValue::from_str(tenant.as_str())
             .map_err(|err| ApiError::internal("tenant header", &err)),
@@ -297,30 +308,34 @@ fn tenant_value(headers: &HeaderMap, tenant: &TenantId) -> Result<HeaderValue, A
 }
 
 /// What goes upstream, whichever endpoint of the shard takes it: the method, the path
-/// (and query) after the endpoint, the gateway's identity and trace headers, the client's
-/// content type and body. Nothing else of the client's request is passed on.
-pub struct Outgoing {
+/// (and query) after the endpoint, the fields ([`Identity`]) and the body; and how the
+/// answer's fields are relayed.
+pub struct Outgoing<'a> {
     pub method: axum::http::Method,
     pub path: PathAndQuery,
     pub identity: Identity,
     pub body: Bytes,
+    /// The route class's policy for the answer's fields.
+    pub answers: &'a crate::headers::HeaderPolicy,
 }
 
-/// The headers every forwarded call carries: `x-tenant-id`, `x-principal-id`,
-/// `x-correlation-id`, `traceparent`, and the client's `content-type`; nothing else.
+/// The fields every forwarded call carries: the gateway's `x-tenant-id`, `x-principal-id`,
+/// `x-correlation-id` and `traceparent`, then the client's end-to-end fields as
+/// [`crate::headers::outgoing`] passes them on.
 pub struct Identity {
     tenant: HeaderValue,
     principal: HeaderValue,
     correlation: HeaderValue,
     traceparent: HeaderValue,
-    content_type: Option<HeaderValue>,
+    forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Identity {
-    /// The headers of a call for `tenant` by `principal`, from the client's `request`
-    /// headers.
+    /// The fields of a call for `tenant` by `principal`, from the client's `request`
+    /// fields under the route class's `policy`.
     pub fn new(
         request: &HeaderMap,
+        policy: &crate::headers::HeaderPolicy,
         tenant: &TenantId,
         principal: &str,
         correlation: &CorrelationId,
@@ -332,12 +347,12 @@ impl Identity {
                 .map_err(|err| ApiError::internal("principal header", &err))?,
             correlation: correlation.header_value(),
             traceparent: trace.header_value(),
-            content_type: request.get(header::CONTENT_TYPE).cloned(),
+            forwarded: crate::headers::outgoing(request, policy),
         })
     }
 }
 
-impl Outgoing {
+impl Outgoing<'_> {
     /// Sends the call on a kept-alive connection of `attempt`'s endpoint and reads the
     /// whole answer within `timeout`.
     async fn exchange(
@@ -351,25 +366,19 @@ impl Outgoing {
             .conns()
             .map_err(|err| Failure::Unreachable(err.message))?;
         let identity = &self.identity;
-        let fixed = [
+        let mut headers: Vec<(&HeaderName, &HeaderValue)> =
+            Vec::with_capacity(4 + identity.forwarded.len());
+        headers.extend([
             (&TENANT, &identity.tenant),
             (&PRINCIPAL, &identity.principal),
             (&CORRELATION, &identity.correlation),
             (&TRACEPARENT, &identity.traceparent),
-        ];
-        let typed;
-        let headers: &[(&HeaderName, &HeaderValue)] = match &identity.content_type {
-            Some(content_type) => {
-                let [a, b, c, d] = fixed;
-                typed = [a, b, c, d, (&header::CONTENT_TYPE, content_type)];
-                &typed
-            }
-            None => &fixed,
-        };
+        ]);
+        headers.extend(identity.forwarded.iter().map(|(name, value)| (name, value)));
         let call = Call {
             method: &self.method,
             path: &self.path,
-            headers,
+            headers: &headers,
             body: &self.body,
             idempotent,
         };
@@ -434,7 +443,7 @@ pub async fn forward(
     route: &Route,
     deadline: Deadline,
     idempotent: bool,
-    outgoing: &Outgoing,
+    outgoing: &Outgoing<'_>,
 ) -> Result<Response, ApiError> {
     let attempts = 1 + state.upstreams.policy().retries as usize;
     // the endpoints that failed this call (nothing allocated unless one does)
@@ -453,7 +462,7 @@ pub async fn forward(
         tracing::Span::current().record("upstream", attempt.url());
         let Answer {
             status,
-            content_type,
+            headers,
             body,
         } = match outgoing
             .exchange(
@@ -510,10 +519,10 @@ pub async fn forward(
         } else {
             attempt.report(Outcome::Answered);
         }
-        // relayed as it is: the status, the body and its content type (a 205 never has a
-        // body, RFC 9110 §15.3.6); room for the correlation and trace headers added on the
-        // way out. An upstream's answer is served from the gateway's origin: it is never
-        // sniffed into something else (an HTML page from a JSON API).
+        // relayed: the status, the end-to-end fields (crate::headers::relayed: never a
+        // gateway cookie, `nosniff` unless the upstream chose, an upstream's answer being
+        // served from the gateway's origin) and the body (a 205 never has one, RFC 9110
+        // §15.3.6); the correlation and trace headers are added on the way out
         let body = if status == StatusCode::RESET_CONTENT {
             Bytes::new()
         } else {
@@ -521,18 +530,11 @@ pub async fn forward(
         };
         let mut answer = Response::new(axum::body::Body::from(body));
         *answer.status_mut() = status;
-        let headers = answer.headers_mut();
-        headers.reserve(5);
-        if let Some(content_type) = content_type {
-            headers.insert(header::CONTENT_TYPE, content_type);
-        }
-        headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
+        *answer.headers_mut() = crate::headers::relayed(headers, outgoing.answers);
         return Ok(answer);
     }
     Err(last_error.unwrap_or_else(unavailable))
 }
-
-static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 pub fn unavailable() -> ApiError {
     ApiError::new(
@@ -610,8 +612,16 @@ pub async fn runner(
     let outgoing = Outgoing {
         method,
         path,
-        identity: Identity::new(&headers, &tenant, &claims.sub, &correlation, &trace)?,
+        identity: Identity::new(
+            &headers,
+            &state.headers.runner,
+            &tenant,
+            &claims.sub,
+            &correlation,
+            &trace,
+        )?,
         body,
+        answers: &state.headers.runner,
     };
     let mut answer = forward(
         &state,

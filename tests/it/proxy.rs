@@ -2,6 +2,7 @@
 
 mod balancing;
 mod forwarding;
+mod headers;
 mod isolation;
 mod outage;
 mod refusals;

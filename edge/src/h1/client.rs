@@ -5,8 +5,7 @@
 //! other side.
 //!
 //! What it speaks (RFC 9112):
-//! - requests: origin-form target, `host`, `accept-encoding: identity` (only the content
-//!   type is relayed, so no content coding), the caller's headers, `content-length` for
+//! - requests: origin-form target, `host`, the caller's headers, `content-length` for
 //!   every body and for the methods that carry one; the body in the same write when small;
 //! - answers: a status from 100 to 599 (RFC 9110 §15: a 3-digit code of those classes),
 //!   up to 8 interim (1xx) answers skipped, 101 refused (§9.8: never asked for);
@@ -20,7 +19,7 @@
 
 use axum::body::Bytes;
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -48,12 +47,20 @@ pub struct Call<'a> {
     pub idempotent: bool,
 }
 
-/// What the gateway relays of an answer.
+/// An answer: its status, its header fields but the framing ones (`content-length`,
+/// `transfer-encoding`: the body is read whole here), and its body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
-    pub content_type: Option<HeaderValue>,
+    pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Answer {
+    /// The answer's `content-type`.
+    pub fn content_type(&self) -> Option<&HeaderValue> {
+        self.headers.get(axum::http::header::CONTENT_TYPE)
+    }
 }
 
 /// Why a call got no (whole) answer.
@@ -82,8 +89,7 @@ pub fn encode(out: &mut Vec<u8>, host: &HeaderValue, call: &Call<'_>) {
     out.extend_from_slice(call.path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
-    // only the content type is relayed, so the body must come without a content coding
-    out.extend_from_slice(b"\r\naccept-encoding: identity\r\n");
+    out.extend_from_slice(b"\r\n");
     for (name, value) in call.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -122,7 +128,7 @@ pub async fn send<I: AsyncWrite + Unpin>(
 struct Head {
     status: StatusCode,
     length: usize,
-    content_type: Option<HeaderValue>,
+    headers: HeaderMap,
     framing: Framing,
     keep_alive: bool,
 }
@@ -202,7 +208,7 @@ pub async fn read_answer<I: AsyncRead + Unpin>(
         return Ok((
             Answer {
                 status: head.status,
-                content_type: head.content_type,
+                headers: head.headers,
                 body,
             },
             reusable,
@@ -226,14 +232,12 @@ fn interpret(
         .ok_or_else(|| bad("status"))?;
     let http10 = response.version == Some(0);
     let mut connection = ConnectionTokens::default();
-    let mut content_type = None;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut declared: Option<u64> = None;
     let mut chunked = None;
     for header in response.headers.iter() {
         let name = header.name;
-        if name.eq_ignore_ascii_case("content-type") {
-            content_type = HeaderValue::from_bytes(header.value).ok();
-        } else if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("content-length") {
             let value = content_length(header.value).ok_or_else(|| bad("content-length"))?;
             if declared.is_some_and(|known| known != value) {
                 return Err(bad("two content-lengths"));
@@ -242,8 +246,14 @@ fn interpret(
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // the last field's final coding decides
             chunked = Some(final_coding_is_chunked(header.value));
-        } else if name.eq_ignore_ascii_case("connection") {
-            connection.read(header.value);
+        } else {
+            if name.eq_ignore_ascii_case("connection") {
+                connection.read(header.value);
+            }
+            // httparse checked the name is a token and the value has no control character
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("a field name"))?;
+            let value = HeaderValue::from_bytes(header.value).map_err(|_| bad("a field value"))?;
+            headers.append(name, value);
         }
     }
     let no_body = head_only
@@ -272,7 +282,7 @@ fn interpret(
     Ok(Head {
         status,
         length,
-        content_type,
+        headers,
         framing,
         keep_alive,
     })

@@ -218,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             routing_file_poll: std::time::Duration::from_secs(1),
             mirror_cache_file: None,
             max_body_bytes: 1024 * 1024,
+            headers: Default::default(),
             control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
                 path: args.dir.join("state.redb"),
