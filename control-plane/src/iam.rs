@@ -41,6 +41,62 @@ pub fn principal_id(value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The platform admins that can still act: principals holding `platform_admin`
+/// platform-wide that are a user who is active and can sign in (a password or a linked
+/// identity), or an enabled service account.
+pub async fn capable_platform_admins(
+    store: &gateway_store::Store,
+) -> Result<std::collections::BTreeSet<String>, ApiError> {
+    let mut capable = std::collections::BTreeSet::new();
+    for assignment in assignments::all(store).await? {
+        if assignment.scope != gateway_core::authz::Scope::Platform
+            || !assignment
+                .roles
+                .contains(gateway_core::authz::PLATFORM_ADMIN)
+        {
+            continue;
+        }
+        let id = assignment.principal_id;
+        let able = if id.starts_with(gateway_core::token::SERVICE_PREFIX) {
+            crate::auth::service_accounts::get(store, &id)
+                .await?
+                .is_some_and(|(account, _)| !account.disabled)
+        } else {
+            match crate::auth::users::get(store, &id).await? {
+                Some((user, _)) if user.status == crate::auth::users::UserStatus::Active => {
+                    crate::auth::users::password(store, &id).await?.is_some()
+                        || !crate::auth::oidc::identities_of(store, &id)
+                            .await?
+                            .is_empty()
+                }
+                _ => false,
+            }
+        };
+        if able {
+            capable.insert(id);
+        }
+    }
+    Ok(capable)
+}
+
+/// Refuses a change that would take `principal_id` out of the platform admins who can
+/// still act when it is the last of them (409 `last_platform_admin`): without one, nobody
+/// could manage the platform again short of editing the store.
+pub async fn keep_a_platform_admin(
+    store: &gateway_store::Store,
+    principal_id: &str,
+) -> Result<(), ApiError> {
+    let capable = capable_platform_admins(store).await?;
+    if capable.len() == 1 && capable.contains(principal_id) {
+        return Err(ApiError::new(
+            gateway_core::ErrorCode::Conflict,
+            "this is the last platform admin who can sign in; make another one first",
+        )
+        .with_reason(Reason::LastPlatformAdmin));
+    }
+    Ok(())
+}
+
 /// Whether any principal holds `platform_admin` platform-wide.
 pub async fn has_platform_admin(store: &gateway_store::Store) -> Result<bool, ApiError> {
     Ok(assignments::all(store).await?.iter().any(|a| {

@@ -137,6 +137,12 @@ reasons! {
     AmbiguousFraming => "ambiguous_framing",
     /// The path, a path segment or a runner path is not in normal form.
     InvalidPath => "invalid_path",
+    /// The change would leave no platform admin who can sign in.
+    LastPlatformAdmin => "last_platform_admin",
+    /// An admin may not lock themselves out (disable or force-reset themselves).
+    SelfLockout => "self_lockout",
+    /// A whole-routing replacement needs `expected_revision` (and an empty one `confirm_empty`).
+    RoutingReplaceUnsafe => "routing_replace_unsafe",
     /// A body on a method that carries none (GET, HEAD, DELETE, OPTIONS).
     UnexpectedBody => "unexpected_body",
     /// The `host` header is not a host and optional port.

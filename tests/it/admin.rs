@@ -2,6 +2,7 @@
 
 mod access;
 mod audit;
+mod lockout;
 mod principals;
 mod validation;
 

@@ -98,8 +98,12 @@ impl Env {
                 "placement": {"acme": "old"},
             });
         }
-        env.ok("PUT", "/admin/routing", json!({ "routing": routing }))
-            .await;
+        env.ok(
+            "PUT",
+            "/admin/routing",
+            json!({ "expected_revision": 0, "routing": routing }),
+        )
+        .await;
         env
     }
 

@@ -390,6 +390,9 @@ pub(crate) async fn delete_assignment(
     ApiJson(body): ApiJson<AssignmentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (principal, scope, role) = check_assignment(&state, &admin, &body).await?;
+    if scope == Scope::Platform && role.name == gateway_core::authz::PLATFORM_ADMIN {
+        crate::iam::keep_a_platform_admin(&state.store, &principal).await?;
+    }
     let now = unix_now();
     let changed =
         assignments::change(&state.store, &principal, &scope, &role.name, false, now).await?;

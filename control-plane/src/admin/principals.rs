@@ -286,6 +286,15 @@ pub async fn set_status(
 ) -> Result<User, ApiError> {
     let tenant = authorize_on(state, caller.admin, id, rights::IAM_USERS_WRITE).await?;
     load_user(state, id).await?;
+    if disable {
+        if id == caller.admin.id() {
+            return Err(
+                ApiError::new(ErrorCode::Conflict, "admins cannot disable themselves")
+                    .with_reason(Reason::SelfLockout),
+            );
+        }
+        crate::iam::keep_a_platform_admin(&state.store, id).await?;
+    }
     let now = unix_now();
     let user = users::update(&state.store, id, now, |u| {
         if disable {
@@ -327,6 +336,7 @@ pub async fn delete_user(state: &AppState, caller: &Caller<'_>, id: &str) -> Res
         );
     }
     let user = load_user(state, id).await?;
+    crate::iam::keep_a_platform_admin(&state.store, id).await?;
     let now = unix_now();
     sessions::revoke_all(&state.store, id, now, "deleted").await?;
     state.auth.mfa.remove(id).await?;
@@ -369,6 +379,16 @@ pub async fn set_password(
 pub async fn force_reset(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(), ApiError> {
     caller.admin.require(None, rights::IAM_CREDENTIALS_WRITE)?;
     let user = load_user(state, id).await?;
+    if id == caller.admin.id() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "admins cannot force a reset of their own password; change it instead",
+        )
+        .with_reason(Reason::SelfLockout));
+    }
+    // the reset link could be lost (mail down, a typo in the address): the last admin
+    // keeps a password
+    crate::iam::keep_a_platform_admin(&state.store, id).await?;
     let now = unix_now();
     users::remove_password(&state.store, id).await?;
     state

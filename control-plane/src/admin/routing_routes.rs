@@ -81,9 +81,14 @@ pub(crate) async fn read(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct ReplaceBody {
-    /// The revision read before the change (refused with 409 if it moved).
+    /// The revision read before the change (`GET /admin/routing`; 0 when nothing was
+    /// published yet): required, refused with 409 if it moved.
     #[serde(default)]
     expected_revision: Option<u64>,
+    /// A routing without any placement or shard removes every route; it is taken only
+    /// with `confirm_empty: true`.
+    #[serde(default)]
+    confirm_empty: bool,
     #[schema(value_type = Object)]
     routing: RoutingDocument,
 }
@@ -96,10 +101,28 @@ pub(crate) async fn replace(
     ApiJson(body): ApiJson<ReplaceBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     admin.require(None, rights::ROUTING_WRITE)?;
+    // a whole replacement is the one change that can wipe every route at once: it must
+    // say which routing it replaces, and an empty one must be asked for in so many words
+    let Some(expected) = body.expected_revision else {
+        return Err(ApiError::bad_request(
+            "expected_revision is required to replace the whole routing (read GET /admin/routing; 0 when nothing was published)",
+        )
+        .with_reason(Reason::RoutingReplaceUnsafe));
+    };
+    let empty = ServiceKind::ALL.iter().all(|kind| {
+        let routing = body.routing.kind(*kind);
+        routing.placement.is_empty() && routing.shards.is_empty() && routing.default_shard.is_none()
+    });
+    if empty && !body.confirm_empty {
+        return Err(ApiError::bad_request(
+            "this routing has no placement and no shard: every route would be removed; send confirm_empty: true to mean it",
+        )
+        .with_reason(Reason::RoutingReplaceUnsafe));
+    }
     let now = unix_now();
     let revision = state
         .routing
-        .publish(body.routing, body.expected_revision, now)
+        .publish(body.routing, Some(expected), now)
         .await?;
     record(
         &admin,

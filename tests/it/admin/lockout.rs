@@ -1,0 +1,176 @@
+//! The platform cannot lose its last admin: no self-disable or self force-reset, and no
+//! disable, force-reset, delete or role removal of the last platform admin who can sign in.
+
+use serde_json::json;
+
+use super::{PASSWORD, env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_platform_admin_cannot_be_locked_out() {
+    let env = env().await;
+    let (admin, admin_id) = env
+        .signin(
+            gateway_tests::SnapshotKeys::ADMIN_EMAIL,
+            gateway_tests::SnapshotKeys::ADMIN_PASSWORD,
+        )
+        .await;
+    let refused = |status: u16, body: &serde_json::Value, reason: &str| {
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], reason, "{body}");
+    };
+    let platform = |who: &str| json!({"principal_id": who, "role": "platform_admin"});
+
+    // alone: none of the ways out is open
+    let (status, body) = env
+        .call(
+            "POST",
+            &format!("/admin/users/{admin_id}/disable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    refused(status, &body, "self_lockout");
+    let (status, body) = env
+        .call(
+            "POST",
+            &format!("/admin/users/{admin_id}/password/force-reset"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    refused(status, &body, "self_lockout");
+    let (status, body) = env
+        .call(
+            "DELETE",
+            "/admin/assignments",
+            Some(&admin),
+            Some(platform(&admin_id)),
+        )
+        .await;
+    refused(status, &body, "last_platform_admin");
+    // nothing changed: the admin still signs in and still administers
+    let (admin, _) = env
+        .signin(
+            gateway_tests::SnapshotKeys::ADMIN_EMAIL,
+            gateway_tests::SnapshotKeys::ADMIN_PASSWORD,
+        )
+        .await;
+    let (status, _) = env.call("GET", "/admin/users", Some(&admin), None).await;
+    assert_eq!(status, 200);
+
+    // a second platform admin: now one of them may go
+    let (_, bea) = env.user("bea@example.com").await;
+    let (status, body) = env
+        .call(
+            "POST",
+            "/admin/assignments",
+            Some(&admin),
+            Some(platform(&bea)),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (bea_token, _) = env.signin("bea@example.com", PASSWORD).await;
+    let (status, body) = env
+        .call(
+            "POST",
+            &format!("/admin/users/{admin_id}/disable"),
+            Some(&bea_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // bea is the last one who can sign in: her role, her account and her password stay
+    let (status, body) = env
+        .call(
+            "DELETE",
+            "/admin/assignments",
+            Some(&bea_token),
+            Some(platform(&bea)),
+        )
+        .await;
+    refused(status, &body, "last_platform_admin");
+    let (status, body) = env
+        .call(
+            "POST",
+            &format!("/admin/users/{bea}/disable"),
+            Some(&bea_token),
+            None,
+        )
+        .await;
+    refused(status, &body, "self_lockout");
+    // the disabled admin does not count: enabling it back makes bea removable again
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/admin/users/{admin_id}/enable"),
+            Some(&bea_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = env
+        .call(
+            "DELETE",
+            "/admin/assignments",
+            Some(&bea_token),
+            Some(platform(&bea)),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_routing_replacement_says_what_it_replaces_and_never_empties_by_accident() {
+    let env = env().await;
+    let admin = env.admin().await;
+    let routing = json!({"projection": {"shards": {"p1": ["http://10.0.0.1:8080"]}, "placement": {"acme": "p1"}}});
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/admin/routing",
+            Some(&admin),
+            Some(json!({"routing": routing})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("routing_replace_unsafe")),
+        "{body}"
+    );
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/admin/routing",
+            Some(&admin),
+            Some(json!({"expected_revision": 0, "routing": routing})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // the wipe of the finding: refused, and the placement is still there
+    for wipe in [
+        json!({"routing": {}}),
+        json!({"expected_revision": 1, "routing": {}}),
+    ] {
+        let (status, body) = env
+            .call("PUT", "/admin/routing", Some(&admin), Some(wipe))
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("routing_replace_unsafe")),
+            "{body}"
+        );
+    }
+    let (_, now) = env.call("GET", "/admin/routing", Some(&admin), None).await;
+    assert_eq!(now["revision"], 1);
+    assert_eq!(now["routing"]["projection"]["placement"]["acme"], "p1");
+    // said in so many words, it goes
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/admin/routing",
+            Some(&admin),
+            Some(json!({"expected_revision": 1, "confirm_empty": true, "routing": {}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
