@@ -137,6 +137,8 @@ reasons! {
     AmbiguousFraming => "ambiguous_framing",
     /// The path, a path segment or a runner path is not in normal form.
     InvalidPath => "invalid_path",
+    /// The identity provider refused the authorization code (reused or expired).
+    InvalidGrant => "invalid_grant",
     /// The change would leave no platform admin who can sign in.
     LastPlatformAdmin => "last_platform_admin",
     /// An admin may not lock themselves out (disable or force-reset themselves).

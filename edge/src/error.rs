@@ -113,7 +113,31 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.code == ErrorCode::Unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, www_authenticate(self.reason));
+        }
         response
+    }
+}
+
+/// The challenge of a 401 (RFC 9110 §11.6.1 requires one; RFC 6750 §3 says how a bearer
+/// resource server words it): `invalid_token` when a token came and was refused,
+/// `invalid_request` when it was ambiguous or malformed, no error code when none came (or
+/// the refusal is not about the token, such as a wrong password).
+fn www_authenticate(reason: Option<Reason>) -> HeaderValue {
+    use Reason::*;
+    match reason {
+        Some(AmbiguousToken | MalformedToken) => {
+            HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_request\"")
+        }
+        Some(
+            WrongTokenType | UnknownKey | AlgorithmMismatch | BadSignature | WrongIssuer
+            | WrongAudience | TokenExpired | TokenNotYetValid | UnknownPrincipal
+            | PrincipalDisabled | TokenRevoked | SessionRevoked,
+        ) => HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
+        _ => HeaderValue::from_static("Bearer realm=\"gateway\""),
     }
 }
 
@@ -139,6 +163,28 @@ impl From<StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_401_carries_a_bearer_challenge() {
+        let challenge = |err: ApiError| {
+            let response = err.into_response();
+            response.headers().get(header::WWW_AUTHENTICATE).cloned()
+        };
+        let bare =
+            ApiError::new(ErrorCode::Unauthenticated, "sign in").with_reason(Reason::MissingToken);
+        assert_eq!(challenge(bare).unwrap(), "Bearer realm=\"gateway\"");
+        let expired =
+            ApiError::new(ErrorCode::Unauthenticated, "expired").with_reason(Reason::TokenExpired);
+        assert_eq!(
+            challenge(expired).unwrap(),
+            "Bearer realm=\"gateway\", error=\"invalid_token\""
+        );
+        let malformed =
+            ApiError::new(ErrorCode::Unauthenticated, "x").with_reason(Reason::MalformedToken);
+        let malformed = challenge(malformed).unwrap();
+        assert!(malformed.to_str().unwrap().contains("invalid_request"));
+        assert!(challenge(ApiError::new(ErrorCode::Forbidden, "no")).is_none());
+    }
 
     #[test]
     fn grpc_codes_are_tonics_numbers() {

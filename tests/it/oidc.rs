@@ -167,6 +167,16 @@ async fn a_google_sign_in_creates_the_account_once_and_signs_in_again() {
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_state"))
     );
+    // a used code under a fresh state: the provider refuses it (invalid_grant), which is
+    // the client's doing, not the provider being down (400, not 502)
+    let fresh = env.start(None).await;
+    let (_, fresh_state) = env.authorize(&fresh).await;
+    let (status, body) = env.callback(&code, &fresh_state).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
     let response = env
         .client
         .get(format!(

@@ -242,7 +242,21 @@ impl GoogleOidc {
             .set_pkce_verifier(PkceCodeVerifier::new(verifier))
             .request_async(&self.http)
             .await
-            .map_err(|err| provider_down("oidc code exchange failed", &err))?;
+            .map_err(|err| match &err {
+                // the provider refused the code itself (reused, expired, or for another
+                // client): the client's doing, not the provider being down
+                openidconnect::RequestTokenError::ServerResponse(refusal)
+                    if *refusal.error()
+                        == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+                {
+                    tracing::info!(error = %err, "oidc code refused by the provider");
+                    ApiError::bad_request(
+                        "the sign-in code was already used or has expired; start the sign-in again",
+                    )
+                    .with_reason(Reason::InvalidGrant)
+                }
+                _ => provider_down("oidc code exchange failed", &err),
+            })?;
         let id_token = response
             .id_token()
             .ok_or_else(|| provider_down("oidc token response without id_token", &"missing"))?;

@@ -7,6 +7,19 @@ use gateway_edge::{ApiError, ErrorCode, Reason};
 use super::{AuthService, Principal, mfa, users};
 use crate::audit::Audit;
 
+/// A wrong code from a caller who is signed in is a bad input (400), not a refused
+/// credential: a 401 reads to clients as "signed out".
+fn signed_in_input(err: ApiError) -> ApiError {
+    if err.reason == Some(Reason::InvalidMfaCode) {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            ..err
+        }
+    } else {
+        err
+    }
+}
+
 impl AuthService {
     /// Starts TOTP enrolment for the caller.
     pub async fn totp_enroll(
@@ -27,7 +40,11 @@ impl AuthService {
         now: i64,
     ) -> Result<Vec<String>, ApiError> {
         let user = self.user(principal).await?;
-        let codes = self.mfa.confirm(&user.id, &user.email, code, now).await?;
+        let codes = self
+            .mfa
+            .confirm(&user.id, &user.email, code, now)
+            .await
+            .map_err(signed_in_input)?;
         users::update(&self.store, &user.id, now, |u| u.mfa_enabled = true).await?;
         Audit::new("auth.mfa.enable", "ok", now)
             .ip(ip)
@@ -58,7 +75,7 @@ impl AuthService {
             .verify_code(&user.id, &user.email, code, now)
             .await?
         {
-            return Err(mfa::invalid_code());
+            return Err(signed_in_input(mfa::invalid_code()));
         }
         self.mfa.remove(&user.id).await?;
         users::update(&self.store, &user.id, now, |u| u.mfa_enabled = false).await?;

@@ -48,10 +48,11 @@ async fn totp_enrolment_challenge_recovery_codes_and_replay() {
     let mut app = Authenticator::new(&secret);
 
     // T4.4: a wrong code is refused, a valid one confirms and yields ten recovery codes
+    // (400, not 401: the caller is signed in, the code is a bad input)
     let response = authed("/v1/auth/mfa/totp/confirm", json!({"code": "000000"}))
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 400);
     let confirm_code = app.next_code();
     let confirmed: Value = authed("/v1/auth/mfa/totp/confirm", json!({"code": confirm_code}))
         .await
@@ -181,7 +182,7 @@ async fn totp_enrolment_challenge_recovery_codes_and_replay() {
     let response = authed("/v1/auth/mfa/totp/disable", json!({"code": "123456"}))
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 400);
     let response = authed(
         "/v1/auth/mfa/totp/disable",
         json!({"code": app.next_code()}),

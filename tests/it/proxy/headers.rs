@@ -263,3 +263,41 @@ async fn header_settings_that_touch_what_the_gateway_owns_stop_the_start() {
         assert!(stderr.contains("GATEWAY_REQUEST_HEADER"), "{bad}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn every_401_carries_a_bearer_challenge_at_both_planes() {
+    let stack = Stack::start(&[], |_| vec![]).await;
+    let query = format!("{}/v1/query/orders", stack.data.http);
+    for (token, want) in [
+        (None, "Bearer realm=\"gateway\""),
+        (
+            Some("not-a-jwt"),
+            "Bearer realm=\"gateway\", error=\"invalid_request\"",
+        ),
+    ] {
+        let mut request = stack
+            .client
+            .post(&query)
+            .header("x-tenant-id", "acme")
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 401);
+        assert_eq!(answer.headers()["www-authenticate"], want);
+    }
+    // the control plane's: a wrong password is a 401 too
+    let answer = stack
+        .client
+        .post(format!("{}/v1/auth/signin", stack.base))
+        .json(&json!({"email": "nobody@example.com", "password": "wrong password here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 401);
+    assert_eq!(
+        answer.headers()["www-authenticate"],
+        "Bearer realm=\"gateway\""
+    );
+}
