@@ -306,34 +306,106 @@ async fn google_never_takes_over_a_password_account_but_links_explicitly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_linking_by_verified_email_only_when_configured() {
-    let env = env(&["--google-auto-link-verified-email"]).await;
-    let (_, signup) = env
+async fn auto_linking_needs_the_address_proven_on_both_sides() {
+    let smtp = gateway_tests::smtp::SmtpSink::start().await;
+    let smtp_url = smtp.url();
+    let env = env(&["--google-auto-link-verified-email", "--smtp-url", &smtp_url]).await;
+    // the pre-hijack: a squatter registers the victim's address with a password and never
+    // verifies it; the victim's verified Google sign-in must not land in that account
+    let (_, squatted) = env
         .post(
             "/v1/auth/signup",
-            json!({"email": "auto@example.com", "password": PASSWORD}),
+            json!({"email": "frank@example.com", "password": PASSWORD}),
         )
         .await;
     env.provider.set_person(Person {
-        subject: "3000003".into(),
-        email: "auto@example.com".into(),
-        email_verified: false,
+        subject: "3000004".into(),
+        email: "frank@example.com".into(),
+        email_verified: true,
     });
     let (status, body) = env.google_login().await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("account_exists")),
-        "unverified email never links"
+        "the squatter's unverified account is never joined: {body}"
     );
+    // nor with an unverified provider email
+    env.provider.set_person(Person {
+        subject: "3000003".into(),
+        email: "frank@example.com".into(),
+        email_verified: false,
+    });
+    let (status, _) = env.google_login().await;
+    assert_eq!(status, 409);
+
+    // an account created from an unverified provider email is not joined later either
+    env.provider.set_person(Person {
+        subject: "3000005".into(),
+        email: "gina@example.com".into(),
+        email_verified: false,
+    });
+    let (status, first) = env.google_login().await;
+    assert_eq!(status, 200, "{first}");
+    env.provider.set_person(Person {
+        subject: "3000006".into(),
+        email: "gina@example.com".into(),
+        email_verified: true,
+    });
+    let (status, body) = env.google_login().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("account_exists"))
+    );
+
+    // the owner proves the address (the verification mail): now a verified Google sign-in
+    // joins the account
+    let mail = smtp
+        .wait_for("frank@example.com", 1, Duration::from_secs(30))
+        .await;
+    let token = mail.token().unwrap();
+    let (status, _) = env
+        .post("/v1/auth/verify-email", json!({"token": token}))
+        .await;
+    assert_eq!(status, 204);
     env.provider.set_person(Person {
         subject: "3000004".into(),
-        email: "auto@example.com".into(),
+        email: "frank@example.com".into(),
         email_verified: true,
     });
     let (status, tokens) = env.google_login().await;
     assert_eq!(status, 200, "{tokens}");
     let session = env.session(tokens["access_token"].as_str().unwrap()).await;
-    assert_eq!(session["user_id"], signup["user_id"]);
+    assert_eq!(session["user_id"], squatted["user_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_a_verified_google_identity_verifies_the_address() {
+    let env = env(&[]).await;
+    let (status, _) = env
+        .post(
+            "/v1/auth/signup",
+            json!({"email": "hal@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, tokens) = env
+        .post(
+            "/v1/auth/signin",
+            json!({"email": "hal@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(env.session(&access).await["email_verified"], false);
+    env.provider.set_person(Person {
+        subject: "4000001".into(),
+        email: "hal@example.com".into(),
+        email_verified: true,
+    });
+    let url = env.start(Some(&access)).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, body) = env.callback(&code, &state).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(env.session(&access).await["email_verified"], true);
 }
 
 /// T10.2 for Google sign-in: with the control plane at trace level, neither the OAuth

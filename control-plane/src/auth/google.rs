@@ -46,6 +46,18 @@ impl AuthService {
         let (identity, pending) = google.finish(code, state, now).await?;
         if let Some(user_id) = pending.link_user_id {
             oidc::link(&self.store, oidc::GOOGLE, &identity, &user_id, now).await?;
+            // the provider vouches for the address the account uses: it is verified now
+            if identity.email_verified
+                && let Some(email) = identity.email.as_deref()
+                && let Ok(email) = users::normalize_email(email)
+            {
+                users::update(&self.store, &user_id, now, |u| {
+                    if u.email == email {
+                        u.email_verified = true;
+                    }
+                })
+                .await?;
+            }
             Audit::new("auth.identity.link", "ok", now)
                 .ip(ip)
                 .actor(&user_id)
@@ -78,7 +90,14 @@ impl AuthService {
                     })?;
                 match users::find_by_email(&self.store, &email).await? {
                     Some((existing, _)) => {
-                        if !(google.settings().auto_link_verified_email && identity.email_verified)
+                        // auto-link needs both sides to have proven the address: the
+                        // provider's verified email alone would hand an account that someone
+                        // else registered (and never verified) to whoever signs in with Google,
+                        // with the squatter's password still working (account pre-hijacking,
+                        // OpenID Connect Core §16.16, RFC 9700 §4.4)
+                        if !(google.settings().auto_link_verified_email
+                            && identity.email_verified
+                            && existing.email_verified)
                         {
                             Audit::new("auth.oidc.signin", "refused", now)
                                 .ip(ip)
