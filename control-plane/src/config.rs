@@ -254,6 +254,9 @@ pub struct LimitArgs {
     /// Token-endpoint requests per client IP.
     #[arg(long, env = "GATEWAY_LIMIT_TOKEN_PER_IP", default_value = "60/m", value_parser = Quota::parse)]
     pub limit_token_per_ip: Quota,
+    /// Google sign-in starts (and links) and callbacks per client IP.
+    #[arg(long, env = "GATEWAY_LIMIT_OIDC_PER_IP", default_value = "20/m", value_parser = Quota::parse)]
+    pub limit_oidc_per_ip: Quota,
     /// Failed sign-ins (or MFA codes) per account before it is slowed down (shared by
     /// every replica).
     #[arg(long, env = "GATEWAY_LOCKOUT_FREE_FAILURES", default_value_t = 5)]
@@ -560,6 +563,7 @@ impl ServeArgs {
                 reset: l.limit_reset_per_ip,
                 mfa: l.limit_mfa_per_ip,
                 token: l.limit_token_per_ip,
+                oidc: l.limit_oidc_per_ip,
             },
             backoff: BackoffSettings {
                 free_failures: l.lockout_free_failures,

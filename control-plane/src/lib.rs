@@ -133,6 +133,13 @@ pub async fn run(
     tokio::spawn(Arc::clone(&keys).maintain(shutdown.clone()));
     let hasher =
         auth::passwords::PasswordHasherPool::new(config.argon2, config.argon2_max_concurrency)?;
+    if config.google.is_some() {
+        tokio::spawn(auth::oidc::purge_expired(
+            store.clone(),
+            std::time::Duration::from_secs(60),
+            shutdown.clone(),
+        ));
+    }
     let google = match config.google {
         Some(settings) => Some(Arc::new(
             auth::oidc::GoogleOidc::new(settings, store.clone(), Arc::clone(&kek))

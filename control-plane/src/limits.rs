@@ -117,6 +117,8 @@ pub struct IpLimits {
     pub reset: KeyedLimiter,
     pub mfa: KeyedLimiter,
     pub token: KeyedLimiter,
+    /// Google sign-in starts and callbacks (each start stores a pending record).
+    pub oidc: KeyedLimiter,
 }
 
 /// Per-IP quotas.
@@ -128,6 +130,7 @@ pub struct IpQuotas {
     pub reset: Quota,
     pub mfa: Quota,
     pub token: Quota,
+    pub oidc: Quota,
 }
 
 impl IpLimits {
@@ -139,6 +142,7 @@ impl IpLimits {
             reset: KeyedLimiter::new(q.reset),
             mfa: KeyedLimiter::new(q.mfa),
             token: KeyedLimiter::new(q.token),
+            oidc: KeyedLimiter::new(q.oidc),
         }
     }
 }

@@ -433,3 +433,24 @@ async fn no_secret_of_a_google_sign_in_reaches_the_logs() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_starts_and_callbacks_are_limited_per_client() {
+    let env = env(&["--limit-oidc-per-ip", "3/m"]).await;
+    for _ in 0..3 {
+        env.start(None).await;
+    }
+    let response = env
+        .client
+        .post(format!("{}/v1/auth/oidc/google/start", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // the callback counts too: a flood of forged callbacks is refused before any work
+    let (status, _) = env.callback("code", "state").await;
+    assert_eq!(status, 429);
+}

@@ -6,7 +6,7 @@ use gateway_edge::{ApiError, ErrorCode, Reason};
 use serde_json::json;
 
 use super::users::{self, UserStatus};
-use super::{AuthService, CallbackOutcome, Principal, oidc};
+use super::{AuthService, CallbackOutcome, Principal, limit, oidc};
 use crate::audit::Audit;
 
 impl AuthService {
@@ -23,9 +23,12 @@ impl AuthService {
     pub async fn google_start(
         &self,
         linking: Option<&Principal>,
+        ip: IpAddr,
         now: i64,
     ) -> Result<String, ApiError> {
         let google = self.google()?;
+        // each start stores a pending record: bounded per client
+        limit(&self.ip_limits.oidc, "oidc", ip, now)?;
         let link_user = match linking {
             Some(principal) => Some(self.user(principal).await?.id),
             None => None,
@@ -43,6 +46,7 @@ impl AuthService {
         now: i64,
     ) -> Result<CallbackOutcome, ApiError> {
         let google = self.google()?;
+        limit(&self.ip_limits.oidc, "oidc", ip, now)?;
         let (identity, pending) = google.finish(code, state, now).await?;
         if let Some(user_id) = pending.link_user_id {
             oidc::link(&self.store, oidc::GOOGLE, &identity, &user_id, now).await?;

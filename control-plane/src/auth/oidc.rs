@@ -284,10 +284,52 @@ impl GoogleOidc {
     }
 }
 
+/// Deletes the started sign-ins that expired unfinished, every `every` until `stop`: the
+/// embedded store keeps records until deleted, and on NATS the tokens bucket's age limit
+/// is a day, where a pending sign-in lives minutes. Replicas may purge the same record:
+/// the delete is conditional, the loser finds it gone.
+pub async fn purge_expired(
+    store: Store,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match purge_once(&store, gateway_core::unix_now()).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                metrics::counter!("gateway_oidc_pending_purged_total").increment(purged as u64);
+                tracing::debug!(purged, "expired pending sign-ins purged");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot purge pending sign-ins"),
+        }
+    }
+}
+
+/// One purge pass: how many expired pending sign-ins were deleted.
+pub async fn purge_once(store: &Store, now: i64) -> Result<usize, ApiError> {
+    let kv = store.kv(Bucket::Tokens);
+    let mut purged = 0;
+    for entry in gateway_store::read_all(kv.as_ref(), "oidc_state.").await? {
+        let expired = PendingLogin::from_bytes(&entry.value)
+            .map(|pending| pending.expires_at <= now)
+            // a record that cannot be read is of no use to anyone
+            .unwrap_or(true);
+        if expired && consume(store, &entry.key, entry.revision).await? {
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}
+
 async fn consume(store: &Store, key: &str, revision: Revision) -> Result<bool, ApiError> {
     match store.kv(Bucket::Tokens).delete(key, Some(revision)).await {
         Ok(()) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(false),
         Err(err) => Err(err.into()),
     }
 }
@@ -367,4 +409,40 @@ pub async fn unlink(store: &Store, provider: &str, subject: &str) -> Result<(), 
         .delete(&identity_key(provider, subject), None)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_expired_pending_sign_ins_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&gateway_store::StoreConfig::Embedded {
+            path: dir.path().join("state.redb"),
+        })
+        .await
+        .unwrap();
+        let kv = store.kv(Bucket::Tokens);
+        for (state, expires_at) in [("old-1", 100), ("old-2", 999), ("live", 1_001)] {
+            let pending = PendingLogin {
+                nonce: "n".into(),
+                sealed_verifier: "v".into(),
+                link_user_id: None,
+                expires_at,
+            };
+            kv.create(&state_key(state), pending.to_bytes().unwrap())
+                .await
+                .unwrap();
+        }
+        // another kind of record in the same bucket is left alone
+        kv.create("reset.abc", bytes::Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(purge_once(&store, 1_000).await.unwrap(), 2);
+        assert!(kv.get(&state_key("live")).await.unwrap().is_some());
+        assert!(kv.get(&state_key("old-1")).await.unwrap().is_none());
+        assert!(kv.get("reset.abc").await.unwrap().is_some());
+        assert_eq!(purge_once(&store, 1_000).await.unwrap(), 0);
+    }
 }

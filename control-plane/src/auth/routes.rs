@@ -385,8 +385,9 @@ fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)
 #[utoipa::path(post, path = "/v1/auth/oidc/google/start", tag = "oidc", summary = "Start a Google sign-in", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn google_start(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    let url = state.auth.google_start(None, unix_now()).await?;
+    let url = state.auth.google_start(None, ip, unix_now()).await?;
     Ok(no_store(Json(json!({"authorization_url": url}))))
 }
 
@@ -394,10 +395,11 @@ pub(crate) async fn google_start(
 pub(crate) async fn google_link(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
+    ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
     let url = state
         .auth
-        .google_start(Some(&principal), unix_now())
+        .google_start(Some(&principal), ip, unix_now())
         .await?;
     Ok(no_store(Json(json!({"authorization_url": url}))))
 }
