@@ -137,6 +137,8 @@ reasons! {
     AmbiguousFraming => "ambiguous_framing",
     /// The path, a path segment or a runner path is not in normal form.
     InvalidPath => "invalid_path",
+    /// A Google link completed in a browser other than the one that started it.
+    LinkNotBound => "link_not_bound",
     /// The identity provider refused the authorization code (reused or expired).
     InvalidGrant => "invalid_grant",
     /// The change would leave no platform admin who can sign in.

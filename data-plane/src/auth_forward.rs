@@ -25,12 +25,13 @@ const REQUEST_HEADERS: [&str; 7] = [
     "sec-fetch-site",
 ];
 /// Headers passed back from the control plane (every value of each).
-const RESPONSE_HEADERS: [&str; 5] = [
+const RESPONSE_HEADERS: [&str; 6] = [
     "content-type",
     "cache-control",
     "pragma",
     "retry-after",
     "set-cookie",
+    "www-authenticate",
 ];
 
 #[derive(Clone)]

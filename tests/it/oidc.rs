@@ -18,6 +18,8 @@ struct Env {
     base: String,
     provider: TestProvider,
     client: reqwest::Client,
+    /// The link cookie this "browser" holds (set by a link start).
+    link_cookie: std::sync::Mutex<Option<String>>,
 }
 
 async fn env(extra: &[&str]) -> Env {
@@ -55,6 +57,7 @@ async fn env(extra: &[&str]) -> Env {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),
+        link_cookie: std::sync::Mutex::new(None),
     }
 }
 
@@ -77,13 +80,20 @@ impl Env {
     }
 
     async fn callback(&self, code: &str, state: &str) -> (u16, Value) {
-        let response = self
+        let cookie = self.link_cookie.lock().unwrap().clone();
+        self.callback_with(code, state, cookie.as_deref()).await
+    }
+
+    /// The callback as a browser holding `cookie` (the link cookie's value) makes it.
+    async fn callback_with(&self, code: &str, state: &str, cookie: Option<&str>) -> (u16, Value) {
+        let mut request = self
             .client
             .get(format!("{}/v1/auth/oidc/google/callback", self.base))
-            .query(&[("code", code), ("state", state)])
-            .send()
-            .await
-            .unwrap();
+            .query(&[("code", code), ("state", state)]);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", format!("__Host-gw_link={cookie}"));
+        }
+        let response = request.send().await.unwrap();
         (
             response.status().as_u16(),
             response.json().await.unwrap_or(Value::Null),
@@ -102,7 +112,20 @@ impl Env {
         if let Some(token) = access_token {
             request = request.bearer_auth(token);
         }
-        let body: Value = request.send().await.unwrap().json().await.unwrap();
+        let response = request.send().await.unwrap();
+        // a link start binds the link to this browser with a cookie
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("__Host-gw_link="))
+            .map(|v| v.split(';').next().unwrap_or_default().to_string());
+        if let Some(cookie) = cookie {
+            assert!(access_token.is_some(), "only a link sets the cookie");
+            *self.link_cookie.lock().unwrap() = Some(cookie);
+        }
+        let body: Value = response.json().await.unwrap();
         body["authorization_url"].as_str().unwrap().to_string()
     }
 
@@ -453,4 +476,64 @@ async fn google_starts_and_callbacks_are_limited_per_client() {
     // the callback counts too: a flood of forged callbacks is refused before any work
     let (status, _) = env.callback("code", "state").await;
     assert_eq!(status, 429);
+}
+
+/// Link CSRF: an attacker starts a link to their own account and gets the victim to open
+/// the provider URL; the victim's browser, without the attacker's link cookie, completes
+/// nothing, and the victim's Google identity never lands in the attacker's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_completes_only_in_the_browser_that_started_it() {
+    let env = env(&[]).await;
+    env.post(
+        "/v1/auth/signup",
+        json!({"email": "mallory@example.com", "password": PASSWORD}),
+    )
+    .await;
+    let (_, tokens) = env
+        .post(
+            "/v1/auth/signin",
+            json!({"email": "mallory@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let mallory = tokens["access_token"].as_str().unwrap().to_string();
+    let url = env.start(Some(&mallory)).await;
+    let mallorys_cookie = env.link_cookie.lock().unwrap().clone();
+    assert!(mallorys_cookie.is_some());
+    // the victim, signed in at Google, opens the URL in their own browser
+    env.provider.set_person(Person {
+        subject: "5000001".into(),
+        email: "victim@gmail.example".into(),
+        email_verified: true,
+    });
+    let (code, state) = env.authorize(&url).await;
+    let (status, body) = env.callback_with(&code, &state, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("link_not_bound")),
+        "{body}"
+    );
+    // a forged cookie does no better
+    let url = env.start(Some(&mallory)).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, _) = env.callback_with(&code, &state, Some("forged")).await;
+    assert_eq!(status, 403);
+    // the victim's Google sign-in gets an account of their own, not mallory's
+    let (status, victim) = env.google_login().await;
+    assert_eq!(status, 200, "{victim}");
+    let session = env.session(victim["access_token"].as_str().unwrap()).await;
+    assert_eq!(session["email"], "victim@gmail.example");
+    // in the browser that started it, a link completes
+    let url = env.start(Some(&mallory)).await;
+    env.provider.set_person(Person {
+        subject: "5000002".into(),
+        email: "mallory@example.com".into(),
+        email_verified: true,
+    });
+    let (code, state) = env.authorize(&url).await;
+    let (status, linked) = env.callback(&code, &state).await;
+    assert_eq!(
+        (status, linked["linked"].as_bool()),
+        (200, Some(true)),
+        "{linked}"
+    );
 }

@@ -54,6 +54,10 @@ pub struct PendingLogin {
     sealed_verifier: String,
     /// Set when a signed-in user is linking this identity to their account.
     pub link_user_id: Option<String>,
+    /// For a link: the hash of the secret in the initiating browser's link cookie; the
+    /// callback must come with it.
+    #[serde(default)]
+    pub binding: Option<String>,
     pub expires_at: i64,
 }
 
@@ -154,7 +158,12 @@ impl GoogleOidc {
 
     /// Starts a login (or a link for `link_user_id`): returns the provider URL to send the
     /// browser to.
-    pub async fn start(&self, link_user_id: Option<String>, now: i64) -> Result<String, ApiError> {
+    pub async fn start(
+        &self,
+        link_user_id: Option<String>,
+        binding: Option<String>,
+        now: i64,
+    ) -> Result<String, ApiError> {
         let metadata = self.metadata().await?;
         let client = CoreClient::from_provider_metadata(
             metadata,
@@ -183,6 +192,7 @@ impl GoogleOidc {
                 .seal(&seal_context(state.secret()), verifier.secret().as_bytes())
                 .map_err(|err| ApiError::internal("pkce verifier", &err))?,
             link_user_id,
+            binding,
             expires_at: now + STATE_TTL,
         };
         self.store
@@ -429,6 +439,7 @@ mod tests {
                 nonce: "n".into(),
                 sealed_verifier: "v".into(),
                 link_user_id: None,
+                binding: None,
                 expires_at,
             };
             kv.create(&state_key(state), pending.to_bytes().unwrap())

@@ -387,7 +387,7 @@ pub(crate) async fn google_start(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    let url = state.auth.google_start(None, ip, unix_now()).await?;
+    let (url, _) = state.auth.google_start(None, ip, unix_now()).await?;
     Ok(no_store(Json(json!({"authorization_url": url}))))
 }
 
@@ -397,11 +397,15 @@ pub(crate) async fn google_link(
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    let url = state
+    let (url, binding) = state
         .auth
         .google_start(Some(&principal), ip, unix_now())
         .await?;
-    Ok(no_store(Json(json!({"authorization_url": url}))))
+    let mut response = no_store(Json(json!({"authorization_url": url}))).into_response();
+    if let Some(secret) = binding {
+        link_cookie(&mut response, &secret, 600);
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -418,6 +422,7 @@ pub(crate) struct CallbackQuery {
 pub(crate) async fn google_callback(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let axum::extract::Query(query) = query.map_err(|_| {
@@ -436,9 +441,20 @@ pub(crate) async fn google_callback(
     };
     let outcome = state
         .auth
-        .google_callback(&code, &oidc_state, ip, unix_now())
+        .google_callback(
+            &code,
+            &oidc_state,
+            http::cookie(&headers, http::LINK_COOKIE),
+            ip,
+            unix_now(),
+        )
         .await?;
-    Ok(no_store(Json(outcome)))
+    let linked = matches!(outcome, crate::auth::CallbackOutcome::Linked { .. });
+    let mut response = no_store(Json(outcome)).into_response();
+    if linked {
+        link_cookie(&mut response, "", 0);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/v1/auth/session", tag = "auth", summary = "The signed-in caller", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -517,6 +533,18 @@ fn append_cookie(response: &mut Response, name: &str, value: &str, max_age: u64,
     let http_only = if http_only { "; HttpOnly" } else { "" };
     let text =
         format!("{name}={value}; Path=/; Max-Age={max_age}; Secure{http_only}; SameSite=Strict");
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+/// The cookie binding a Google link to its browser: `SameSite=Lax`, because the provider's
+/// redirect back is a top-level cross-site navigation, which `Strict` cookies do not follow.
+fn link_cookie(response: &mut Response, secret: &str, max_age: u64) {
+    let text = format!(
+        "{}={secret}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax",
+        http::LINK_COOKIE
+    );
     if let Ok(value) = HeaderValue::from_str(&text) {
         response.headers_mut().append(SET_COOKIE, value);
     }
