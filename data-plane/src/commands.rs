@@ -253,26 +253,49 @@ impl CommandService for CommandProxy {
         span.in_scope(|| {
             tracing::info!(code = ?code, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "grpc request finished")
         });
-        let mut response = match result {
-            Ok(answer) => Ok(tonic::Response::new(answer)),
+        // every answer, errors included, names its correlation id and trace
+        let stamp = |metadata: &mut tonic::metadata::MetadataMap| {
+            if let Ok(value) = correlation_id.parse() {
+                metadata.insert("x-correlation-id", value);
+            }
+            if let Ok(value) = trace.header_str().parse() {
+                metadata.insert("traceparent", value);
+            }
+        };
+        match result {
+            Ok(answer) => {
+                let mut response = tonic::Response::new(answer);
+                stamp(response.metadata_mut());
+                Ok(response)
+            }
             Err(SubmitError::Gateway(err)) => {
-                let mut status = tonic::Status::new(
+                // the envelope's code as a google.rpc.ErrorInfo (grpc-status-details-bin),
+                // and as plain metadata for clients that do not decode details
+                let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
                     gateway_edge::error::tonic_code(err.code),
                     err.message.clone(),
+                    tonic_types::ErrorDetails::with_error_info(
+                        err.envelope_code(),
+                        ERROR_DOMAIN,
+                        std::collections::HashMap::new(),
+                    ),
                 );
                 if let Ok(reason) = err.envelope_code().parse() {
                     status.metadata_mut().insert("x-error-code", reason);
                 }
+                stamp(status.metadata_mut());
                 Err(status)
             }
-            Err(SubmitError::Upstream(status)) => Err(status),
-        };
-        if let (Ok(answer), Ok(value)) = (response.as_mut(), correlation_id.parse()) {
-            answer.metadata_mut().insert("x-correlation-id", value);
+            Err(SubmitError::Upstream(mut status)) => {
+                stamp(status.metadata_mut());
+                Err(status)
+            }
         }
-        response
     }
 }
+
+/// The `domain` of the gateway's `google.rpc.ErrorInfo` details.
+pub const ERROR_DOMAIN: &str = "gateway.cloudlysis";
 
 /// Body of `POST /v1/commands/{aggregate_type}/{aggregate_id}`.
 #[derive(Deserialize)]

@@ -223,6 +223,9 @@ async fn sweep_idle_connections(upstreams: Arc<upstream::Upstreams>, stop: Cance
 }
 
 /// Keeps the gRPC health status (service `""`) in step with readiness.
+/// The full name of the command service, as health checks and reflection name it.
+const COMMAND_SERVICE: &str = "aggregate.gateway.v1.CommandService";
+
 async fn report_grpc_health(
     readiness: Arc<Readiness>,
     reporter: tonic_health::server::HealthReporter,
@@ -239,7 +242,10 @@ async fn report_grpc_health(
         } else {
             tonic_health::ServingStatus::NotServing
         };
+        // the server as a whole, and each service by its name (clients that ask for the
+        // service they call get an answer, not NOT_FOUND)
         reporter.set_service_status("", status).await;
+        reporter.set_service_status(COMMAND_SERVICE, status).await;
     }
 }
 
@@ -259,14 +265,23 @@ async fn serve_grpc(
         .await;
     tokio::spawn(report_grpc_health(readiness, reporter, stop.clone()));
     // reflection lets grpcurl and other tools call the gateway without the .proto files
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gateway_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // (v1, and v1alpha for the clients that speak only it: grpcurl before 1.8.8, Python's
+    // grpcio-reflection, Postman)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gateway_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|err| RunError::Grpc(err.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|err| RunError::Grpc(err.to_string()))?;
     let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             gateway_proto::aggregate::v1::command_service_server::CommandServiceServer::new(
                 commands,

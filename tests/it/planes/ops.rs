@@ -179,7 +179,7 @@ async fn the_grpc_listener_offers_reflection_for_tools() {
         .connect()
         .await
         .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
+    let mut client = ServerReflectionClient::new(channel.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -203,4 +203,76 @@ async fn the_grpc_listener_offers_reflection_for_tools() {
             "{wanted} not in {names:?}"
         );
     }
+
+    // v1alpha too, for the clients that speak only it
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected v1alpha reflection answer {answer:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "aggregate.gateway.v1.CommandService"),
+            "{list:?}"
+        );
+    }
+
+    // health per service, not only for the server as a whole
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "aggregate.gateway.v1.CommandService"] {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await;
+        assert!(answer.is_ok(), "{service:?}: {answer:?}");
+    }
+
+    // an error answer names its correlation id and trace, and carries the envelope's code
+    // as google.rpc.ErrorInfo details
+    let mut commands =
+        gateway_proto::aggregate::v1::command_service_client::CommandServiceClient::new(channel);
+    let mut request = tonic::Request::new(gateway_proto::aggregate::v1::SubmitCommandRequest {
+        aggregate_type: "order".into(),
+        aggregate_id: "o-1".into(),
+        command_type: "PlaceOrder".into(),
+        command_id: "c-1".into(),
+        payload: b"{}".to_vec(),
+        content_type: "application/json".into(),
+        expected_version: None,
+        metadata: Default::default(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-correlation-id", "grpc-err-1".parse().unwrap());
+    let status = commands.submit_command(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.metadata().get("x-correlation-id").unwrap(),
+        "grpc-err-1"
+    );
+    assert!(status.metadata().get("traceparent").is_some());
+    assert_eq!(
+        status.metadata().get("x-error-code").unwrap(),
+        "missing_token"
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    let info = details.error_info().expect("ErrorInfo details");
+    assert_eq!(info.reason, "missing_token");
+    assert_eq!(info.domain, "gateway.cloudlysis");
 }
