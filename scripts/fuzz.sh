@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Bounded coverage-guided fuzzing (cargo fuzz / libFuzzer, AddressSanitizer) of the
 # parsers an attacker reaches: access tokens, signed documents, routing snapshots, request
-# paths and headers. Each target runs for FUZZ_SECONDS (default 60) from the committed
-# seeds plus the corpus of earlier runs; a crash leaves its input in
-# fuzz/artifacts/<target>/ and makes this script exit non-zero. Turn every crash into a
-# regression test next to the code it broke (see docs/security.md).
+# paths and headers, and our HTTP/1.1 (request heads, chunked bodies, upstream answers, and
+# the same bytes served by ours and by hyper's server, compared). Each target runs for
+# FUZZ_SECONDS (default 60) from the committed seeds plus the corpus of earlier runs; a
+# crash leaves its input in fuzz/artifacts/<target>/ and makes this script exit non-zero.
+# Turn every crash into a regression test next to the code it broke (see docs/security.md).
 #
 #   ./scripts/fuzz.sh                 # every target, 60 s each
 #   FUZZ_SECONDS=600 ./scripts/fuzz.sh request_guard
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(jwt_verify signed_document routing_snapshot request_guard)
+  targets=(jwt_verify signed_document routing_snapshot request_guard
+    h1_request_head h1_chunked h1_answer h1_differential)
 fi
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

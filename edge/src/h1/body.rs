@@ -132,6 +132,11 @@ impl<I: AsyncRead + Unpin> Source<'_, I> {
                 return Err(BodyError::Invalid("a line does not end with CRLF"));
             }
             let empty = line_end == 1;
+            // §7.1.2: the trailer section is field lines; anything else (a request line
+            // smuggled in, obs-fold, control characters) is refused, not skipped
+            if !empty && !field_line(&line[..line.len() - 1]) {
+                return Err(BodyError::Invalid("a trailer line is not a field"));
+            }
             trailers += line_end + 1;
             if trailers > MAX_CHUNK_LINE {
                 return Err(BodyError::Invalid("the trailer section is too long"));
@@ -157,6 +162,21 @@ impl<I: AsyncRead + Unpin> Source<'_, I> {
             }
         }
     }
+}
+
+/// Whether `line` (without its CRLF) is a field line (RFC 9110 §5.1, §5.5): a token, a
+/// colon, then a value of visible characters, spaces, tabs and obs-text.
+fn field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(tchar)
+        && value
+            .iter()
+            .all(|b| *b == b'\t' || *b == b' ' || (0x21..=0x7e).contains(b) || *b >= 0x80)
 }
 
 /// The size of a chunk-size line without its LF (RFC 9112 §7.1): hex digits (at most 15,
@@ -247,6 +267,11 @@ mod tests {
             b"3\r\nabc\r\n0\r\n\n",
             b"3\r\nabc\r\n0\r\nt: 1\n\r\n",
             b"3\r\nabc\r\n0\r\nt:\r1\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nnot a field\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nGET /next HTTP/1.1\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n folded: x\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nx: a\x00b\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n: no name\r\n\r\n",
             b"\r\n",
         ] {
             assert!(
