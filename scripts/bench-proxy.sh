@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side figures of the data plane against HAProxy 2.6 + jwt_verify, following the
-# team's protocol (shared/bench/PROTOCOL.md): an nginx upstream and
+# protocol in docs/bench-protocol.md: an nginx upstream and
 # wrk on core 1, the proxy under test alone on core 0 with one thread, the same policy and
 # answers on both sides (checked before timing), 1,000 distinct users with rotating ES256
 # tokens, 3 interleaved repetitions. Prints a markdown table. Loopback only; bounded (about

@@ -1,5 +1,5 @@
 //! Setup of the side-by-side benchmark of the data plane against HAProxy + `jwt_verify`
-//! (scripts/bench-proxy.sh, /work/shared/bench/PROTOCOL.md): writes into a fresh store the
+//! (scripts/bench-proxy.sh, docs/bench-protocol.md): writes into a fresh store the
 //! signed documents a data plane follows (`routing` to the upstream, `jwks` with an ES256
 //! key, one `principal.<id>` per benchmark user) and the files both proxies and the load
 //! generator read (verify key, ES256 public key as SPKI PEM, HAProxy map, tokens).
