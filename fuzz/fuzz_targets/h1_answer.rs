@@ -9,82 +9,16 @@
 //! input is read whole and in pieces (sizes from a hash of it): the outcome is the same.
 #![no_main]
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use gateway_edge::h1::client::{Answer, SendError, read_answer};
 use gateway_edge::h1::common::{ConnectionTokens, content_length, final_coding_is_chunked};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncRead, ReadBuf};
 
-thread_local! {
-    /// One runtime for every input: a paused clock, so a read that waits past the end of
-    /// its input times out at once instead of hanging.
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-}
-
-/// Hands `data` in pieces whose sizes cycle through `sizes` (whole when empty), as a
-/// socket would; each piece is pending once first (waking at once).
-struct Pieces<'a> {
-    data: &'a [u8],
-    sizes: &'a [usize],
-    turn: usize,
-    pending: bool,
-}
-
-impl AsyncRead for Pieces<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.data.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        let take = if self.sizes.is_empty() {
-            self.data.len()
-        } else {
-            if !self.pending {
-                self.pending = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            self.pending = false;
-            self.turn += 1;
-            self.sizes[self.turn % self.sizes.len()]
-        };
-        let take = take.min(self.data.len()).min(buf.remaining());
-        let (piece, rest) = self.data.split_at(take);
-        buf.put_slice(piece);
-        self.data = rest;
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Piece sizes for `input`, 1 to 64 bytes, from a hash of it.
-fn piece_sizes(input: &[u8]) -> Vec<usize> {
-    let mut state = input.iter().fold(0x811c_9dc5u32, |hash, b| {
-        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    });
-    (0..16)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            if state & 3 == 0 {
-                1
-            } else {
-                1 + (state >> 26) as usize
-            }
-        })
-        .collect()
-}
+#[path = "support.rs"]
+mod support;
+use support::{Pieces, piece_sizes, with_runtime};
 
 /// What a read came to, for comparing a read of the input whole with one in pieces.
 ///
@@ -114,7 +48,7 @@ type Outcome = (Result<(Answer, bool), SendError>, Vec<u8>);
 /// Reads one answer from `input` handed in pieces of `sizes` (whole when empty): the answer
 /// and reusability, and the bytes after it (read or not).
 fn read(input: &[u8], sizes: &[usize], head_only: bool, max_body: usize) -> Outcome {
-    RUNTIME.with(|runtime| {
+    with_runtime(|runtime| {
         runtime.block_on(async {
             let mut io = Pieces {
                 data: input,

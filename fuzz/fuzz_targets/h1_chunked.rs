@@ -13,76 +13,25 @@
 //! (sometimes pending first) and through one that hands it whole.
 #![no_main]
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gateway_edge::h1::body::{BodyError, Source};
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncRead, ReadBuf};
 
-thread_local! {
-    /// One runtime for every input: a paused clock, so a read that waits past the end of
-    /// its input times out at once instead of hanging.
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-}
-
-/// Hands `data` in pieces: sizes cycle through `sizes` (0 means 1); a size with its high
-/// bit set makes the read pending once first (and wakes at once), as a socket would.
-struct Pieces<'a> {
-    data: &'a [u8],
-    sizes: &'a [u8],
-    turn: usize,
-    pending: bool,
-}
-
-impl AsyncRead for Pieces<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.data.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        let take = if self.sizes.is_empty() {
-            self.data.len()
-        } else {
-            let size = self.sizes[self.turn % self.sizes.len()];
-            if size & 0x80 != 0 && !self.pending {
-                self.pending = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            self.pending = false;
-            self.turn += 1;
-            usize::from(size & 0x7f).max(1)
-        };
-        let take = take.min(self.data.len()).min(buf.remaining());
-        let (piece, rest) = self.data.split_at(take);
-        buf.put_slice(piece);
-        self.data = rest;
-        Poll::Ready(Ok(()))
-    }
-}
+#[path = "support.rs"]
+mod support;
+use support::{Pieces, with_runtime};
 
 /// Decodes `input` with `max`, handing it in pieces of `sizes` (whole when empty): the
 /// result and every byte after the body (read or not).
 fn decode(input: &[u8], sizes: &[u8], max: usize) -> (Result<Bytes, BodyError>, Vec<u8>) {
-    RUNTIME.with(|runtime| {
+    with_runtime(|runtime| {
         runtime.block_on(async {
-            let mut io = Pieces {
-                data: input,
-                sizes,
-                turn: 0,
-                pending: false,
-            };
+            // fuzzer-chosen piece sizes, 1 to 127 bytes
+            let sizes: Vec<usize> = sizes.iter().map(|s| usize::from(s & 0x7f).max(1)).collect();
+            let mut io = Pieces::new(input, &sizes);
             let mut buf = BytesMut::new();
             let mut source = Source {
                 io: &mut io,

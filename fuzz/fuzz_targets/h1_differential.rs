@@ -46,16 +46,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "support.rs"]
+mod support;
+use support::{piece_sizes, with_runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::sync::CancellationToken;
-
-thread_local! {
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-}
 
 /// How long a server may wait for bytes that never come (virtual time: instant).
 const IDLE: Duration = Duration::from_secs(5);
@@ -153,25 +149,6 @@ async fn trickle_then_drain(mut client: DuplexStream, input: &[u8], sizes: &[usi
     drain(client).await;
 }
 
-/// Piece sizes for `input`, 1 to 64 bytes, from a hash of it (the same input is always cut
-/// the same way, so a failure reproduces).
-fn piece_sizes(input: &[u8]) -> Vec<usize> {
-    let mut state = input.iter().fold(0x811c_9dc5u32, |hash, b| {
-        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    });
-    (0..16)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            if state & 3 == 0 {
-                1
-            } else {
-                1 + (state >> 26) as usize
-            }
-        })
-        .collect()
-}
 
 /// Reads (and drops) the answers until the server side is gone.
 async fn drain(mut client: DuplexStream) {
@@ -352,7 +329,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let sizes = piece_sizes(data);
-    let (ours, ours_in_pieces, (theirs, failed)) = RUNTIME.with(|runtime| {
+    let (ours, ours_in_pieces, (theirs, failed)) = with_runtime(|runtime| {
         runtime.block_on(async {
             (
                 ours(data, None).await,
