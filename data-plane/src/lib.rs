@@ -12,6 +12,7 @@ pub mod mirror;
 pub mod pool;
 pub mod proxy;
 pub mod routing_file;
+pub mod runner;
 pub mod token_cache;
 pub mod upstream;
 
@@ -160,7 +161,7 @@ pub fn public_router(
         .with_state(auth);
     let api = Router::new()
         .route("/v1/query/{view_type}", axum::routing::post(proxy::query))
-        .route("/admin/runner/{*path}", axum::routing::any(proxy::runner))
+        .route("/admin/runner/{*path}", axum::routing::any(runner::runner))
         .with_state(proxy)
         .merge(commands)
         .merge(auth)

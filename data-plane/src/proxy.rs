@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use gateway_core::authz::{EffectiveRights, Request, TenantId, permits};
 use gateway_core::rights;
@@ -542,96 +542,4 @@ pub fn unavailable() -> ApiError {
         "the upstream is unavailable",
     )
     .with_retry_after(1)
-}
-
-/// The methods of the runner passthrough.
-const RUNNER_METHODS: [Method; 7] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::OPTIONS,
-];
-
-/// Methods whose requests carry no body.
-const BODILESS_METHODS: [Method; 4] = [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS];
-
-/// `/admin/runner/{*path}` ([`RUNNER_METHODS`]) → the runner shard of the tenant;
-/// `runner.admin`.
-#[allow(clippy::too_many_arguments)] // one axum extractor per argument
-pub async fn runner(
-    State(state): State<ProxyState>,
-    method: axum::http::Method,
-    Path(path): Path<String>,
-    Extension(correlation): Extension<CorrelationId>,
-    Extension(trace): Extension<TraceContext>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    // an allow-list: a tunnel (CONNECT), a reflection of the request (TRACE) or a method
-    // the runner contract does not know is never forwarded
-    if !RUNNER_METHODS.contains(&method) {
-        return Err(ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            "method not allowed on this route",
-        ));
-    }
-    // a body on a method that has no use for one (RFC 9110 §9.3) is refused, not
-    // forwarded: an upstream that ignores it would read it as its next request
-    if !body.is_empty() && BODILESS_METHODS.contains(&method) {
-        return Err(
-            ApiError::bad_request(format!("a {method} request carries no body"))
-                .with_reason(Reason::UnexpectedBody),
-        );
-    }
-    let now = unix_now();
-    let (claims, rights) = state.authenticate(&headers, &method, now)?;
-    let TenantHeader(tenant) = TenantHeader::from_headers(&headers)?;
-    // the raw path is checked too: axum has already decoded %2F into '/'
-    if uri.path().contains("%2") || uri.path().contains("%5") || uri.path().contains("//") {
-        return Err(ApiError::bad_request("invalid runner path").with_reason(Reason::InvalidPath));
-    }
-    let path = normalize_runner_path(&path)?;
-    state.authorize(&rights.payload, &tenant, rights::RUNNER_ADMIN, None)?;
-    let route = state.route(&tenant, ServiceKind::Runner)?;
-    let _slot = state.upstreams.admit("runner")?;
-    note_principal(&claims.sub, &tenant);
-    let path = match uri.query() {
-        Some(query) => format!("/admin/runner/{path}?{query}"),
-        None => format!("/admin/runner/{path}"),
-    };
-    let path = PathAndQuery::try_from(path).map_err(|_| {
-        ApiError::bad_request("invalid runner path").with_reason(Reason::InvalidPath)
-    })?;
-    // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
-    // only when they never reached an endpoint
-    let idempotent = method.is_idempotent();
-    let outgoing = Outgoing {
-        method,
-        path,
-        identity: Identity::new(
-            &headers,
-            &state.headers.runner,
-            &tenant,
-            &claims.sub,
-            &correlation,
-            &trace,
-        )?,
-        body,
-        answers: &state.headers.runner,
-    };
-    let mut answer = forward(
-        &state,
-        &route,
-        Deadline::after(state.timeouts.runner),
-        idempotent,
-        &outgoing,
-    )
-    .await?;
-    // the runner's answer, whatever it is, is not the router's to rewrite
-    answer.extensions_mut().insert(gateway_edge::http::Relayed);
-    Ok(answer)
 }

@@ -5,6 +5,9 @@
 //! generator read (verify key, ES256 public key as SPKI PEM, HAProxy map, tokens).
 //! Bounded in count; touches only the given NATS server. `latency` is the open-loop load
 //! generator of the fixed-rate latency runs (loopback only, bounded in time).
+//!
+//! (Over 600 lines: the setup and the three loads it drives, closed-loop HTTP, open-loop
+//! latency and gRPC, are subcommands of one binary the bench script calls.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
