@@ -228,46 +228,46 @@ fn appended_via(headers: &HeaderMap) -> HeaderValue {
 /// gateway owns or the class removes, never a `set-cookie` for a gateway cookie, `via`
 /// appended, `x-content-type-options: nosniff` unless the upstream set it, the class's
 /// additions.
-pub fn relayed(mut upstream: HeaderMap, policy: &HeaderPolicy) -> HeaderMap {
-    let via = appended_via(&upstream);
-    for name in connection_named(&upstream) {
-        upstream.remove(name);
+pub fn relayed(mut headers: HeaderMap, policy: &HeaderPolicy) -> HeaderMap {
+    // in place: a typical answer loses a field or two, and no second map is built per answer
+    let via = appended_via(&headers);
+    let mut dropped = connection_named(&headers);
+    dropped.extend(
+        headers
+            .keys()
+            .filter(|name| {
+                hop_by_hop(name) || owned_on_answers(name) || policy.remove_response.contains(name)
+            })
+            .cloned(),
+    );
+    for name in dropped {
+        headers.remove(name);
     }
-    let mut out = HeaderMap::with_capacity(upstream.len() + policy.add_response.len() + 4);
-    let mut last = None;
-    for (name, value) in upstream {
-        // `HeaderMap`'s owned iterator names a field once, before its first value
-        let name = match name {
-            Some(name) => {
-                last = Some(name.clone());
-                name
-            }
-            None => match &last {
-                Some(name) => name.clone(),
-                None => continue,
-            },
-        };
-        if hop_by_hop(&name) || owned_on_answers(&name) || policy.remove_response.contains(&name) {
-            continue;
+    if headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|value| own_cookie(value.as_bytes()))
+        && let header::Entry::Occupied(cookies) = headers.entry(header::SET_COOKIE)
+    {
+        tracing::warn!("an upstream tried to set a gateway cookie; dropped");
+        metrics::counter!("gateway_upstream_cookies_refused_total").increment(1);
+        let (_, values) = cookies.remove_entry_mult();
+        let kept: Vec<HeaderValue> = values.filter(|v| !own_cookie(v.as_bytes())).collect();
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
         }
-        if name == header::SET_COOKIE && own_cookie(value.as_bytes()) {
-            tracing::warn!("an upstream tried to set a gateway cookie; dropped");
-            metrics::counter!("gateway_upstream_cookies_refused_total").increment(1);
-            continue;
-        }
-        out.append(name, value);
     }
-    out.insert(header::VIA, via);
-    if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
-        out.insert(
+    headers.insert(header::VIA, via);
+    if !headers.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
+        headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
     }
     for (name, value) in &policy.add_response {
-        out.append(name.clone(), value.clone());
+        headers.append(name.clone(), value.clone());
     }
-    out
+    headers
 }
 
 #[cfg(test)]
