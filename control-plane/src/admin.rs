@@ -3,6 +3,7 @@
 //! escalation, and appends exactly one audit record per mutation.
 
 pub mod iam_routes;
+pub mod invitation_routes;
 pub mod principal_routes;
 pub mod principals;
 pub mod rebalance_routes;
@@ -61,7 +62,7 @@ impl Admin {
 
     /// The decision alone: for questions (what may the caller see?), not refusals, so
     /// it is not counted as a denial.
-    fn decide(&self, tenant: Option<&TenantId>, action: &str) -> Decision {
+    pub(crate) fn decide(&self, tenant: Option<&TenantId>, action: &str) -> Decision {
         decide(
             &self.rights,
             &Request {
@@ -75,6 +76,37 @@ impl Admin {
     /// Whether the caller holds `action` platform-wide.
     pub fn is_platform(&self, action: &str) -> bool {
         self.decide(None, action).allowed
+    }
+
+    /// Refuses a grant of `role` in `tenant` by a tenant admin who does not hold every
+    /// right of it there (403 `privilege_escalation`): nobody hands out more than they hold.
+    pub fn may_grant(
+        &self,
+        tenant: &TenantId,
+        role: &crate::iam::roles::Role,
+    ) -> Result<(), ApiError> {
+        let held: Vec<&gateway_core::authz::Right> = self
+            .rights
+            .grants
+            .iter()
+            .filter(|g| matches!(&g.scope, gateway_core::authz::Scope::Tenant { tenant: t } if t == tenant))
+            .flat_map(|g| g.rights.iter())
+            .collect();
+        match role
+            .rights
+            .iter()
+            .find(|r| !held.iter().any(|h| r.covered_by(h)))
+        {
+            None => Ok(()),
+            Some(missing) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "cannot grant {}: it is not held by the caller in this tenant",
+                    missing.as_str()
+                ),
+            )
+            .with_reason(gateway_edge::Reason::PrivilegeEscalation)),
+        }
     }
 
     /// Tenants in which the caller holds `action`.

@@ -4,6 +4,7 @@
 //! planes.
 
 pub mod assignments;
+pub mod invitations;
 pub mod publish;
 pub mod roles;
 

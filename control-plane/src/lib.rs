@@ -81,6 +81,7 @@ pub fn router(
     let api = auth::routes::router()
         .merge(admin::iam_routes::router())
         .merge(admin::principal_routes::router())
+        .merge(admin::invitation_routes::router())
         .merge(admin::routing_routes::router())
         .merge(admin::rebalance_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
@@ -134,10 +135,27 @@ pub async fn run(
     let hasher =
         auth::passwords::PasswordHasherPool::new(config.argon2, config.argon2_max_concurrency)?;
     if config.google.is_some() {
-        tokio::spawn(auth::oidc::purge_expired(
-            store.clone(),
+        let store = store.clone();
+        tokio::spawn(purge_periodically(
             std::time::Duration::from_secs(60),
             shutdown.clone(),
+            "oidc_pending",
+            move |now| {
+                let store = store.clone();
+                async move { auth::oidc::purge_once(&store, now).await }
+            },
+        ));
+    }
+    {
+        let store = store.clone();
+        tokio::spawn(purge_periodically(
+            std::time::Duration::from_secs(600),
+            shutdown.clone(),
+            "invitation",
+            move |now| {
+                let store = store.clone();
+                async move { iam::invitations::purge_once(&store, now).await }
+            },
         ));
     }
     let google = match config.google {
@@ -269,4 +287,34 @@ pub async fn run(
     ops?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// Runs `pass` (delete what expired as of the time given) every `every` until `stop`,
+/// counting what went in `gateway_expired_records_purged_total{kind}`. Every replica
+/// runs it: deletes are conditional, so a record purged twice is purged once.
+pub async fn purge_periodically<F, Fut>(
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    kind: &'static str,
+    pass: F,
+) where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, gateway_edge::ApiError>>,
+{
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(gateway_core::unix_now()).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                metrics::counter!("gateway_expired_records_purged_total", "kind" => kind)
+                    .increment(purged as u64);
+                tracing::debug!(purged, kind, "expired records purged");
+            }
+            Err(err) => tracing::warn!(error = %err, kind, "cannot purge expired records"),
+        }
+    }
 }

@@ -79,6 +79,12 @@ impl Modify for BearerAuth {
         crate::admin::iam_routes::effective,
         crate::admin::iam_routes::rotate_keys,
         crate::admin::iam_routes::read_audit,
+        crate::admin::invitation_routes::create,
+        crate::admin::invitation_routes::list,
+        crate::admin::invitation_routes::revoke,
+        crate::admin::invitation_routes::mine,
+        crate::admin::invitation_routes::accept,
+        crate::admin::invitation_routes::decline,
         crate::admin::principal_routes::list_users,
         crate::admin::principal_routes::create_user,
         crate::admin::principal_routes::get_user,
@@ -141,6 +147,7 @@ mod tests {
         for (method, path) in crate::admin::iam_routes::MUTATING_ROUTES
             .iter()
             .chain(crate::admin::principal_routes::MUTATING_ROUTES)
+            .chain(crate::admin::invitation_routes::MUTATING_ROUTES)
             .chain(crate::admin::routing_routes::MUTATING_ROUTES)
             .chain(crate::admin::rebalance_routes::MUTATING_ROUTES)
         {

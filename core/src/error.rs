@@ -213,6 +213,9 @@ reasons! {
     NotAuthorizedForPrincipal => "not_authorized_for_principal",
     /// The assignment would grant rights the caller does not hold.
     PrivilegeEscalation => "privilege_escalation",
+    /// A tenant admin may add only members of their tenant (or its own service
+    /// accounts); anyone else joins by accepting an invitation.
+    InvitationRequired => "invitation_required",
 
     // sign-in and sessions
     /// Wrong email or password.

@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod lockout;
 mod principals;
+mod scope;
 mod validation;
 
 use std::time::Duration;

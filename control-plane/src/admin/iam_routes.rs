@@ -280,12 +280,24 @@ pub(crate) struct AssignmentBody {
     role: String,
 }
 
+/// Whether a grant or a revocation is being checked: they differ only in what a tenant
+/// admin hears about a principal outside their tenant.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Grant,
+    Revoke,
+}
+
 /// Checks that the caller may grant or revoke `role` in `scope`, and that the role and
-/// the principal exist.
+/// the principal exist. A tenant admin may change only members of their tenant (and the
+/// tenant's own service accounts), never a principal holding a platform role; anyone else
+/// joins by accepting an invitation. Unknown and foreign principals get the same answer,
+/// so a tenant admin cannot tell which principal ids exist.
 async fn check_assignment(
     state: &AppState,
     admin: &Admin,
     body: &AssignmentBody,
+    change: Change,
 ) -> Result<(String, Scope, roles::Role), ApiError> {
     let principal = principal_id(&body.principal_id)?;
     let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
@@ -293,47 +305,43 @@ async fn check_assignment(
     let role = roles::get(&state.store, &body.role)
         .await?
         .ok_or_else(|| ApiError::bad_request("no such role").with_reason(Reason::UnknownRole))?;
-    if decision.reason != authz::Reason::PlatformRight {
-        // a tenant admin: never more than they hold themselves, in that tenant
-        let held: Vec<Right> = admin
-            .rights
-            .grants
-            .iter()
-            .filter(
-                |g| matches!(&g.scope, Scope::Tenant { tenant: t } if Some(t) == tenant.as_ref()),
-            )
-            .flat_map(|g| g.rights.iter().cloned())
-            .collect();
-        if let Some(missing) = role
-            .rights
-            .iter()
-            .find(|r| !held.iter().any(|h| r.covered_by(h)))
-        {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "cannot grant {}: it is not held by the caller in this tenant",
-                    missing.as_str()
-                ),
-            )
-            .with_reason(Reason::PrivilegeEscalation));
+    let tenant = match tenant {
+        Some(tenant) if decision.reason != authz::Reason::PlatformRight => tenant,
+        platform_admins_scope => {
+            // a platform admin: any principal that exists
+            if !super::principals::exists(state, &principal).await? {
+                return Err(ApiError::bad_request("no such principal")
+                    .with_reason(Reason::UnknownPrincipal));
+            }
+            return Ok((
+                principal,
+                assignments::scope_of(platform_admins_scope),
+                role,
+            ));
         }
-    }
-    let exists = if principal.starts_with(gateway_core::token::SERVICE_PREFIX) {
-        crate::auth::service_accounts::get(&state.store, &principal)
-            .await?
-            .is_some()
-    } else {
-        crate::auth::users::get(&state.store, &principal)
-            .await?
-            .is_some()
     };
-    if !exists {
-        return Err(
-            ApiError::bad_request("no such principal").with_reason(Reason::UnknownPrincipal)
-        );
+    admin.may_grant(&tenant, &role)?;
+    let (tenants, platform) = super::principals::memberships(state, &principal).await?;
+    let owned_account = principal.starts_with(gateway_core::token::SERVICE_PREFIX)
+        && crate::auth::service_accounts::get(&state.store, &principal)
+            .await?
+            .is_some_and(|(account, _)| account.owner_tenant.as_deref() == Some(tenant.as_str()));
+    if platform {
+        return Err(super::principals::out_of_reach(
+            rights::IAM_ASSIGNMENTS_WRITE,
+        ));
     }
-    Ok((principal, assignments::scope_of(tenant), role))
+    if !tenants.contains(&tenant) && !owned_account {
+        return Err(match change {
+            Change::Grant => ApiError::new(
+                ErrorCode::Forbidden,
+                "only members of the tenant can be given roles here; invite anyone else",
+            )
+            .with_reason(Reason::InvitationRequired),
+            Change::Revoke => ApiError::not_found("no such assignment"),
+        });
+    }
+    Ok((principal, Scope::Tenant { tenant }, role))
 }
 
 #[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -343,7 +351,7 @@ pub(crate) async fn create_assignment(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<AssignmentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let checked = check_assignment(&state, &admin, &body).await;
+    let checked = check_assignment(&state, &admin, &body, Change::Grant).await;
     let now = unix_now();
     let (principal, scope, role) = match checked {
         Ok(checked) => checked,
@@ -389,7 +397,7 @@ pub(crate) async fn delete_assignment(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<AssignmentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (principal, scope, role) = check_assignment(&state, &admin, &body).await?;
+    let (principal, scope, role) = check_assignment(&state, &admin, &body, Change::Revoke).await?;
     if scope == Scope::Platform && role.name == gateway_core::authz::PLATFORM_ADMIN {
         crate::iam::keep_a_platform_admin(&state.store, &principal).await?;
     }
@@ -428,7 +436,17 @@ pub(crate) async fn explain(
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = principal_id(&body.principal_id)?;
     let tenant = body.tenant_id.as_deref().map(tenant).transpose()?;
-    admin.require(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
+    let decision = admin.require(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
+    if decision.reason != authz::Reason::PlatformRight {
+        // a tenant admin asks about members of their tenant only, never about platform
+        // principals: the answer would say what the principal holds elsewhere
+        let (tenants, platform) = super::principals::memberships(&state, &principal).await?;
+        if platform || !tenant.as_ref().is_some_and(|t| tenants.contains(t)) {
+            return Err(super::principals::out_of_reach(
+                rights::IAM_ASSIGNMENTS_READ,
+            ));
+        }
+    }
     if body.action.is_empty() || body.action.len() > 128 {
         return Err(ApiError::bad_request("action is required").with_reason(Reason::InvalidAction));
     }

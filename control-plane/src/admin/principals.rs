@@ -57,30 +57,69 @@ pub async fn memberships(
     Ok((tenants, platform))
 }
 
-/// Allows `action` on a principal: platform-wide, or as an admin of one of its tenants
-/// (never over a principal holding a platform role). Returns the tenant used, if any.
+/// How far a tenant admin's right must reach over a principal's tenants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Reading what the principal is in one of the caller's tenants: admin of any one of
+    /// its tenants is enough (answers show only the caller's tenants).
+    AnyTenant,
+    /// Account-wide powers (sessions and their client addresses, disabling): only an
+    /// admin of every tenant the principal belongs to, so an admin of one tenant never
+    /// reaches what the principal does in another.
+    EveryTenant,
+}
+
+/// The refusal for a principal the caller may not act on: the same for unknown ids,
+/// principals of other tenants and platform principals, so it tells nothing about them.
+pub fn out_of_reach(action: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!("not allowed to {action} on this principal"),
+    )
+    .with_reason(Reason::NotAuthorizedForPrincipal)
+}
+
+/// Whether a principal id names an existing user or service account.
+pub async fn exists(state: &AppState, principal: &str) -> Result<bool, ApiError> {
+    Ok(
+        if principal.starts_with(gateway_core::token::SERVICE_PREFIX) {
+            crate::auth::service_accounts::get(&state.store, principal)
+                .await?
+                .is_some()
+        } else {
+            users::get(&state.store, principal).await?.is_some()
+        },
+    )
+}
+
+/// Allows `action` on a principal: platform-wide, or as an admin of its tenants as far
+/// as `reach` asks (never over a principal holding a platform role). Returns the tenant
+/// the right came from, if any (the audit record names it).
 pub async fn authorize_on(
     state: &AppState,
     admin: &Admin,
     principal: &str,
     action: &str,
+    reach: Reach,
 ) -> Result<Option<TenantId>, ApiError> {
     if admin.is_platform(action) {
         return Ok(None);
     }
     let (tenants, platform) = memberships(state, principal).await?;
-    if !platform
-        && let Some(t) = tenants
-            .into_iter()
-            .find(|t| admin.require(Some(t), action).is_ok())
-    {
-        return Ok(Some(t));
+    let allowed = |t: &TenantId| admin.decide(Some(t), action).allowed;
+    let granted = match reach {
+        Reach::AnyTenant => tenants.iter().find(|t| allowed(t)),
+        Reach::EveryTenant if tenants.iter().all(allowed) => tenants.first(),
+        Reach::EveryTenant => None,
+    };
+    match granted {
+        Some(t) if !platform => Ok(Some(t.clone())),
+        _ => {
+            metrics::counter!("gateway_admin_denials_total", "reason" => "not_authorized_for_principal")
+                .increment(1);
+            Err(out_of_reach(action))
+        }
     }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!("not allowed to {action} on this principal"),
-    )
-    .with_reason(Reason::NotAuthorizedForPrincipal))
 }
 
 async fn load_user(state: &AppState, id: &str) -> Result<User, ApiError> {
@@ -214,9 +253,13 @@ pub async fn user_details(
     admin: &Admin,
     id: &str,
 ) -> Result<UserDetails, ApiError> {
-    authorize_on(state, admin, id, rights::IAM_USERS_READ).await?;
+    authorize_on(state, admin, id, rights::IAM_USERS_READ, Reach::AnyTenant).await?;
     let user = load_user(state, id).await?;
-    let (tenants, platform_roles) = memberships(state, id).await?;
+    let (mut tenants, platform_roles) = memberships(state, id).await?;
+    if !admin.is_platform(rights::IAM_USERS_READ) {
+        // a tenant admin sees the principal in their own tenants only
+        tenants.retain(|t| admin.decide(Some(t), rights::IAM_USERS_READ).allowed);
+    }
     let recovery_codes_left = state.auth.mfa.recovery_codes_left(id).await?;
     Ok(UserDetails {
         user,
@@ -284,7 +327,14 @@ pub async fn set_status(
     id: &str,
     disable: bool,
 ) -> Result<User, ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, rights::IAM_USERS_WRITE).await?;
+    let tenant = authorize_on(
+        state,
+        caller.admin,
+        id,
+        rights::IAM_USERS_WRITE,
+        Reach::EveryTenant,
+    )
+    .await?;
     load_user(state, id).await?;
     if disable {
         if id == caller.admin.id() {
@@ -463,7 +513,14 @@ pub async fn list_sessions(
     admin: &Admin,
     id: &str,
 ) -> Result<Vec<sessions::Session>, ApiError> {
-    authorize_on(state, admin, id, rights::IAM_SESSIONS_WRITE).await?;
+    authorize_on(
+        state,
+        admin,
+        id,
+        rights::IAM_SESSIONS_WRITE,
+        Reach::EveryTenant,
+    )
+    .await?;
     load_user(state, id).await?;
     sessions::list(&state.store, id).await
 }
@@ -475,7 +532,14 @@ pub async fn revoke_session(
     id: &str,
     session_id: &str,
 ) -> Result<(), ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, rights::IAM_SESSIONS_WRITE).await?;
+    let tenant = authorize_on(
+        state,
+        caller.admin,
+        id,
+        rights::IAM_SESSIONS_WRITE,
+        Reach::EveryTenant,
+    )
+    .await?;
     let now = unix_now();
     if !sessions::revoke(&state.store, id, session_id, now, "revoked_by_admin").await? {
         return Err(ApiError::not_found("no such active session"));
@@ -494,7 +558,14 @@ pub async fn revoke_sessions(
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<usize, ApiError> {
-    let tenant = authorize_on(state, caller.admin, id, rights::IAM_SESSIONS_WRITE).await?;
+    let tenant = authorize_on(
+        state,
+        caller.admin,
+        id,
+        rights::IAM_SESSIONS_WRITE,
+        Reach::EveryTenant,
+    )
+    .await?;
     load_user(state, id).await?;
     let now = unix_now();
     let ended = state
@@ -514,7 +585,7 @@ pub async fn list_identities(
     admin: &Admin,
     id: &str,
 ) -> Result<Vec<oidc::IdentityLink>, ApiError> {
-    authorize_on(state, admin, id, rights::IAM_USERS_READ).await?;
+    authorize_on(state, admin, id, rights::IAM_USERS_READ, Reach::EveryTenant).await?;
     load_user(state, id).await?;
     oidc::identities_of(&state.store, id).await
 }

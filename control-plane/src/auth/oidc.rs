@@ -294,33 +294,11 @@ impl GoogleOidc {
     }
 }
 
-/// Deletes the started sign-ins that expired unfinished, every `every` until `stop`: the
-/// embedded store keeps records until deleted, and on NATS the tokens bucket's age limit
-/// is a day, where a pending sign-in lives minutes. Replicas may purge the same record:
-/// the delete is conditional, the loser finds it gone.
-pub async fn purge_expired(
-    store: Store,
-    every: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match purge_once(&store, gateway_core::unix_now()).await {
-            Ok(0) => {}
-            Ok(purged) => {
-                metrics::counter!("gateway_oidc_pending_purged_total").increment(purged as u64);
-                tracing::debug!(purged, "expired pending sign-ins purged");
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot purge pending sign-ins"),
-        }
-    }
-}
-
-/// One purge pass: how many expired pending sign-ins were deleted.
+/// One purge pass over the started sign-ins that expired unfinished (run every minute
+/// by [`crate::purge_periodically`]): the embedded store keeps records until deleted, and
+/// on NATS the tokens bucket's age limit is a day, where a pending sign-in lives minutes.
+/// Replicas may purge the same record: the delete is conditional, the loser finds it gone.
+/// Returns how many expired pending sign-ins were deleted.
 pub async fn purge_once(store: &Store, now: i64) -> Result<usize, ApiError> {
     let kv = store.kv(Bucket::Tokens);
     let mut purged = 0;

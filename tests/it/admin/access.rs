@@ -309,8 +309,8 @@ async fn tenant_admins_cannot_escalate_and_attempts_are_audited() {
         (status, answer["error"]["code"].as_str()),
         (403, Some("builtin_role"))
     );
-    // what a tenant admin holds, they may grant in their tenant
-    let (status, _) = env
+    // a tenant admin adds nobody to their tenant: that takes an invitation
+    let (status, answer) = env
         .call(
             "POST",
             "/admin/assignments",
@@ -318,11 +318,41 @@ async fn tenant_admins_cannot_escalate_and_attempts_are_audited() {
             Some(json!({"principal_id": worker_id, "tenant_id": "acme", "role": "tenant_member"})),
         )
         .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("invitation_required"))
+    );
+    // once a member, what a tenant admin holds they may grant in their tenant
+    env.call(
+        "POST",
+        "/admin/roles",
+        Some(&admin),
+        Some(json!({"name": "acme_auditor", "rights": ["audit.read"]})),
+    )
+    .await;
+    let (status, _) = env
+        .call(
+            "POST",
+            "/admin/assignments",
+            Some(&admin),
+            Some(json!({"principal_id": worker_id, "tenant_id": "acme", "role": "tenant_member"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = env
+        .call(
+            "POST",
+            "/admin/assignments",
+            Some(&boss),
+            Some(json!({"principal_id": worker_id, "tenant_id": "acme", "role": "acme_auditor"})),
+        )
+        .await;
     assert_eq!(status, 201);
     // nothing of the refused attempts was written
     let doc = published(&env, &store, &worker_id).await.unwrap();
-    assert_eq!(doc.payload.grants.len(), 1);
-    assert_eq!(doc.payload.grants[0].role, "tenant_member");
+    let mut roles: Vec<&str> = doc.payload.grants.iter().map(|g| g.role.as_str()).collect();
+    roles.sort();
+    assert_eq!(roles, ["acme_auditor", "tenant_member"]);
     let refused = store
         .audit()
         .read(&gateway_store::AuditQuery {

@@ -36,6 +36,30 @@ pub fn authorize_account(
     Ok(Some(owner))
 }
 
+/// A tenant admin rotating or deleting an account of their tenant must also be an admin of
+/// every other tenant the account holds roles in, and the account must hold no platform
+/// role: its secret carries all of that.
+async fn within_reach(
+    state: &AppState,
+    admin: &Admin,
+    id: &str,
+    owner: &Option<TenantId>,
+    action: &str,
+) -> Result<(), ApiError> {
+    if owner.is_none() {
+        return Ok(()); // platform-wide right
+    }
+    let (tenants, platform) = super::memberships(state, id).await?;
+    if platform
+        || !tenants
+            .iter()
+            .all(|t| admin.decide(Some(t), action).allowed)
+    {
+        return Err(super::out_of_reach(action));
+    }
+    Ok(())
+}
+
 async fn load_account(state: &AppState, id: &str) -> Result<ServiceAccount, ApiError> {
     let (account, _) = service_accounts::get(&state.store, id)
         .await?
@@ -136,6 +160,14 @@ pub async fn rotate(
         account.owner_tenant.as_deref(),
         rights::IAM_SERVICE_ACCOUNTS_WRITE,
     )?;
+    within_reach(
+        state,
+        caller.admin,
+        id,
+        &tenant,
+        rights::IAM_SERVICE_ACCOUNTS_WRITE,
+    )
+    .await?;
     let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
     if overlap > MAX_OVERLAP_SECONDS {
         return Err(ApiError::bad_request("overlap_seconds is at most 30 days")
@@ -160,6 +192,14 @@ pub async fn delete(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(
         account.owner_tenant.as_deref(),
         rights::IAM_SERVICE_ACCOUNTS_WRITE,
     )?;
+    within_reach(
+        state,
+        caller.admin,
+        id,
+        &tenant,
+        rights::IAM_SERVICE_ACCOUNTS_WRITE,
+    )
+    .await?;
     let now = unix_now();
     assignments::remove_all(&state.store, id).await?;
     service_accounts::delete(&state.store, id).await?;
