@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # IAM propagation figures (see docs/benchmarks.md): a release control plane and data plane
 # on a fresh nats-server on loopback; times admin changes until the signed documents are
-# seen and until the data plane's decision changes (role change, global sign-out), and a
+# seen and until the data plane's decision changes (role change, global and one-session sign-out), and a
 # role change fanning out to many holders. Bounded; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."

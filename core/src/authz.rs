@@ -207,9 +207,29 @@ pub struct EffectiveRights {
     pub tokens_valid_after: i64,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Sessions ended one by one (sign-out of one device, an admin ending one session,
+    /// a reused refresh token) whose access tokens may still be unexpired: a token whose
+    /// `sid` is listed is refused. An entry stays until `until`, the revocation plus the
+    /// access-token lifetime; sessions ended by a global sign-out are covered by
+    /// `tokens_valid_after` instead, so the list stays short.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_sessions: Vec<RevokedSession>,
+}
+
+/// One ended session in [`EffectiveRights::revoked_sessions`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSession {
+    pub sid: String,
+    /// Unix time after which no access token of the session is unexpired.
+    pub until: i64,
 }
 
 impl EffectiveRights {
+    /// Whether the session `sid` was ended on its own (see `revoked_sessions`).
+    pub fn session_revoked(&self, sid: &str) -> bool {
+        self.revoked_sessions.iter().any(|r| r.sid == sid)
+    }
+
     pub fn is_member(&self, tenant: &TenantId) -> bool {
         self.grants
             .iter()

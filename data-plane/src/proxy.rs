@@ -159,6 +159,12 @@ impl ProxyState {
         if valid_after > 0 && claims.iat <= valid_after {
             return Err(refuse(Reason::TokenRevoked));
         }
+        // a session ended on its own: its tokens go with it, pushed like a global sign-out
+        if let Some(sid) = &claims.sid
+            && rights.payload.session_revoked(sid)
+        {
+            return Err(refuse(Reason::SessionRevoked));
+        }
         Ok((claims, rights))
     }
 

@@ -7,6 +7,7 @@ mod isolation;
 mod outage;
 mod refusals;
 mod routing_file;
+mod sessions;
 
 use std::time::Duration;
 

@@ -544,6 +544,7 @@ pub async fn revoke_session(
     if !sessions::revoke(&state.store, id, session_id, now, "revoked_by_admin").await? {
         return Err(ApiError::not_found("no such active session"));
     }
+    state.publisher.publish(id, now).await?;
     entry(caller, "admin.user.session.revoke", id, &tenant, now)
         .detail(json!({"session_id": session_id}))
         .record(&state.store)

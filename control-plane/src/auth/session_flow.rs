@@ -46,6 +46,8 @@ impl AuthService {
                 user_id,
                 session_id,
             }) => {
+                // the session's access tokens may be in a thief's hands too
+                self.publisher.publish(&user_id, now).await?;
                 Audit::new("auth.refresh.reuse", "revoked", now)
                     .ip(ip)
                     .target(&user_id)
@@ -75,8 +77,11 @@ impl AuthService {
         if all {
             self.sign_out_everywhere(&principal.user_id, "signout_all", now)
                 .await?;
-        } else if let Some(session_id) = &principal.session_id {
-            sessions::revoke(&self.store, &principal.user_id, session_id, now, "signout").await?;
+        } else if let Some(session_id) = &principal.session_id
+            && sessions::revoke(&self.store, &principal.user_id, session_id, now, "signout").await?
+        {
+            // the data planes refuse the session's access tokens from now on
+            self.publisher.publish(&principal.user_id, now).await?;
         }
         Audit::new(
             if all {

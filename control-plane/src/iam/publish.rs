@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use gateway_core::authz::{EffectiveRights, Grant};
+use gateway_core::authz::{EffectiveRights, Grant, RevokedSession};
 use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
 use gateway_core::token::SERVICE_PREFIX;
 use gateway_edge::ApiError;
@@ -24,6 +24,9 @@ const FAN_OUT: usize = 16;
 pub struct Publisher {
     pub store: Store,
     pub signer: Arc<DocSigningKey>,
+    /// Lifetime of access tokens: how long a session ended on its own stays listed in
+    /// its principal's document.
+    pub access_ttl_seconds: i64,
 }
 
 fn doc_key(principal_id: &str) -> String {
@@ -66,6 +69,12 @@ impl Publisher {
                 None => (false, true, now),
             }
         };
+        let revoked_sessions = if exists && !principal_id.starts_with(SERVICE_PREFIX) {
+            self.recently_revoked(principal_id, tokens_valid_after, now)
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut grants = Vec::new();
         if exists {
             for assignment in held {
@@ -86,7 +95,32 @@ impl Publisher {
             disabled,
             tokens_valid_after,
             grants,
+            revoked_sessions,
         })
+    }
+
+    /// Sessions of a user ended on their own whose access tokens may still be unexpired
+    /// (ended after the last global sign-out, within one access-token lifetime).
+    async fn recently_revoked(
+        &self,
+        user_id: &str,
+        tokens_valid_after: i64,
+        now: i64,
+    ) -> Result<Vec<RevokedSession>, ApiError> {
+        let mut revoked: Vec<RevokedSession> = crate::auth::sessions::list(&self.store, user_id)
+            .await?
+            .into_iter()
+            .filter_map(|session| {
+                let at = session.revoked_at?;
+                let until = at + self.access_ttl_seconds;
+                (at > tokens_valid_after && until > now).then_some(RevokedSession {
+                    sid: session.id,
+                    until,
+                })
+            })
+            .collect();
+        revoked.sort_by(|a, b| a.sid.cmp(&b.sid));
+        Ok(revoked)
     }
 
     /// Recomputes and publishes one principal's document; returns its revision.

@@ -25,6 +25,7 @@ fn principal(grants: Vec<Grant>) -> EffectiveRights {
         disabled: false,
         tokens_valid_after: 0,
         grants,
+        revoked_sessions: Vec::new(),
     }
 }
 
@@ -256,4 +257,22 @@ fn denials_carry_their_code_into_the_envelope() {
     ] {
         assert_eq!(reason.denial().map(|r| r.as_str()), Some(reason.code()));
     }
+}
+
+#[test]
+fn sessions_ended_on_their_own_are_named_and_old_documents_still_read() {
+    let mut rights = principal(Vec::new());
+    assert!(!rights.session_revoked("a"));
+    rights.revoked_sessions.push(RevokedSession {
+        sid: "a".into(),
+        until: 10,
+    });
+    assert!(rights.session_revoked("a") && !rights.session_revoked("b"));
+    // a document without the field (an older control plane) reads as no revoked session,
+    // and an empty list is not written at all
+    let old: EffectiveRights =
+        serde_json::from_str(r#"{"principal_id":"usr_1","grants":[]}"#).unwrap();
+    assert!(old.revoked_sessions.is_empty());
+    let written = serde_json::to_string(&principal(Vec::new())).unwrap();
+    assert!(!written.contains("revoked_sessions"), "{written}");
 }

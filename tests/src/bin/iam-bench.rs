@@ -37,7 +37,7 @@ struct Args {
     /// A data plane following the same store (`http://127.0.0.1:port`): times its decisions.
     #[arg(long)]
     data_plane: Option<String>,
-    /// Global sign-outs timed one by one (each after a fresh sign-in).
+    /// Sign-outs timed one by one, global and of one session each (each after a fresh sign-in).
     #[arg(long, default_value_t = 200)]
     signouts: usize,
 }
@@ -127,26 +127,36 @@ async fn decision_figures(
             .await?,
         );
     }
+    // global sign-outs, then sign-outs of one session each, timed alike
     let mut signout = Vec::new();
-    for _ in 0..args.signouts {
-        let token = signin().await?;
-        until_decision(client, data_plane, &token, Instant::now(), |s| s != 401).await?;
-        let response = client
-            .post(format!("{}/v1/auth/signout", args.base))
-            .bearer_auth(&token)
-            .json(&json!({"all": true}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "sign-out answered {}",
-            response.status()
-        );
-        let answered = Instant::now();
-        signout.push(until_decision(client, data_plane, &token, answered, |s| s == 401).await?);
+    let mut one_session = Vec::new();
+    for all in [true, false] {
+        for _ in 0..args.signouts {
+            let token = signin().await?;
+            until_decision(client, data_plane, &token, Instant::now(), |s| s != 401).await?;
+            let response = client
+                .post(format!("{}/v1/auth/signout", args.base))
+                .bearer_auth(&token)
+                .json(&json!({"all": all}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "sign-out answered {}",
+                response.status()
+            );
+            let answered = Instant::now();
+            let took = until_decision(client, data_plane, &token, answered, |s| s == 401).await?;
+            if all {
+                signout.push(took);
+            } else {
+                one_session.push(took);
+            }
+        }
     }
     role_change.sort();
     signout.sort();
+    one_session.sort();
     println!(
         "  data plane decision after a role change ({} changes): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from the admin response)",
         role_change.len(),
@@ -160,6 +170,13 @@ async fn decision_figures(
         ms(percentile(&signout, 0.5)),
         ms(percentile(&signout, 0.99)),
         ms(percentile(&signout, 1.0))
+    );
+    println!(
+        "  data plane decision after signing out one session ({} sign-outs): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from the sign-out response)",
+        one_session.len(),
+        ms(percentile(&one_session, 0.5)),
+        ms(percentile(&one_session, 0.99)),
+        ms(percentile(&one_session, 1.0))
     );
     Ok(())
 }

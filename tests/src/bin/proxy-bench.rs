@@ -209,6 +209,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
                 principal_id: id.to_string(),
                 disabled: false,
                 tokens_valid_after: 0,
+                revoked_sessions: Vec::new(),
                 grants: vec![Grant {
                     scope: Scope::Tenant {
                         tenant: tenant.clone(),
