@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: a current nats-server for the tests, every binary built once
-# (the end-to-end tests run them as processes), then unit and integration tests.
+# The whole test suite: a current nats-server and the pinned Python gRPC clients for the
+# tests, every binary built once (the end-to-end tests run them as processes), then unit
+# and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "using nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+scripts/ensure-python-clients.sh
 
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then

@@ -98,6 +98,108 @@ pub async fn keep_a_platform_admin(
     Ok(())
 }
 
+/// Key of the lock that serialises changes which could leave no capable platform admin.
+const ADMIN_LOCK_KEY: &str = "lock.platform_admins";
+/// A lock left by a replica that died holding it is taken over after this long.
+const ADMIN_LOCK_TTL_SECONDS: i64 = 10;
+/// How long a change waits for the lock before answering 503.
+const ADMIN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AdminLock {
+    holder: String,
+    expires_at: i64,
+}
+
+impl gateway_store::Record for AdminLock {
+    const KIND: &'static str = "platform_admin_lock";
+    const VERSION: u32 = 1;
+}
+
+/// Runs `change` (which may take `principal_id` out of the capable platform admins) only
+/// if someone else stays capable, with the check and the change under one lock across
+/// replicas: two admins removing each other at the same moment would otherwise both pass
+/// the check and leave nobody (check-then-act). The lock is a record created if absent
+/// (compare-and-set), released after the change, and taken over once expired.
+pub async fn keeping_a_platform_admin<T>(
+    store: &gateway_store::Store,
+    principal_id: &str,
+    change: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let (holder, revision) = acquire_admin_lock(store).await?;
+    let result = match keep_a_platform_admin(store, principal_id).await {
+        Ok(()) => change.await,
+        Err(err) => Err(err),
+    };
+    // released even when the change failed; a failed release expires on its own
+    if let Err(err) = store
+        .kv(gateway_store::Bucket::Iam)
+        .delete(ADMIN_LOCK_KEY, Some(revision))
+        .await
+    {
+        tracing::warn!(error = %err, holder, "cannot release the platform-admin lock");
+    }
+    result
+}
+
+async fn acquire_admin_lock(
+    store: &gateway_store::Store,
+) -> Result<(String, gateway_store::Revision), ApiError> {
+    use gateway_store::{Record, StoreError};
+    let kv = store.kv(gateway_store::Bucket::Iam);
+    let holder = uuid::Uuid::new_v4().simple().to_string();
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let now = gateway_core::unix_now();
+        let lock = AdminLock {
+            holder: holder.clone(),
+            expires_at: now + ADMIN_LOCK_TTL_SECONDS,
+        }
+        .to_bytes()
+        .map_err(record_err)?;
+        let taken = match kv.create(ADMIN_LOCK_KEY, lock.clone()).await {
+            Ok(revision) => Some(revision),
+            Err(StoreError::Conflict { .. }) => match kv.get(ADMIN_LOCK_KEY).await? {
+                // released meanwhile: try again at once
+                None => None,
+                Some(entry) => {
+                    let expired = AdminLock::from_bytes(&entry.value)
+                        .map(|held| held.expires_at <= now)
+                        .unwrap_or(true);
+                    if expired {
+                        match kv.update(ADMIN_LOCK_KEY, lock, entry.revision).await {
+                            Ok(revision) => Some(revision),
+                            Err(StoreError::Conflict { .. }) => None,
+                            Err(err) => return Err(err.into()),
+                        }
+                    } else {
+                        None
+                    }
+                }
+            },
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(revision) = taken {
+            return Ok((holder, revision));
+        }
+        if started.elapsed() > ADMIN_LOCK_WAIT {
+            return Err(ApiError::new(
+                gateway_core::ErrorCode::StoreUnavailable,
+                "another change to the platform admins is in progress; try again",
+            )
+            .with_retry_after(1));
+        }
+        attempt += 1;
+        tokio::time::sleep(gateway_core::backoff::jittered(
+            attempt,
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(100),
+        ))
+        .await;
+    }
+}
+
 /// Whether any principal holds `platform_admin` platform-wide.
 pub async fn has_platform_admin(store: &gateway_store::Store) -> Result<bool, ApiError> {
     Ok(assignments::all(store).await?.iter().any(|a| {

@@ -139,6 +139,8 @@ reasons! {
     InvalidPath => "invalid_path",
     /// A Google link completed in a browser other than the one that started it.
     LinkNotBound => "link_not_bound",
+    /// A Google sign-in completed in another browser than the one that started it.
+    SigninNotBound => "signin_not_bound",
     /// The identity provider refused the authorization code (reused or expired).
     InvalidGrant => "invalid_grant",
     /// The change would leave no platform admin who can sign in.
@@ -147,6 +149,8 @@ reasons! {
     SelfLockout => "self_lockout",
     /// A whole-routing replacement needs `expected_revision` (and an empty one `confirm_empty`).
     RoutingReplaceUnsafe => "routing_replace_unsafe",
+    /// The call's deadline (the client's `grpc-timeout` or the gateway's timeout) passed.
+    DeadlineExceeded => "deadline_exceeded",
     /// A body on a method that carries none (GET, HEAD, DELETE, OPTIONS).
     UnexpectedBody => "unexpected_body",
     /// The `host` header is not a host and optional port.

@@ -225,6 +225,9 @@ impl CommandService for CommandProxy {
             tenant = tracing::field::Empty,
             upstream = tracing::field::Empty,
         );
+        // the whole call, not only the upstream's part, ends at the deadline: an expired
+        // deadline is DEADLINE_EXCEEDED with its log line and metric, however short
+        let deadline = tokio::time::Instant::now() + budget;
         let result = async {
             let caller = authenticate(&self.state, &headers)?;
             submit(
@@ -239,8 +242,11 @@ impl CommandService for CommandProxy {
             )
             .await
         }
-        .instrument(span.clone())
-        .await;
+        .instrument(span.clone());
+        let result = match tokio::time::timeout_at(deadline, result).await {
+            Ok(result) => result,
+            Err(_) => Err(SubmitError::Gateway(deadline_passed())),
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(SubmitError::Gateway(err)) => gateway_edge::error::tonic_code(err.code),
@@ -292,6 +298,16 @@ impl CommandService for CommandProxy {
             }
         }
     }
+}
+
+/// The refusal of a call whose deadline (the client's `grpc-timeout`, or the gateway's
+/// command timeout) passed before it was answered.
+fn deadline_passed() -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamTimeout,
+        "the call's deadline passed before it was answered",
+    )
+    .with_reason(Reason::DeadlineExceeded)
 }
 
 /// The `domain` of the gateway's `google.rpc.ErrorInfo` details.

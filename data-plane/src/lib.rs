@@ -250,13 +250,22 @@ async fn report_grpc_health(
     }
 }
 
+/// Largest gRPC request body read on the gRPC listener: tonic's default largest message
+/// (4 MiB) and its 5-byte frame header.
+const GRPC_MAX_BODY: usize = 4 * 1024 * 1024 + 5;
+
 /// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.
+///
+/// The services run on the same serving loop as the HTTP listeners (connection cap, TLS,
+/// HTTP/2 pings and drain), not on tonic's transport server: that one aborts a call at the
+/// client's `grpc-timeout` from outside the handler, answering CANCELLED with no log line
+/// or metric. Here the handler owns the deadline and answers DEADLINE_EXCEEDED itself.
 async fn serve_grpc(
     listener: TcpListener,
     tls: Option<Arc<gateway_edge::tls::TlsReloader>>,
     commands: commands::CommandProxy,
     readiness: Arc<Readiness>,
-    cap: gateway_edge::listen::ConnectionCap,
+    limits: gateway_edge::h1::ConnLimits,
     stop: CancellationToken,
     drain_timeout: std::time::Duration,
 ) -> Result<(), RunError> {
@@ -279,8 +288,7 @@ async fn serve_grpc(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|err| RunError::Grpc(err.to_string()))?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -288,34 +296,17 @@ async fn serve_grpc(
                 commands,
             ),
         );
-    type Serving =
-        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
-    let server: Serving = match tls {
-        Some(tls) => {
-            let listener = gateway_edge::tls::TlsListener::new(listener, tls, cap)
-                .map_err(|err| RunError::Grpc(err.to_string()))?;
-            let incoming = futures::stream::unfold(listener, |mut listener| async move {
-                let (stream, _) = listener.next().await?;
-                Some((Ok::<_, std::io::Error>(stream), listener))
-            });
-            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
-        }
-        None => {
-            let incoming = futures::stream::unfold((listener, cap), |(listener, cap)| async move {
-                let (stream, _) = gateway_edge::listen::accept(&listener, &cap).await;
-                Some((Ok::<_, std::io::Error>(stream), (listener, cap)))
-            });
-            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
-        }
-    };
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    tokio::select! {
-        result = server => result.map_err(|err| RunError::Grpc(err.to_string())),
-        _ = deadline => Ok(()),
-    }
+    http::serve(
+        listener,
+        tls,
+        routes.into_axum_router(),
+        None,
+        limits,
+        stop,
+        drain_timeout,
+    )
+    .await
+    .map_err(|err| RunError::Grpc(err.to_string()))
 }
 
 /// Serves until `shutdown` is cancelled, then drains (see `LifecycleArgs`).
@@ -469,7 +460,7 @@ pub async fn run(
             grpc_tls,
             command_service,
             Arc::clone(&readiness),
-            gateway_edge::listen::ConnectionCap::new("grpc", config.lifecycle.max_connections),
+            config.lifecycle.conn_limits("grpc", GRPC_MAX_BODY),
             stop_accepting.clone(),
             drain
         ),

@@ -91,7 +91,7 @@ impl Env {
             .get(format!("{}/v1/auth/oidc/google/callback", self.base))
             .query(&[("code", code), ("state", state)]);
         if let Some(cookie) = cookie {
-            request = request.header("cookie", format!("__Host-gw_link={cookie}"));
+            request = request.header("cookie", format!("__Host-gw_oidc={cookie}"));
         }
         let response = request.send().await.unwrap();
         (
@@ -113,18 +113,16 @@ impl Env {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.unwrap();
-        // a link start binds the link to this browser with a cookie
         let cookie = response
             .headers()
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix("__Host-gw_link="))
+            .find_map(|v| v.strip_prefix("__Host-gw_oidc="))
             .map(|v| v.split(';').next().unwrap_or_default().to_string());
-        if let Some(cookie) = cookie {
-            assert!(access_token.is_some(), "only a link sets the cookie");
-            *self.link_cookie.lock().unwrap() = Some(cookie);
-        }
+        // every start binds its flow to this browser
+        let cookie = cookie.expect("a start sets the flow cookie");
+        *self.link_cookie.lock().unwrap() = Some(cookie);
         let body: Value = response.json().await.unwrap();
         body["authorization_url"].as_str().unwrap().to_string()
     }
@@ -536,4 +534,60 @@ async fn a_link_completes_only_in_the_browser_that_started_it() {
         (200, Some(true)),
         "{linked}"
     );
+}
+
+/// Login CSRF: an attacker starts a Google sign-in, authorizes it with their own Google
+/// account, and has the victim's browser open the callback URL; without the attacker's
+/// flow cookie the victim is not signed into the attacker's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_completes_only_in_the_browser_that_started_it() {
+    let env = env(&[]).await;
+    env.provider.set_person(Person {
+        subject: "6000001".into(),
+        email: "attacker@gmail.example".into(),
+        email_verified: true,
+    });
+    let url = env.start(None).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, body) = env.callback_with(&code, &state, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("signin_not_bound")),
+        "{body}"
+    );
+    assert!(body.get("access_token").is_none());
+    // the pending sign-in is used up: the attacker's own browser cannot finish it either
+    let (status, _) = env.callback(&code, &state).await;
+    assert_ne!(status, 200);
+    // a forged cookie does no better
+    let url = env.start(None).await;
+    let (code, state) = env.authorize(&url).await;
+    let (status, body) = env.callback_with(&code, &state, Some("forged")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("signin_not_bound"))
+    );
+    // in the browser that started it, the sign-in completes and the cookie is cleared
+    let url = env.start(None).await;
+    let (code, state) = env.authorize(&url).await;
+    let cookie = env.link_cookie.lock().unwrap().clone().unwrap();
+    let response = env
+        .client
+        .get(format!("{}/v1/auth/oidc/google/callback", env.base))
+        .query(&[("code", code.as_str()), ("state", state.as_str())])
+        .header("cookie", format!("__Host-gw_oidc={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cleared = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.starts_with("__Host-gw_oidc=;") && v.contains("Max-Age=0"));
+    assert!(cleared, "the flow cookie is cleared");
+    let body: Value = response.json().await.unwrap();
+    let session = env.session(body["access_token"].as_str().unwrap()).await;
+    assert_eq!(session["email"], "attacker@gmail.example");
 }

@@ -398,12 +398,13 @@ pub(crate) async fn delete_assignment(
     ApiJson(body): ApiJson<AssignmentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (principal, scope, role) = check_assignment(&state, &admin, &body, Change::Revoke).await?;
-    if scope == Scope::Platform && role.name == gateway_core::authz::PLATFORM_ADMIN {
-        crate::iam::keep_a_platform_admin(&state.store, &principal).await?;
-    }
     let now = unix_now();
-    let changed =
-        assignments::change(&state.store, &principal, &scope, &role.name, false, now).await?;
+    let change = assignments::change(&state.store, &principal, &scope, &role.name, false, now);
+    let changed = if scope == Scope::Platform && role.name == gateway_core::authz::PLATFORM_ADMIN {
+        crate::iam::keeping_a_platform_admin(&state.store, &principal, change).await?
+    } else {
+        change.await?
+    };
     if !changed {
         return Err(ApiError::not_found("no such assignment"));
     }

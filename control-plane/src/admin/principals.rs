@@ -336,25 +336,26 @@ pub async fn set_status(
     )
     .await?;
     load_user(state, id).await?;
-    if disable {
-        if id == caller.admin.id() {
-            return Err(
-                ApiError::new(ErrorCode::Conflict, "admins cannot disable themselves")
-                    .with_reason(Reason::SelfLockout),
-            );
-        }
-        crate::iam::keep_a_platform_admin(&state.store, id).await?;
+    if disable && id == caller.admin.id() {
+        return Err(
+            ApiError::new(ErrorCode::Conflict, "admins cannot disable themselves")
+                .with_reason(Reason::SelfLockout),
+        );
     }
     let now = unix_now();
-    let user = users::update(&state.store, id, now, |u| {
+    let update = users::update(&state.store, id, now, |u| {
         if disable {
             u.status = UserStatus::Disabled;
             u.tokens_valid_after = users::revoke_tokens(u.tokens_valid_after, now);
         } else {
             u.status = UserStatus::Active;
         }
-    })
-    .await?;
+    });
+    let user = if disable {
+        crate::iam::keeping_a_platform_admin(&state.store, id, update).await?
+    } else {
+        update.await?
+    };
     if disable {
         sessions::revoke_all(&state.store, id, now, "disabled").await?;
     }
@@ -386,14 +387,19 @@ pub async fn delete_user(state: &AppState, caller: &Caller<'_>, id: &str) -> Res
         );
     }
     let user = load_user(state, id).await?;
-    crate::iam::keep_a_platform_admin(&state.store, id).await?;
+    // the assignments go first, under the platform-admin lock
+    crate::iam::keeping_a_platform_admin(
+        &state.store,
+        id,
+        assignments::remove_all(&state.store, id),
+    )
+    .await?;
     let now = unix_now();
     sessions::revoke_all(&state.store, id, now, "deleted").await?;
     state.auth.mfa.remove(id).await?;
     for identity in oidc::identities_of(&state.store, id).await? {
         oidc::unlink(&state.store, &identity.provider, &identity.subject).await?;
     }
-    assignments::remove_all(&state.store, id).await?;
     users::remove(&state.store, &user).await?;
     state.publisher.publish(id, now).await?;
     entry(caller, "admin.user.delete", id, &None, now)
@@ -438,9 +444,13 @@ pub async fn force_reset(state: &AppState, caller: &Caller<'_>, id: &str) -> Res
     }
     // the reset link could be lost (mail down, a typo in the address): the last admin
     // keeps a password
-    crate::iam::keep_a_platform_admin(&state.store, id).await?;
+    crate::iam::keeping_a_platform_admin(
+        &state.store,
+        id,
+        users::remove_password(&state.store, id),
+    )
+    .await?;
     let now = unix_now();
-    users::remove_password(&state.store, id).await?;
     state
         .auth
         .sign_out_everywhere(id, "forced_reset", now)
@@ -541,7 +551,15 @@ pub async fn revoke_session(
     )
     .await?;
     let now = unix_now();
-    if !sessions::revoke(&state.store, id, session_id, now, "revoked_by_admin").await? {
+    if !sessions::revoke(
+        &state.store,
+        id,
+        session_id,
+        now,
+        sessions::ended_alone::BY_ADMIN,
+    )
+    .await?
+    {
         return Err(ApiError::not_found("no such active session"));
     }
     state.publisher.publish(id, now).await?;

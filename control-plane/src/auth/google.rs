@@ -19,36 +19,31 @@ impl AuthService {
     }
 
     /// Starts a Google sign-in, or (with `linking`) the link of a Google identity to the
-    /// signed-in user: the provider URL, and for a link the secret of the cookie that binds
-    /// the link to this browser (a link completed from another browser is refused: link
-    /// CSRF, RFC 9700 §4.7).
+    /// signed-in user: the provider URL, and the secret of the cookie that binds the flow
+    /// to this browser. A callback from another browser is refused (RFC 9700 §4.7): for a
+    /// link, that would join the victim's Google identity to the attacker's account (link
+    /// CSRF); for a sign-in, it would sign the victim into the attacker's account (login
+    /// CSRF, OpenID Connect Core §3.1.2.1 on binding `state` to the user agent).
     pub async fn google_start(
         &self,
         linking: Option<&Principal>,
         ip: IpAddr,
         now: i64,
-    ) -> Result<(String, Option<String>), ApiError> {
+    ) -> Result<(String, String), ApiError> {
         let google = self.google()?;
         // each start stores a pending record: bounded per client
         limit(&self.ip_limits.oidc, "oidc", ip, now)?;
-        let (link_user, binding) = match linking {
-            Some(principal) => {
-                let user = self.user(principal).await?.id;
-                let mut secret = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-                let secret = base64::Engine::encode(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    secret,
-                );
-                (Some(user), Some(secret))
-            }
-            None => (None, None),
+        let link_user = match linking {
+            Some(principal) => Some(self.user(principal).await?.id),
+            None => None,
         };
-        let hash = binding
-            .as_deref()
-            .map(|secret| gateway_store::hash_key_token(secret.as_bytes()));
-        let url = google.start(link_user, hash, now).await?;
-        Ok((url, binding))
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let secret =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret);
+        let hash = gateway_store::hash_key_token(secret.as_bytes());
+        let url = google.start(link_user, Some(hash), now).await?;
+        Ok((url, secret))
     }
 
     /// The provider's redirect back: links the identity, or signs in (creating the account
@@ -57,37 +52,46 @@ impl AuthService {
         &self,
         code: &str,
         state: &str,
-        link_cookie: Option<&str>,
+        flow_cookie: Option<&str>,
         ip: IpAddr,
         now: i64,
     ) -> Result<CallbackOutcome, ApiError> {
         let google = self.google()?;
         limit(&self.ip_limits.oidc, "oidc", ip, now)?;
         let (identity, pending) = google.finish(code, state, now).await?;
-        if let Some(user_id) = pending.link_user_id {
-            // the browser that completes a link is the one that started it
-            let bound = match (pending.binding.as_deref(), link_cookie) {
-                (Some(hash), Some(secret)) => {
-                    let presented = gateway_store::hash_key_token(secret.as_bytes());
-                    gateway_edge::http::constant_time_eq(presented.as_bytes(), hash.as_bytes())
-                }
-                _ => false,
-            };
-            if !bound {
-                Audit::new("auth.identity.link", "refused", now)
-                    .ip(ip)
-                    .target(&user_id)
-                    .detail(
-                        json!({"provider": oidc::GOOGLE, "reason": Reason::LinkNotBound.as_str()}),
-                    )
-                    .record(&self.store)
-                    .await;
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "this link was started in another browser; start it again from here",
-                )
-                .with_reason(Reason::LinkNotBound));
+        // the browser that completes a flow is the one that started it
+        let bound = match (pending.binding.as_deref(), flow_cookie) {
+            (Some(hash), Some(secret)) => {
+                let presented = gateway_store::hash_key_token(secret.as_bytes());
+                gateway_edge::http::constant_time_eq(presented.as_bytes(), hash.as_bytes())
             }
+            _ => false,
+        };
+        if !bound {
+            let (action, target, reason, message) = match &pending.link_user_id {
+                Some(user_id) => (
+                    "auth.identity.link",
+                    Some(user_id.as_str()),
+                    Reason::LinkNotBound,
+                    "this link was started in another browser; start it again from here",
+                ),
+                None => (
+                    "auth.signin.google",
+                    None,
+                    Reason::SigninNotBound,
+                    "this sign-in was started in another browser; start it again from here",
+                ),
+            };
+            let mut audit = Audit::new(action, "refused", now)
+                .ip(ip)
+                .detail(json!({"provider": oidc::GOOGLE, "reason": reason.as_str()}));
+            if let Some(target) = target {
+                audit = audit.target(target);
+            }
+            audit.record(&self.store).await;
+            return Err(ApiError::new(ErrorCode::Forbidden, message).with_reason(reason));
+        }
+        if let Some(user_id) = pending.link_user_id {
             oidc::link(&self.store, oidc::GOOGLE, &identity, &user_id, now).await?;
             // the provider vouches for the address the account uses: it is verified now
             if identity.email_verified

@@ -387,8 +387,10 @@ pub(crate) async fn google_start(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (url, _) = state.auth.google_start(None, ip, unix_now()).await?;
-    Ok(no_store(Json(json!({"authorization_url": url}))))
+    let (url, secret) = state.auth.google_start(None, ip, unix_now()).await?;
+    let mut response = no_store(Json(json!({"authorization_url": url}))).into_response();
+    flow_cookie(&mut response, &secret, 600);
+    Ok(response)
 }
 
 #[utoipa::path(post, path = "/v1/auth/oidc/google/link", tag = "oidc", summary = "Start linking a Google identity", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -397,14 +399,12 @@ pub(crate) async fn google_link(
     Authenticated(principal): Authenticated,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (url, binding) = state
+    let (url, secret) = state
         .auth
         .google_start(Some(&principal), ip, unix_now())
         .await?;
     let mut response = no_store(Json(json!({"authorization_url": url}))).into_response();
-    if let Some(secret) = binding {
-        link_cookie(&mut response, &secret, 600);
-    }
+    flow_cookie(&mut response, &secret, 600);
     Ok(response)
 }
 
@@ -444,16 +444,14 @@ pub(crate) async fn google_callback(
         .google_callback(
             &code,
             &oidc_state,
-            http::cookie(&headers, http::LINK_COOKIE),
+            http::cookie(&headers, http::OIDC_COOKIE),
             ip,
             unix_now(),
         )
         .await?;
-    let linked = matches!(outcome, crate::auth::CallbackOutcome::Linked { .. });
     let mut response = no_store(Json(outcome)).into_response();
-    if linked {
-        link_cookie(&mut response, "", 0);
-    }
+    // the flow is done: its binding goes
+    flow_cookie(&mut response, "", 0);
     Ok(response)
 }
 
@@ -538,12 +536,13 @@ fn append_cookie(response: &mut Response, name: &str, value: &str, max_age: u64,
     }
 }
 
-/// The cookie binding a Google link to its browser: `SameSite=Lax`, because the provider's
-/// redirect back is a top-level cross-site navigation, which `Strict` cookies do not follow.
-fn link_cookie(response: &mut Response, secret: &str, max_age: u64) {
+/// The cookie binding a Google sign-in or link to its browser: `SameSite=Lax`, because the
+/// provider's redirect back is a top-level cross-site navigation, which `Strict` cookies
+/// do not follow.
+fn flow_cookie(response: &mut Response, secret: &str, max_age: u64) {
     let text = format!(
         "{}={secret}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax",
-        http::LINK_COOKIE
+        http::OIDC_COOKIE
     );
     if let Ok(value) = HeaderValue::from_str(&text) {
         response.headers_mut().append(SET_COOKIE, value);

@@ -28,7 +28,7 @@ impl AuthService {
                             &session.user_id,
                             &session.id,
                             now,
-                            "user_inactive",
+                            sessions::ended_alone::USER_INACTIVE,
                         )
                         .await?;
                         return Err(RefreshError::Revoked.into());
@@ -78,7 +78,14 @@ impl AuthService {
             self.sign_out_everywhere(&principal.user_id, "signout_all", now)
                 .await?;
         } else if let Some(session_id) = &principal.session_id
-            && sessions::revoke(&self.store, &principal.user_id, session_id, now, "signout").await?
+            && sessions::revoke(
+                &self.store,
+                &principal.user_id,
+                session_id,
+                now,
+                sessions::ended_alone::SIGNOUT,
+            )
+            .await?
         {
             // the data planes refuse the session's access tokens from now on
             self.publisher.publish(&principal.user_id, now).await?;

@@ -265,7 +265,7 @@ pub async fn rotate(
             if recent && now - session.rotated_at <= settings.reuse_grace.as_secs() as i64 {
                 return Err(RefreshError::AlreadyRotated);
             }
-            revoke_at(store, &session, revision, now, "refresh_token_reused").await?;
+            revoke_at(store, &session, revision, now, ended_alone::REFRESH_REUSED).await?;
             return Err(RefreshError::Reused {
                 user_id: user_id.to_string(),
                 session_id: session_id.to_string(),
@@ -335,6 +335,21 @@ async fn revoke_at(
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Why a session ended on its own, while the user's other sessions go on. Such sessions
+/// are listed in the user's published document until their access tokens expire; sessions
+/// ended by a global sign-out are not (its `tokens_valid_after` refuses their tokens).
+pub mod ended_alone {
+    /// The user signed this session out.
+    pub const SIGNOUT: &str = "signout";
+    /// An admin ended this session.
+    pub const BY_ADMIN: &str = "revoked_by_admin";
+    /// Its refresh token was used twice.
+    pub const REFRESH_REUSED: &str = "refresh_token_reused";
+    /// Refreshed while the user was not active.
+    pub const USER_INACTIVE: &str = "user_inactive";
+    pub const ALL: [&str; 4] = [SIGNOUT, BY_ADMIN, REFRESH_REUSED, USER_INACTIVE];
 }
 
 /// Ends one session; `false` when it did not exist or had already ended.

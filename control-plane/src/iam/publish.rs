@@ -13,7 +13,7 @@ use gateway_edge::ApiError;
 use gateway_store::{Bucket, Store, StoreError};
 
 use super::{assignments, roles};
-use crate::auth::{service_accounts, users};
+use crate::auth::{service_accounts, sessions, users};
 
 /// Document kind (and key prefix) of effective rights.
 pub const PRINCIPAL_DOC: &str = "principal";
@@ -99,21 +99,27 @@ impl Publisher {
         })
     }
 
-    /// Sessions of a user ended on their own whose access tokens may still be unexpired
-    /// (ended after the last global sign-out, within one access-token lifetime).
+    /// Sessions of a user whose access tokens may still be unexpired and that no global
+    /// sign-out covers: ended on their own (whatever the time of the last global sign-out:
+    /// a token issued in the same second as one carries the next second as `iat`), or
+    /// ended after it, within one access-token lifetime.
     async fn recently_revoked(
         &self,
         user_id: &str,
         tokens_valid_after: i64,
         now: i64,
     ) -> Result<Vec<RevokedSession>, ApiError> {
-        let mut revoked: Vec<RevokedSession> = crate::auth::sessions::list(&self.store, user_id)
+        let mut revoked: Vec<RevokedSession> = sessions::list(&self.store, user_id)
             .await?
             .into_iter()
             .filter_map(|session| {
                 let at = session.revoked_at?;
                 let until = at + self.access_ttl_seconds;
-                (at > tokens_valid_after && until > now).then_some(RevokedSession {
+                let alone = session
+                    .revoked_reason
+                    .as_deref()
+                    .is_some_and(|reason| sessions::ended_alone::ALL.contains(&reason));
+                ((alone || at > tokens_valid_after) && until > now).then_some(RevokedSession {
                     sid: session.id,
                     until,
                 })

@@ -12,9 +12,9 @@ pub const ACCESS_COOKIE: &str = "__Host-gw_access";
 pub const REFRESH_COOKIE: &str = "__Host-gw_refresh";
 /// The CSRF token of a browser session: readable by the page, sent back in [`CSRF_HEADER`].
 pub const CSRF_COOKIE: &str = "__Host-gw_csrf";
-/// Binds a Google link to the browser that started it (`SameSite=Lax`: the provider's
-/// redirect back is a cross-site navigation).
-pub const LINK_COOKIE: &str = "__Host-gw_link";
+/// Binds a Google sign-in or link to the browser that started it (`SameSite=Lax`: the
+/// provider's redirect back is a cross-site navigation).
+pub const OIDC_COOKIE: &str = "__Host-gw_oidc";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// `x-token-delivery: cookie` asks the token routes for cookies instead of a JSON body.
 pub const DELIVERY_HEADER: &str = "x-token-delivery";

@@ -174,3 +174,82 @@ async fn a_whole_routing_replacement_says_what_it_replaces_and_never_empties_by_
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Two platform admins removing each other at the same moment: the check and the change
+/// run under one lock, so one of them stays (check-then-act would let both pass the check
+/// and leave nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_removing_each_other_at_once_leave_one() {
+    let env = env().await;
+    let (first, first_id) = env
+        .signin(
+            gateway_tests::SnapshotKeys::ADMIN_EMAIL,
+            gateway_tests::SnapshotKeys::ADMIN_PASSWORD,
+        )
+        .await;
+    let (_, second_id) = env.user("second-admin@example.com").await;
+    let platform = |who: &str| json!({"principal_id": who, "role": "platform_admin"});
+    let first_email = gateway_tests::SnapshotKeys::ADMIN_EMAIL;
+    let first_password = gateway_tests::SnapshotKeys::ADMIN_PASSWORD;
+    // (token, id, email, password), the survivor of the last round first
+    let mut admins = [
+        (first, first_id, first_email, first_password),
+        (
+            String::new(),
+            second_id,
+            "second-admin@example.com",
+            PASSWORD,
+        ),
+    ];
+    for round in 0..8 {
+        // both hold platform_admin, both signed in
+        let (status, _) = env
+            .call(
+                "POST",
+                "/admin/assignments",
+                Some(&admins[0].0),
+                Some(platform(&admins[1].1)),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "round {round}: {status}");
+        for admin in admins.iter_mut() {
+            admin.0 = env.signin(admin.2, admin.3).await.0;
+        }
+        let ((a, a_body), (b, b_body)) = tokio::join!(
+            env.call(
+                "DELETE",
+                "/admin/assignments",
+                Some(&admins[0].0),
+                Some(platform(&admins[1].1))
+            ),
+            env.call(
+                "DELETE",
+                "/admin/assignments",
+                Some(&admins[1].0),
+                Some(platform(&admins[0].1))
+            ),
+        );
+        let removed = [a == 204, b == 204];
+        assert_eq!(
+            removed.iter().filter(|r| **r).count(),
+            1,
+            "round {round}: exactly one removal: {a} {a_body} / {b} {b_body}"
+        );
+        for (status, body) in [(a, &a_body), (b, &b_body)] {
+            assert!(
+                status == 204
+                    || (status == 409 && body["error"]["code"] == "last_platform_admin")
+                    || status == 403,
+                "round {round}: {status} {body}"
+            );
+        }
+        // the survivor still administers, and brings the other back next round
+        if removed[1] {
+            admins.swap(0, 1);
+        }
+        let (status, _) = env
+            .call("GET", "/admin/users", Some(&admins[0].0), None)
+            .await;
+        assert_eq!(status, 200, "round {round}: the survivor administers");
+    }
+}

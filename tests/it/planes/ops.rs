@@ -276,3 +276,55 @@ async fn the_grpc_listener_offers_reflection_for_tools() {
     assert_eq!(info.reason, "missing_token");
     assert_eq!(info.domain, "gateway.cloudlysis");
 }
+
+/// Python's grpcio and grpcio-reflection (pinned, installed by scripts/ensure-python-clients.sh)
+/// as a stranger's tools: they speak reflection v1alpha only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_lists_describes_and_calls_the_grpc_listener() {
+    let env = Env::new();
+    let (_data, _http, _ops, grpc) = env.data_with_grpc(true, &[]);
+    let target = grpc.trim_start_matches("http://").to_string();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_tools_client.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&target)
+        .output()
+        .await
+        .unwrap_or_else(|err| panic!("cannot run {python}: {err}"));
+    assert!(
+        output.status.success(),
+        "the Python client failed (scripts/ensure-python-clients.sh installs grpcio): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let services: Vec<&str> = seen["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for wanted in [
+        "aggregate.gateway.v1.CommandService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&wanted), "{wanted} not in {services:?}");
+    }
+    let fields = &seen["submit_fields"];
+    for field in ["aggregate_type", "aggregate_id", "command_type", "payload"] {
+        assert!(
+            fields.as_array().unwrap().iter().any(|f| f == field),
+            "{field} not in {fields}"
+        );
+    }
+    assert_eq!(
+        seen["health"]["aggregate.gateway.v1.CommandService"], seen["health"][""],
+        "per-service health follows the server's: {seen}"
+    );
+    assert_eq!(
+        seen["unauthenticated_call"],
+        json!({"code": "UNAUTHENTICATED", "error_code": "missing_token", "correlation_id": "python-1"}),
+        "{seen}"
+    );
+}

@@ -289,12 +289,68 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
         .submit_command(command("c-slow", Duration::from_millis(300), Some("3000")))
         .await
         .unwrap_err();
+    // tonic's Channel enforces the deadline on its side too, and may answer CANCELLED first
     assert!(
         matches!(
             status.code(),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
         ),
         "{status:?}"
+    );
+    // however short the deadline (under a millisecond: tonic's own server used to answer
+    // CANCELLED from outside the handler, with no log line or metric), the gateway answers
+    // DEADLINE_EXCEEDED with its error code, correlation id, log line and metric
+    // (sent through a plain HTTP/2 client: tonic's Channel would give up on the deadline
+    // itself, with CANCELLED, before the gateway's answer arrives)
+    let mut plain = {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<tonic::body::Body>();
+        CommandServiceClient::with_origin(client, stack.data.grpc.parse().unwrap())
+    };
+    for (id, timeout) in [
+        ("c-slow-plain", Duration::from_millis(300)),
+        ("c-short", Duration::from_micros(500)),
+        ("c-shorter", Duration::from_nanos(1)),
+    ] {
+        let status = plain
+            .submit_command(command(id, timeout, Some("3000")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::DeadlineExceeded,
+            "{id}: {status:?}"
+        );
+        // the gateway's answer: the upstream's part timed out, or the call's deadline
+        // passed before the upstream was asked
+        assert!(
+            matches!(
+                status
+                    .metadata()
+                    .get("x-error-code")
+                    .map(|v| v.to_str().unwrap()),
+                Some("upstream_timeout" | "deadline_exceeded")
+            ),
+            "{id}: {status:?}"
+        );
+        assert!(status.metadata().get("x-correlation-id").is_some(), "{id}");
+    }
+    let metrics = gateway_tests::metrics_text(&stack.client, &stack.data.ops).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("gateway_grpc_requests_total{")
+                && line.contains("code=\"DeadlineExceeded\"")),
+        "{metrics}"
+    );
+    assert!(
+        stack.data_process.logs().iter().any(|line| {
+            let line: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            line["message"] == "grpc request finished" && line["code"] == "DeadlineExceeded"
+        }),
+        "no log line for the expired deadline"
     );
 
     // the log line of each request names the principal, the tenant and the upstream

@@ -201,7 +201,12 @@ pub async fn delete(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(
     )
     .await?;
     let now = unix_now();
-    assignments::remove_all(&state.store, id).await?;
+    crate::iam::keeping_a_platform_admin(
+        &state.store,
+        id,
+        assignments::remove_all(&state.store, id),
+    )
+    .await?;
     service_accounts::delete(&state.store, id).await?;
     state.publisher.publish(id, now).await?;
     entry(caller, "admin.service_account.delete", id, &tenant, now)
