@@ -152,8 +152,11 @@ impl IpLimits {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Backoff {
     failures: u32,
-    last_failure: i64,
-    locked_until: i64,
+    /// Unix milliseconds (records of whole seconds, from before, read as unlocked).
+    #[serde(default)]
+    last_failure_ms: i64,
+    #[serde(default)]
+    locked_until_ms: i64,
 }
 
 impl Record for Backoff {
@@ -184,8 +187,9 @@ fn backoff_key(scope: &str, subject: &str) -> String {
 }
 
 impl AccountBackoff {
-    /// `Err(429)` while `subject` is locked (checked before any password work).
-    pub async fn check(&self, scope: &str, subject: &str, now: i64) -> Result<(), ApiError> {
+    /// `Err(429)` while `subject` is locked (checked before any password work). Times are
+    /// Unix milliseconds: a lock of 1 s lasts 1 s, not whatever is left of the second.
+    pub async fn check(&self, scope: &str, subject: &str, now_ms: i64) -> Result<(), ApiError> {
         let Some(entry) = self
             .store
             .kv(Bucket::Tokens)
@@ -195,10 +199,10 @@ impl AccountBackoff {
             return Ok(());
         };
         let backoff = Backoff::from_bytes(&entry.value).unwrap_or_default();
-        if backoff.locked_until > now {
+        if backoff.locked_until_ms > now_ms {
             count_limited(scope, Reason::AccountLocked);
             return Err(too_many(
-                Duration::from_secs((backoff.locked_until - now) as u64),
+                Duration::from_millis((backoff.locked_until_ms - now_ms) as u64),
                 Reason::AccountLocked,
             ));
         }
@@ -207,7 +211,7 @@ impl AccountBackoff {
 
     /// Counts a failure; past the free failures the subject is locked for an exponentially
     /// growing time (1 s, 2 s, 4 s … up to `max_lock`).
-    pub async fn failed(&self, scope: &str, subject: &str, now: i64) -> Result<(), ApiError> {
+    pub async fn failed(&self, scope: &str, subject: &str, now_ms: i64) -> Result<(), ApiError> {
         let kv = self.store.kv(Bucket::Tokens);
         let key = backoff_key(scope, subject);
         for _ in 0..8 {
@@ -216,15 +220,15 @@ impl AccountBackoff {
                 .as_ref()
                 .and_then(|e| Backoff::from_bytes(&e.value).ok())
                 .unwrap_or_default();
-            if now - backoff.last_failure > self.settings.forget_after.as_secs() as i64 {
+            if now_ms - backoff.last_failure_ms > self.settings.forget_after.as_millis() as i64 {
                 backoff = Backoff::default();
             }
             backoff.failures += 1;
-            backoff.last_failure = now;
+            backoff.last_failure_ms = now_ms;
             if backoff.failures > self.settings.free_failures {
                 let exponent = (backoff.failures - self.settings.free_failures - 1).min(20);
-                let lock = (1i64 << exponent).min(self.settings.max_lock.as_secs() as i64);
-                backoff.locked_until = now + lock;
+                let lock_ms = (1000i64 << exponent).min(self.settings.max_lock.as_millis() as i64);
+                backoff.locked_until_ms = now_ms + lock_ms;
             }
             let bytes = backoff
                 .to_bytes()
@@ -269,11 +273,13 @@ impl AccountBackoff {
                 .as_ref()
                 .and_then(|e| Backoff::from_bytes(&e.value).ok())
                 .unwrap_or_default();
-            if now - used.last_failure >= window.as_secs() as i64 {
+            // the window starts at the first use (kept in `last_failure_ms`)
+            let now_ms = now.saturating_mul(1000);
+            if now_ms - used.last_failure_ms >= window.as_millis() as i64 {
                 used = Backoff {
                     failures: 0,
-                    last_failure: now,
-                    locked_until: 0,
+                    last_failure_ms: now_ms,
+                    locked_until_ms: 0,
                 };
             }
             if used.failures >= budget {
@@ -341,5 +347,44 @@ mod tests {
             too_many(Duration::ZERO, Reason::RateLimited).retry_after,
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_one_second_lock_lasts_a_second_across_a_second_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&gateway_store::StoreConfig::Embedded {
+            path: dir.path().join("state.redb"),
+        })
+        .await
+        .unwrap();
+        let backoff = AccountBackoff {
+            store,
+            settings: BackoffSettings {
+                free_failures: 1,
+                max_lock: Duration::from_secs(60),
+                forget_after: Duration::from_secs(600),
+            },
+        };
+        // the locking failure lands 1 ms before a second's boundary: whole seconds made
+        // this lock end at the boundary, 1 ms later (a test failed at random on it)
+        let t = 1_000_000_999;
+        backoff.failed("signin", "ghost", t - 5).await.unwrap();
+        assert!(
+            backoff.check("signin", "ghost", t).await.is_ok(),
+            "one free failure"
+        );
+        backoff.failed("signin", "ghost", t).await.unwrap();
+        for later in [1, 2, 500, 999] {
+            let refused = backoff
+                .check("signin", "ghost", t + later)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.reason, Some(Reason::AccountLocked), "+{later} ms");
+        }
+        assert!(backoff.check("signin", "ghost", t + 1_000).await.is_ok());
+        // the next failure doubles the lock
+        backoff.failed("signin", "ghost", t + 1_000).await.unwrap();
+        assert!(backoff.check("signin", "ghost", t + 2_999).await.is_err());
+        assert!(backoff.check("signin", "ghost", t + 3_000).await.is_ok());
     }
 }

@@ -25,6 +25,15 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch (wall clock), for limits shorter than a few seconds,
+/// where whole seconds would round a 1 s lock down to nothing at a second's boundary.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Whether the arrays and objects of the JSON text `bytes` nest at most `max` deep. A
 /// byte scan (strings and escapes skipped), run before any parser sees the body; text that
 /// is not JSON passes here and fails in the parser.

@@ -45,7 +45,9 @@ impl AuthService {
             return Err(invalid_credentials());
         };
         // the login name is slowed down after repeated failures, whether or not it exists
-        self.backoff.check("signin", &email, now).await?;
+        self.backoff
+            .check("signin", &email, gateway_core::unix_now_ms())
+            .await?;
         let found = users::find_by_email(&self.store, &email).await?;
         let credential = match &found {
             Some((user, _)) => users::password(&self.store, &user.id).await?,
@@ -59,7 +61,9 @@ impl AuthService {
         let user = match (found, matched) {
             (Some((user, _)), true) => user,
             (found, _) => {
-                self.backoff.failed("signin", &email, now).await?;
+                self.backoff
+                    .failed("signin", &email, gateway_core::unix_now_ms())
+                    .await?;
                 let mut audit = Audit::new("auth.signin", "failed", now).ip(ip);
                 if let Some((user, _)) = &found {
                     audit = audit.target(&user.id);
@@ -188,7 +192,9 @@ impl AuthService {
         else {
             return Err(invalid_challenge());
         };
-        self.backoff.check("mfa", &user.id, now).await?;
+        self.backoff
+            .check("mfa", &user.id, gateway_core::unix_now_ms())
+            .await?;
         let (accepted, method) = match (code, recovery_code) {
             (Some(code), None) => (
                 self.mfa
@@ -206,7 +212,9 @@ impl AuthService {
             }
         };
         if !accepted {
-            self.backoff.failed("mfa", &user.id, now).await?;
+            self.backoff
+                .failed("mfa", &user.id, gateway_core::unix_now_ms())
+                .await?;
             let usable = onetime::record_failure(
                 &self.store,
                 Purpose::MfaChallenge,
@@ -260,7 +268,9 @@ impl AuthService {
         now: i64,
     ) -> Result<TokenResponse, ApiError> {
         limit(&self.ip_limits.token, "token", ip, now)?;
-        self.backoff.check("client", client_id, now).await?;
+        self.backoff
+            .check("client", client_id, gateway_core::unix_now_ms())
+            .await?;
         let invalid_client = || {
             ApiError::new(ErrorCode::Unauthenticated, "client authentication failed")
                 .with_reason(Reason::InvalidClient)
@@ -268,7 +278,9 @@ impl AuthService {
         let Some(account) =
             service_accounts::verify(&self.store, client_id, client_secret, now).await?
         else {
-            self.backoff.failed("client", client_id, now).await?;
+            self.backoff
+                .failed("client", client_id, gateway_core::unix_now_ms())
+                .await?;
             Audit::new("auth.token", "failed", now)
                 .ip(ip)
                 .target(client_id.get(..64).unwrap_or(client_id))
