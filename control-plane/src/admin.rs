@@ -85,28 +85,7 @@ impl Admin {
         tenant: &TenantId,
         role: &crate::iam::roles::Role,
     ) -> Result<(), ApiError> {
-        let held: Vec<&gateway_core::authz::Right> = self
-            .rights
-            .grants
-            .iter()
-            .filter(|g| matches!(&g.scope, gateway_core::authz::Scope::Tenant { tenant: t } if t == tenant))
-            .flat_map(|g| g.rights.iter())
-            .collect();
-        match role
-            .rights
-            .iter()
-            .find(|r| !held.iter().any(|h| r.covered_by(h)))
-        {
-            None => Ok(()),
-            Some(missing) => Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "cannot grant {}: it is not held by the caller in this tenant",
-                    missing.as_str()
-                ),
-            )
-            .with_reason(gateway_edge::Reason::PrivilegeEscalation)),
-        }
+        may_grant(&self.rights, tenant, role)
     }
 
     /// Tenants in which the caller holds `action`.
@@ -124,5 +103,37 @@ impl Admin {
         tenants.sort();
         tenants.dedup();
         tenants
+    }
+}
+
+/// Whether `rights` (a tenant admin's) cover every right of `role` in `tenant`; 403
+/// `privilege_escalation` naming the first right missing.
+pub fn may_grant(
+    rights: &EffectiveRights,
+    tenant: &TenantId,
+    role: &crate::iam::roles::Role,
+) -> Result<(), ApiError> {
+    let held: Vec<&gateway_core::authz::Right> = rights
+        .grants
+        .iter()
+        .filter(
+            |g| matches!(&g.scope, gateway_core::authz::Scope::Tenant { tenant: t } if t == tenant),
+        )
+        .flat_map(|g| g.rights.iter())
+        .collect();
+    match role
+        .rights
+        .iter()
+        .find(|r| !held.iter().any(|h| r.covered_by(h)))
+    {
+        None => Ok(()),
+        Some(missing) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "cannot grant {}: it is not held by the caller in this tenant",
+                missing.as_str()
+            ),
+        )
+        .with_reason(gateway_edge::Reason::PrivilegeEscalation)),
     }
 }

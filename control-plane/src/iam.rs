@@ -100,8 +100,9 @@ pub async fn keep_a_platform_admin(
 
 /// Key of the lock that serialises changes which could leave no capable platform admin.
 const ADMIN_LOCK_KEY: &str = "lock.platform_admins";
-/// A lock left by a replica that died holding it is taken over after this long.
-const ADMIN_LOCK_TTL_SECONDS: i64 = 10;
+/// A lock left by a replica that died holding it is taken over after this long (the
+/// holder renews it right before its change).
+const ADMIN_LOCK_TTL_SECONDS: i64 = 30;
 /// How long a change waits for the lock before answering 503.
 const ADMIN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -126,9 +127,17 @@ pub async fn keeping_a_platform_admin<T>(
     principal_id: &str,
     change: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    let (holder, revision) = acquire_admin_lock(store).await?;
+    let (holder, mut revision) = acquire_admin_lock(store).await?;
     let result = match keep_a_platform_admin(store, principal_id).await {
-        Ok(()) => change.await,
+        // the check may have been slow: the lock is renewed (compare-and-set) right before
+        // the change, so a replica that took it over as expired meanwhile stops this one
+        Ok(()) => match renew_admin_lock(store, &holder, revision).await {
+            Ok(renewed) => {
+                revision = renewed;
+                change.await
+            }
+            Err(err) => Err(err),
+        },
         Err(err) => Err(err),
     };
     // released even when the change failed; a failed release expires on its own
@@ -140,6 +149,33 @@ pub async fn keeping_a_platform_admin<T>(
         tracing::warn!(error = %err, holder, "cannot release the platform-admin lock");
     }
     result
+}
+
+async fn renew_admin_lock(
+    store: &gateway_store::Store,
+    holder: &str,
+    revision: gateway_store::Revision,
+) -> Result<gateway_store::Revision, ApiError> {
+    use gateway_store::{Record, StoreError};
+    let lock = AdminLock {
+        holder: holder.to_string(),
+        expires_at: gateway_core::unix_now() + ADMIN_LOCK_TTL_SECONDS,
+    }
+    .to_bytes()
+    .map_err(record_err)?;
+    match store
+        .kv(gateway_store::Bucket::Iam)
+        .update(ADMIN_LOCK_KEY, lock, revision)
+        .await
+    {
+        Ok(renewed) => Ok(renewed),
+        Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Err(ApiError::new(
+            gateway_core::ErrorCode::StoreUnavailable,
+            "another change to the platform admins took over; try again",
+        )
+        .with_retry_after(1)),
+        Err(err) => Err(err.into()),
+    }
 }
 
 async fn acquire_admin_lock(

@@ -220,6 +220,10 @@ reasons! {
     /// A tenant admin may add only members of their tenant (or its own service
     /// accounts); anyone else joins by accepting an invitation.
     InvitationRequired => "invitation_required",
+    /// The invitation's role is gone or its inviter can no longer grant it.
+    InvitationStale => "invitation_stale",
+    /// Too many invitations of one tenant are pending.
+    TooManyInvitations => "too_many_invitations",
 
     // sign-in and sessions
     /// Wrong email or password.

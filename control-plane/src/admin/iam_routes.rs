@@ -326,11 +326,8 @@ async fn check_assignment(
         && crate::auth::service_accounts::get(&state.store, &principal)
             .await?
             .is_some_and(|(account, _)| account.owner_tenant.as_deref() == Some(tenant.as_str()));
-    if platform {
-        return Err(super::principals::out_of_reach(
-            rights::IAM_ASSIGNMENTS_WRITE,
-        ));
-    }
+    // outside the tenant, every principal looks alike (platform ones included); only a
+    // member's platform role shows, to an admin who sees the membership anyway
     if !tenants.contains(&tenant) && !owned_account {
         return Err(match change {
             Change::Grant => ApiError::new(
@@ -340,6 +337,11 @@ async fn check_assignment(
             .with_reason(Reason::InvitationRequired),
             Change::Revoke => ApiError::not_found("no such assignment"),
         });
+    }
+    if platform {
+        return Err(super::principals::out_of_reach(
+            rights::IAM_ASSIGNMENTS_WRITE,
+        ));
     }
     Ok((principal, Scope::Tenant { tenant }, role))
 }

@@ -26,6 +26,10 @@ use crate::mail::Mail;
 
 /// How long an invitation can be accepted (7 days).
 pub const INVITATION_TTL_SECONDS: i64 = 7 * 86_400;
+/// Invitations one admin may send per hour.
+pub const INVITATIONS_PER_ADMIN_PER_HOUR: u32 = 50;
+/// Invitations of one tenant pending at once.
+pub const MAX_PENDING_PER_TENANT: usize = 200;
 
 /// Mutating admin routes of this module (the audit test enumerates them).
 pub const MUTATING_ROUTES: &[(&str, &str)] = &[
@@ -82,6 +86,37 @@ pub(crate) async fn create(
         admin.may_grant(&tenant, &role)?;
     }
     let now = unix_now();
+    // each invitation mails an address of the admin's choosing: bounded per admin, and
+    // per tenant while pending
+    if !state
+        .auth
+        .backoff
+        .spend(
+            "invitation",
+            admin.id(),
+            INVITATIONS_PER_ADMIN_PER_HOUR,
+            std::time::Duration::from_secs(3600),
+            now,
+        )
+        .await?
+    {
+        return Err(crate::limits::too_many(
+            std::time::Duration::from_secs(3600),
+            Reason::RateLimited,
+        ));
+    }
+    let pending_here = invitations::pending(&state.store, now)
+        .await?
+        .iter()
+        .filter(|i| i.tenant_id == tenant)
+        .count();
+    if pending_here >= MAX_PENDING_PER_TENANT {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{MAX_PENDING_PER_TENANT} invitations of this tenant are pending; withdraw some first"),
+        )
+        .with_reason(Reason::TooManyInvitations));
+    }
     let invitation = invitations::create(
         &state.store,
         tenant.clone(),
@@ -181,6 +216,54 @@ pub(crate) async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Refuses an invitation whose role is gone or whose inviter can no longer grant it in its
+/// tenant (409 `invitation_stale`).
+async fn still_grantable(
+    state: &AppState,
+    invitation: &Invitation,
+    now: i64,
+) -> Result<(), ApiError> {
+    let stale = |why: &str| {
+        ApiError::new(
+            ErrorCode::Conflict,
+            format!("this invitation no longer holds ({why}); ask for a new one"),
+        )
+        .with_reason(Reason::InvitationStale)
+    };
+    let Some(role) = roles::get(&state.store, &invitation.role).await? else {
+        return Err(stale("its role was deleted"));
+    };
+    let inviter = state
+        .publisher
+        .effective(&invitation.invited_by, now)
+        .await?;
+    if inviter.disabled {
+        return Err(stale("its inviter is no longer active"));
+    }
+    let allowed = |tenant: Option<&gateway_core::authz::TenantId>| {
+        authz::decide(
+            &inviter,
+            &authz::Request {
+                tenant,
+                action: rights::IAM_ASSIGNMENTS_WRITE,
+                resource: None,
+            },
+        )
+    };
+    let decision = allowed(Some(&invitation.tenant_id));
+    if !decision.allowed {
+        return Err(stale("its inviter may no longer grant roles there"));
+    }
+    if decision.reason != authz::Reason::PlatformRight
+        && super::may_grant(&inviter, &invitation.tenant_id, &role).is_err()
+    {
+        return Err(stale(
+            "its inviter no longer holds that role's rights there",
+        ));
+    }
+    Ok(())
+}
+
 /// The signed-in user's verified address: invitations are offered to an address, so
 /// only someone who proved it may see or answer them.
 async fn verified_email(state: &AppState, principal_id: &str) -> Result<String, ApiError> {
@@ -246,21 +329,35 @@ pub(crate) async fn accept(
     if !invitations::take(&state.store, &id, revision).await? {
         return Err(no_such_invitation());
     }
+    // what the invitation offers must still be grantable: the role exists, and its inviter
+    // still holds the right to grant it there (an admin demoted since cannot bring anyone in)
+    if let Err(err) = still_grantable(&state, &invitation, now).await {
+        Audit::new("invitation.accept", "refused", now)
+            .actor(&user_id)
+            .ip(ip)
+            .tenant(invitation.tenant_id.as_str())
+            .target(&user_id)
+            .detail(json!({"invitation_id": invitation.id, "role": invitation.role, "reason": err.envelope_code()}))
+            .record(&state.store)
+            .await;
+        return Err(err);
+    }
     let scope = authz::Scope::Tenant {
         tenant: invitation.tenant_id.clone(),
     };
-    let granted = async {
-        let changed =
-            assignments::change(&state.store, &user_id, &scope, &invitation.role, true, now)
-                .await?;
-        let revision = state.publisher.publish(&user_id, now).await?;
-        Ok::<_, ApiError>((changed, revision))
-    }
-    .await;
-    let (changed, document_revision) = match granted {
-        Ok(done) => done,
+    let changed = match assignments::change(
+        &state.store,
+        &user_id,
+        &scope,
+        &invitation.role,
+        true,
+        now,
+    )
+    .await
+    {
+        Ok(changed) => changed,
         Err(err) => {
-            // the user can try again: the invitation is put back as it was
+            // nothing was granted: the user can try again
             if let Err(restore) = invitations::restore(&state.store, &invitation).await {
                 tracing::warn!(error = %restore, "cannot restore an invitation after a failed accept");
             }
@@ -275,6 +372,7 @@ pub(crate) async fn accept(
         .detail(json!({"invitation_id": invitation.id, "role": invitation.role, "invited_by": invitation.invited_by, "changed": changed}))
         .record(&state.store)
         .await;
+    let document_revision = state.publisher.publish(&user_id, now).await?;
     Ok(Json(json!({
         "tenant_id": invitation.tenant_id,
         "role": invitation.role,

@@ -200,14 +200,25 @@ pub async fn list_users(
     let email = query.email.map(users::normalize_email).transpose()?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     let members: Option<BTreeSet<String>> = match &tenant_filter {
-        Some(t) => Some(
-            assignments::all(&state.store)
-                .await?
-                .into_iter()
-                .filter(|a| matches!(&a.scope, Scope::Tenant { tenant } if tenant == t))
-                .map(|a| a.principal_id)
-                .collect(),
-        ),
+        Some(t) => {
+            let all = assignments::all(&state.store).await?;
+            // platform principals are out of a tenant admin's reach, in lists too
+            let hidden: BTreeSet<&str> = if admin.is_platform(rights::IAM_USERS_READ) {
+                BTreeSet::new()
+            } else {
+                all.iter()
+                    .filter(|a| a.scope == Scope::Platform)
+                    .map(|a| a.principal_id.as_str())
+                    .collect()
+            };
+            Some(
+                all.iter()
+                    .filter(|a| matches!(&a.scope, Scope::Tenant { tenant } if tenant == t))
+                    .filter(|a| !hidden.contains(a.principal_id.as_str()))
+                    .map(|a| a.principal_id.clone())
+                    .collect(),
+            )
+        }
         None => None,
     };
     let mut found = Vec::new();
@@ -395,6 +406,8 @@ pub async fn delete_user(state: &AppState, caller: &Caller<'_>, id: &str) -> Res
     )
     .await?;
     let now = unix_now();
+    // the data planes drop the grants now, even if a later step fails
+    state.publisher.publish(id, now).await?;
     sessions::revoke_all(&state.store, id, now, "deleted").await?;
     state.auth.mfa.remove(id).await?;
     for identity in oidc::identities_of(&state.store, id).await? {
@@ -551,18 +564,20 @@ pub async fn revoke_session(
     )
     .await?;
     let now = unix_now();
-    if !sessions::revoke(
+    let ended = sessions::revoke(
         &state.store,
         id,
         session_id,
         now,
         sessions::ended_alone::BY_ADMIN,
     )
-    .await?
-    {
+    .await?;
+    // published even when it had ended already: a publication that failed after an
+    // earlier revocation is made good here (an unchanged document is not rewritten)
+    state.publisher.publish(id, now).await?;
+    if !ended {
         return Err(ApiError::not_found("no such active session"));
     }
-    state.publisher.publish(id, now).await?;
     entry(caller, "admin.user.session.revoke", id, &tenant, now)
         .detail(json!({"session_id": session_id}))
         .record(&state.store)
@@ -656,7 +671,13 @@ pub async fn unlink_identity(
         return Err(ApiError::not_found("no such identity on this user"));
     }
     let now = unix_now();
-    oidc::unlink(&state.store, provider, subject).await?;
+    // a platform admin without a password signs in only through a linked identity
+    crate::iam::keeping_a_platform_admin(
+        &state.store,
+        id,
+        oidc::unlink(&state.store, provider, subject),
+    )
+    .await?;
     entry(caller, "admin.user.identity.unlink", id, &None, now)
         .detail(json!({"provider": provider}))
         .record(&state.store)

@@ -58,8 +58,9 @@ impl AuthService {
     ) -> Result<CallbackOutcome, ApiError> {
         let google = self.google()?;
         limit(&self.ip_limits.oidc, "oidc", ip, now)?;
-        let (identity, pending) = google.finish(code, state, now).await?;
-        // the browser that completes a flow is the one that started it
+        // the browser that completes a flow is the one that started it; checked before the
+        // flow is used up or the provider asked, so a leaked callback URL burns nothing
+        let pending = google.pending(state, now).await?;
         let bound = match (pending.binding.as_deref(), flow_cookie) {
             (Some(hash), Some(secret)) => {
                 let presented = gateway_store::hash_key_token(secret.as_bytes());
@@ -91,6 +92,7 @@ impl AuthService {
             audit.record(&self.store).await;
             return Err(ApiError::new(ErrorCode::Forbidden, message).with_reason(reason));
         }
+        let (identity, pending) = google.finish(code, state, now).await?;
         if let Some(user_id) = pending.link_user_id {
             oidc::link(&self.store, oidc::GOOGLE, &identity, &user_id, now).await?;
             // the provider vouches for the address the account uses: it is verified now

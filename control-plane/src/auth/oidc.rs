@@ -207,6 +207,26 @@ impl GoogleOidc {
 
     /// Finishes a login: the state is used up (once), the code exchanged with the PKCE
     /// verifier, and the ID token verified (signature, issuer, audience, expiry, nonce).
+    /// The pending flow of `state`, read without using it up: the callback checks the
+    /// browser binding first, so a leaked callback URL cannot burn someone's sign-in.
+    pub async fn pending(&self, state: &str, now: i64) -> Result<PendingLogin, ApiError> {
+        let invalid_state = || {
+            ApiError::bad_request("the sign-in is unknown or has expired; start again")
+                .with_reason(Reason::InvalidState)
+        };
+        if state.is_empty() || state.len() > 256 {
+            return Err(invalid_state());
+        }
+        let Some(entry) = self.store.kv(Bucket::Tokens).get(&state_key(state)).await? else {
+            return Err(invalid_state());
+        };
+        let pending = PendingLogin::from_bytes(&entry.value).map_err(record_err)?;
+        if now >= pending.expires_at {
+            return Err(invalid_state());
+        }
+        Ok(pending)
+    }
+
     pub async fn finish(
         &self,
         code: &str,

@@ -77,17 +77,18 @@ impl AuthService {
         if all {
             self.sign_out_everywhere(&principal.user_id, "signout_all", now)
                 .await?;
-        } else if let Some(session_id) = &principal.session_id
-            && sessions::revoke(
+        } else if let Some(session_id) = &principal.session_id {
+            sessions::revoke(
                 &self.store,
                 &principal.user_id,
                 session_id,
                 now,
                 sessions::ended_alone::SIGNOUT,
             )
-            .await?
-        {
-            // the data planes refuse the session's access tokens from now on
+            .await?;
+            // the data planes refuse the session's access tokens from now on (published
+            // even when a concurrent sign-out ended it first: an unchanged document is
+            // not rewritten)
             self.publisher.publish(&principal.user_id, now).await?;
         }
         Audit::new(

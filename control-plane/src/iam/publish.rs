@@ -114,7 +114,9 @@ impl Publisher {
             .into_iter()
             .filter_map(|session| {
                 let at = session.revoked_at?;
-                let until = at + self.access_ttl_seconds;
+                // the data planes accept a token up to the verification leeway past its
+                // expiry, and a token's iat can be a second ahead of its issue
+                let until = at + self.access_ttl_seconds + gateway_core::token::LEEWAY_SECS + 1;
                 let alone = session
                     .revoked_reason
                     .as_deref()
@@ -131,49 +133,62 @@ impl Publisher {
 
     /// Recomputes and publishes one principal's document; returns its revision.
     pub async fn publish(&self, principal_id: &str, now: i64) -> Result<u64, ApiError> {
-        let document = self.effective(principal_id, now).await?;
-        self.write(principal_id, document, now).await
-    }
-
-    /// Signs and stores `document` as the next revision (no-op when unchanged).
-    async fn write(
-        &self,
-        principal_id: &str,
-        document: EffectiveRights,
-        now: i64,
-    ) -> Result<u64, ApiError> {
-        let kv = self.store.kv(Bucket::Authz);
-        let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
         let key = doc_key(principal_id);
         for _ in 0..8 {
-            let current = kv.get(&key).await?;
-            let previous = current
-                .as_ref()
-                .and_then(|e| own.verify::<EffectiveRights>(&e.value, PRINCIPAL_DOC).ok());
-            if let Some(previous) = &previous
-                && previous.payload == document
+            // the stored revision is read before the state the document is made from: a
+            // publication racing a newer one fails its compare-and-set and starts over, so
+            // a document made from older state (without a session ended meanwhile, say)
+            // never replaces a newer one
+            let current = self.store.kv(Bucket::Authz).get(&key).await?;
+            let document = self.effective(principal_id, now).await?;
+            if let Some(revision) = self
+                .write_over(principal_id, current, document, now)
+                .await?
             {
-                return Ok(previous.revision);
-            }
-            let revision = previous.map_or(0, |p| p.revision) + 1;
-            let bytes = self
-                .signer
-                .sign(PRINCIPAL_DOC, revision, now, &document)
-                .map_err(|err| ApiError::internal("signing effective rights", &err))?;
-            let written = match &current {
-                Some(entry) => kv.update(&key, bytes, entry.revision).await.map(|_| ()),
-                None => kv.create(&key, bytes).await.map(|_| ()),
-            };
-            match written {
-                Ok(()) => {
-                    metrics::counter!("gateway_authz_documents_published_total").increment(1);
-                    return Ok(revision);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => return Err(err.into()),
+                return Ok(revision);
             }
         }
         Err(StoreError::Conflict { key }.into())
+    }
+
+    /// Signs and stores `document` as the revision after `current` (the entry as read),
+    /// or returns the current revision when nothing changed; `None` when another
+    /// publication wrote first.
+    async fn write_over(
+        &self,
+        principal_id: &str,
+        current: Option<gateway_store::KvEntry>,
+        document: EffectiveRights,
+        now: i64,
+    ) -> Result<Option<u64>, ApiError> {
+        let kv = self.store.kv(Bucket::Authz);
+        let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
+        let key = doc_key(principal_id);
+        let previous = current
+            .as_ref()
+            .and_then(|e| own.verify::<EffectiveRights>(&e.value, PRINCIPAL_DOC).ok());
+        if let Some(previous) = &previous
+            && previous.payload == document
+        {
+            return Ok(Some(previous.revision));
+        }
+        let revision = previous.map_or(0, |p| p.revision) + 1;
+        let bytes = self
+            .signer
+            .sign(PRINCIPAL_DOC, revision, now, &document)
+            .map_err(|err| ApiError::internal("signing effective rights", &err))?;
+        let written = match &current {
+            Some(entry) => kv.update(&key, bytes, entry.revision).await.map(|_| ()),
+            None => kv.create(&key, bytes).await.map(|_| ()),
+        };
+        match written {
+            Ok(()) => {
+                metrics::counter!("gateway_authz_documents_published_total").increment(1);
+                Ok(Some(revision))
+            }
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Republishes every holder of `role` (after the role changed): the assignments are
@@ -201,8 +216,13 @@ impl Publisher {
         let results: Vec<Result<u64, ApiError>> = futures::stream::iter(by_principal)
             .map(|(id, held)| async move {
                 let mut roles = roles.clone();
+                let current = self.store.kv(Bucket::Authz).get(&doc_key(&id)).await?;
                 let document = self.compose(&id, &held, &mut roles, now).await?;
-                self.write(&id, document, now).await
+                match self.write_over(&id, current, document, now).await? {
+                    Some(revision) => Ok(revision),
+                    // raced by another publication: made again from the current state
+                    None => self.publish(&id, now).await,
+                }
             })
             .buffer_unordered(FAN_OUT)
             .collect()

@@ -135,6 +135,22 @@ async fn tenant_admins_reach_a_principal_only_as_far_as_every_tenant_of_it_allow
         assert_eq!(seen.len(), 1, "{route:?} tells principals apart: {seen:?}");
     }
 
+    // lists hide platform principals from tenant admins too
+    let (status, members) = env
+        .call("GET", "/admin/users?tenant_id=demo", Some(&demo_boss), None)
+        .await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = members["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&only_demo.as_str()) && !listed.contains(&padmin.as_str()),
+        "{listed:?}"
+    );
+
     // account-wide powers over a member of demo and acme: not for demo's admin alone
     for (method, path) in [
         ("GET", format!("/admin/users/{both}/sessions")),
@@ -174,9 +190,16 @@ async fn tenant_admins_reach_a_principal_only_as_far_as_every_tenant_of_it_allow
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["sessions_ended"], 1, "{answer}");
 
-    // assignments: foreign and unknown principals alike need an invitation
+    // assignments: foreign, unknown and platform principals outside the tenant alike need
+    // an invitation (the bootstrap admin holds a platform role and is in no tenant)
+    let admin_id = {
+        let (_, me) = env
+            .call("GET", "/v1/auth/session", Some(&admin), None)
+            .await;
+        me["user_id"].as_str().unwrap().to_string()
+    };
     let mut refusals = std::collections::BTreeSet::new();
-    for who in [UNKNOWN, outsider.as_str()] {
+    for who in [UNKNOWN, outsider.as_str(), admin_id.as_str()] {
         let (status, answer) = env
             .call(
                 "POST",
@@ -262,6 +285,33 @@ async fn tenant_admins_reach_a_principal_only_as_far_as_every_tenant_of_it_allow
         status, 403,
         "a platform principal is out of every tenant admin's reach"
     );
+    // unknown ids, other tenants' accounts and accounts beyond reach: one answer
+    let (_, acme_account) = env
+        .call(
+            "POST",
+            "/admin/service-accounts",
+            Some(&admin),
+            Some(json!({"name": "acme-ingest", "tenant_id": "acme"})),
+        )
+        .await;
+    let acme_account = acme_account["id"].as_str().unwrap().to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for id in [
+        "svc_00000000000000000000000000000000",
+        acme_account.as_str(),
+        account.as_str(),
+    ] {
+        for (method, path) in [
+            ("GET", format!("/admin/service-accounts/{id}")),
+            ("POST", format!("/admin/service-accounts/{id}/rotate")),
+            ("DELETE", format!("/admin/service-accounts/{id}")),
+        ] {
+            let (status, answer) = env.call(method, &path, Some(&demo_boss), None).await;
+            assert_eq!(status, 403, "{method} {path}: {answer}");
+            seen.insert((method, refusal(status, &answer).1));
+        }
+    }
+    assert_eq!(seen.len(), 3, "one answer per route: {seen:?}");
 
     // the explainer answers about members of the caller's tenant only
     for (who, expected) in [
@@ -446,6 +496,37 @@ async fn joining_a_tenant_takes_an_invitation_the_invited_user_accepts() {
         .await;
     assert_eq!((status, &view["tenants"]), (200, &json!(["demo"])));
 
+    // an inviter demoted since: the invitation no longer holds, and is used up
+    let (_, stale) = invite("tenant_member", "demo").await;
+    let stale = stale["id"].as_str().unwrap().to_string();
+    let boss_id = {
+        let (_, me) = env.call("GET", "/v1/auth/session", Some(&boss), None).await;
+        me["user_id"].as_str().unwrap().to_string()
+    };
+    let (status, _) = env
+        .call(
+            "DELETE",
+            "/admin/assignments",
+            Some(&admin),
+            Some(json!({"principal_id": boss_id, "tenant_id": "demo", "role": "tenant_admin"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, answer) = env
+        .call(
+            "POST",
+            &format!("/v1/invitations/{stale}/accept"),
+            Some(&ada_token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("invitation_stale")),
+        "{answer}"
+    );
+    grant(&env, &admin, &boss_id, Some("demo"), "tenant_admin").await;
+
     // declined and withdrawn invitations grant nothing and are gone
     let (_, second) = invite("tenant_admin", "demo").await;
     let second = second["id"].as_str().unwrap().to_string();
@@ -533,7 +614,7 @@ async fn joining_a_tenant_takes_an_invitation_the_invited_user_accepts() {
         })
         .collect();
     let count = |action: &str| seen.iter().filter(|(a, _)| a == action).count();
-    assert_eq!(count("admin.invitation.create"), 3, "{seen:?}");
+    assert_eq!(count("admin.invitation.create"), 4, "{seen:?}");
     assert_eq!(count("admin.invitation.revoke"), 1, "{seen:?}");
     assert!(
         seen.contains(&("invitation.accept".into(), ada.clone())),

@@ -60,11 +60,40 @@ async fn within_reach(
     Ok(())
 }
 
-async fn load_account(state: &AppState, id: &str) -> Result<ServiceAccount, ApiError> {
-    let (account, _) = service_accounts::get(&state.store, id)
+/// The account `id` with the tenant the caller's right comes from (`None`: platform-wide).
+/// Platform admins get 404 for an unknown id; anyone else gets one refusal for unknown
+/// ids, accounts of other tenants or of the platform, and accounts beyond their reach
+/// (see [`within_reach`]), so a tenant admin learns nothing about ids they cannot manage.
+async fn account_for(
+    state: &AppState,
+    admin: &Admin,
+    id: &str,
+    action: &str,
+) -> Result<(ServiceAccount, Option<TenantId>), ApiError> {
+    let found = service_accounts::get(&state.store, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("no such service account"))?;
-    Ok(account)
+        .map(|(account, _)| account);
+    if admin.is_platform(action) {
+        let account = found.ok_or_else(|| ApiError::not_found("no such service account"))?;
+        return Ok((account, None));
+    }
+    let owner = found
+        .as_ref()
+        .and_then(|a| a.owner_tenant.as_deref())
+        .and_then(|t| TenantId::parse(t).ok())
+        .filter(|t| admin.decide(Some(t), action).allowed);
+    match (found, owner) {
+        (Some(account), Some(owner)) => {
+            let owner = Some(owner);
+            within_reach(state, admin, id, &owner, action).await?;
+            Ok((account, owner))
+        }
+        _ => {
+            metrics::counter!("gateway_admin_denials_total", "reason" => "not_authorized_for_principal")
+                .increment(1);
+            Err(super::out_of_reach(action))
+        }
+    }
 }
 
 /// Service accounts, all or those owned by `tenant_id`.
@@ -91,12 +120,7 @@ pub async fn list(
 }
 
 pub async fn get(state: &AppState, admin: &Admin, id: &str) -> Result<ServiceAccount, ApiError> {
-    let account = load_account(state, id).await?;
-    authorize_account(
-        admin,
-        account.owner_tenant.as_deref(),
-        rights::IAM_SERVICE_ACCOUNTS_READ,
-    )?;
+    let (account, _) = account_for(state, admin, id, rights::IAM_SERVICE_ACCOUNTS_READ).await?;
     Ok(account)
 }
 
@@ -154,20 +178,8 @@ pub async fn rotate(
     id: &str,
     overlap_seconds: Option<u64>,
 ) -> Result<(String, u64), ApiError> {
-    let account = load_account(state, id).await?;
-    let tenant = authorize_account(
-        caller.admin,
-        account.owner_tenant.as_deref(),
-        rights::IAM_SERVICE_ACCOUNTS_WRITE,
-    )?;
-    within_reach(
-        state,
-        caller.admin,
-        id,
-        &tenant,
-        rights::IAM_SERVICE_ACCOUNTS_WRITE,
-    )
-    .await?;
+    let (_, tenant) =
+        account_for(state, caller.admin, id, rights::IAM_SERVICE_ACCOUNTS_WRITE).await?;
     let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
     if overlap > MAX_OVERLAP_SECONDS {
         return Err(ApiError::bad_request("overlap_seconds is at most 30 days")
@@ -186,20 +198,8 @@ pub async fn rotate(
 
 /// Deletes an account and its assignments, and republishes its document.
 pub async fn delete(state: &AppState, caller: &Caller<'_>, id: &str) -> Result<(), ApiError> {
-    let account = load_account(state, id).await?;
-    let tenant = authorize_account(
-        caller.admin,
-        account.owner_tenant.as_deref(),
-        rights::IAM_SERVICE_ACCOUNTS_WRITE,
-    )?;
-    within_reach(
-        state,
-        caller.admin,
-        id,
-        &tenant,
-        rights::IAM_SERVICE_ACCOUNTS_WRITE,
-    )
-    .await?;
+    let (account, tenant) =
+        account_for(state, caller.admin, id, rights::IAM_SERVICE_ACCOUNTS_WRITE).await?;
     let now = unix_now();
     crate::iam::keeping_a_platform_admin(
         &state.store,
