@@ -168,7 +168,6 @@ pub async fn run(
     let publisher = Arc::new(iam::publish::Publisher {
         store: store.clone(),
         signer: Arc::clone(&signing_key),
-        access_ttl_seconds: config.auth.access_ttl.as_secs() as i64,
     });
     let auth = Arc::new(AuthService {
         publisher: Arc::clone(&publisher),

@@ -572,12 +572,13 @@ pub async fn revoke_session(
         sessions::ended_alone::BY_ADMIN,
     )
     .await?;
-    // published even when it had ended already: a publication that failed after an
-    // earlier revocation is made good here (an unchanged document is not rewritten)
-    state.publisher.publish(id, now).await?;
     if !ended {
+        // published anyway: a publication that failed after an earlier revocation is made
+        // good here (an unchanged document is not rewritten)
+        state.publisher.publish(id, now).await?;
         return Err(ApiError::not_found("no such active session"));
     }
+    state.auth.ended_alone(id, session_id, now).await?;
     entry(caller, "admin.user.session.revoke", id, &tenant, now)
         .detail(json!({"session_id": session_id}))
         .record(&state.store)

@@ -47,7 +47,7 @@ impl AuthService {
                 session_id,
             }) => {
                 // the session's access tokens may be in a thief's hands too
-                self.publisher.publish(&user_id, now).await?;
+                self.ended_alone(&user_id, &session_id, now).await?;
                 Audit::new("auth.refresh.reuse", "revoked", now)
                     .ip(ip)
                     .target(&user_id)
@@ -63,6 +63,17 @@ impl AuthService {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Lists session `sid` of a user in the user's published document, so the data planes
+    /// refuse its access tokens, until those have expired (the access-token lifetime, the
+    /// verification leeway, and the second a token's `iat` can be ahead).
+    pub async fn ended_alone(&self, user_id: &str, sid: &str, now: i64) -> Result<(), ApiError> {
+        let until =
+            now + self.settings.access_ttl.as_secs() as i64 + gateway_core::token::LEEWAY_SECS + 1;
+        users::note_ended_session(&self.store, user_id, sid, until, now).await?;
+        self.publisher.publish(user_id, now).await?;
+        Ok(())
     }
 
     /// Ends the caller's session, or every session of the caller (`all`), which also makes
@@ -86,10 +97,10 @@ impl AuthService {
                 sessions::ended_alone::SIGNOUT,
             )
             .await?;
-            // the data planes refuse the session's access tokens from now on (published
-            // even when a concurrent sign-out ended it first: an unchanged document is
-            // not rewritten)
-            self.publisher.publish(&principal.user_id, now).await?;
+            // the data planes refuse the session's access tokens from now on (noted even
+            // when a concurrent sign-out ended it first: nothing changes twice)
+            self.ended_alone(&principal.user_id, session_id, now)
+                .await?;
         }
         Audit::new(
             if all {

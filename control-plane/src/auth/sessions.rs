@@ -338,8 +338,9 @@ async fn revoke_at(
 }
 
 /// Why a session ended on its own, while the user's other sessions go on. Such sessions
-/// are listed in the user's published document until their access tokens expire; sessions
-/// ended by a global sign-out are not (its `tokens_valid_after` refuses their tokens).
+/// are noted in the user's record and published until their access tokens expire
+/// (`AuthService::ended_alone`); sessions ended by a global sign-out are not (its
+/// `tokens_valid_after` refuses their tokens).
 pub mod ended_alone {
     /// The user signed this session out.
     pub const SIGNOUT: &str = "signout";
@@ -349,7 +350,6 @@ pub mod ended_alone {
     pub const REFRESH_REUSED: &str = "refresh_token_reused";
     /// Refreshed while the user was not active.
     pub const USER_INACTIVE: &str = "user_inactive";
-    pub const ALL: [&str; 4] = [SIGNOUT, BY_ADMIN, REFRESH_REUSED, USER_INACTIVE];
 }
 
 /// Ends one session; `false` when it did not exist or had already ended.

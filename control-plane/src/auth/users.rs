@@ -32,6 +32,11 @@ pub struct User {
     pub tokens_valid_after: i64,
     #[serde(default)]
     pub mfa_enabled: bool,
+    /// Sessions ended one by one whose access tokens may still be unexpired, published in
+    /// the user's document so the data planes refuse them (kept here, not read from the
+    /// sessions, so a publication costs no read of the user's session history).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_sessions: Vec<gateway_core::authz::RevokedSession>,
 }
 
 impl Record for User {
@@ -137,6 +142,7 @@ pub async fn create(
         updated_at: now,
         tokens_valid_after: 0,
         mfa_enabled: false,
+        ended_sessions: Vec::new(),
     };
     let users = store.kv(Bucket::Users);
     let credentials = store.kv(Bucket::Credentials);
@@ -281,6 +287,28 @@ pub async fn update(
         }
     }
     Err(StoreError::Conflict { key: user_key(id) }.into())
+}
+
+/// Notes that session `sid` of the user ended on its own, listed until `until`; entries
+/// past their time go at the same write.
+pub async fn note_ended_session(
+    store: &Store,
+    id: &str,
+    sid: &str,
+    until: i64,
+    now: i64,
+) -> Result<User, ApiError> {
+    update(store, id, now, |user| {
+        user.ended_sessions.retain(|ended| ended.until > now);
+        if !user.ended_sessions.iter().any(|ended| ended.sid == sid) {
+            user.ended_sessions
+                .push(gateway_core::authz::RevokedSession {
+                    sid: sid.to_string(),
+                    until,
+                });
+        }
+    })
+    .await
 }
 
 /// One page of users in key order, starting after `after` (a user id).

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use gateway_core::authz::{EffectiveRights, Grant, RevokedSession};
+use gateway_core::authz::{EffectiveRights, Grant};
 use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
 use gateway_core::token::SERVICE_PREFIX;
 use gateway_edge::ApiError;
 use gateway_store::{Bucket, Store, StoreError};
 
 use super::{assignments, roles};
-use crate::auth::{service_accounts, sessions, users};
+use crate::auth::{service_accounts, users};
 
 /// Document kind (and key prefix) of effective rights.
 pub const PRINCIPAL_DOC: &str = "principal";
@@ -24,9 +24,6 @@ const FAN_OUT: usize = 16;
 pub struct Publisher {
     pub store: Store,
     pub signer: Arc<DocSigningKey>,
-    /// Lifetime of access tokens: how long a session ended on its own stays listed in
-    /// its principal's document.
-    pub access_ttl_seconds: i64,
 }
 
 fn doc_key(principal_id: &str) -> String {
@@ -54,27 +51,31 @@ impl Publisher {
         roles: &mut RoleCache,
         now: i64,
     ) -> Result<EffectiveRights, ApiError> {
-        let (exists, disabled, tokens_valid_after) = if principal_id.starts_with(SERVICE_PREFIX) {
-            match service_accounts::get(&self.store, principal_id).await? {
-                Some((account, _)) => (true, account.disabled, account.tokens_valid_after),
-                None => (false, true, now),
-            }
-        } else {
-            match users::get(&self.store, principal_id).await? {
-                Some((user, _)) => (
-                    true,
-                    user.status != users::UserStatus::Active,
-                    user.tokens_valid_after,
-                ),
-                None => (false, true, now),
-            }
-        };
-        let revoked_sessions = if exists && !principal_id.starts_with(SERVICE_PREFIX) {
-            self.recently_revoked(principal_id, tokens_valid_after, now)
-                .await?
-        } else {
-            Vec::new()
-        };
+        let (exists, disabled, tokens_valid_after, mut revoked_sessions) =
+            if principal_id.starts_with(SERVICE_PREFIX) {
+                match service_accounts::get(&self.store, principal_id).await? {
+                    Some((account, _)) => (
+                        true,
+                        account.disabled,
+                        account.tokens_valid_after,
+                        Vec::new(),
+                    ),
+                    None => (false, true, now, Vec::new()),
+                }
+            } else {
+                match users::get(&self.store, principal_id).await? {
+                    Some((user, _)) => (
+                        true,
+                        user.status != users::UserStatus::Active,
+                        user.tokens_valid_after,
+                        user.ended_sessions,
+                    ),
+                    None => (false, true, now, Vec::new()),
+                }
+            };
+        // sessions ended one by one, until their tokens have expired
+        revoked_sessions.retain(|ended| ended.until > now);
+        revoked_sessions.sort_by(|a, b| a.sid.cmp(&b.sid));
         let mut grants = Vec::new();
         if exists {
             for assignment in held {
@@ -97,38 +98,6 @@ impl Publisher {
             grants,
             revoked_sessions,
         })
-    }
-
-    /// Sessions of a user whose access tokens may still be unexpired and that no global
-    /// sign-out covers: ended on their own (whatever the time of the last global sign-out:
-    /// a token issued in the same second as one carries the next second as `iat`), or
-    /// ended after it, within one access-token lifetime.
-    async fn recently_revoked(
-        &self,
-        user_id: &str,
-        tokens_valid_after: i64,
-        now: i64,
-    ) -> Result<Vec<RevokedSession>, ApiError> {
-        let mut revoked: Vec<RevokedSession> = sessions::list(&self.store, user_id)
-            .await?
-            .into_iter()
-            .filter_map(|session| {
-                let at = session.revoked_at?;
-                // the data planes accept a token up to the verification leeway past its
-                // expiry, and a token's iat can be a second ahead of its issue
-                let until = at + self.access_ttl_seconds + gateway_core::token::LEEWAY_SECS + 1;
-                let alone = session
-                    .revoked_reason
-                    .as_deref()
-                    .is_some_and(|reason| sessions::ended_alone::ALL.contains(&reason));
-                ((alone || at > tokens_valid_after) && until > now).then_some(RevokedSession {
-                    sid: session.id,
-                    until,
-                })
-            })
-            .collect();
-        revoked.sort_by(|a, b| a.sid.cmp(&b.sid));
-        Ok(revoked)
     }
 
     /// Recomputes and publishes one principal's document; returns its revision.
