@@ -1,6 +1,7 @@
 //! Serving a listener: plain or TLS accept, HTTP/1.x by our own loop (`crate::h1`),
 //! HTTP/2 by hyper, and a bounded graceful drain on shutdown.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -154,7 +155,15 @@ where
             let mut front = front.clone();
             let activity = Arc::clone(&activity);
             activity.in_flight.fetch_add(1, Ordering::SeqCst);
-            let answer = tower::Service::call(&mut front, request.map(axum::body::Body::new));
+            // the body must arrive within the body timeout of its head, as on HTTP/1.1: a
+            // stream that stalls its body does not hold a handler (and its share of the
+            // connection's streams) for longer
+            let answer = tower::Service::call(
+                &mut front,
+                request.map(|body| {
+                    axum::body::Body::new(DeadlineBody::new(body, limits.body_timeout))
+                }),
+            );
             async move {
                 let answer = answer.await;
                 let ended = started.elapsed().as_millis().max(1) as u64;
@@ -201,6 +210,64 @@ where
         let _ = tokio::time::timeout(H2_IDLE_GRACE, connection).await;
     } else {
         let _ = connection.await;
+    }
+}
+
+/// A request body that fails once `deadline` passes before its end.
+struct DeadlineBody<B> {
+    body: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(body: B, within: Duration) -> DeadlineBody<B> {
+        DeadlineBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+/// The error of a request body that did not arrive in time.
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive within the body timeout")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

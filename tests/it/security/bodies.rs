@@ -178,3 +178,62 @@ async fn hostile_bodies_are_refused_change_nothing_and_the_planes_stay_up() {
         );
     }
 }
+
+/// An HTTP/2 stream whose body stalls after a few bytes (here a gRPC call on the data
+/// plane's gRPC listener): the body timeout ends it as on HTTP/1.1, instead of the stream
+/// holding a handler for as long as the peer likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_body_is_cut_at_the_body_timeout() {
+    use http_body_util::BodyExt;
+    let stack =
+        crate::proxy::Stack::start(&[], |_| vec!["--http-body-timeout".into(), "1s".into()]).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>(
+        );
+    let (sender, receiver) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    // a gRPC frame header announcing 100 bytes, then nothing more
+    sender
+        .send(Ok(http_body::Frame::data(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 100,
+        ]))))
+        .await
+        .unwrap();
+    let body =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let request = http::Request::post(format!(
+        "{}/aggregate.gateway.v1.CommandService/SubmitCommand",
+        stack.data.grpc
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(body.boxed())
+    .unwrap();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let response = client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let trailers = body
+            .collect()
+            .await
+            .ok()
+            .and_then(|b| b.trailers().cloned());
+        (parts, trailers)
+    })
+    .await
+    .expect("the stalled stream was still open after 20 s");
+    let (parts, trailers) = answered;
+    let status = parts
+        .headers
+        .get("grpc-status")
+        .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        status.as_deref().is_some_and(|s| s != "0"),
+        "an error status: {:?} {:?}",
+        parts,
+        trailers
+    );
+    drop(sender);
+}
