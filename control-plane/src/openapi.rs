@@ -164,4 +164,22 @@ mod tests {
         );
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if let Some(id) = operation["operationId"].as_str()
+                    && let Some(other) = seen.insert(id.to_string(), format!("{method} {path}"))
+                {
+                    panic!(
+                        "operationId {id} on {method} {path} and {other}: client generators fail on it"
+                    );
+                }
+            }
+        }
+        assert!(seen.len() > 50, "{}", seen.len());
+    }
 }

@@ -69,7 +69,7 @@ pub(crate) struct InvitationBody {
     role: String,
 }
 
-#[utoipa::path(post, path = "/admin/invitations", tag = "admin.iam", summary = "Invite an email address to a role in a tenant", request_body = InvitationBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "invitations_create", path = "/admin/invitations", tag = "admin.iam", summary = "Invite an email address to a role in a tenant", request_body = InvitationBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -160,7 +160,7 @@ pub(crate) struct InvitationFilter {
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations (tenant_id filter; required for tenant admins)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "invitations_list", path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations (tenant_id filter; required for tenant admins)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,
@@ -184,7 +184,7 @@ pub(crate) async fn list(
     Ok(Json(json!({"invitations": found})))
 }
 
-#[utoipa::path(delete, path = "/admin/invitations/{id}", tag = "admin.iam", summary = "Withdraw an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, operation_id = "invitations_revoke", path = "/admin/invitations/{id}", tag = "admin.iam", summary = "Withdraw an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     admin: Admin,
@@ -300,7 +300,7 @@ async fn addressed_to_caller(
         .ok_or_else(no_such_invitation)
 }
 
-#[utoipa::path(get, path = "/v1/invitations", tag = "auth", summary = "Invitations addressed to the signed-in user's verified email", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "invitations_mine", path = "/v1/invitations", tag = "auth", summary = "Invitations addressed to the signed-in user's verified email", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn mine(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -315,7 +315,7 @@ pub(crate) async fn mine(
     Ok(Json(json!({"invitations": found})))
 }
 
-#[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "auth", summary = "Accept an invitation: the role in the tenant is granted", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "invitations_accept", path = "/v1/invitations/{id}/accept", tag = "auth", summary = "Accept an invitation: the role in the tenant is granted", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn accept(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -380,7 +380,7 @@ pub(crate) async fn accept(
     })))
 }
 
-#[utoipa::path(post, path = "/v1/invitations/{id}/decline", tag = "auth", summary = "Decline an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "invitations_decline", path = "/v1/invitations/{id}/decline", tag = "auth", summary = "Decline an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn decline(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,

@@ -64,7 +64,7 @@ fn record(
 }
 
 /// The published routing: `{revision, issued_at, routing}`.
-#[utoipa::path(get, path = "/admin/routing", tag = "admin.routing", summary = "The published routing", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "routing_read", path = "/admin/routing", tag = "admin.routing", summary = "The published routing", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     admin: Admin,
@@ -93,7 +93,7 @@ pub(crate) struct ReplaceBody {
     routing: RoutingDocument,
 }
 
-#[utoipa::path(put, path = "/admin/routing", tag = "admin.routing", summary = "Replace the whole routing (validated; one new revision)", request_body = ReplaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Invalid routing", body = crate::openapi::ErrorEnvelope), (status = 409, description = "Revision conflict", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_replace", path = "/admin/routing", tag = "admin.routing", summary = "Replace the whole routing (validated; one new revision)", request_body = ReplaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Invalid routing", body = crate::openapi::ErrorEnvelope), (status = 409, description = "Revision conflict", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     admin: Admin,
@@ -137,7 +137,7 @@ pub(crate) async fn replace(
     Ok(Json(json!({"revision": revision})))
 }
 
-#[utoipa::path(post, path = "/admin/routing/reload", tag = "admin.routing", summary = "Re-publish the current routing as a new revision", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "routing_reload", path = "/admin/routing/reload", tag = "admin.routing", summary = "Re-publish the current routing as a new revision", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn reload(
     State(state): State<AppState>,
     admin: Admin,
@@ -160,7 +160,7 @@ pub(crate) async fn reload(
 }
 
 /// The effective decision per kind for one tenant.
-#[utoipa::path(get, path = "/admin/routing/tenants/{tenant_id}", tag = "admin.routing", summary = "Where a tenant is routed, per kind", params(("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "routing_tenant_routes", path = "/admin/routing/tenants/{tenant_id}", tag = "admin.routing", summary = "Where a tenant is routed, per kind", params(("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn tenant_routes(
     State(state): State<AppState>,
     admin: Admin,
@@ -201,7 +201,7 @@ pub(crate) struct PlaceBody {
     shard: String,
 }
 
-#[utoipa::path(put, path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Place a tenant on a shard", params(("kind" = String, Path), ("tenant_id" = String, Path)), request_body = PlaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_place", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Place a tenant on a shard", params(("kind" = String, Path), ("tenant_id" = String, Path)), request_body = PlaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn place(
     State(state): State<AppState>,
     admin: Admin,
@@ -228,7 +228,7 @@ pub(crate) async fn place(
     Ok(Json(json!({"revision": revision})))
 }
 
-#[utoipa::path(delete, path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Remove a tenant's placement", params(("kind" = String, Path), ("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "Not placed", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, operation_id = "routing_unplace", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Remove a tenant's placement", params(("kind" = String, Path), ("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "Not placed", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn unplace(
     State(state): State<AppState>,
     admin: Admin,
@@ -267,7 +267,7 @@ pub(crate) struct ShardBody {
     endpoints: Vec<String>,
 }
 
-#[utoipa::path(put, path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Create or replace a shard's endpoints", params(("kind" = String, Path), ("shard" = String, Path)), request_body = ShardBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_put_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Create or replace a shard's endpoints", params(("kind" = String, Path), ("shard" = String, Path)), request_body = ShardBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn put_shard(
     State(state): State<AppState>,
     admin: Admin,
@@ -313,7 +313,7 @@ pub(crate) async fn put_shard(
     Ok(Json(json!({"revision": revision})))
 }
 
-#[utoipa::path(delete, path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Remove a shard (refused while tenants are placed on it)", params(("kind" = String, Path), ("shard" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Still in use", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, operation_id = "routing_delete_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Remove a shard (refused while tenants are placed on it)", params(("kind" = String, Path), ("shard" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Still in use", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn delete_shard(
     State(state): State<AppState>,
     admin: Admin,
