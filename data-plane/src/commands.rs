@@ -99,8 +99,9 @@ pub async fn submit(
     correlation_id: &str,
     trace: &TraceContext,
     budget: Duration,
+    forward: HeaderMap,
     mut command: SubmitCommandRequest,
-) -> Result<SubmitCommandResponse, SubmitError> {
+) -> Result<(SubmitCommandResponse, HeaderMap), SubmitError> {
     let deadline = Deadline::after(budget);
     let (claims, rights) = caller;
     let TenantHeader(tenant) = TenantHeader::from_headers(headers)?;
@@ -124,7 +125,8 @@ pub async fn submit(
     if command.command_id.trim().is_empty() {
         command.command_id = gateway_edge::http::fast_uuid().to_string();
     }
-    let mut metadata = tonic::metadata::MetadataMap::new();
+    // the client's end-to-end metadata (gRPC callers), then the gateway's own fields
+    let mut metadata = tonic::metadata::MetadataMap::from_headers(forward);
     for (name, value) in [
         ("x-tenant-id", tenant.as_str()),
         ("x-principal-id", claims.sub.as_str()),
@@ -155,7 +157,8 @@ pub async fn submit(
         let status = match client.submit_command(request).await {
             Ok(response) => {
                 attempt.report(Outcome::Answered);
-                return Ok(response.into_inner());
+                let (metadata, answer, _) = response.into_parts();
+                return Ok((answer, metadata.into_headers()));
             }
             Err(status) => status,
         };
@@ -238,6 +241,7 @@ impl CommandService for CommandProxy {
                 &correlation_id,
                 &trace,
                 budget,
+                crate::headers::grpc_request_metadata(&headers),
                 request.into_inner(),
             )
             .await
@@ -269,8 +273,12 @@ impl CommandService for CommandProxy {
             }
         };
         match result {
-            Ok(answer) => {
+            Ok((answer, upstream)) => {
                 let mut response = tonic::Response::new(answer);
+                // the aggregate's end-to-end metadata, then the gateway's stamp
+                *response.metadata_mut() = tonic::metadata::MetadataMap::from_headers(
+                    crate::headers::grpc_answer_metadata(&upstream),
+                );
                 stamp(response.metadata_mut());
                 Ok(response)
             }
@@ -375,13 +383,16 @@ pub async fn submit_http(
         correlation.as_str(),
         &trace,
         state.timeouts.command,
+        // an HTTP client's fields are not gRPC metadata: none is passed on here
+        HeaderMap::new(),
         command,
     )
     .await
     .map_err(|err| match err {
         SubmitError::Gateway(err) => err,
         SubmitError::Upstream(status) => upstream_to_api(&status),
-    })?;
+    })?
+    .0;
     let events: Vec<Value> = answer
         .events
         .iter()

@@ -179,6 +179,50 @@ pub fn outgoing(client: &HeaderMap, policy: &HeaderPolicy) -> Vec<(HeaderName, H
     out
 }
 
+/// Fields of the gRPC protocol itself, which each hop sets for its own call.
+fn grpc_protocol(name: &HeaderName) -> bool {
+    name.as_str().starts_with("grpc-")
+        || matches!(
+            *name,
+            header::CONTENT_TYPE | header::USER_AGENT | header::DATE | header::ACCEPT_ENCODING
+        )
+}
+
+/// The metadata of a client's gRPC call that goes on to the aggregate: its end-to-end
+/// fields, as for HTTP ([`outgoing`]), without the protocol's own (`grpc-*`,
+/// `content-type`, `user-agent`): the gateway's call sets those. Binary (`-bin`) metadata
+/// passes as it is.
+pub fn grpc_request_metadata(client: &HeaderMap) -> HeaderMap {
+    let named = connection_named(client);
+    let mut out = HeaderMap::with_capacity(client.len());
+    for (name, value) in client {
+        if hop_by_hop(name)
+            || owned_on_requests(name)
+            || named.contains(name)
+            || grpc_protocol(name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The metadata of an aggregate's answer relayed to the client: end-to-end fields without
+/// the protocol's own and those the gateway stamps itself (correlation id, trace).
+pub fn grpc_answer_metadata(upstream: &HeaderMap) -> HeaderMap {
+    let named = connection_named(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if hop_by_hop(name) || owned_on_answers(name) || named.contains(name) || grpc_protocol(name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
 /// The client's cookies without the gateway's own, as one `cookie` field; `None` when none
 /// is left.
 fn foreign_cookies(client: &HeaderMap) -> Option<HeaderValue> {
@@ -398,6 +442,39 @@ mod tests {
         // the upstream's own nosniff (or another value) is kept
         let out = relayed(map(&[("x-content-type-options", "nosniff")]), &policy);
         assert_eq!(out.get_all("x-content-type-options").iter().count(), 1);
+    }
+
+    #[test]
+    fn grpc_metadata_keeps_end_to_end_fields_both_ways() {
+        let client = map(&[
+            ("x-request-tag", "t-1"),
+            ("x-blob-bin", "AAEC"),
+            ("authorization", "Bearer secret"),
+            ("x-principal-id", "usr_forged"),
+            ("x-tenant-id", "other"),
+            ("grpc-timeout", "5S"),
+            ("grpc-accept-encoding", "gzip"),
+            ("content-type", "application/grpc"),
+            ("user-agent", "grpc-python/1.85"),
+            ("te", "trailers"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ]);
+        let forwarded = grpc_request_metadata(&client);
+        let mut names: Vec<&str> = forwarded.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-blob-bin", "x-request-tag"]);
+        let answer = map(&[
+            ("x-aggregate-node", "a-1"),
+            ("x-correlation-id", "upstream-made-up"),
+            ("traceparent", "00-upstream"),
+            ("grpc-status", "0"),
+            ("content-type", "application/grpc"),
+            ("date", "now"),
+        ]);
+        let relayed = grpc_answer_metadata(&answer);
+        let names: Vec<&str> = relayed.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-aggregate-node"]);
     }
 
     #[test]

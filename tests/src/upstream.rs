@@ -331,6 +331,25 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+impl Node {
+    /// A command's answer with the node's metadata: `x-aggregate-node`, and `x-echo` as the
+    /// caller sent it (so tests see metadata cross the gateway both ways).
+    fn answer(
+        &self,
+        response: SubmitCommandResponse,
+        echo: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> tonic::Response<SubmitCommandResponse> {
+        let mut answer = tonic::Response::new(response);
+        if let Ok(name) = self.name.parse() {
+            answer.metadata_mut().insert("x-aggregate-node", name);
+        }
+        if let Some(echo) = echo {
+            answer.metadata_mut().insert("x-echo", echo.clone());
+        }
+        answer
+    }
+}
+
 #[tonic::async_trait]
 impl CommandService for Node {
     async fn submit_command(
@@ -339,6 +358,8 @@ impl CommandService for Node {
     ) -> Result<tonic::Response<SubmitCommandResponse>, tonic::Status> {
         let headers = headers_of(&request.metadata().clone().into_headers());
         let tenant = headers.get("x-tenant-id").cloned().unwrap_or_default();
+        // answer metadata: the node's name, and `x-echo` sent back as it came
+        let echo = request.metadata().get("x-echo").cloned();
         let command = request.into_inner();
         self.record(Recorded {
             protocol: "grpc".into(),
@@ -387,7 +408,7 @@ impl CommandService for Node {
             }
             let mut replay = outcome.clone();
             replay.replayed = true;
-            return Ok(tonic::Response::new(replay));
+            return Ok(self.answer(replay, &echo));
         }
         let key = (
             tenant.clone(),
@@ -429,7 +450,7 @@ impl CommandService for Node {
         aggregates
             .outcomes
             .insert(idempotency, (fingerprint, response.clone()));
-        Ok(tonic::Response::new(response))
+        Ok(self.answer(response, &echo))
     }
 }
 

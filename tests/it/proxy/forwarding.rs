@@ -298,6 +298,17 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
         request
             .metadata_mut()
             .insert("x-correlation-id", "cmd-1".parse().unwrap());
+        // end-to-end metadata crosses the gateway; forged identity does not
+        request
+            .metadata_mut()
+            .insert("x-echo", "round-trip".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-principal-id", "usr_forged".parse().unwrap());
+        request.metadata_mut().insert_bin(
+            "x-blob-bin",
+            tonic::metadata::MetadataValue::from_bytes(&[0, 1, 255]),
+        );
         if let Some(token) = token {
             request
                 .metadata_mut()
@@ -312,7 +323,14 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
             .submit_command(command("c-1", "order", Some(0), "acme", Some(&token)))
             .await
         {
-            Ok(answer) => break answer.into_inner(),
+            Ok(answer) => {
+                // the aggregate's answer metadata comes back, the gateway's stamp on top
+                let metadata = answer.metadata();
+                assert_eq!(metadata.get("x-echo").unwrap(), "round-trip");
+                assert_eq!(metadata.get("x-aggregate-node").unwrap(), "shard-c");
+                assert_eq!(metadata.get("x-correlation-id").unwrap(), "cmd-1");
+                break answer.into_inner();
+            }
             Err(status) => {
                 assert!(
                     std::time::Instant::now() < deadline,
@@ -330,6 +348,12 @@ async fn commands_go_to_the_aggregate_shard_over_grpc_and_http_alike() {
     assert_eq!(seen.header("x-principal-id"), Some(user_id.as_str()));
     assert_eq!(seen.header("x-correlation-id"), Some("cmd-1"));
     assert!(seen.header("traceparent").is_some());
+    assert_eq!(seen.header("x-echo"), Some("round-trip"));
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the token stays at the gateway"
+    );
 
     // refusals map to gRPC codes; domain errors of the aggregate pass through
     let cases = [
