@@ -219,7 +219,7 @@ pub async fn run(
     let ops_listener = match config.ops_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
             std::io::Error::other(format!(
-                "invalid setting --ops-listen (GATEWAY_CONTROL_OPS_LISTEN): cannot bind {addr}: {err}"
+                "cannot listen on {addr} (--ops-listen, GATEWAY_CONTROL_OPS_LISTEN): {err}"
             ))
         })?),
         None => None,

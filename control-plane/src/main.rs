@@ -65,7 +65,7 @@ async fn serve(config: control_plane::Config) -> anyhow::Result<()> {
         .await
         .map_err(|err| {
             anyhow::anyhow!(
-                "invalid setting --listen (GATEWAY_CONTROL_LISTEN): cannot bind {}: {err}",
+                "cannot listen on {} (--listen, GATEWAY_CONTROL_LISTEN): {err}",
                 config.listen
             )
         })?;

@@ -8,20 +8,26 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str = "Exit codes: 0 the step went through; 1 the gateway refused it \
+(gates not ready, plan in progress, …); 2 bad usage; 3 the control plane cannot be reached.";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub struct RebalanceCli {
     /// Base URL of a control plane.
     #[arg(
         long,
+        global = true,
         env = "GATEWAY_ADMIN_URL",
         default_value = "http://127.0.0.1:8090"
     )]
     pub url: String,
     /// File holding an access token with `rebalance.operate`.
-    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
-    pub token_file: PathBuf,
-    /// Print the API's JSON answer instead of tables.
-    #[arg(long)]
+    #[arg(long, global = true, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON answer instead of tables (before or after the action).
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub action: RebalanceAction,
@@ -31,11 +37,13 @@ pub struct RebalanceCli {
 pub enum RebalanceAction {
     /// Plan a move of one tenant of one service kind to a target shard.
     Plan {
+        /// The tenant to move.
         #[arg(long)]
         tenant: String,
-        /// aggregate, projection or runner.
-        #[arg(long)]
+        /// The service kind whose placement moves.
+        #[arg(long, value_parser = ["aggregate", "projection", "runner"])]
         kind: String,
+        /// The shard that takes the tenant over.
         #[arg(long)]
         target: String,
     },
@@ -51,13 +59,19 @@ pub enum RebalanceAction {
 
 /// Runs the command; the exit code says how it went.
 pub async fn run(cli: RebalanceCli) -> ExitCode {
-    let token = match std::fs::read_to_string(&cli.token_file) {
+    // required, but global (it may follow the action), which clap cannot require itself
+    let Some(token_file) = &cli.token_file else {
+        return usage(
+            "--token-file (GATEWAY_ADMIN_TOKEN_FILE) is required: a file holding an access token with rebalance.operate",
+        );
+    };
+    let token = match std::fs::read_to_string(token_file) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
-        Ok(_) => return usage(&format!("{} is empty", cli.token_file.display())),
+        Ok(_) => return usage(&format!("{} is empty", token_file.display())),
         Err(err) => {
             return usage(&format!(
                 "--token-file (GATEWAY_ADMIN_TOKEN_FILE): cannot read {}: {err}",
-                cli.token_file.display()
+                token_file.display()
             ));
         }
     };

@@ -64,7 +64,7 @@ pub struct Cli {
     /// Deadline of a runner admin call (overrides --upstream-timeout).
     #[arg(long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub runner_timeout: Option<std::time::Duration>,
-    /// Proxied requests in flight at once; beyond it, 503 `overloaded` with `retry-after`.
+    /// Proxied requests in flight at once; beyond it, 503 `load_shed` with `retry-after`.
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
     /// Consecutive failures of an endpoint that open its circuit (eject it).

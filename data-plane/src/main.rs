@@ -61,7 +61,7 @@ async fn bind(
 ) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|err| anyhow::anyhow!("invalid setting {setting}: cannot bind {addr}: {err}"))
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr} ({setting}): {err}"))
 }
 
 async fn serve(config: data_plane::Config) -> anyhow::Result<()> {

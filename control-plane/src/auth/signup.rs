@@ -117,7 +117,9 @@ impl AuthService {
                     .password_policy
                     .check(&admin.password, &email)
                     .map_err(|err| {
-                        ApiError::bad_request(format!("bootstrap admin password: {err}"))
+                        ApiError::bad_request(format!(
+                            "the password in --bootstrap-admin-password-file (GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE) is refused: {err}"
+                        ))
                     })?;
                 let phc = self.hasher.hash(&password).await.map_err(hash_failed)?;
                 match users::create(&self.store, &email, Some(phc), true, now).await {

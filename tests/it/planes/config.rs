@@ -141,6 +141,67 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
             assert!(!stderr.contains(line.as_str()), "{stderr}");
         }
     }
+    // a port in use: the listen setting and the address are named, exit 1 (not a usage
+    // error); a bootstrap password the policy refuses names the file's setting
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let weak = dir.path().join("weak-password");
+    std::fs::write(&weak, "short").unwrap();
+    let store = dir.path().join("state.redb");
+    // (binary, flags, exit code, what the error names): both are found at run time, 1
+    let runtime_cases: Vec<(&str, Vec<String>, i32, Vec<&str>)> = vec![
+        (
+            "data-plane",
+            vec![
+                "--snapshot-verify-key-file".into(),
+                keys.verify_path(),
+                "--listen".into(),
+                taken_addr.clone(),
+            ],
+            1,
+            vec!["cannot listen on", taken_addr.as_str(), "--listen"],
+        ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
+                "--store".into(),
+                "embedded".into(),
+                "--embedded-path".into(),
+                store.to_str().unwrap().into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--bootstrap-admin-email".into(),
+                "admin@example.com".into(),
+                "--bootstrap-admin-password-file".into(),
+                weak.to_str().unwrap().into(),
+                "--mail-outbox".into(),
+                dir.path().join("outbox").to_str().unwrap().into(),
+            ],
+            1,
+            vec!["--bootstrap-admin-password-file"],
+        ),
+    ];
+    for (bin, args, code, wanted) in runtime_cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = PlaneProcess::spawn(bin, &args, &[]);
+        let status = process.wait_exit(START);
+        assert_eq!(status.code(), Some(code), "{bin} {args:?}");
+        let stderr = process.stderr().join("\n");
+        for part in wanted {
+            assert!(
+                stderr.contains(part),
+                "{bin} {args:?}: {part} not in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("invalid setting"), "{stderr}");
+    }
+    drop(taken);
+
     // a setting from the environment is named too
     let mut process = PlaneProcess::spawn(
         "control-plane",

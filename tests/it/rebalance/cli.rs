@@ -110,4 +110,54 @@ async fn the_operator_cli_plans_applies_and_reports_gates() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
+
+    // the global flags go before or after the action; a kind that does not exist, a
+    // missing token file and --help say what is wrong, with the documented codes
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(gateway_tests::process::bin_path("control-plane"))
+            .arg("rebalance")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let token = token_file.to_str().unwrap();
+    let (code, out, err) = run(&[
+        "status",
+        "--json",
+        "--url",
+        env.base(),
+        "--token-file",
+        token,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
+    let (code, _, err) = run(&[
+        "--token-file",
+        token,
+        "--url",
+        env.base(),
+        "plan",
+        "--tenant",
+        "acme",
+        "--kind",
+        "foo",
+        "--target",
+        "x",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("aggregate") && err.contains("runner"), "{err}");
+    let (code, _, err) = run(&["--url", env.base(), "status"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--token-file"), "{err}");
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("Exit codes") && out.contains("3 the control plane cannot be reached"),
+        "{out}"
+    );
 }
