@@ -121,10 +121,188 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
                     }
                 })
                 .map_err(|err| err.to_string())?;
+            describe_metrics();
             Ok(handle)
         })
         .clone()
 }
 
+/// What each metric of either plane counts: the exporter prints it as `# HELP`, so an
+/// operator reading `/metrics` (or a dashboard tool importing it) need not read the code.
+/// A metric without a line here fails `metrics::every_metric_family_has_help`.
+pub const METRIC_HELP: &[(&str, &str)] = &[
+    (
+        "gateway_build_info",
+        "Version and commit of this binary (always 1).",
+    ),
+    (
+        "gateway_http_requests_total",
+        "HTTP requests answered, by plane, route and status.",
+    ),
+    (
+        "gateway_http_request_duration_seconds",
+        "Time to answer an HTTP request, by plane and route.",
+    ),
+    (
+        "gateway_grpc_requests_total",
+        "gRPC calls answered, by method and gRPC code.",
+    ),
+    (
+        "gateway_grpc_request_duration_seconds",
+        "Time to answer a gRPC call, by method.",
+    ),
+    (
+        "gateway_refused_requests_total",
+        "Requests refused by the edge rules before any route, by reason.",
+    ),
+    (
+        "gateway_auth_failures_total",
+        "Credentials refused, by reason.",
+    ),
+    (
+        "gateway_authz_denials_total",
+        "Requests denied by authorization at the data plane, by reason.",
+    ),
+    (
+        "gateway_admin_denials_total",
+        "Admin API calls denied, by reason.",
+    ),
+    (
+        "gateway_rate_limited_total",
+        "Requests refused by a rate limit or an account lock, by limit and reason.",
+    ),
+    (
+        "gateway_load_shed_total",
+        "Proxied requests shed with 503 load_shed (no free slot).",
+    ),
+    (
+        "gateway_authz_documents_published_total",
+        "Signed effective-rights documents written.",
+    ),
+    (
+        "gateway_authz_principals",
+        "Principals whose signed document this data plane holds.",
+    ),
+    (
+        "gateway_expired_records_purged_total",
+        "Expired records deleted by the periodic purge, by kind.",
+    ),
+    (
+        "gateway_connection_cap_reached_total",
+        "Times a listener stopped accepting at --max-connections, by listener.",
+    ),
+    ("gateway_open_connections", "Connections open, by listener."),
+    (
+        "gateway_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason.",
+    ),
+    (
+        "gateway_tls_reloads_total",
+        "Certificate reloads, by result.",
+    ),
+    (
+        "gateway_mail_sent_total",
+        "Mails handed to the mail server or outbox, by purpose.",
+    ),
+    (
+        "gateway_mail_failed_total",
+        "Mails that could not be sent, by purpose.",
+    ),
+    (
+        "gateway_mirror_cache_writes_total",
+        "Writes of the last-known-good mirror cache file.",
+    ),
+    (
+        "gateway_mirror_cache_write_errors_total",
+        "Failed writes of the mirror cache file.",
+    ),
+    (
+        "gateway_mirror_stale",
+        "1 while the store has been unreachable longer than --max-staleness.",
+    ),
+    (
+        "gateway_mirror_staleness_seconds",
+        "Seconds since the mirrors last heard from the store.",
+    ),
+    (
+        "gateway_snapshot_rejects_total",
+        "Published documents refused by verification, by kind and reason.",
+    ),
+    (
+        "gateway_snapshot_revision",
+        "Revision of the applied document, by kind.",
+    ),
+    (
+        "gateway_snapshot_age_seconds",
+        "Age of the applied document, by kind.",
+    ),
+    (
+        "gateway_snapshot_issued_at_seconds",
+        "Unix time the applied document was signed, by kind.",
+    ),
+    (
+        "gateway_routing_published_revision",
+        "Revision of the routing document the control plane last published.",
+    ),
+    (
+        "gateway_routing_misses_total",
+        "Requests for a tenant without a placement, by service kind.",
+    ),
+    (
+        "gateway_rebalance_cutovers_total",
+        "Rebalancing cut-overs applied, by service kind.",
+    ),
+    (
+        "gateway_token_cache_total",
+        "Verified-token cache lookups, by result.",
+    ),
+    (
+        "gateway_upstream_errors_total",
+        "Failed upstream calls, by kind, endpoint and reason.",
+    ),
+    (
+        "gateway_upstream_retries_total",
+        "Upstream calls sent again on another endpoint, by kind.",
+    ),
+    (
+        "gateway_upstream_circuit_state",
+        "Circuit of an upstream endpoint: 0 closed, 1 open, 2 half-open.",
+    ),
+    (
+        "gateway_upstream_circuit_transitions_total",
+        "Circuit state changes of upstream endpoints, by endpoint and new state (to).",
+    ),
+    (
+        "gateway_upstream_cookies_refused_total",
+        "Upstream set-cookie fields for a gateway cookie, dropped.",
+    ),
+    (
+        "gateway_stale_refusals_total",
+        "Requests refused with 503 state_stale (store away longer than --max-staleness).",
+    ),
+];
+
+fn describe_metrics() {
+    for (name, help) in METRIC_HELP {
+        // the exporter keeps one description per name, whatever the metric's type
+        metrics::describe_counter!(*name, *help);
+    }
+}
+
 /// How often pending histogram samples are folded into their buckets.
 pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::METRIC_HELP;
+
+    #[test]
+    fn each_metric_is_described_once_in_a_sentence() {
+        let mut names = std::collections::BTreeSet::new();
+        for (name, help) in METRIC_HELP {
+            assert!(name.starts_with("gateway_"), "{name}");
+            assert!(names.insert(*name), "{name} described twice");
+            assert!(help.len() > 15 && help.ends_with('.'), "{name}: {help}");
+        }
+    }
+}

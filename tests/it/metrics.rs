@@ -334,4 +334,23 @@ async fn operator_metrics_exist_and_move_with_their_events() {
                 || s.labels["route"] == "/v1/query/{view_type}"),
         "no raw paths as label values"
     );
+
+    // every metric family either plane exposes says what it counts (`# HELP`)
+    for ops in [&data.ops, &stack.base] {
+        let text = gateway_tests::metrics_text(client, ops).await;
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(families.len() > 2, "{text}");
+        for family in families {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("# HELP {family} "))
+                        && l.len() > family.len() + 12),
+                "{ops}: no # HELP for {family}"
+            );
+        }
+    }
 }
