@@ -257,11 +257,16 @@ impl CommandService for CommandProxy {
             Err(SubmitError::Upstream(status)) => status.code(),
         };
         let elapsed = started.elapsed();
-        metrics::counter!("gateway_grpc_requests_total", "method" => "SubmitCommand", "code" => format!("{code:?}")).increment(1);
+        let code_name = gateway_edge::error::grpc_code_name(code);
+        metrics::counter!("gateway_grpc_requests_total", "method" => "SubmitCommand", "code" => code_name).increment(1);
         metrics::histogram!("gateway_grpc_request_duration_seconds", "method" => "SubmitCommand")
             .record(elapsed.as_secs_f64());
         span.in_scope(|| {
-            tracing::info!(code = ?code, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "grpc request finished")
+            tracing::info!(
+                code = code_name,
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "grpc request finished"
+            )
         });
         // every answer, errors included, names its correlation id and trace
         let stamp = |metadata: &mut tonic::metadata::MetadataMap| {

@@ -16,6 +16,30 @@ pub fn tonic_code(code: ErrorCode) -> tonic::Code {
     tonic::Code::from_i32(code.grpc_code().number())
 }
 
+/// The canonical name of a gRPC status code (`DEADLINE_EXCEEDED`, as the gRPC spec and
+/// every other implementation spell it), for metric labels and log fields.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// An error answered to a client, in the envelope of both planes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -184,6 +208,26 @@ mod tests {
         let malformed = challenge(malformed).unwrap();
         assert!(malformed.to_str().unwrap().contains("invalid_request"));
         assert!(challenge(ApiError::new(ErrorCode::Forbidden, "no")).is_none());
+    }
+
+    #[test]
+    fn grpc_code_names_are_the_canonical_ones() {
+        for number in 0..=16 {
+            let code = tonic::Code::from_i32(number);
+            let name = grpc_code_name(code);
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
+            // tonic's own description differs in case only for most codes; the number
+            // is the same one the name stands for
+            assert_eq!(code as i32, number);
+        }
+        assert_eq!(
+            grpc_code_name(tonic::Code::DeadlineExceeded),
+            "DEADLINE_EXCEEDED"
+        );
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
     }
 
     #[test]

@@ -342,13 +342,13 @@ async fn shards_are_balanced_failing_endpoints_ejected_and_load_shed() {
         metrics
             .lines()
             .any(|line| line.starts_with("gateway_grpc_requests_total{")
-                && line.contains("code=\"DeadlineExceeded\"")),
+                && line.contains("code=\"DEADLINE_EXCEEDED\"")),
         "{metrics}"
     );
     assert!(
         stack.data_process.logs().iter().any(|line| {
             let line: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-            line["message"] == "grpc request finished" && line["code"] == "DeadlineExceeded"
+            line["message"] == "grpc request finished" && line["code"] == "DEADLINE_EXCEEDED"
         }),
         "no log line for the expired deadline"
     );
