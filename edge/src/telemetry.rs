@@ -129,7 +129,8 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
 
 /// What each metric of either plane counts: the exporter prints it as `# HELP`, so an
 /// operator reading `/metrics` (or a dashboard tool importing it) need not read the code.
-/// A metric without a line here fails `metrics::every_metric_family_has_help`.
+/// A metric without a line here fails the `# HELP` check of the integration test
+/// `metrics::operator_metrics_exist_and_move_with_their_events`.
 pub const METRIC_HELP: &[(&str, &str)] = &[
     (
         "gateway_build_info",
@@ -137,11 +138,11 @@ pub const METRIC_HELP: &[(&str, &str)] = &[
     ),
     (
         "gateway_http_requests_total",
-        "HTTP requests answered, by plane, route and status.",
+        "HTTP requests answered, by plane, method, route and status.",
     ),
     (
         "gateway_http_request_duration_seconds",
-        "Time to answer an HTTP request, by plane and route.",
+        "Time to answer an HTTP request, by plane, method, route and status class.",
     ),
     (
         "gateway_grpc_requests_total",

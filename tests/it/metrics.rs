@@ -325,6 +325,15 @@ async fn operator_metrics_exist_and_move_with_their_events() {
                 && s.labels["status"] == "200"),
         "the query route is counted under its template"
     );
+    // the method is a label too
+    assert!(
+        data_samples
+            .iter()
+            .any(|s| s.name == "gateway_http_requests_total"
+                && s.labels.get("method").map(String::as_str) == Some("POST")
+                && s.labels["route"] == "/v1/query/{view_type}"),
+        "requests are counted by method"
+    );
     // label values stay bounded: the data plane labels routes by their template
     assert!(
         data_samples

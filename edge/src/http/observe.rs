@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::*;
 
-/// The request counter and duration histogram of one (plane, route, status): looked up
+/// The request counter and duration histogram of one (plane, method, route, status): looked up
 /// once per thread and kept, so a request does not build, hash and register metric keys
 /// (their label strings were allocated on every request). Routes are the router's
 /// templates (or "unmatched"), so the set is bounded. Handles come from the recorder
@@ -30,21 +30,44 @@ type RequestMetricsByRoute = foldhash::HashMap<Box<str>, RequestMetrics>;
 
 thread_local! {
     static REQUEST_METRICS: std::cell::RefCell<
-        foldhash::HashMap<(&'static str, u16), RequestMetricsByRoute>,
+        foldhash::HashMap<(&'static str, &'static str, u16), RequestMetricsByRoute>,
     > = std::cell::RefCell::default();
 }
 
-fn request_metrics(plane: &'static str, route: &str, status: StatusCode) -> RequestMetrics {
+/// The method as a metric label: the standard methods by name, anything else `OTHER`
+/// (label values stay bounded whatever clients send).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn request_metrics(
+    plane: &'static str,
+    method: &'static str,
+    route: &str,
+    status: StatusCode,
+) -> RequestMetrics {
     let make = || RequestMetrics {
         requests: metrics::counter!(
             "gateway_http_requests_total",
             "plane" => plane,
+            "method" => method,
             "route" => route.to_string(),
             "status" => status.as_str().to_string()
         ),
         duration: metrics::histogram!(
             "gateway_http_request_duration_seconds",
             "plane" => plane,
+            "method" => method,
             "route" => route.to_string(),
             "status" => status_class(status)
         ),
@@ -52,7 +75,7 @@ fn request_metrics(plane: &'static str, route: &str, status: StatusCode) -> Requ
     REQUEST_METRICS
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
-            let by_route = cache.entry((plane, status.as_u16())).or_default();
+            let by_route = cache.entry((plane, method, status.as_u16())).or_default();
             if let Some(found) = by_route.get(route) {
                 return found.clone();
             }
@@ -245,6 +268,7 @@ async fn observed<F: Future<Output = Response>>(
     inner: impl FnOnce(Request, CorrelationId, TraceContext) -> F,
 ) -> Response {
     let started = Instant::now();
+    let method = method_label(request.method());
     let headers = request.headers();
     let correlation = CorrelationId::accept_or_mint(headers.get(&CORRELATION_NAME));
     let incoming =
@@ -282,7 +306,7 @@ async fn observed<F: Future<Output = Response>>(
             "request finished"
         )
     });
-    let metrics = request_metrics(plane, route, status);
+    let metrics = request_metrics(plane, method, route, status);
     metrics.requests.increment(1);
     metrics.duration.record(elapsed.as_secs_f64());
 
