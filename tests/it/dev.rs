@@ -13,26 +13,30 @@ fn banner_url(process: &PlaneProcess, label: &str) -> Option<String> {
     })
 }
 
-fn start(dir: &std::path::Path) -> (PlaneProcess, String, String, String) {
+fn start(dir: &std::path::Path, extra: &[&str]) -> (PlaneProcess, String, String, String) {
     let dir = dir.to_str().unwrap();
     let process = PlaneProcess::spawn(
         "gateway-dev",
         &[
-            "--dir",
-            dir,
-            "--data-listen",
-            "127.0.0.1:0",
-            "--data-grpc-listen",
-            "127.0.0.1:0",
-            "--data-ops-listen",
-            "127.0.0.1:0",
-            "--control-listen",
-            "127.0.0.1:0",
-            "--upstream-http-listen",
-            "127.0.0.1:0",
-            "--upstream-grpc-listen",
-            "127.0.0.1:0",
-        ],
+            extra,
+            &[
+                "--dir",
+                dir,
+                "--data-listen",
+                "127.0.0.1:0",
+                "--data-grpc-listen",
+                "127.0.0.1:0",
+                "--data-ops-listen",
+                "127.0.0.1:0",
+                "--control-listen",
+                "127.0.0.1:0",
+                "--upstream-http-listen",
+                "127.0.0.1:0",
+                "--upstream-grpc-listen",
+                "127.0.0.1:0",
+            ],
+        ]
+        .concat(),
         &[],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -58,7 +62,7 @@ fn start(dir: &std::path::Path) -> (PlaneProcess, String, String, String) {
 async fn the_local_run_serves_every_part_and_keeps_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let (mut process, data, control, upstream) = start(dir.path());
+    let (mut process, data, control, upstream) = start(dir.path(), &[]);
     for url in [
         format!("{data}/ready"),
         format!("{control}/ready"),
@@ -71,8 +75,9 @@ async fn the_local_run_serves_every_part_and_keeps_its_state() {
     process.sigterm();
     assert!(process.wait_exit(Duration::from_secs(30)).success());
 
-    // a restart reuses the store and the generated key
-    let (mut again, data, _, _) = start(dir.path());
+    // a restart reuses the store and the generated key (and writes JSON log lines when
+    // asked, as the planes do in production)
+    let (mut again, data, _, _) = start(dir.path(), &["--log-format", "json"]);
     wait_for_status(
         &client,
         &format!("{data}/ready"),
@@ -86,4 +91,12 @@ async fn the_local_run_serves_every_part_and_keeps_its_state() {
     );
     again.sigterm();
     assert!(again.wait_exit(Duration::from_secs(30)).success());
+    let json_lines = again
+        .logs()
+        .iter()
+        .chain(again.stderr().iter())
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"].is_string() && line["level"].is_string())
+        .count();
+    assert!(json_lines > 0, "no JSON log line: {:?}", again.logs());
 }

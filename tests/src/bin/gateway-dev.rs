@@ -32,6 +32,10 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     log: String,
+    /// Log line format: readable text here by default, JSON lines as the planes write in
+    /// production.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// The first platform admin of the local run: `GATEWAY_BOOTSTRAP_ADMIN_EMAIL` and
@@ -148,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         "gateway-dev",
         &LogArgs {
             log: args.log.clone(),
-            log_format: LogFormat::Text,
+            log_format: args.log_format,
         },
     )?;
     std::fs::create_dir_all(&args.dir)?;
