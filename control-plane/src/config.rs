@@ -26,7 +26,8 @@ use gateway_store::StoreConfig;
 #[command(
     name = "control-plane",
     version,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = gateway_edge::config::EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -80,6 +81,10 @@ pub struct ServeArgs {
     /// seals the token signing keys in the store.
     #[arg(long, env = "GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
     pub key_encryption_key_file: Option<PathBuf>,
+    /// Peers (IPs or CIDRs, comma-separated) whose `x-forwarded-for` names the client: the
+    /// data planes in front of this control plane.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub tokens: TokenArgs,
     #[command(flatten)]
@@ -90,15 +95,19 @@ pub struct ServeArgs {
     pub google: GoogleArgs,
     #[command(flatten)]
     pub rebalance: RebalanceArgs,
-    /// Peers (IPs or CIDRs, comma-separated) whose `x-forwarded-for` names the client: the
-    /// data planes in front of this control plane.
-    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<String>,
     /// Email of the first platform admin, created on an empty store.
-    #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_EMAIL")]
+    #[arg(
+        long,
+        env = "GATEWAY_BOOTSTRAP_ADMIN_EMAIL",
+        help_heading = "First platform admin"
+    )]
     pub bootstrap_admin_email: Option<String>,
     /// File holding the first platform admin's password (a Swarm secret).
-    #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE")]
+    #[arg(
+        long,
+        env = "GATEWAY_BOOTSTRAP_ADMIN_PASSWORD_FILE",
+        help_heading = "First platform admin"
+    )]
     pub bootstrap_admin_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub passwords: PasswordArgs,
@@ -114,6 +123,7 @@ pub struct ServeArgs {
 
 /// Token and session flags.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Tokens and sessions")]
 pub struct TokenArgs {
     /// `iss` of access tokens.
     #[arg(
@@ -155,6 +165,7 @@ pub struct TokenArgs {
 
 /// Mail flags: SMTP in production, an outbox file for local runs.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Mail")]
 pub struct MailArgs {
     /// SMTP server: `smtp://host:port` (plain, loopback only), `smtp://host:587?tls=required`
     /// (STARTTLS) or `smtps://host:465`.
@@ -238,6 +249,7 @@ impl MailArgs {
 
 /// Abuse limits of the auth routes.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Abuse limits")]
 pub struct LimitArgs {
     /// Sign-ups per client IP (`N/s`, `N/m` or `N/h`; per replica).
     #[arg(long, env = "GATEWAY_LIMIT_SIGNUP_PER_IP", default_value = "10/m", value_parser = Quota::parse)]
@@ -274,6 +286,7 @@ pub struct LimitArgs {
 
 /// Google sign-in (OpenID Connect); off unless a client id is set.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Google sign-in")]
 pub struct GoogleArgs {
     /// OAuth client id of the gateway at Google (turns Google sign-in on).
     #[arg(long, env = "GATEWAY_GOOGLE_CLIENT_ID")]
@@ -361,6 +374,7 @@ impl GoogleArgs {
 
 /// Password flags.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Passwords")]
 pub struct PasswordArgs {
     /// Minimum password length in characters (8 to 64; NIST SP 800-63B-4 asks 15 for
     /// single-factor accounts).
@@ -382,6 +396,7 @@ pub struct PasswordArgs {
 
 /// Tenant rebalancing (readiness gates and plan leases).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Rebalancing")]
 pub struct RebalanceArgs {
     /// Largest projection lag (events) a target shard may report at cutover.
     #[arg(

@@ -17,6 +17,7 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
 
 /// TLS settings of the data plane's outgoing calls (upstream nodes, control planes).
 #[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "TLS to upstreams and control planes")]
 pub struct ClientTlsArgs {
     /// PEM CA bundle trusted for `https` upstreams and control planes, instead of the
     /// public roots (pinning the platform's CA).

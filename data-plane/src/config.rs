@@ -10,7 +10,12 @@ use gateway_store::StoreConfig;
 /// The data plane of the Cloudlysis gateway: verifies tokens, authorizes from its mirrors,
 /// routes to the owning shard and forwards.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "data-plane", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "data-plane",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = gateway_edge::config::EXIT_CODES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -86,8 +86,14 @@ pub enum StoreBackend {
     Embedded,
 }
 
+/// Exit codes of both planes, shown in `--help`.
+pub const EXIT_CODES: &str = "Exit codes: 0 stopped cleanly (SIGTERM or SIGINT, after draining); 1 failed \
+while running (a listener that cannot bind, the store or a bootstrap step refused); 2 bad \
+configuration (a flag or file refused before anything started).";
+
 /// State store flags.
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "State store")]
 pub struct StoreArgs {
     /// State store backend.
     #[arg(
@@ -181,6 +187,7 @@ pub enum LogFormat {
 
 /// Logging flags.
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `info,control_plane=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
@@ -192,6 +199,7 @@ pub struct LogArgs {
 
 /// Lifecycle flags.
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Lifecycle and connections")]
 pub struct LifecycleArgs {
     /// After SIGTERM, keep serving with `/ready` at 503 for this long before closing the
     /// listeners, so load balancers stop sending new requests.

@@ -33,6 +33,7 @@ pub const MAX_HANDSHAKES: usize = 1024;
 
 /// TLS of a plane's client-facing listeners.
 #[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "TLS of the listeners")]
 pub struct TlsArgs {
     /// PEM certificate chain: turns TLS on for the client-facing listeners (with --tls-key).
     #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]

@@ -202,6 +202,45 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
     }
     drop(taken);
 
+    // --help groups the flags under headings and states the exit codes
+    for (bin, headings) in [
+        (
+            "control-plane",
+            &[
+                "Tokens and sessions:",
+                "Abuse limits:",
+                "First platform admin:",
+                "State store:",
+                "Logging:",
+            ][..],
+        ),
+        (
+            "data-plane",
+            &[
+                "State store:",
+                "Logging:",
+                "TLS to upstreams and control planes:",
+            ][..],
+        ),
+    ] {
+        let output = std::process::Command::new(gateway_tests::process::bin_path(bin))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&output.stdout);
+        for heading in headings {
+            assert!(
+                help.lines().any(|l| l == *heading),
+                "{bin}: {heading} not in {help}"
+            );
+        }
+        assert!(
+            help.contains("Exit codes: 0") && help.contains("2 bad"),
+            "{help}"
+        );
+    }
+
     // a setting from the environment is named too
     let mut process = PlaneProcess::spawn(
         "control-plane",
