@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// data planes in front of this control plane.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Browser origins (exact `scheme://host[:port]`, comma-separated) allowed to call the
+    /// auth and admin APIs from their pages, e.g. the Admin UI's; none by default. Never a
+    /// wildcard: answers may carry credentials.
+    #[arg(long, env = "GATEWAY_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     #[command(flatten)]
     pub tokens: TokenArgs,
     #[command(flatten)]
@@ -427,6 +432,8 @@ pub struct Config {
     pub google: Option<OidcSettings>,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub trusted_proxies: Vec<gateway_edge::http::IpNet>,
+    /// Exact browser origins allowed by CORS on the auth and admin APIs.
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
     pub rebalance: crate::rebalance::RebalanceSettings,
     pub signing_key: DocSigningKey,
     pub kek: Kek,
@@ -551,6 +558,15 @@ impl ServeArgs {
             mailer,
             google,
             bootstrap_admin,
+            cors_allowed_origins: self
+                .cors_allowed_origins
+                .iter()
+                .filter(|o| !o.trim().is_empty())
+                .map(|o| cors_origin(o.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|m| {
+                    ConfigError::new("cors-allowed-origins", "GATEWAY_CORS_ALLOWED_ORIGINS", m)
+                })?,
             trusted_proxies: self
                 .trusted_proxies
                 .iter()
@@ -701,3 +717,25 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// An exact origin as browsers send it (`https://admin.example.com`, `http://localhost:3000`):
+/// a scheme, a host and an optional port, nothing else.
+fn cors_origin(origin: &str) -> Result<axum::http::HeaderValue, String> {
+    let refused =
+        || format!("{origin:?} is not an origin (scheme://host[:port], no path, no wildcard)");
+    let (scheme, rest) = origin.split_once("://").ok_or_else(refused)?;
+    if !matches!(scheme, "http" | "https")
+        || rest.is_empty()
+        || rest.contains(['/', '*', '?', '#', '@', ' '])
+        || rest.ends_with(':')
+    {
+        return Err(refused());
+    }
+    if let Some((host, port)) = rest.rsplit_once(':')
+        && !rest.ends_with(']')
+        && (host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(refused());
+    }
+    axum::http::HeaderValue::from_str(&origin.to_ascii_lowercase()).map_err(|_| refused())
+}

@@ -45,6 +45,8 @@ pub struct AppState {
     pub rebalancer: Arc<rebalance::Rebalancer>,
     /// Peers whose `x-forwarded-for` is believed (the data planes).
     pub trusted_proxies: Arc<[gateway_edge::http::IpNet]>,
+    /// Browser origins allowed by CORS on the auth and admin APIs.
+    pub cors_allowed_origins: Arc<[axum::http::HeaderValue]>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -85,6 +87,7 @@ pub fn router(
         .merge(admin::routing_routes::router())
         .merge(admin::rebalance_routes::router())
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(cors(&state.cors_allowed_origins))
         .with_state(state.clone());
     Router::new()
         .merge(api)
@@ -214,6 +217,7 @@ pub async fn run(
         publisher,
         routing,
         trusted_proxies: config.trusted_proxies.clone().into(),
+        cors_allowed_origins: config.cors_allowed_origins.clone().into(),
         readiness: Arc::clone(&readiness),
     };
     let ops_listener = match config.ops_listen {
@@ -317,4 +321,36 @@ pub async fn purge_periodically<F, Fut>(
             Err(err) => tracing::warn!(error = %err, kind, "cannot purge expired records"),
         }
     }
+}
+
+/// CORS of the auth and admin APIs: only the configured exact origins (none by default),
+/// with credentials, the request fields the APIs read, and the answer fields clients need;
+/// a preflight is answered here and may be cached for 10 minutes. Requests from any other
+/// origin get no CORS field, so browsers keep their pages from reading the answers.
+fn cors(origins: &[axum::http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-csrf-token"),
+            HeaderName::from_static("x-token-delivery"),
+            HeaderName::from_static("x-correlation-id"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-correlation-id"),
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }

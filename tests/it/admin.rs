@@ -2,6 +2,7 @@
 
 mod access;
 mod audit;
+mod cors;
 mod lockout;
 mod principals;
 mod scope;
@@ -31,10 +32,15 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(&[]).await
+}
+
+/// A control plane started with `flags` besides the usual ones.
+async fn env_with(flags: &[&str]) -> Env {
     let nats = NatsServer::start();
     let keys = SnapshotKeys::generate();
     let prefix = gateway_tests::unique_prefix();
-    let (control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    let (control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, flags);
     Env {
         nats,
         keys,

@@ -121,6 +121,20 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
             ],
             "--max-in-flight",
         ),
+        (
+            "control-plane",
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.signing_path(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
+                "--mail-outbox".into(),
+                "/tmp/gateway-config-test-outbox".into(),
+                "--cors-allowed-origins".into(),
+                "https://admin.example.com,*".into(),
+            ],
+            "--cors-allowed-origins",
+        ),
     ];
     let secret_lines: Vec<String> = std::fs::read_to_string(keys.signing_path())
         .unwrap()
