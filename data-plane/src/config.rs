@@ -40,70 +40,118 @@ pub struct Cli {
     pub ops_listen: SocketAddr,
     /// File with the Ed25519 public key(s) (SPKI PEM, several during a rotation) that
     /// verify the documents published by the control plane (a Swarm config).
-    #[arg(long, env = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE")]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE"
+    )]
     pub snapshot_verify_key_file: Option<PathBuf>,
     /// Report ready before the first routing and key documents are loaded (local runs
     /// and tests without a control plane).
-    #[arg(long, env = "GATEWAY_SNAPSHOTS_OPTIONAL", default_value_t = false)]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_SNAPSHOTS_OPTIONAL",
+        default_value_t = false
+    )]
     pub snapshots_optional: bool,
     /// `iss` expected in access tokens (the control plane's `--token-issuer`).
     #[arg(
+        help_heading = "Tokens and published documents",
         long,
         env = "GATEWAY_TOKEN_ISSUER",
         default_value = "cloudlysis-gateway"
     )]
     pub token_issuer: String,
     /// `aud` expected in access tokens.
-    #[arg(long, env = "GATEWAY_TOKEN_AUDIENCE", default_value = "cloudlysis")]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_TOKEN_AUDIENCE",
+        default_value = "cloudlysis"
+    )]
     pub token_audience: String,
     /// Deadline of one upstream call.
-    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = gateway_edge::config::parse_duration)]
     pub upstream_timeout: std::time::Duration,
     /// Deadline of a command (overrides --upstream-timeout; a client's shorter
     /// `grpc-timeout` wins and is passed on).
-    #[arg(long, env = "GATEWAY_COMMAND_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_COMMAND_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub command_timeout: Option<std::time::Duration>,
     /// Deadline of a query (overrides --upstream-timeout).
-    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_QUERY_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub query_timeout: Option<std::time::Duration>,
     /// Deadline of a runner admin call (overrides --upstream-timeout).
-    #[arg(long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_RUNNER_TIMEOUT", value_parser = gateway_edge::config::parse_duration)]
     pub runner_timeout: Option<std::time::Duration>,
     /// Proxied requests in flight at once; beyond it, 503 `load_shed` with `retry-after`.
-    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_MAX_IN_FLIGHT",
+        default_value_t = 1024
+    )]
     pub max_in_flight: usize,
     /// Consecutive failures of an endpoint that open its circuit (eject it).
-    #[arg(long, env = "GATEWAY_CIRCUIT_FAILURES", default_value_t = 5)]
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_CIRCUIT_FAILURES",
+        default_value_t = 5
+    )]
     pub circuit_failures: u32,
     /// How long an open circuit refuses calls before one probe goes through.
-    #[arg(long, env = "GATEWAY_CIRCUIT_OPEN_FOR", default_value = "5s", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_CIRCUIT_OPEN_FOR", default_value = "5s", value_parser = gateway_edge::config::parse_duration)]
     pub circuit_open_for: std::time::Duration,
     /// Extra attempts on another endpoint of the shard, only where safe (never reached
     /// the first endpoint, idempotent method, or a command with its `command_id`).
-    #[arg(long, env = "GATEWAY_UPSTREAM_RETRIES", default_value_t = 1)]
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_UPSTREAM_RETRIES",
+        default_value_t = 1
+    )]
     pub upstream_retries: u32,
     /// Idle keep-alive connections kept per upstream endpoint (0: a new connection for
     /// every call).
-    #[arg(long, env = "GATEWAY_UPSTREAM_MAX_IDLE", default_value_t = 64)]
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_UPSTREAM_MAX_IDLE",
+        default_value_t = 64
+    )]
     pub upstream_max_idle: usize,
     /// How long an idle upstream connection is kept before it is closed; keep it below
     /// the upstreams' own keep-alive timeout (nginx: 75 s).
-    #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub upstream_idle_timeout: std::time::Duration,
     /// Verified access tokens remembered per generation (two generations; 0 turns the
     /// cache off). See `token_cache.rs`.
-    #[arg(long, env = "GATEWAY_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_TOKEN_CACHE_SIZE",
+        default_value_t = 10_000
+    )]
     pub token_cache_size: usize,
     /// Take routing from this JSON file (a plain routing document, for local development)
     /// instead of the signed document of the store; re-read when it changes.
-    #[arg(long, env = "GATEWAY_ROUTING_FILE")]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_ROUTING_FILE"
+    )]
     pub routing_file: Option<PathBuf>,
     /// How often the routing file is checked for changes.
-    #[arg(long, env = "GATEWAY_ROUTING_FILE_POLL", default_value = "1s", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_ROUTING_FILE_POLL", default_value = "1s", value_parser = gateway_edge::config::parse_duration)]
     pub routing_file_poll: std::time::Duration,
     /// Keep the last verified documents in this file and start from it (verified again)
     /// when the store is unreachable at start.
-    #[arg(long, env = "GATEWAY_MIRROR_CACHE_FILE")]
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_MIRROR_CACHE_FILE"
+    )]
     pub mirror_cache_file: Option<PathBuf>,
     /// Name of this replica in its heartbeat (default: host name and a random suffix).
     #[arg(long, env = "GATEWAY_REPLICA_ID")]
@@ -111,15 +159,16 @@ pub struct Cli {
     /// Longest time without reaching the store (heartbeat or watch event) after which
     /// authorization fails closed with 503 `state_stale` (revocations may be missing);
     /// 0 never fails closed.
-    #[arg(long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
+    #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub max_staleness: std::time::Duration,
     /// Largest request body forwarded.
-    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Request fields not passed upstream, per route class: `class:name` (classes `query`,
     /// `runner`; comma-separated in the environment). Fields the gateway sets itself
     /// cannot be named.
     #[arg(
+        help_heading = "Upstream calls",
         long = "request-header-remove",
         env = "GATEWAY_REQUEST_HEADER_REMOVE",
         value_delimiter = ','
@@ -127,6 +176,7 @@ pub struct Cli {
     pub request_header_remove: Vec<String>,
     /// Request fields added upstream, per route class: `class:name:value`.
     #[arg(
+        help_heading = "Upstream calls",
         long = "request-header-add",
         env = "GATEWAY_REQUEST_HEADER_ADD",
         value_delimiter = ','
@@ -134,6 +184,7 @@ pub struct Cli {
     pub request_header_add: Vec<String>,
     /// Answer fields not relayed to clients, per route class: `class:name`.
     #[arg(
+        help_heading = "Upstream calls",
         long = "response-header-remove",
         env = "GATEWAY_RESPONSE_HEADER_REMOVE",
         value_delimiter = ','
@@ -141,6 +192,7 @@ pub struct Cli {
     pub response_header_remove: Vec<String>,
     /// Answer fields added for clients, per route class: `class:name:value`.
     #[arg(
+        help_heading = "Upstream calls",
         long = "response-header-add",
         env = "GATEWAY_RESPONSE_HEADER_ADD",
         value_delimiter = ','

@@ -231,6 +231,8 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
         (
             "data-plane",
             &[
+                "Tokens and published documents:",
+                "Upstream calls:",
                 "State store:",
                 "Logging:",
                 "TLS to upstreams and control planes:",
