@@ -73,6 +73,19 @@ impl Admin {
         )
     }
 
+    /// Allows a listing with `action`: platform-wide for everything, or for one tenant the
+    /// caller administers, which a tenant admin must name (400 `missing_tenant`).
+    pub fn require_listing(&self, tenant: Option<&TenantId>, action: &str) -> Result<(), ApiError> {
+        if self.is_platform(action) {
+            return Ok(());
+        }
+        let Some(tenant) = tenant else {
+            return Err(ApiError::bad_request("tenant_id is required")
+                .with_reason(gateway_edge::Reason::MissingTenant));
+        };
+        self.require(Some(tenant), action).map(|_| ())
+    }
+
     /// Whether the caller holds `action` platform-wide.
     pub fn is_platform(&self, action: &str) -> bool {
         self.decide(None, action).allowed

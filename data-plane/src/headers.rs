@@ -193,32 +193,24 @@ fn grpc_protocol(name: &HeaderName) -> bool {
 /// `content-type`, `user-agent`): the gateway's call sets those. Binary (`-bin`) metadata
 /// passes as it is.
 pub fn grpc_request_metadata(client: &HeaderMap) -> HeaderMap {
-    let named = connection_named(client);
-    let mut out = HeaderMap::with_capacity(client.len());
-    for (name, value) in client {
-        if hop_by_hop(name)
-            || owned_on_requests(name)
-            || named.contains(name)
-            || grpc_protocol(name)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+    grpc_end_to_end(client, owned_on_requests)
 }
 
 /// The metadata of an aggregate's answer relayed to the client: end-to-end fields without
 /// the protocol's own and those the gateway stamps itself (correlation id, trace).
 pub fn grpc_answer_metadata(upstream: &HeaderMap) -> HeaderMap {
-    let named = connection_named(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        if hop_by_hop(name) || owned_on_answers(name) || named.contains(name) || grpc_protocol(name)
-        {
-            continue;
+    grpc_end_to_end(upstream, owned_on_answers)
+}
+
+/// `metadata` without hop-by-hop fields (and those its `connection` names), the gRPC
+/// protocol's own, and those `owned` says the gateway sets on this side.
+fn grpc_end_to_end(metadata: &HeaderMap, owned: fn(&HeaderName) -> bool) -> HeaderMap {
+    let named = connection_named(metadata);
+    let mut out = HeaderMap::with_capacity(metadata.len());
+    for (name, value) in metadata {
+        if !(hop_by_hop(name) || owned(name) || named.contains(name) || grpc_protocol(name)) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     out
 }

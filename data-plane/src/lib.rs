@@ -250,8 +250,9 @@ async fn report_grpc_health(
     }
 }
 
-/// Largest gRPC request body read on the gRPC listener: tonic's default largest message
-/// (4 MiB) and its 5-byte frame header.
+/// Largest request body an HTTP/1.1 connection of the gRPC listener may send: tonic's
+/// default largest message (4 MiB) and its 5-byte frame header. Over HTTP/2, tonic's own
+/// decoding limit (the same 4 MiB) bounds a message.
 const GRPC_MAX_BODY: usize = 4 * 1024 * 1024 + 5;
 
 /// Serves gRPC on `listener` until `stop`, then drains for at most `drain_timeout`.

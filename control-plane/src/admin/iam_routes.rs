@@ -252,15 +252,7 @@ pub(crate) async fn list_assignments(
     Query(filter): Query<AssignmentFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
-    if !admin.is_platform(rights::IAM_ASSIGNMENTS_READ) {
-        // tenant admins list one of their tenants at a time
-        let Some(t) = &tenant else {
-            return Err(
-                ApiError::bad_request("tenant_id is required").with_reason(Reason::MissingTenant)
-            );
-        };
-        admin.require(Some(t), rights::IAM_ASSIGNMENTS_READ)?;
-    }
+    admin.require_listing(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
     let mut found = match &filter.principal_id {
         Some(id) => assignments::for_principal(&state.store, &principal_id(id)?).await?,
         None => assignments::all(&state.store).await?,

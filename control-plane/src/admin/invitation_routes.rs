@@ -167,14 +167,7 @@ pub(crate) async fn list(
     Query(filter): Query<InvitationFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
-    if !admin.is_platform(rights::IAM_ASSIGNMENTS_READ) {
-        let Some(t) = &tenant else {
-            return Err(
-                ApiError::bad_request("tenant_id is required").with_reason(Reason::MissingTenant)
-            );
-        };
-        admin.require(Some(t), rights::IAM_ASSIGNMENTS_READ)?;
-    }
+    admin.require_listing(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
     let found: Vec<Value> = invitations::pending(&state.store, unix_now())
         .await?
         .iter()

@@ -189,14 +189,7 @@ pub async fn list_users(
     query: UserQuery<'_>,
 ) -> Result<UserPage, ApiError> {
     let tenant_filter = query.tenant_id.map(tenant).transpose()?;
-    if !admin.is_platform(rights::IAM_USERS_READ) {
-        let Some(t) = &tenant_filter else {
-            return Err(
-                ApiError::bad_request("tenant_id is required").with_reason(Reason::MissingTenant)
-            );
-        };
-        admin.require(Some(t), rights::IAM_USERS_READ)?;
-    }
+    admin.require_listing(tenant_filter.as_ref(), rights::IAM_USERS_READ)?;
     let email = query.email.map(users::normalize_email).transpose()?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     let members: Option<BTreeSet<String>> = match &tenant_filter {

@@ -49,19 +49,18 @@ async fn verify_email(env: &Env, admin: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_admins_reach_a_principal_only_as_far_as_every_tenant_of_it_allows() {
     let env = env().await;
-    let admin = env.admin().await;
-    let (demo_boss, _) = env.user("boss@demo.example").await;
+    let (admin, admin_id) = env
+        .signin(
+            gateway_tests::SnapshotKeys::ADMIN_EMAIL,
+            gateway_tests::SnapshotKeys::ADMIN_PASSWORD,
+        )
+        .await;
+    let (_, demo_boss_id) = env.user("boss@demo.example").await;
     let (_, dual_boss_id) = env.user("boss@both.example").await;
     let (both_token, both) = env.user("both@example.com").await;
     let (_, only_demo) = env.user("only-demo@example.com").await;
     let (_, outsider) = env.user("outsider@acme.example").await;
     let (_, padmin) = env.user("second-admin@example.com").await;
-    let demo_boss_id = {
-        let (_, me) = env
-            .call("GET", "/v1/auth/session", Some(&demo_boss), None)
-            .await;
-        me["user_id"].as_str().unwrap().to_string()
-    };
     grant(&env, &admin, &demo_boss_id, Some("demo"), "tenant_admin").await;
     grant(&env, &admin, &dual_boss_id, Some("demo"), "tenant_admin").await;
     grant(&env, &admin, &dual_boss_id, Some("acme"), "tenant_admin").await;
@@ -192,12 +191,6 @@ async fn tenant_admins_reach_a_principal_only_as_far_as_every_tenant_of_it_allow
 
     // assignments: foreign, unknown and platform principals outside the tenant alike need
     // an invitation (the bootstrap admin holds a platform role and is in no tenant)
-    let admin_id = {
-        let (_, me) = env
-            .call("GET", "/v1/auth/session", Some(&admin), None)
-            .await;
-        me["user_id"].as_str().unwrap().to_string()
-    };
     let mut refusals = std::collections::BTreeSet::new();
     for who in [UNKNOWN, outsider.as_str(), admin_id.as_str()] {
         let (status, answer) = env
@@ -337,11 +330,11 @@ async fn joining_a_tenant_takes_an_invitation_the_invited_user_accepts() {
     let env = env().await;
     let admin = env.admin().await;
     let store = env.store().await;
-    let (_, boss) = env.user("boss@demo.example").await;
+    let (_, boss_id) = env.user("boss@demo.example").await;
     let (_, acme_boss) = env.user("boss@acme.example").await;
     let (ada_token, ada) = env.user("ada@example.com").await;
     let (eve_token, eve) = env.user("eve@example.com").await;
-    grant(&env, &admin, &boss, Some("demo"), "tenant_admin").await;
+    grant(&env, &admin, &boss_id, Some("demo"), "tenant_admin").await;
     grant(&env, &admin, &acme_boss, Some("acme"), "tenant_admin").await;
     grant(&env, &admin, &ada, Some("acme"), "tenant_member").await;
     let (boss, _) = env.signin("boss@demo.example", PASSWORD).await;
@@ -499,10 +492,6 @@ async fn joining_a_tenant_takes_an_invitation_the_invited_user_accepts() {
     // an inviter demoted since: the invitation no longer holds, and is used up
     let (_, stale) = invite("tenant_member", "demo").await;
     let stale = stale["id"].as_str().unwrap().to_string();
-    let boss_id = {
-        let (_, me) = env.call("GET", "/v1/auth/session", Some(&boss), None).await;
-        me["user_id"].as_str().unwrap().to_string()
-    };
     let (status, _) = env
         .call(
             "DELETE",

@@ -129,7 +129,11 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
                 "--key-encryption-key-file".into(),
                 keys.kek_path(),
                 "--mail-outbox".into(),
-                "/tmp/gateway-config-test-outbox".into(),
+                std::env::temp_dir()
+                    .join("gateway-config-test-outbox")
+                    .to_str()
+                    .unwrap()
+                    .into(),
                 "--cors-allowed-origins".into(),
                 "https://admin.example.com,*".into(),
             ],
