@@ -51,13 +51,13 @@ pub enum Command {
     },
     /// Operate tenant rebalancing through the admin API of a running control plane.
     Rebalance(crate::rebalance_cli::RebalanceCli),
-    /// Exit 0 when this replica's `/ready` answers 200, 1 otherwise (the image's
-    /// HEALTHCHECK; the image has no curl).
+    /// Exit 0 when `--url` answers 200 within 3 s, 1 otherwise: the image's HEALTHCHECK
+    /// (the image has no curl). The default probes `/live`: started once, and answering.
     Healthcheck {
         #[arg(
             long,
             env = "GATEWAY_HEALTHCHECK_URL",
-            default_value = "http://127.0.0.1:8090/ready"
+            default_value = "http://127.0.0.1:8090/live"
         )]
         url: String,
     },

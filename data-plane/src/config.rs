@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use gateway_core::signed::DocVerifyingKeys;
-use gateway_edge::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs};
+use gateway_edge::config::{ConfigError, LifecycleArgs, LogArgs, StoreArgs, read_secret_file};
 use gateway_store::StoreConfig;
 
 /// The data plane of the Cloudlysis gateway: verifies tokens, authorizes from its mirrors,
@@ -30,14 +30,19 @@ pub struct Cli {
         default_value = "127.0.0.1:8081"
     )]
     pub grpc_listen: SocketAddr,
-    /// Address of the ops listener (`/health`, `/ready`, `/metrics`, `/version`); keep it
-    /// off the public network.
+    /// Address of the ops listener (`/health`, `/live`, `/ready`, `/metrics`, `/version`,
+    /// and the `/admin/*` views); keep it off the public network.
     #[arg(
         long,
         env = "GATEWAY_DATA_OPS_LISTEN",
         default_value = "127.0.0.1:9080"
     )]
     pub ops_listen: SocketAddr,
+    /// File with the bearer token that the ops listener's `/admin/*` views require (at
+    /// least 32 characters). Without it they answer on a loopback ops listener only: the
+    /// data plane refuses to start with an ops listener on another address and no token.
+    #[arg(long, env = "GATEWAY_OPS_TOKEN_FILE")]
+    pub ops_token_file: Option<PathBuf>,
     /// File with the Ed25519 public key(s) (SPKI PEM, several during a rotation) that
     /// verify the documents published by the control plane (a Swarm config).
     #[arg(
@@ -221,13 +226,13 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Exit 0 when this replica's `/ready` answers 200, 1 otherwise (the image's
-    /// HEALTHCHECK; the image has no curl).
+    /// Exit 0 when `--url` answers 200 within 3 s, 1 otherwise: the image's HEALTHCHECK
+    /// (the image has no curl). The default probes `/live`: started once, and answering.
     Healthcheck {
         #[arg(
             long,
             env = "GATEWAY_HEALTHCHECK_URL",
-            default_value = "http://127.0.0.1:8080/ready"
+            default_value = "http://127.0.0.1:8080/live"
         )]
         url: String,
     },
@@ -239,6 +244,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub ops_listen: SocketAddr,
+    /// The bearer token of the ops listener's `/admin/*` views.
+    pub ops_token: Option<String>,
     pub verify_keys: DocVerifyingKeys,
     pub snapshots_optional: bool,
     pub token_issuer: String,
@@ -319,10 +326,38 @@ impl Cli {
                 "the http, grpc and ops listeners must use different addresses",
             ));
         }
+        let ops_token = match &self.ops_token_file {
+            Some(path) => {
+                let token = read_secret_file("ops-token-file", "GATEWAY_OPS_TOKEN_FILE", path)?
+                    .trim()
+                    .to_string();
+                if token.len() < 32 || token.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(ConfigError::new(
+                        "ops-token-file",
+                        "GATEWAY_OPS_TOKEN_FILE",
+                        "the token must be at least 32 printable characters without spaces",
+                    ));
+                }
+                Some(token)
+            }
+            None if !self.ops_listen.ip().is_loopback() => {
+                return Err(ConfigError::new(
+                    "ops-token-file",
+                    "GATEWAY_OPS_TOKEN_FILE",
+                    format!(
+                        "is required with an ops listener off loopback ({}): its /admin views \
+                         show the routing table and the upstreams",
+                        self.ops_listen
+                    ),
+                ));
+            }
+            None => None,
+        };
         Ok(Config {
             listen: self.listen,
             grpc_listen: self.grpc_listen,
             ops_listen: self.ops_listen,
+            ops_token,
             verify_keys,
             snapshots_optional: self.snapshots_optional,
             token_issuer: self.token_issuer.clone(),

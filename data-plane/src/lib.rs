@@ -193,6 +193,33 @@ pub fn query_fast_route(proxy: proxy::ProxyState) -> http::FastRoute {
     )
 }
 
+/// The ops listener's `/admin/*` views with `--ops-token-file`: `authorization: Bearer
+/// <token>` or 401 in our envelope (compared in constant time).
+async fn require_ops_token(
+    axum::extract::State(token): axum::extract::State<Arc<str>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match http::bearer_token(request.headers()) {
+        Ok(presented) if http::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        Ok(_) => gateway_edge::ApiError::new(
+            gateway_edge::ErrorCode::Unauthenticated,
+            "the ops token is not valid",
+        )
+        .with_reason(gateway_edge::Reason::InvalidToken)
+        .into_response(),
+        Err(reason) => gateway_edge::ApiError::new(
+            gateway_edge::ErrorCode::Unauthenticated,
+            "the ops views need the ops token as a bearer token",
+        )
+        .with_reason(reason)
+        .into_response(),
+    }
+}
+
 /// `GET /admin/routing` on the ops listener: the table this replica uses now.
 async fn routing_in_use(
     axum::extract::State(mirrors): axum::extract::State<Arc<Mirrors>>,
@@ -396,19 +423,24 @@ pub async fn run(
         auth,
         config.max_body_bytes,
     );
-    let ops = ops
-        .merge(
-            Router::new()
-                .route("/admin/routing", axum::routing::get(routing_in_use))
-                .with_state(Arc::clone(&mirrors)),
-        )
+    let mut views = Router::new()
+        .route("/admin/routing", axum::routing::get(routing_in_use))
+        .with_state(Arc::clone(&mirrors))
         .route(
             "/admin/upstreams",
             axum::routing::get(move || {
                 let upstreams = Arc::clone(&upstreams);
                 async move { axum::Json(serde_json::json!({"endpoints": upstreams.report()})) }
             }),
-        )
+        );
+    if let Some(token) = config.ops_token.clone() {
+        views = views.route_layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            require_ops_token,
+        ));
+    }
+    let ops = ops
+        .merge(views)
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(PLANE, http::observe));
 

@@ -74,13 +74,14 @@ fn the_stack_keeps_two_spread_replicas_start_first_updates_and_checked_health() 
         );
         assert!(deploy["rollback_config"].is_mapping(), "{name}");
         assert_eq!(deploy["restart_policy"]["condition"], "any", "{name}");
-        // the healthcheck probes this plane's own /ready on the port it listens on
+        // the healthcheck probes this plane's own /live (not /ready: Swarm replaces a task
+        // failing it, and readiness drops in a NATS outage) on the port it listens on
         let test = strings(&service["healthcheck"]["test"]);
         assert_eq!(test[0], "CMD");
         assert!(test[1].ends_with(binary), "{name}: {test:?}");
         assert_eq!(test[2], "healthcheck");
         let url = test.last().unwrap();
-        assert!(url.ends_with(&format!(":{port}/ready")), "{name}: {url}");
+        assert!(url.ends_with(&format!(":{port}/live")), "{name}: {url}");
         let listen = env(
             service,
             if binary == "data-plane" {
@@ -188,19 +189,27 @@ fn the_stack_keeps_two_spread_replicas_start_first_updates_and_checked_health() 
 
 #[test]
 fn the_images_run_as_non_root_with_build_metadata_and_a_healthcheck() {
-    for (file, binary, port) in [
-        ("Dockerfile.control", "control-plane", "8090"),
-        ("Dockerfile.data", "data-plane", "8080"),
+    let dockerfile = repo_file("Dockerfile");
+    // base images are arguments (a machine with no registry passes its own), public by default
+    assert!(dockerfile.contains("ARG RUST_IMAGE=rust:"));
+    assert!(dockerfile.contains("ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot"));
+    assert!(dockerfile.contains("FROM ${RUST_IMAGE} AS build"));
+    // one build of the workspace for both images; offline with a vendor/ directory
+    assert!(dockerfile.contains("cargo build --release --locked -p control-plane -p data-plane"));
+    assert!(dockerfile.contains("directory = \"vendor\""));
+    assert!(dockerfile.contains("GATEWAY_GIT_SHA=${GIT_SHA}"));
+    for (target, binary, port) in [
+        ("control", "control-plane", "8090"),
+        ("data", "data-plane", "8080"),
     ] {
-        let dockerfile = repo_file(file);
-        let stages =
-            dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM "));
-        assert!(stages >= 3, "{file}: multi-stage with a dependency layer");
-        assert!(dockerfile.contains("cargo chef cook"), "{file}");
-        assert!(dockerfile.contains("USER nonroot"), "{file}");
-        assert!(dockerfile.contains("ARG GIT_SHA"), "{file}");
-        assert!(dockerfile.contains("GATEWAY_GIT_SHA=${GIT_SHA}"), "{file}");
-        let healthcheck = dockerfile
+        let stage: String = dockerfile
+            .split("\nFROM ")
+            .find(|s| s.starts_with(&format!("${{RUNTIME_IMAGE}} AS {target}\n")))
+            .unwrap_or_else(|| panic!("no {target} stage"))
+            .to_string();
+        assert!(stage.contains("USER 65532:65532"), "{target}");
+        assert!(stage.contains("ARG GIT_SHA"), "{target}");
+        let healthcheck = stage
             .lines()
             .skip_while(|l| !l.starts_with("HEALTHCHECK"))
             .take(2)
@@ -208,19 +217,25 @@ fn the_images_run_as_non_root_with_build_metadata_and_a_healthcheck() {
             .join(" ");
         assert!(
             healthcheck.contains(&format!("\"/usr/local/bin/{binary}\", \"healthcheck\"")),
-            "{file}: {healthcheck}"
+            "{target}: {healthcheck}"
         );
         assert!(
-            healthcheck.contains(&format!(":{port}/ready")),
-            "{file}: {healthcheck}"
+            healthcheck.contains(&format!(":{port}/live")),
+            "{target}: {healthcheck}"
+        );
+        assert!(
+            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")),
+            "{target}"
         );
     }
 }
 
-/// `<plane> healthcheck` exits 0 when `/ready` answers 200 and 1 otherwise.
+/// `<plane> healthcheck` exits 0 when its URL answers 200 and 1 otherwise; `/live` stays
+/// 200 through a NATS outage that turns `/ready` to 503 (Swarm must not replace replicas
+/// that serve from their mirrors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_healthcheck_command_reflects_readiness() {
-    let nats = gateway_tests::nats::NatsServer::start();
+async fn the_healthcheck_command_reflects_liveness_not_readiness() {
+    let mut nats = gateway_tests::nats::NatsServer::start();
     let keys = gateway_tests::SnapshotKeys::generate();
     let prefix = gateway_tests::unique_prefix();
     let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
@@ -262,4 +277,123 @@ async fn the_healthcheck_command_reflects_readiness() {
         healthcheck("data-plane", "ftp://x/ready").status.code(),
         Some(1)
     );
+    // NATS goes away: both planes turn not ready, and stay live
+    nats.stop();
+    for url in [format!("{base}/ready"), format!("{}/ready", data.http)] {
+        gateway_tests::process::wait_for_status(
+            &client,
+            &url,
+            503,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    }
+    for (binary, url) in [("control-plane", &base), ("data-plane", &data.http)] {
+        assert!(
+            !healthcheck(binary, &format!("{url}/ready"))
+                .status
+                .success(),
+            "{binary}"
+        );
+        let live = healthcheck(binary, &format!("{url}/live"));
+        assert!(live.status.success(), "{binary}: {live:?}");
+        let answer = client.get(format!("{url}/live")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(
+            answer.json::<serde_json::Value>().await.unwrap()["status"],
+            "live"
+        );
+    }
+}
+
+/// The data plane's ops views (`/admin/routing`, `/admin/upstreams`) take the ops token
+/// when one is set; off loopback, the data plane does not start without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_views_need_the_ops_token_off_loopback() {
+    let nats = gateway_tests::nats::NatsServer::start();
+    let keys = gateway_tests::SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ops-token-0123456789-abcdefghijklmnop";
+    let token_file = dir.path().join("ops-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let (_data, data) = gateway_tests::spawn_data_plane(
+        &nats.url(),
+        &prefix,
+        &keys,
+        &["--snapshots-optional", "--ops-token-file", token_path],
+    );
+    let client = reqwest::Client::new();
+    for view in ["/admin/routing", "/admin/upstreams"] {
+        let url = format!("{}{view}", data.ops);
+        let none = client.get(&url).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{view}");
+        assert!(none.headers().contains_key("www-authenticate"), "{view}");
+        let body: serde_json::Value = none.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "missing_token", "{view}");
+        let wrong = client
+            .get(&url)
+            .bearer_auth("ops-token-0123456789-abcdefghijklmnoX")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{view}");
+        let body: serde_json::Value = wrong.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_token", "{view}");
+        assert!(!body.to_string().contains(token));
+        // past the token: the view itself (no routing published yet: 503 not_ready)
+        let good = client.get(&url).bearer_auth(token).send().await.unwrap();
+        let want = if view == "/admin/routing" { 503 } else { 200 };
+        assert_eq!(good.status(), want, "{view}");
+    }
+    // probes and metrics need no token
+    for (probe, want) in [
+        ("/health", 200),
+        ("/metrics", 200),
+        ("/version", 200),
+        // not ready yet (nothing published): the probes say so, not 401
+        ("/live", 503),
+        ("/ready", 503),
+    ] {
+        let answer = client
+            .get(format!("{}{probe}", data.ops))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), want, "{probe}");
+    }
+    // refused at start: an ops listener off loopback without a token, a short token
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too-short").unwrap();
+    let verify = keys.verify_path();
+    for (extra, wanted) in [
+        (vec![], "--ops-token-file"),
+        (
+            vec!["--ops-token-file", short.to_str().unwrap()],
+            "at least 32",
+        ),
+    ] {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "0.0.0.0:0",
+            "--nats-url",
+            "nats://127.0.0.1:9",
+            "--snapshot-verify-key-file",
+            &verify,
+        ];
+        args.extend(extra);
+        let out = std::process::Command::new(gateway_tests::process::bin_path("data-plane"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(wanted), "{stderr}");
+        assert!(!stderr.contains("too-short"), "{stderr}");
+    }
 }

@@ -1,5 +1,16 @@
-//! The ops routes of both planes (`/health`, `/ready`, `/metrics`, `/version`), readiness
-//! checks, and the container health probe.
+//! The ops routes of both planes (`/health`, `/live`, `/ready`, `/metrics`, `/version`),
+//! readiness checks, and the container health probe.
+//!
+//! Two signals, for two consumers:
+//! - `/ready` is the load balancer's view: 503 while a check fails (the store unreachable
+//!   past the data plane's `--max-staleness`, draining for shutdown, …), so traffic goes
+//!   to another replica;
+//! - `/live` is the orchestrator's view (the container HEALTHCHECK, which Swarm acts on by
+//!   replacing the task): 503 until the plane has been ready once (a new task that never
+//!   becomes ready fails its start and a rolling update rolls back), then 200 for as long
+//!   as the process answers. A store outage makes replicas not ready but keeps them live:
+//!   replacing every task during an outage would throw away the last-known-good state the
+//!   data plane keeps serving from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +59,8 @@ impl ReadyCheck for StoreReady {
 #[derive(Default)]
 pub struct Readiness {
     draining: AtomicBool,
+    /// Every check passed once: from then on the plane is live whatever its readiness.
+    started: AtomicBool,
     checks: Vec<Arc<dyn ReadyCheck>>,
 }
 
@@ -55,8 +68,14 @@ impl Readiness {
     pub fn new(checks: Vec<Arc<dyn ReadyCheck>>) -> Self {
         Readiness {
             draining: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             checks,
         }
+    }
+
+    /// Whether every check has passed at least once (what `/live` answers after).
+    pub fn has_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
     }
 
     /// From now on `/ready` answers 503 (shutdown has begun).
@@ -79,6 +98,9 @@ impl Readiness {
                 failures.push((check.name(), reason));
             }
         }
+        if failures.is_empty() {
+            self.started.store(true, Ordering::SeqCst);
+        }
         failures
     }
 }
@@ -97,15 +119,17 @@ struct OpsState {
     build: BuildInfo,
 }
 
-/// `/health` and `/ready` alone (for a public listener that must not expose metrics).
+/// `/health`, `/live` and `/ready` alone (for a public listener that must not expose
+/// metrics).
 pub fn probe_router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/live", get(live))
         .route("/ready", get(ready))
         .with_state(readiness)
 }
 
-/// `/health`, `/ready`, `/metrics` and `/version`.
+/// `/health`, `/live`, `/ready`, `/metrics` and `/version`.
 pub fn ops_router(
     readiness: Arc<Readiness>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -127,6 +151,14 @@ pub fn ops_router(
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
+}
+
+async fn live(State(readiness): State<Arc<Readiness>>) -> Response {
+    if readiness.has_started() {
+        return axum::Json(json!({"status": "live"})).into_response();
+    }
+    // not started yet: live once ready, with the failing checks named until then
+    ready(State(readiness)).await
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
@@ -229,3 +261,67 @@ pub async fn healthcheck(url: &str) -> std::process::ExitCode {
 
 /// Largest request body the ops listeners read: their routes take none.
 pub const OPS_MAX_BODY: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A check that passes while its flag is set.
+    struct Toggle(Arc<AtomicBool>);
+
+    #[async_trait]
+    impl ReadyCheck for Toggle {
+        fn name(&self) -> &'static str {
+            "store"
+        }
+
+        async fn check(&self) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("down".into())
+            }
+        }
+    }
+
+    async fn status(router: &Router, path: &str) -> (u16, serde_json::Value) {
+        let answer = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn live_waits_for_the_first_readiness_then_outlasts_outages() {
+        let up = Arc::new(AtomicBool::new(false));
+        let readiness = Arc::new(Readiness::new(vec![Arc::new(Toggle(Arc::clone(&up)))]));
+        let router = probe_router(Arc::clone(&readiness));
+        // starting: not live until ready once, with the failing check named
+        let (code, body) = status(&router, "/live").await;
+        assert_eq!(code, 503);
+        assert_eq!(body["checks"]["store"], "down");
+        assert!(!readiness.has_started());
+        up.store(true, Ordering::SeqCst);
+        assert_eq!(status(&router, "/live").await.0, 200);
+        assert!(readiness.has_started());
+        // an outage: not ready, still live
+        up.store(false, Ordering::SeqCst);
+        assert_eq!(status(&router, "/ready").await.0, 503);
+        let (code, body) = status(&router, "/live").await;
+        assert_eq!((code, body["status"].as_str()), (200, Some("live")));
+        // draining: not ready, still live (Swarm is stopping the task already)
+        up.store(true, Ordering::SeqCst);
+        readiness.start_draining();
+        assert_eq!(status(&router, "/ready").await.0, 503);
+        assert_eq!(status(&router, "/live").await.0, 200);
+    }
+}

@@ -203,6 +203,8 @@ async fn main() -> anyhow::Result<()> {
             listen: data_addr,
             grpc_listen: data_grpc_addr,
             ops_listen: data_ops_addr,
+            // loopback only: the ops views need no token here
+            ops_token: None,
             verify_keys,
             // the control plane publishes the keys; the demo routing is published above
             snapshots_optional: false,
