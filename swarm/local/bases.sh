@@ -59,8 +59,10 @@ fi
 cc="$work/cc"
 mkdir -p "$cc/etc/ssl/certs" "$cc/tmp" "$cc/home/nonroot" "$cc/lib64" "$cc/usr/lib"
 chmod 1777 "$cc/tmp"
-cp -a "$root/lib64/ld-linux-x86-64.so.2" "$cc/lib64/"
 mkdir -p "$cc/usr/lib/x86_64-linux-gnu"
+# the dynamic loader itself, where binaries look for it (in bookworm /lib64's entry is a
+# symbolic link into /lib, which is /usr/lib)
+cp -L "$root/lib64/ld-linux-x86-64.so.2" "$cc/lib64/"
 for lib in libc.so.6 libm.so.6 libgcc_s.so.1 libpthread.so.0 libdl.so.2 librt.so.1; do
   cp -aL "$root/usr/lib/x86_64-linux-gnu/$lib" "$cc/usr/lib/x86_64-linux-gnu/"
 done

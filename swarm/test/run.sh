@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../.."
 root="$PWD"
 
 STACK=gwtest
-TAG="local-$(git rev-parse --short HEAD)"
+# IMAGE_TAG=<tag>: use gateway images already built under that tag (no build)
+TAG="${IMAGE_TAG:-local-$(git rev-parse --short HEAD)}"
 CHECK_IMAGE="cloudlysis-local/swarm-check:$TAG"
 export DOCKER_BUILDKIT=0
 started=$(date +%s)
@@ -61,14 +62,16 @@ if [ ! -d vendor ] || [ Cargo.lock -nt vendor ]; then
   cargo vendor --locked --versioned-dirs vendor >/dev/null
   touch vendor
 fi
-say "building the gateway images ($TAG)"
 build_start=$(date +%s)
-for target in control data; do
-  docker build -q --target "$target" -t "cloudlysis/gateway-$target:$TAG" \
-    --build-arg RUST_IMAGE=cloudlysis-local/rust:bookworm \
-    --build-arg RUNTIME_IMAGE=cloudlysis-local/cc:bookworm \
-    --build-arg GIT_SHA="$(git rev-parse HEAD)" . >/dev/null
-done
+if [ -z "${IMAGE_TAG:-}" ]; then
+  say "building the gateway images ($TAG)"
+  for target in control data; do
+    docker build -q --target "$target" -t "cloudlysis/gateway-$target:$TAG" \
+      --build-arg RUST_IMAGE=cloudlysis-local/rust:bookworm \
+      --build-arg RUNTIME_IMAGE=cloudlysis-local/cc:bookworm \
+      --build-arg GIT_SHA="$(git rev-parse HEAD)" . >/dev/null
+  done
+fi
 build_seconds=$(( $(date +%s) - build_start ))
 # the image a rolling update moves to: the same build under another tag
 for plane in control data; do
@@ -125,9 +128,26 @@ export GATEWAY_BOOTSTRAP_ADMIN_EMAIL=admin@swarm.test
 # interpolated by platform.yml; single-node.yml sends mail to an outbox instead
 export GATEWAY_SMTP_URL=unused GATEWAY_SMTP_USERNAME=unused
 
+# the stack as deployed: platform.yml merged with single-node.yml, where a variable set to
+# __unset__ is removed (a merge cannot delete keys, and the planes read an empty variable
+# as a value)
 deploy() {
-  docker stack deploy --resolve-image never -c swarm/stacks/platform.yml \
-    -c swarm/test/single-node.yml "$@" "$STACK" >/dev/null
+  docker stack config -c swarm/stacks/platform.yml -c swarm/test/single-node.yml \
+    >"$work/stack.yml"
+  python3 - "$work/stack.yml" <<'PY'
+import sys, yaml
+path = sys.argv[1]
+stack = yaml.safe_load(open(path))
+for service in stack["services"].values():
+    env = service.get("environment") or {}
+    for key in [k for k, v in env.items() if v == "__unset__"]:
+        del env[key]
+    # a disabled healthcheck keeps nothing of the base file's
+    if (service.get("healthcheck") or {}).get("disable"):
+        service["healthcheck"] = {"disable": True}
+yaml.safe_dump(stack, open(path, "w"), sort_keys=False)
+PY
+  docker stack deploy --resolve-image never -c "$work/stack.yml" "$STACK" >/dev/null
 }
 
 # converged: every replicated service has its replicas running, and healthy where it

@@ -115,7 +115,7 @@ async fn call(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET),
             url,
         )
-        .timeout(Duration::from_secs(5));
+        .timeout(Duration::from_secs(10));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
