@@ -50,6 +50,8 @@ cleanup() {
   exit $status
 }
 trap cleanup EXIT
+# a stopped run cleans up too
+trap "exit 143" INT TERM
 
 # --- images -------------------------------------------------------------------------
 say "base images"
