@@ -84,6 +84,11 @@ fn fail(check: &str, reason: impl std::fmt::Display, figures: Value) -> ! {
     std::process::exit(1)
 }
 
+/// `fail` with no figures: a step of the check could not be taken at all.
+fn fail_on(check: &str, reason: impl std::fmt::Display) -> ! {
+    fail(check, reason, json!({}))
+}
+
 fn pass(check: &str, figures: Value) {
     println!(
         "{}",
@@ -154,7 +159,7 @@ impl Ctx {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("setup", err, json!({})));
+        .unwrap_or_else(|err| fail_on("setup", err));
         if status != 200 {
             fail(
                 "setup",
@@ -180,7 +185,7 @@ impl Ctx {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("member", err, json!({})));
+        .unwrap_or_else(|err| fail_on("member", err));
         if status != 201 {
             fail("member", format!("sign-up: {status} {user}"), json!({}));
         }
@@ -194,7 +199,7 @@ impl Ctx {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("member", err, json!({})));
+        .unwrap_or_else(|err| fail_on("member", err));
         if !(200..300).contains(&status) {
             fail(
                 "member",
@@ -211,7 +216,7 @@ impl Ctx {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("member", err, json!({})));
+        .unwrap_or_else(|err| fail_on("member", err));
         if status != 200 {
             fail("member", format!("sign-in: {status} {tokens}"), json!({}));
         }
@@ -297,7 +302,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
         None,
     )
     .await
-    .unwrap_or_else(|err| fail("walk", err, json!({})));
+    .unwrap_or_else(|err| fail_on("walk", err));
     let revision = current["revision"].as_u64().unwrap_or(0);
     let routing = json!({"expected_revision": revision, "routing": {
         "projection": {"shards": {"p1": [format!("http://{node}")]}, "placement": {TENANT: "p1"}},
@@ -312,7 +317,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
         None,
     )
     .await
-    .unwrap_or_else(|err| fail("walk", err, json!({})));
+    .unwrap_or_else(|err| fail_on("walk", err));
     if !(200..300).contains(&status) {
         fail("walk", format!("routing: {status} {answer}"), json!({}));
     }
@@ -361,7 +366,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
             Some(TENANT),
         )
         .await
-        .unwrap_or_else(|err| fail("walk", err, json!({})));
+        .unwrap_or_else(|err| fail_on("walk", err));
         if status != 200 || answer["aggregate_version"] != 1 {
             fail(
                 "walk",
@@ -491,7 +496,7 @@ async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool) {
         .collect();
     let started = Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .unwrap_or_else(|err| fail("traffic", err, json!({})));
+        .unwrap_or_else(|err| fail_on("traffic", err));
     if seconds > 0 {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
@@ -561,7 +566,7 @@ async fn outage(ctx: &Ctx) {
         None,
     )
     .await
-    .unwrap_or_else(|err| fail("outage", err, json!({})));
+    .unwrap_or_else(|err| fail_on("outage", err));
     figures.insert("write_status".into(), json!(status));
     figures.insert("write_code".into(), answer["error"]["code"].clone());
     if status != 503 {
@@ -576,7 +581,7 @@ async fn outage(ctx: &Ctx) {
 
 async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
     let token = std::fs::read_to_string(token_file)
-        .unwrap_or_else(|err| fail("ops", err, json!({})))
+        .unwrap_or_else(|err| fail_on("ops", err))
         .trim()
         .to_string();
     let replicas = tasks(&ctx.args.data, 9080).await;
@@ -602,7 +607,7 @@ async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
                 None,
             )
             .await
-            .unwrap_or_else(|err| fail("ops", err, json!({})));
+            .unwrap_or_else(|err| fail_on("ops", err));
             if status != want {
                 fail(
                     "ops",
@@ -620,7 +625,7 @@ async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("ops", err, json!({})));
+        .unwrap_or_else(|err| fail_on("ops", err));
         if status != 200 {
             fail("ops", format!("{addr}/live: {status}"), json!({}));
         }
@@ -655,7 +660,7 @@ async fn replicas(ctx: &Ctx) {
             None,
         )
         .await
-        .unwrap_or_else(|err| fail("replicas", err, json!({})));
+        .unwrap_or_else(|err| fail_on("replicas", err));
         if status != 200 {
             fail(
                 "replicas",
@@ -708,7 +713,7 @@ async fn replicas(ctx: &Ctx) {
         None,
     )
     .await
-    .unwrap_or_else(|err| fail("replicas", err, json!({})));
+    .unwrap_or_else(|err| fail_on("replicas", err));
     if !(200..300).contains(&status) {
         fail(
             "replicas",
@@ -739,7 +744,7 @@ async fn main() {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
-        .unwrap_or_else(|err| fail("setup", err, json!({})));
+        .unwrap_or_else(|err| fail_on("setup", err));
     let ctx = Ctx {
         client,
         args,
