@@ -26,7 +26,8 @@ RUN if [ -d vendor ]; then \
 ARG GIT_SHA=unknown
 ENV GATEWAY_GIT_SHA=${GIT_SHA}
 RUN cargo build --release --locked -p control-plane -p data-plane \
-    && mkdir -p /out && cp target/release/control-plane target/release/data-plane /out/
+    && mkdir -p /out/var-lib-gateway \
+    && cp target/release/control-plane target/release/data-plane /out/
 
 FROM ${RUNTIME_IMAGE} AS control
 ARG GIT_SHA=unknown
@@ -47,6 +48,9 @@ LABEL org.opencontainers.image.title="cloudlysis-gateway-data" \
       org.opencontainers.image.revision="${GIT_SHA}" \
       org.opencontainers.image.source="https://github.com/cloudlysis/gateway"
 COPY --from=build /out/data-plane /usr/local/bin/data-plane
+# the mirror cache's directory, owned by the runtime user: an empty named volume mounted
+# here starts as a copy of it, so the data plane can write its cache file
+COPY --from=build --chown=65532:65532 /out/var-lib-gateway /var/lib/gateway
 USER 65532:65532
 EXPOSE 8080 8081 9080
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \

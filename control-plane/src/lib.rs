@@ -70,6 +70,8 @@ pub enum RunError {
     Oidc(String),
     #[error("password hashing: {0}")]
     Hashing(#[from] auth::passwords::HashError),
+    #[error("initial routing: {0}")]
+    Routing(String),
 }
 
 /// The whole HTTP surface of the control plane. With `ops` given, `/metrics` and
@@ -200,6 +202,12 @@ pub async fn run(
         store: store.clone(),
         signer: Arc::clone(&signing_key),
     });
+    // a fresh platform publishes an empty routing, so its data planes become ready (and
+    // pass their health checks) before the first shard is placed
+    routing
+        .ensure_published(gateway_core::unix_now())
+        .await
+        .map_err(|err| RunError::Routing(err.message.clone()))?;
     let rebalancer = Arc::new(
         rebalance::Rebalancer::new(
             store.clone(),

@@ -88,6 +88,34 @@ impl RoutingAdmin {
         }
     }
 
+    /// Publishes an empty routing as revision 1 when no routing exists yet: a fresh
+    /// platform's data planes then load it and become ready before any shard is placed
+    /// (requests for unplaced tenants are refused by them as such). A routing that exists
+    /// is left alone, whoever signed it; another replica creating it first is fine.
+    pub async fn ensure_published(&self, now: i64) -> Result<(), ApiError> {
+        let kv = self.store.kv(Bucket::Snapshots);
+        if kv.get(ROUTING_DOC).await?.is_some() {
+            return Ok(());
+        }
+        let mut document = RoutingDocument::default();
+        for kind in ServiceKind::ALL {
+            document.kind_revisions.insert(kind, 1);
+        }
+        let bytes = self
+            .signer
+            .sign(ROUTING_DOC, 1, now, &document)
+            .map_err(|err| ApiError::internal("signing routing", &err))?;
+        match kv.create(ROUTING_DOC, bytes).await {
+            Ok(_) => {
+                metrics::gauge!("gateway_routing_published_revision").set(1.0);
+                tracing::info!(revision = 1, "empty routing published (fresh platform)");
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Applies `change` to the current document (an empty one if none) and publishes it,
     /// retrying when another replica published meanwhile. Returns (before, after, revision).
     pub async fn modify(

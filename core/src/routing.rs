@@ -169,6 +169,17 @@ impl RoutingDocument {
         }
     }
 
+    /// No kind has a placement, a shard or a default: nothing is routed (the document a
+    /// fresh control plane publishes).
+    pub fn routes_nothing(&self) -> bool {
+        ServiceKind::ALL.iter().all(|kind| {
+            let routing = self.kind(*kind);
+            routing.placement.is_empty()
+                && routing.shards.is_empty()
+                && routing.default_shard.is_none()
+        })
+    }
+
     /// Every placed shard and the default exist, every shard has valid endpoints.
     pub fn validate(&self) -> Result<(), RoutingError> {
         for kind in ServiceKind::ALL {

@@ -322,7 +322,7 @@ async fn the_ops_views_need_the_ops_token_off_loopback() {
         &nats.url(),
         &prefix,
         &keys,
-        &["--snapshots-optional", "--ops-token-file", token_path],
+        &["--ops-token-file", token_path],
     );
     let client = reqwest::Client::new();
     for view in ["/admin/routing", "/admin/upstreams"] {

@@ -182,7 +182,7 @@ impl Cluster {
             let data = cluster.data_plane();
             cluster.datas.push(data);
         }
-        let routing = json!({"expected_revision": 0, "routing": {"projection": {
+        let routing = json!({"expected_revision": 1, "routing": {"projection": {
             "shards": {"p1": [cluster.node.http_url()]}, "placement": {"acme": "p1"}}}});
         cluster.admin_ok(0, "PUT", "/admin/routing", routing).await;
         cluster

@@ -101,7 +101,7 @@ impl Env {
         env.ok(
             "PUT",
             "/admin/routing",
-            json!({ "expected_revision": 0, "routing": routing }),
+            json!({ "expected_revision": 1, "routing": routing }),
         )
         .await;
         env

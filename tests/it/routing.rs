@@ -68,7 +68,8 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
         None,
     )
     .await;
-    assert_eq!(empty["revision"], 0);
+    // a fresh platform: the empty routing the control plane published at its start
+    assert_eq!(empty["revision"], 1);
     // build a table step by step, each step one revision
     let steps = [
         (
@@ -97,7 +98,7 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
             json!({"shard": "proj-1"}),
         ),
     ];
-    let mut revision = 0;
+    let mut revision = 1;
     for (method, path, body) in steps {
         let (status, answer) =
             call(&client, method, format!("{base}{path}"), &admin, Some(body)).await;
@@ -359,4 +360,88 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+}
+
+/// A fresh platform: the control plane publishes an empty signed routing at its first
+/// start, so data planes (which need a verified routing to be ready, and so to pass their
+/// container health checks) become ready before any shard is placed, and refuse tenants
+/// as not routed. A restart publishes nothing new; a placed routing is never replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_platform_publishes_an_empty_routing_once_and_its_data_planes_become_ready() {
+    let nats = NatsServer::start();
+    let keys = SnapshotKeys::generate();
+    let prefix = gateway_tests::unique_prefix();
+    let client = reqwest::Client::new();
+    let (first, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    // no --snapshots-optional: ready needs the verified keys and routing
+    let (_data, data) = gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &[]);
+    gateway_tests::process::wait_for_status(&client, &format!("{}/ready", data.ops), 200, START)
+        .await;
+    gateway_tests::process::wait_for_status(&client, &format!("{}/live", data.ops), 200, START)
+        .await;
+    let seen: Value = client
+        .get(format!("{}/admin/routing", data.ops))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["revision"], 1, "{seen}");
+    for kind in ["aggregate", "projection", "runner"] {
+        assert_eq!(seen["routing"][kind]["shards"], json!({}), "{seen}");
+        assert_eq!(seen["routing"][kind]["placement"], json!({}), "{seen}");
+    }
+    // a tenant request is refused as not routed (not as "not ready")
+    let tokens: Value = client
+        .post(format!("{base}/v1/auth/signin"))
+        .json(
+            &json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = tokens["access_token"].as_str().unwrap().to_string();
+    let answer = client
+        .post(format!("{}/v1/query/orders", data.http))
+        .bearer_auth(&admin)
+        .header("x-tenant-id", "acme")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tenant_not_routed", "{body}");
+
+    // place a tenant, then restart the control plane: its routing stays as it is
+    let (status, placed) = call(
+        &client,
+        "PUT",
+        format!("{base}/admin/routing/projection/shards/p1"),
+        &admin,
+        Some(json!({"endpoints": ["http://127.0.0.1:9101"]})),
+    )
+    .await;
+    assert_eq!((status, &placed["revision"]), (200, &json!(2)), "{placed}");
+    drop(first);
+    let (_second, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    let (status, now) = call(
+        &client,
+        "GET",
+        format!("{base}/admin/routing"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["revision"], 2, "{now}");
+    assert_eq!(
+        now["routing"]["projection"]["shards"]["p1"],
+        json!(["http://127.0.0.1:9101"]),
+        "{now}"
+    );
 }

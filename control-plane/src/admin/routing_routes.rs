@@ -105,15 +105,11 @@ pub(crate) async fn replace(
     // say which routing it replaces, and an empty one must be asked for in so many words
     let Some(expected) = body.expected_revision else {
         return Err(ApiError::bad_request(
-            "expected_revision is required to replace the whole routing (read GET /admin/routing; 0 when nothing was published)",
+            "expected_revision is required to replace the whole routing (the revision GET /admin/routing answers)",
         )
         .with_reason(Reason::RoutingReplaceUnsafe));
     };
-    let empty = ServiceKind::ALL.iter().all(|kind| {
-        let routing = body.routing.kind(*kind);
-        routing.placement.is_empty() && routing.shards.is_empty() && routing.default_shard.is_none()
-    });
-    if empty && !body.confirm_empty {
+    if body.routing.routes_nothing() && !body.confirm_empty {
         return Err(ApiError::bad_request(
             "this routing has no placement and no shard: every route would be removed; send confirm_empty: true to mean it",
         )

@@ -142,14 +142,14 @@ async fn a_whole_routing_replacement_says_what_it_replaces_and_never_empties_by_
             "PUT",
             "/admin/routing",
             Some(&admin),
-            Some(json!({"expected_revision": 0, "routing": routing})),
+            Some(json!({"expected_revision": 1, "routing": routing})),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     // the wipe of the finding: refused, and the placement is still there
     for wipe in [
         json!({"routing": {}}),
-        json!({"expected_revision": 1, "routing": {}}),
+        json!({"expected_revision": 2, "routing": {}}),
     ] {
         let (status, body) = env
             .call("PUT", "/admin/routing", Some(&admin), Some(wipe))
@@ -161,7 +161,7 @@ async fn a_whole_routing_replacement_says_what_it_replaces_and_never_empties_by_
         );
     }
     let (_, now) = env.call("GET", "/admin/routing", Some(&admin), None).await;
-    assert_eq!(now["revision"], 1);
+    assert_eq!(now["revision"], 2);
     assert_eq!(now["routing"]["projection"]["placement"]["acme"], "p1");
     // said in so many words, it goes
     let (status, body) = env
@@ -169,7 +169,7 @@ async fn a_whole_routing_replacement_says_what_it_replaces_and_never_empties_by_
             "PUT",
             "/admin/routing",
             Some(&admin),
-            Some(json!({"expected_revision": 1, "confirm_empty": true, "routing": {}})),
+            Some(json!({"expected_revision": 2, "confirm_empty": true, "routing": {}})),
         )
         .await;
     assert_eq!(status, 200, "{body}");

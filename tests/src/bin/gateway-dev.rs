@@ -89,9 +89,16 @@ async fn publish_demo_routing(
         store: store.clone(),
         signer: std::sync::Arc::new(signer),
     };
-    if routing.current().await?.0.is_some() {
+    // a routing someone placed tenants in is kept; none, or the empty one a fresh control
+    // plane publishes, gets the demo placement
+    let current = routing.current().await?.0;
+    if current
+        .as_ref()
+        .is_some_and(|doc| !doc.payload.routes_nothing())
+    {
         return Ok(());
     }
+    let expected = current.map_or(0, |doc| doc.revision);
     let demo = gateway_core::authz::TenantId::parse("demo")?;
     let kind = |endpoint: String| KindRouting {
         placement: [(demo.clone(), "shard-a".to_string())].into(),
@@ -105,7 +112,7 @@ async fn publish_demo_routing(
         ..RoutingDocument::default()
     };
     let revision = routing
-        .publish(document, Some(0), gateway_core::unix_now())
+        .publish(document, Some(expected), gateway_core::unix_now())
         .await?;
     tracing::info!(
         revision,
