@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The deployment test: builds the two gateway images and a NATS image locally, deploys
-# swarm/stacks/platform.yml on a one-node Docker Swarm (with single-node.yml, which relaxes
-# only what one node forces) and checks it under traffic:
-#   T9.2  both replicas of each plane ready; sign-up → sign-in → command → query on each
+# swarm/stacks/platform.yml with its upstream mutual-TLS variant platform.mtls.yml on a
+# one-node Docker Swarm (with single-node.yml, which relaxes only what one node forces)
+# and checks it under traffic:
+#   T9.2  both replicas of each plane ready; sign-up → sign-in → command → query on each,
+#         to a reference node that takes only the data planes' client certificate
 #   T9.3  `docker service update --image` of each plane under continuous traffic
 #   kill  a data-plane task killed under traffic; Swarm replaces it
 #   NATS  stopped for 60 s: the data planes serve from their mirrors, are not replaced,
@@ -67,12 +69,18 @@ fi
 build_start=$(date +%s)
 if [ -z "${IMAGE_TAG:-}" ]; then
   say "building the gateway images ($TAG)"
+  # one snapshot of the tree for both targets: the second build then reuses the first
+  # one's compiled workspace even if files change meanwhile
+  tar -C "$root" -cf "$work/context.tar" --exclude=./target --exclude=./.git \
+    --exclude=./.gateway-dev --exclude=./fuzz/target --exclude=./fuzz/corpus \
+    --exclude=./fuzz/artifacts --exclude='__pycache__' .
   for target in control data; do
     docker build -q --target "$target" -t "cloudlysis/gateway-$target:$TAG" \
       --build-arg RUST_IMAGE=cloudlysis-local/rust:bookworm \
       --build-arg RUNTIME_IMAGE=cloudlysis-local/cc:bookworm \
-      --build-arg GIT_SHA="$(git rev-parse HEAD)" . >/dev/null
+      --build-arg GIT_SHA="$(git rev-parse HEAD)" - <"$work/context.tar" >/dev/null
   done
+  rm -f "$work/context.tar"
 fi
 build_seconds=$(( $(date +%s) - build_start ))
 # the image a rolling update moves to: the same build under another tag
@@ -122,6 +130,34 @@ secret gateway_google_client_secret "$work/unused"
 secret gateway_nats_creds "$work/unused"
 secret gateway_smtp_password "$work/unused"
 secret gateway_ops_token "$work/ops-token"
+# upstream mutual TLS (platform.mtls.yml): one CA issues the reference node's server
+# certificate and the data planes' client certificate
+tls="$work/tls"
+mkdir -p "$tls"
+(
+  cd "$tls"
+  ec() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+  ec ca.key
+  openssl req -x509 -new -key ca.key -days 2 -subj "/CN=gwtest upstream CA" -out ca.pem \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+  leaf() { # name, subject CN, extensions
+    ec "$1.key"
+    openssl req -new -key "$1.key" -subj "/CN=$2" -out "$1.csr" 2>/dev/null
+    printf '%s\n' "$3" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+  }
+  leaf upstream upstream "subjectAltName=DNS:upstream,DNS:tasks.upstream
+extendedKeyUsage=serverAuth"
+  leaf client gateway-data "extendedKeyUsage=clientAuth"
+  # keys in PKCS#8 PEM, readable by the containers' user
+  chmod 644 ./*.key ./*.pem
+)
+secret gateway_upstream_client_cert "$tls/client.pem"
+secret gateway_upstream_client_key "$tls/client.key"
+secret gwtest_upstream_cert "$tls/upstream.pem"
+secret gwtest_upstream_key "$tls/upstream.key"
+docker config create --label gwtest gateway_upstream_ca "$tls/ca.pem" >/dev/null
 docker config create --label gwtest gateway_snapshot_verify_key "$work/keys/snapshot-verify.pem" >/dev/null
 docker config create --label gwtest gateway_nats_server swarm/nats/nats-server.conf >/dev/null
 
@@ -134,7 +170,8 @@ export GATEWAY_SMTP_URL=unused GATEWAY_SMTP_USERNAME=unused
 # __unset__ is removed (a merge cannot delete keys, and the planes read an empty variable
 # as a value)
 deploy() {
-  docker stack config -c swarm/stacks/platform.yml -c swarm/test/single-node.yml \
+  docker stack config -c swarm/stacks/platform.yml -c swarm/stacks/platform.mtls.yml \
+    -c swarm/test/single-node.yml \
     >"$work/stack.yml"
   python3 - "$work/stack.yml" <<'PY'
 import sys, yaml
@@ -185,18 +222,25 @@ echo "{\"check\":\"deploy\",\"ok\":true,\"figures\":{\"seconds_to_two_healthy_re
 
 mkdir -p "$work/state"
 chmod 777 "$work/state"
-check() {
-  docker run --rm --label gwtest.check=1 --network "${STACK}_gateway" \
+on_overlay() {
+  docker run --label gwtest.check=1 --network "${STACK}_gateway" \
     -v "$work/admin-password:/run/admin-password:ro" -v "$work/state:/state" \
     -e CHECK_ADMIN_EMAIL="$GATEWAY_BOOTSTRAP_ADMIN_EMAIL" \
     -e CHECK_ADMIN_PASSWORD_FILE=/run/admin-password \
     "$@"
 }
+check() { on_overlay --rm "$@"; }
 # traffic in the background until stopped; its JSON line lands in $work/traffic.json
 traffic_start() {
-  check -d --name gwtest-traffic "$CHECK_IMAGE" swarm-check traffic "$@" >/dev/null
+  on_overlay -d --name gwtest-traffic "$CHECK_IMAGE" swarm-check traffic "$@" >/dev/null
   # the traffic has its token and is running before the disruption begins
   sleep 3
+  if [ "$(docker inspect -f '{{.State.Running}}' gwtest-traffic)" != true ]; then
+    echo "the traffic stopped before the disruption:" >&2
+    docker logs gwtest-traffic >&2 2>&1 || true
+    docker rm -f gwtest-traffic >/dev/null 2>&1 || true
+    return 1
+  fi
 }
 traffic_stop() {
   docker stop -t 30 gwtest-traffic >/dev/null
@@ -207,8 +251,12 @@ traffic_stop() {
   return "$code"
 }
 
-say "T9.2: the walk"
-check "$CHECK_IMAGE" swarm-check walk
+say "T9.2: the walk (upstream over mutual TLS)"
+walk() {
+  check -v "$tls/ca.pem:/run/upstream-ca.pem:ro" "$CHECK_IMAGE" swarm-check walk \
+    --upstream-ca-file /run/upstream-ca.pem
+}
+walk
 
 say "the ops views need the ops token"
 check -v "$work/ops-token:/run/ops-token:ro" "$CHECK_IMAGE" swarm-check ops --token-file /run/ops-token
@@ -250,7 +298,7 @@ if [ "$ids_before" != "$ids_after" ]; then
   exit 1
 fi
 t=$(date +%s)
-check "$CHECK_IMAGE" swarm-check walk
+walk
 echo "{\"check\":\"nats-outage\",\"ok\":true,\"figures\":{\"outage_seconds\":60,\"data_plane_tasks_replaced\":0,\"seconds_to_write_again\":$(( $(date +%s) - t ))}}"
 
 say "T9.4: sessions and a role change across the real replicas"

@@ -484,29 +484,56 @@ pub async fn start(
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
 ) -> std::io::Result<RunningNode> {
+    start_with_tls(name, http_addr, grpc_addr, None).await
+}
+
+/// [`start`], with TLS on both listeners when `tls` is given (and client certificates
+/// required when it names a client CA: the node then answers only mutual-TLS callers).
+pub async fn start_with_tls(
+    name: &str,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    tls: Option<gateway_edge::tls::TlsFiles>,
+) -> std::io::Result<RunningNode> {
     let node = Node::new(name);
     let stop = CancellationToken::new();
     let http = TcpListener::bind(http_addr).await?;
     let grpc = TcpListener::bind(grpc_addr).await?;
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-    let app = node.http_router();
-    let http_stop = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(http, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await;
-    });
     // gRPC and the readiness contract on one port: HTTP/2 for gRPC, HTTP/1.1 for gates
     let grpc_app = tonic::service::Routes::new(node.grpc_service())
         .prepare()
         .into_axum_router()
         .merge(node.readiness_router());
-    let grpc_stop = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(grpc, grpc_app)
-            .with_graceful_shutdown(grpc_stop.cancelled_owned())
-            .await;
-    });
+    for (listener, app) in [(http, node.http_router()), (grpc, grpc_app)] {
+        let stop = stop.clone();
+        match &tls {
+            Some(files) => {
+                let reloader = gateway_edge::tls::TlsReloader::load(
+                    files.clone(),
+                    &gateway_edge::http::HTTP_ALPN,
+                )
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+                let listener = gateway_edge::tls::TlsListener::new(
+                    listener,
+                    reloader,
+                    gateway_edge::listen::ConnectionCap::new("reference-upstream", 1024),
+                )?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                });
+            }
+        }
+    }
     Ok(RunningNode {
         node,
         http_addr,

@@ -16,15 +16,41 @@ struct Args {
     /// gRPC address (Aggregate CommandService).
     #[arg(long, env = "UPSTREAM_GRPC_LISTEN", default_value = "127.0.0.1:9102")]
     grpc_listen: std::net::SocketAddr,
+    /// PEM certificate chain: both listeners speak TLS (`https` in the routing).
+    #[arg(long, env = "UPSTREAM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "UPSTREAM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM CA bundle: callers must present a client certificate it issued (mutual TLS).
+    #[arg(long, env = "UPSTREAM_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let node =
-        gateway_tests::upstream::start(&args.name, args.http_listen, args.grpc_listen).await?;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(gateway_edge::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+        _ => None,
+    };
+    let (tls_on, mutual) = (
+        tls.is_some(),
+        tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+    );
+    let node = gateway_tests::upstream::start_with_tls(
+        &args.name,
+        args.http_listen,
+        args.grpc_listen,
+        tls,
+    )
+    .await?;
     println!(
-        "{{\"message\":\"reference upstream listening\",\"name\":\"{}\",\"http_addr\":\"{}\",\"grpc_addr\":\"{}\"}}",
+        "{{\"message\":\"reference upstream listening\",\"name\":\"{}\",\"http_addr\":\"{}\",\"grpc_addr\":\"{}\",\"tls\":{tls_on},\"mutual_tls\":{mutual}}}",
         args.name, node.http_addr, node.grpc_addr
     );
     tokio::signal::ctrl_c().await?;

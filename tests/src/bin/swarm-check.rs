@@ -41,6 +41,12 @@ enum Check {
         /// The reference upstream's service name.
         #[arg(long, default_value = "upstream")]
         upstream: String,
+        /// The CA of the upstream's certificate: the node speaks mutual TLS, the routing
+        /// names it `https://tasks.<upstream>`, and the check first makes sure the node
+        /// refuses a caller without a client certificate (so the walk's success shows the
+        /// data planes' mutual TLS).
+        #[arg(long)]
+        upstream_ca_file: Option<std::path::PathBuf>,
     },
     /// Query traffic until SIGTERM (or `--seconds`), one retry on the other replica for a
     /// failed call, with every replica's `/ready` sampled each 250 ms. Holds when no call
@@ -82,6 +88,18 @@ fn fail(check: &str, reason: impl std::fmt::Display, figures: Value) -> ! {
         json!({"check": check, "ok": false, "reason": reason.to_string(), "figures": figures})
     );
     std::process::exit(1)
+}
+
+/// What makes this run's names (accounts, aggregates) unique: inside a container every
+/// run is pid 1, and the checks run several times against one store.
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{nanos:x}")
+    })
 }
 
 /// `fail` with no figures: a step of the check could not be taken at all.
@@ -267,7 +285,42 @@ async fn ready_count(client: &reqwest::Client, replicas: &[SocketAddr]) -> usize
     ready
 }
 
-async fn walk(ctx: &Ctx, upstream: &str) {
+/// With the node's CA: a call without a client certificate and a call in the clear both
+/// get no answer. Returns the (projection, aggregate) base URLs by name.
+async fn upstream_refuses_callers_without_a_certificate(
+    upstream: &str,
+    ca_file: &std::path::Path,
+) -> (String, String) {
+    let ca = std::fs::read(ca_file).unwrap_or_else(|err| fail_on("walk", err));
+    let ca = reqwest::Certificate::from_pem(&ca).unwrap_or_else(|err| fail_on("walk", err));
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|err| fail_on("walk", err));
+    let (http, grpc) = (
+        format!("https://tasks.{upstream}:9101"),
+        format!("https://tasks.{upstream}:9102"),
+    );
+    for url in [
+        format!("{http}/_reference/requests"),
+        format!("{grpc}/ready"),
+        format!("http://tasks.{upstream}:9101/_reference/requests"),
+    ] {
+        if let Ok(answer) = client.get(&url).send().await {
+            fail(
+                "walk",
+                format!("the upstream answered a caller without a client certificate: {url}"),
+                json!({"status": answer.status().as_u16()}),
+            );
+        }
+    }
+    (http, grpc)
+}
+
+async fn walk(ctx: &Ctx, upstream: &str, upstream_ca: Option<&std::path::Path>) {
     let started = Instant::now();
     for (service, port) in [(&ctx.args.control, 8090), (&ctx.args.data, 8080)] {
         let both = until(Duration::from_secs(60), || async {
@@ -290,7 +343,13 @@ async fn walk(ctx: &Ctx, upstream: &str) {
         .first()
         .copied()
         .unwrap_or_else(|| fail("walk", "the reference upstream does not resolve", json!({})));
-    let grpc = SocketAddr::new(node.ip(), 9102);
+    let (node, grpc) = match upstream_ca {
+        Some(ca) => upstream_refuses_callers_without_a_certificate(upstream, ca).await,
+        None => (
+            format!("http://{node}"),
+            format!("http://{}", SocketAddr::new(node.ip(), 9102)),
+        ),
+    };
     let base = ctx.control().await;
     // the placement of the test tenant, at whatever revision the store holds
     let (_, current) = call(
@@ -305,8 +364,8 @@ async fn walk(ctx: &Ctx, upstream: &str) {
     .unwrap_or_else(|err| fail_on("walk", err));
     let revision = current["revision"].as_u64().unwrap_or(0);
     let routing = json!({"expected_revision": revision, "routing": {
-        "projection": {"shards": {"p1": [format!("http://{node}")]}, "placement": {TENANT: "p1"}},
-        "aggregate": {"shards": {"a1": [format!("http://{grpc}")]}, "placement": {TENANT: "a1"}},
+        "projection": {"shards": {"p1": [node]}, "placement": {TENANT: "p1"}},
+        "aggregate": {"shards": {"a1": [grpc]}, "placement": {TENANT: "a1"}},
     }});
     let (status, answer) = call(
         &ctx.client,
@@ -321,7 +380,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
     if !(200..300).contains(&status) {
         fail("walk", format!("routing: {status} {answer}"), json!({}));
     }
-    let email = format!("walk-{}@swarm.test", std::process::id());
+    let email = format!("walk-{}@swarm.test", run_id());
     let (_, token, _) = ctx.member(&admin, &email).await;
     let mut figures = serde_json::Map::new();
     for (i, data) in tasks(&ctx.args.data, 8080).await.iter().enumerate() {
@@ -357,10 +416,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
         let (status, answer) = call(
             &ctx.client,
             "POST",
-            format!(
-                "http://{data}/v1/commands/order/o-{i}-{}",
-                std::process::id()
-            ),
+            format!("http://{data}/v1/commands/order/o-{i}-{}", run_id()),
             Some(&token),
             Some(json!({"command_type": "AddLine", "payload": {"sku": "x"}})),
             Some(TENANT),
@@ -380,6 +436,7 @@ async fn walk(ctx: &Ctx, upstream: &str) {
         );
     }
     figures.insert("total_ms".into(), json!(started.elapsed().as_millis()));
+    figures.insert("upstream_mutual_tls".into(), json!(upstream_ca.is_some()));
     pass("walk", Value::Object(figures));
 }
 
@@ -393,7 +450,7 @@ async fn traffic_token(ctx: &Ctx) -> String {
         return token;
     }
     let admin = ctx.admin_token().await;
-    let email = format!("traffic-{}@swarm.test", std::process::id());
+    let email = format!("traffic-{}@swarm.test", run_id());
     let (_, token, _) = ctx.member(&admin, &email).await;
     let _ = std::fs::write(path, &token);
     token
@@ -562,7 +619,7 @@ async fn outage(ctx: &Ctx) {
         "POST",
         format!("{base}/v1/auth/signup"),
         None,
-        Some(json!({"email": format!("outage-{}@swarm.test", std::process::id()), "password": PASSWORD})),
+        Some(json!({"email": format!("outage-{}@swarm.test", run_id()), "password": PASSWORD})),
         None,
     )
     .await
@@ -638,7 +695,7 @@ async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
 
 async fn replicas(ctx: &Ctx) {
     let admin = ctx.admin_token().await;
-    let email = format!("replicas-{}@swarm.test", std::process::id());
+    let email = format!("replicas-{}@swarm.test", run_id());
     let (id, token, mut refresh) = ctx.member(&admin, &email).await;
     let controls = tasks(&ctx.args.control, 8090).await;
     let datas = tasks(&ctx.args.data, 8080).await;
@@ -751,7 +808,10 @@ async fn main() {
         admin_password,
     };
     match &ctx.args.command {
-        Check::Walk { upstream } => walk(&ctx, upstream).await,
+        Check::Walk {
+            upstream,
+            upstream_ca_file,
+        } => walk(&ctx, upstream, upstream_ca_file.as_deref()).await,
         Check::Traffic {
             seconds,
             require_ready,
