@@ -97,6 +97,15 @@ fn write(path: &Path, mirrors: &Mirrors) -> std::io::Result<bool> {
         journal.dirty = false;
         journal.clone()
     };
+    let written = write_file(path, documents);
+    if written.is_err() {
+        // written again on the next tick
+        journal.lock().dirty = true;
+    }
+    written.map(|()| true)
+}
+
+fn write_file(path: &Path, documents: Journal) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(&CacheFile {
         version: VERSION,
         documents,
@@ -109,17 +118,29 @@ fn write(path: &Path, mirrors: &Mirrors) -> std::io::Result<bool> {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        let written = options.open(&tmp).and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        });
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err);
+        }
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(true)
+    if let Err(err) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    Ok(())
 }
 
+/// A name next to `path` that no other writer uses: two replicas can share the cache's
+/// directory (the old and the new task of a start-first update on one node mount the same
+/// volume, and both are pid 1 in their containers), and a shared temporary file would
+/// mix their writes before the rename.
 fn temporary(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
     path.with_file_name(name)
 }
 
@@ -211,6 +232,61 @@ mod tests {
         let other = Mirrors::new(false, true);
         assert_eq!(load(&path, &other, &keys).rejected, 1);
         assert!(other.routing.load().is_none());
+
+        // two writers sharing the directory (two tasks on one node, one volume): every
+        // file a reader finds is whole, and no temporary file is left behind
+        let shared = dir.path().join("shared.json");
+        let signer = Arc::new(DocSigningKey::generate());
+        let keys = Arc::new(DocVerifyingKeys::new([signer.verifying_key()]));
+        let writers: Vec<_> = (0..2u64)
+            .map(|writer| {
+                let (shared, signer, keys) =
+                    (shared.clone(), Arc::clone(&signer), Arc::clone(&keys));
+                std::thread::spawn(move || {
+                    let mirrors = Mirrors::new(false, true);
+                    for round in 0..200u64 {
+                        // documents of different sizes, so mixed writes would show
+                        let endpoints: Vec<String> = (0..(writer * 37 + round * 7) % 80 + 1)
+                            .map(|i| format!("http://10.0.{}.{}:1", i / 250, i % 250))
+                            .collect();
+                        let routing = json!({"runner": {"shards": {"r": endpoints}}});
+                        let revision = 10 + round * 2 + writer;
+                        mirrors
+                            .apply(
+                                &keys,
+                                ROUTING,
+                                &signer.sign(ROUTING, revision, 10, &routing).unwrap(),
+                            )
+                            .unwrap();
+                        write(&shared, &mirrors).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut reads = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            if shared.exists() {
+                let reader = Mirrors::new(false, true);
+                assert_eq!(
+                    load(&shared, &reader, &keys),
+                    Loaded {
+                        applied: 1,
+                        rejected: 0
+                    }
+                );
+                reads += 1;
+            }
+        }
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert!(reads > 0);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
 
         // garbage and a missing file are an empty cache
         std::fs::write(&path, b"{not json").unwrap();

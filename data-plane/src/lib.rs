@@ -53,7 +53,16 @@ pub enum StoreSource {
 
 /// Ready once the store is open and answers; an answer also counts as contact for the
 /// staleness bound (it runs every 500 ms for the gRPC health status).
-struct StoreSlotReady(Arc<std::sync::OnceLock<Store>>, Arc<Mirrors>);
+/// The data plane's view of its state: the store answers, or (in an outage) the mirrors
+/// hold a routing and were current less than `--max-staleness` ago, which is exactly
+/// when the data plane still serves. A load balancer that reads `/ready` then keeps every
+/// replica through an outage the mirrors cover, and drops them when they fail closed.
+struct StoreSlotReady {
+    slot: Arc<std::sync::OnceLock<Store>>,
+    mirrors: Arc<Mirrors>,
+    /// Seconds; 0: no bound.
+    max_staleness: i64,
+}
 
 #[async_trait::async_trait]
 impl ReadyCheck for StoreSlotReady {
@@ -62,13 +71,25 @@ impl ReadyCheck for StoreSlotReady {
     }
 
     async fn check(&self) -> Result<(), String> {
-        match self.0.get() {
-            Some(store) => {
-                StoreReady(store.clone()).check().await?;
-                self.1.touch(gateway_core::unix_now());
-                Ok(())
-            }
+        let reached = match self.slot.get() {
+            Some(store) => StoreReady(store.clone()).check().await,
             None => Err("not connected yet".into()),
+        };
+        let now = gateway_core::unix_now();
+        let Err(reason) = reached else {
+            self.mirrors.touch(now);
+            return Ok(());
+        };
+        if self.mirrors.routing.load().is_none() {
+            return Err(reason);
+        }
+        match self.mirrors.staleness(now) {
+            Some(age) if self.max_staleness == 0 || age <= self.max_staleness => Ok(()),
+            age => Err(format!(
+                "{reason}; the mirrors were current {} s ago, past --max-staleness ({} s)",
+                age.unwrap_or(-1),
+                self.max_staleness
+            )),
         }
     }
 }
@@ -379,10 +400,11 @@ pub async fn run(
     ));
     let store_slot = Arc::new(std::sync::OnceLock::new());
     let checks: Vec<Arc<dyn ReadyCheck>> = vec![
-        Arc::new(StoreSlotReady(
-            Arc::clone(&store_slot),
-            Arc::clone(&mirrors),
-        )),
+        Arc::new(StoreSlotReady {
+            slot: Arc::clone(&store_slot),
+            mirrors: Arc::clone(&mirrors),
+            max_staleness: config.max_staleness.as_secs() as i64,
+        }),
         Arc::new(mirror::SnapshotsReady {
             mirrors: Arc::clone(&mirrors),
             optional: config.snapshots_optional,

@@ -231,16 +231,18 @@ fn the_images_run_as_non_root_with_build_metadata_and_a_healthcheck() {
 }
 
 /// `<plane> healthcheck` exits 0 when its URL answers 200 and 1 otherwise; `/live` stays
-/// 200 through a NATS outage that turns `/ready` to 503 (Swarm must not replace replicas
-/// that serve from their mirrors).
+/// 200 through a NATS outage that turns `/ready` to 503 (Swarm must not replace replicas:
+/// new ones could not do better without the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_healthcheck_command_reflects_liveness_not_readiness() {
     let mut nats = gateway_tests::nats::NatsServer::start();
     let keys = gateway_tests::SnapshotKeys::generate();
     let prefix = gateway_tests::unique_prefix();
     let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
+    // a short staleness bound, so its /ready turns 503 within the test (it stays ready
+    // while its mirrors serve: planes::readiness)
     let (_data, data) =
-        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--snapshots-optional"]);
+        gateway_tests::spawn_data_plane(&nats.url(), &prefix, &keys, &["--max-staleness", "1s"]);
     let client = reqwest::Client::new();
     for url in [format!("{base}/ready"), format!("{}/ready", data.http)] {
         gateway_tests::process::wait_for_status(
@@ -277,7 +279,8 @@ async fn the_healthcheck_command_reflects_liveness_not_readiness() {
         healthcheck("data-plane", "ftp://x/ready").status.code(),
         Some(1)
     );
-    // NATS goes away: both planes turn not ready, and stay live
+    // NATS goes away: the control plane turns not ready, the data plane once past its
+    // --max-staleness; both stay live
     nats.stop();
     for url in [format!("{base}/ready"), format!("{}/ready", data.http)] {
         gateway_tests::process::wait_for_status(

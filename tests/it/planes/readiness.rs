@@ -36,19 +36,33 @@ async fn wait_for_grpc_health(url: &str, want: ServingStatus) {
     }
 }
 
+/// In a NATS outage the control plane is not ready (it cannot write); a data plane stays
+/// ready while its mirrors serve, within --max-staleness, and turns 503 past it (when it
+/// fails closed): a load balancer reading /ready keeps it exactly as long as it serves.
+/// Everything recovers without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_turns_503_while_nats_is_down_and_recovers_without_restart() {
+async fn ready_follows_the_store_on_the_control_plane_and_max_staleness_on_the_data_plane() {
     let mut env = Env::new();
     let (control_process, control) = env.control(&[]);
-    let (data_process, _data, ops, grpc) = env.data_with_grpc(true, &[]);
-    let pids = (control_process.pid(), data_process.pid());
+    // the default bound (60 s) and a short one
+    let (data_process, _data, ops, grpc) = env.data_with_grpc(false, &[]);
+    let (short_process, _short, short_ops, short_grpc) =
+        env.data_with_grpc(false, &["--max-staleness", "1s"]);
+    let pids = (
+        control_process.pid(),
+        data_process.pid(),
+        short_process.pid(),
+    );
     let client = client();
-    for base in [&control, &ops] {
+    for base in [&control, &ops, &short_ops] {
         wait_for_status(&client, &format!("{base}/ready"), 200, START).await;
     }
-    wait_for_grpc_health(&grpc, ServingStatus::Serving).await;
+    for url in [&grpc, &short_grpc] {
+        wait_for_grpc_health(url, ServingStatus::Serving).await;
+    }
     env.nats.stop();
-    for base in [&control, &ops] {
+    let reasons = |body: &Value| body["checks"]["store"].as_str().unwrap_or("").to_string();
+    for base in [&control, &short_ops] {
         wait_for_status(&client, &format!("{base}/ready"), 503, START).await;
         let body: Value = client
             .get(format!("{base}/ready"))
@@ -58,18 +72,36 @@ async fn ready_turns_503_while_nats_is_down_and_recovers_without_restart() {
             .json()
             .await
             .unwrap();
-        assert!(body["checks"]["store"].is_string(), "{body}");
+        assert!(!reasons(&body).is_empty(), "{body}");
+        if base == &short_ops {
+            assert!(reasons(&body).contains("--max-staleness"), "{body}");
+        }
         // alive all the same
         let health = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(health.status(), 200);
+        let live = client.get(format!("{base}/live")).send().await.unwrap();
+        assert_eq!(live.status(), 200);
     }
-    wait_for_grpc_health(&grpc, ServingStatus::NotServing).await;
+    wait_for_grpc_health(&short_grpc, ServingStatus::NotServing).await;
+    // the short bound has passed, the default one has not: still ready, still serving
+    let ready = client.get(format!("{ops}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    wait_for_grpc_health(&grpc, ServingStatus::Serving).await;
     env.nats.restart();
-    for base in [&control, &ops] {
+    for base in [&control, &ops, &short_ops] {
         wait_for_status(&client, &format!("{base}/ready"), 200, START).await;
     }
-    wait_for_grpc_health(&grpc, ServingStatus::Serving).await;
-    assert_eq!((control_process.pid(), data_process.pid()), pids);
+    for url in [&grpc, &short_grpc] {
+        wait_for_grpc_health(url, ServingStatus::Serving).await;
+    }
+    assert_eq!(
+        (
+            control_process.pid(),
+            data_process.pid(),
+            short_process.pid()
+        ),
+        pids
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

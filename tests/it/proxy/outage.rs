@@ -197,14 +197,17 @@ async fn a_data_plane_restarted_while_nats_is_down_serves_from_its_cache_file() 
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["node"], "shard-cached");
     assert_eq!(query(&restarted, "globex").await.0, 403);
-    // and says it is not connected to the store
-    let ready = stack
-        .client
-        .get(format!("{}/ready", restarted.http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    // and, serving within --max-staleness, it is ready and live: a load balancer sends it
+    // traffic and Swarm's health check keeps it
+    for probe in ["ready", "live"] {
+        let answer = stack
+            .client
+            .get(format!("{}/{probe}", restarted.http))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "/{probe}");
+    }
 
     // a tampered routing document in the file is refused on load
     let mut file: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
@@ -306,6 +309,17 @@ async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
         "store unreachable for too long: failing closed (503 state_stale) until it is back",
         START,
     );
+    // failing closed, it is not ready (a load balancer drops it) but still live (Swarm
+    // does not replace it: a new task could not do better without the store)
+    for (probe, want) in [("ready", 503), ("live", 200)] {
+        let answer = stack
+            .client
+            .get(format!("{}/{probe}", stack.data.http))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), want, "/{probe}");
+    }
     // the store back: it serves again without a restart
     stack.nats.restart();
     let deadline = std::time::Instant::now() + START;

@@ -58,9 +58,13 @@ enum Check {
         /// outage, when readiness turns 503 on purpose while calls are still served).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         require_ready: bool,
+        /// Every other call is `GET /v1/auth/session` through the data plane, which it
+        /// forwards to a control plane (so a control-plane update is under traffic too).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        auth_calls: bool,
     },
-    /// During a NATS outage: queries are served from the mirrors on every replica, and a
-    /// write (an admin change) answers 503.
+    /// During a NATS outage (shorter than --max-staleness): queries are served from the
+    /// mirrors on every replica, which stays ready, and a write answers 503.
     Outage,
     /// The ops listener of each data-plane replica: `/admin/routing` is 401 without the
     /// ops token and with a wrong one, 200 with it; `/live` and `/ready` need none.
@@ -456,10 +460,11 @@ async fn traffic_token(ctx: &Ctx) -> String {
     token
 }
 
-async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool) {
+async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool, auth_calls: bool) {
     let token = traffic_token(ctx).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let (sent, retried, failed) = (
+    let (sent, retried, failed, auth_sent) = (
+        Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -490,11 +495,12 @@ async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool) {
                 ctx.args.data.clone(),
                 token.clone(),
             );
-            let (sent, retried, failed, failures) = (
+            let (sent, retried, failed, failures, auth_sent) = (
                 Arc::clone(&sent),
                 Arc::clone(&retried),
                 Arc::clone(&failed),
                 Arc::clone(&failures),
+                Arc::clone(&auth_sent),
             );
             tokio::spawn(async move {
                 let mut turn = worker;
@@ -510,20 +516,36 @@ async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool) {
                         continue;
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
+                    let auth = auth_calls && turn % 2 == 1;
+                    if auth {
+                        auth_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut last = String::new();
                     let mut ok = false;
                     // one try, and one retry on the next replica
                     for attempt in 0..2 {
                         let addr = replicas[(turn + attempt) % replicas.len()];
-                        let answer = call(
-                            &client,
-                            "POST",
-                            format!("http://{addr}/v1/query/orders"),
-                            Some(&token),
-                            Some(json!({})),
-                            Some(TENANT),
-                        )
-                        .await;
+                        let answer = if auth {
+                            call(
+                                &client,
+                                "GET",
+                                format!("http://{addr}/v1/auth/session"),
+                                Some(&token),
+                                None,
+                                None,
+                            )
+                            .await
+                        } else {
+                            call(
+                                &client,
+                                "POST",
+                                format!("http://{addr}/v1/query/orders"),
+                                Some(&token),
+                                Some(json!({})),
+                                Some(TENANT),
+                            )
+                            .await
+                        };
                         match answer {
                             Ok((200, _)) => {
                                 ok = true;
@@ -570,6 +592,7 @@ async fn traffic(ctx: &Ctx, seconds: u64, require_ready: bool) {
     let figures = json!({
         "seconds": started.elapsed().as_secs_f64(),
         "requests": sent.load(Ordering::Relaxed),
+        "of_which_auth_through_the_control_plane": auth_sent.load(Ordering::Relaxed),
         "retried": retried.load(Ordering::Relaxed),
         "failed": failed.load(Ordering::Relaxed),
         "ready_samples": samples,
@@ -611,6 +634,14 @@ async fn outage(ctx: &Ctx) {
             );
         }
         figures.insert(format!("replica_{i}_ready"), json!(ready == 1));
+        // serving from its mirrors within --max-staleness, it says it is ready
+        if ready != 1 {
+            fail(
+                "outage",
+                format!("replica {i} serves but is not ready"),
+                Value::Object(figures),
+            );
+        }
     }
     // a write needs the store: the control plane answers 503, in our envelope
     let base = ctx.control().await;
@@ -815,7 +846,8 @@ async fn main() {
         Check::Traffic {
             seconds,
             require_ready,
-        } => traffic(&ctx, *seconds, *require_ready).await,
+            auth_calls,
+        } => traffic(&ctx, *seconds, *require_ready, *auth_calls).await,
         Check::Outage => outage(&ctx).await,
         Check::Ops { token_file } => ops(&ctx, token_file).await,
         Check::Replicas => replicas(&ctx).await,
