@@ -55,6 +55,10 @@ trap cleanup EXIT
 # a stopped run cleans up too
 trap "exit 143" INT TERM
 
+# the stack merge below reads YAML with Python (pinned PyYAML from PyPI when missing)
+python3 -c 'import yaml' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check "PyYAML==6.0.3"
+
 # --- images -------------------------------------------------------------------------
 say "base images"
 swarm/local/bases.sh
@@ -276,8 +280,11 @@ walk() {
 }
 walk
 
-say "the ops views need the ops token"
-check -v "$work/ops-token:/run/ops-token:ro" "$CHECK_IMAGE" swarm-check ops --token-file /run/ops-token
+say "the ops views need the ops token; build metadata in /version"
+built_sha=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' \
+  "cloudlysis/gateway-data:$TAG")
+check -v "$work/ops-token:/run/ops-token:ro" "$CHECK_IMAGE" swarm-check ops \
+  --token-file /run/ops-token --expect-git-sha "$built_sha"
 
 for plane in data control; do
   say "T9.3: rolling update of gateway-$plane under traffic"

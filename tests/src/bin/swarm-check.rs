@@ -71,6 +71,10 @@ enum Check {
     Ops {
         #[arg(long)]
         token_file: std::path::PathBuf,
+        /// Every replica of both planes reports this git sha in `GET /version` (the build
+        /// metadata compiled into the image).
+        #[arg(long)]
+        expect_git_sha: Option<String>,
     },
     /// T9.4: a session refreshed across both control-plane replicas; a role taken away on
     /// one replica is enforced by both data-plane replicas.
@@ -667,7 +671,7 @@ async fn outage(ctx: &Ctx) {
     pass("outage", Value::Object(figures));
 }
 
-async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
+async fn ops(ctx: &Ctx, token_file: &std::path::Path, expect_git_sha: Option<&str>) {
     let token = std::fs::read_to_string(token_file)
         .unwrap_or_else(|err| fail_on("ops", err))
         .trim()
@@ -718,9 +722,34 @@ async fn ops(ctx: &Ctx, token_file: &std::path::Path) {
             fail("ops", format!("{addr}/live: {status}"), json!({}));
         }
     }
+    // build metadata: every replica of both planes, from the control plane's API
+    // listener and the data plane's ops listener
+    let mut versions = Vec::new();
+    let controls = tasks(&ctx.args.control, 8090).await;
+    for addr in controls.iter().chain(replicas.iter()) {
+        let (status, version) = call(
+            &ctx.client,
+            "GET",
+            format!("http://{addr}/version"),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap_or_else(|err| fail_on("ops", err));
+        let sha = version["git_sha"].as_str().unwrap_or_default();
+        if status != 200 || expect_git_sha.is_some_and(|want| want != sha) {
+            fail(
+                "ops",
+                format!("{addr}/version: {status} {version}, expected git sha {expect_git_sha:?}"),
+                json!({}),
+            );
+        }
+        versions.push(version);
+    }
     pass(
         "ops",
-        json!({"replicas": replicas.len(), "admin_views_without_token": 401}),
+        json!({"replicas": replicas.len(), "admin_views_without_token": 401, "versions": versions}),
     );
 }
 
@@ -849,7 +878,10 @@ async fn main() {
             auth_calls,
         } => traffic(&ctx, *seconds, *require_ready, *auth_calls).await,
         Check::Outage => outage(&ctx).await,
-        Check::Ops { token_file } => ops(&ctx, token_file).await,
+        Check::Ops {
+            token_file,
+            expect_git_sha,
+        } => ops(&ctx, token_file, expect_git_sha.as_deref()).await,
         Check::Replicas => replicas(&ctx).await,
     }
 }
