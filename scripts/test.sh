@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: a current nats-server and the pinned Python gRPC clients for the
-# tests, every binary built once (the end-to-end tests run them as processes), then unit
+# The whole test suite: a current nats-server, the pinned Python gRPC clients and Debian's
+# chromium (a real browser for the CORS test) for the tests, every binary built once (the end-to-end tests run them as processes), then unit
 # and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "using nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 scripts/ensure-python-clients.sh
+CHROMIUM_BIN="$(scripts/ensure-browser.sh)"
+export CHROMIUM_BIN
 
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
