@@ -54,8 +54,8 @@ pub struct Step {
 /// What one gate found.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GateResult {
-    /// `projection.caught_up`, `runner.drained`, `aggregate.drained`,
-    /// `aggregate.state_available`.
+    /// `projection.caught_up`, `runner.drained`, `runner.target_ready`,
+    /// `aggregate.drained`, `aggregate.state_available`.
     pub gate: String,
     pub shard: String,
     pub endpoint: String,
@@ -648,7 +648,8 @@ impl Rebalancer {
 
     /// Asks every endpoint concerned, per kind: Projection: the target caught up (lag
     /// within the bound); Runner: the source drained with a checkpoint unchanged across
-    /// two reads; Aggregate: the source drained and the target's state available.
+    /// two reads, and the target ready to take the work; Aggregate: the source drained
+    /// and the target's state available. The numbers are checked, not only the verdict.
     pub async fn gates(&self, plan: &Plan, doc: &RoutingDocument) -> GateReport {
         let routing = doc.kind(plan.kind);
         let endpoints = |shard: &str| routing.shards.get(shard).cloned().unwrap_or_default();
@@ -659,6 +660,7 @@ impl Rebalancer {
             }
             ServiceKind::Runner => {
                 checks.push(("runner.drained", &plan.source_shard, "source"));
+                checks.push(("runner.target_ready", &plan.target_shard, "target"));
             }
             ServiceKind::Aggregate => {
                 checks.push(("aggregate.drained", &plan.source_shard, "source"));
@@ -755,6 +757,13 @@ impl Rebalancer {
             }
             "runner.drained" | "aggregate.drained" if first["in_flight"].as_u64() != Some(0) => {
                 return result(false, "calls still in flight".into(), numbers);
+            }
+            "aggregate.state_available" if first["state_available"].as_bool() != Some(true) => {
+                return result(
+                    false,
+                    "the node says ready, but not state_available".into(),
+                    numbers,
+                );
             }
             _ => {}
         }

@@ -64,6 +64,17 @@ pub struct TenantReadiness {
     /// Test hook: the checkpoint advances at every read (a runner still working).
     #[serde(default)]
     pub checkpoint_moving: bool,
+    /// The node takes the tenant's work (runners, as a target).
+    #[serde(default = "yes")]
+    pub accepts_work: bool,
+    /// Test hook: the verdict (`ready`) the node gives whatever its numbers say, as a
+    /// faulty node would; the gateway must check the numbers too.
+    #[serde(default)]
+    pub verdict: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TenantReadiness {
@@ -75,6 +86,8 @@ impl Default for TenantReadiness {
             state_available: true,
             delay_ms: 0,
             checkpoint_moving: false,
+            accepts_work: true,
+            verdict: None,
         }
     }
 }
@@ -287,7 +300,8 @@ async fn readiness_gate(
         ),
         ("aggregate", "target") if state.state_available => (true, "state_available".into()),
         ("aggregate", "target") => (false, "the tenant's state is not available yet".into()),
-        ("runner", "target") => (true, "accepts_work".into()),
+        ("runner", "target") if state.accepts_work => (true, "accepts_work".into()),
+        ("runner", "target") => (false, "the node takes no work for the tenant".into()),
         _ => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -295,6 +309,7 @@ async fn readiness_gate(
             );
         }
     };
+    let ready = state.verdict.unwrap_or(ready);
     (
         StatusCode::OK,
         Json(json!({

@@ -276,3 +276,119 @@ async fn plans_cut_over_only_behind_ready_gates_and_roll_back() {
         );
     }
 }
+
+/// Every gate refuses the cut-over on its own, naming itself, and the numbers count as
+/// much as the verdict: a node that says `ready` with a lag above the bound, calls in
+/// flight or no state available is refused all the same. Nothing is published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_gate_refuses_the_cutover_naming_itself_and_numbers_beat_verdicts() {
+    let env = Env::start(1, &["--rebalance-checkpoint-recheck", "50ms"]).await;
+    let (old, new) = (&env.old.node, &env.new.node);
+    let says_ready = Some(true);
+    let cases: [(&str, &upstream::Node, TenantReadiness, &str, &str); 7] = [
+        (
+            "projection",
+            new,
+            TenantReadiness {
+                lag: 7,
+                verdict: says_ready,
+                ..Default::default()
+            },
+            "projection.caught_up",
+            "lag 7",
+        ),
+        (
+            "runner",
+            old,
+            TenantReadiness {
+                in_flight: 2,
+                verdict: says_ready,
+                ..Default::default()
+            },
+            "runner.drained",
+            "in flight",
+        ),
+        (
+            "runner",
+            new,
+            TenantReadiness {
+                accepts_work: false,
+                ..Default::default()
+            },
+            "runner.target_ready",
+            "no work",
+        ),
+        (
+            "aggregate",
+            old,
+            TenantReadiness {
+                in_flight: 1,
+                verdict: says_ready,
+                ..Default::default()
+            },
+            "aggregate.drained",
+            "in flight",
+        ),
+        (
+            "aggregate",
+            new,
+            TenantReadiness {
+                state_available: false,
+                ..Default::default()
+            },
+            "aggregate.state_available",
+            "not available",
+        ),
+        (
+            "aggregate",
+            new,
+            TenantReadiness {
+                state_available: false,
+                verdict: says_ready,
+                ..Default::default()
+            },
+            "aggregate.state_available",
+            "not state_available",
+        ),
+        (
+            "aggregate",
+            new,
+            TenantReadiness {
+                verdict: Some(false),
+                ..Default::default()
+            },
+            "aggregate.state_available",
+            "",
+        ),
+    ];
+    let before = env.revision().await;
+    for (kind, node, readiness, gate, reason) in cases {
+        let id = env.plan(kind, "new").await;
+        node.set_readiness(kind, "acme", readiness.clone());
+        let (status, answer) = env.action(&id, "apply").await;
+        assert_eq!(status, 409, "{gate} {readiness:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "gates_not_ready");
+        let refused: Vec<&Value> = answer["gates"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["ready"] == false)
+            .collect();
+        assert_eq!(refused.len(), 1, "{gate} {readiness:?}: {answer}");
+        assert_eq!(refused[0]["gate"], gate, "{answer}");
+        let said = refused[0]["reason"].as_str().unwrap();
+        assert!(said.contains(reason), "{gate}: {said}");
+        assert_eq!(answer["plan"]["state"], "planned");
+        assert_eq!(env.revision().await, before, "{gate}: published");
+        assert_eq!(env.shard_of(kind).await, "old");
+        // the gate alone was in the way: it passes once the node is ready
+        node.set_readiness(kind, "acme", TenantReadiness::default());
+        let (status, report) = env
+            .admin_call("GET", &format!("/admin/rebalance/plans/{id}/gates"), None)
+            .await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["ready"], true, "{gate}: {report}");
+        let (status, cancelled) = env.action(&id, "cancel").await;
+        assert_eq!(status, 200, "{cancelled}");
+    }
+}
