@@ -1,6 +1,7 @@
 //! The admin API: every route authorizes the caller with the shared engine against the
 //! live source of truth, scopes tenant admins to their tenants, refuses privilege
-//! escalation, and appends exactly one audit record per mutation.
+//! escalation, and audits every mutation intent first (an `admin.request` record before the
+//! change, refused with 503 when it cannot be written; the outcome record after).
 
 pub mod iam_routes;
 pub mod invitation_routes;
@@ -10,11 +11,14 @@ pub mod rebalance_routes;
 pub mod routing_routes;
 
 use axum::extract::FromRequestParts;
+use axum::http::Method;
 use axum::http::request::Parts;
 use gateway_core::authz::{Decision, EffectiveRights, Request, TenantId, decide};
 use gateway_edge::{ApiError, ErrorCode, unix_now};
 
 use crate::AppState;
+use crate::api::ClientIp;
+use crate::audit::{Audit, Intent, IntentSlot};
 use crate::auth::Principal;
 use crate::auth::routes::Authenticated;
 
@@ -36,6 +40,29 @@ impl FromRequestParts<AppState> for Admin {
             .publisher
             .effective(&principal.user_id, unix_now())
             .await?;
+        // a change is announced in the audit trail before it is made (crate::audit)
+        if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            let ip = ClientIp::from_request_parts(parts, state)
+                .await
+                .ok()
+                .map(|ClientIp(ip)| ip);
+            let mut record = Audit::new("admin.request", "intent", unix_now())
+                .actor(&principal.user_id)
+                .target(parts.uri.path())
+                .detail(serde_json::json!({"method": parts.method.as_str()}));
+            if let Some(ip) = ip {
+                record = record.ip(ip);
+            }
+            record.record_required(&state.store).await?;
+            if let Some(slot) = parts.extensions.get::<IntentSlot>() {
+                *slot.0.lock() = Some(Intent {
+                    actor: principal.user_id.clone(),
+                    target: parts.uri.path().to_string(),
+                    method: parts.method.to_string(),
+                    ip,
+                });
+            }
+        }
         Ok(Admin { principal, rights })
     }
 }

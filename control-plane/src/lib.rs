@@ -88,6 +88,10 @@ pub fn router(
         .merge(admin::invitation_routes::router())
         .merge(admin::routing_routes::router())
         .merge(admin::rebalance_routes::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::close_intents,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(cors(&state.cors_allowed_origins))
         .with_state(state.clone());

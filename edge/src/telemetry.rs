@@ -169,6 +169,10 @@ pub const METRIC_HELP: &[(&str, &str)] = &[
         "Admin API calls denied, by reason.",
     ),
     (
+        "gateway_audit_append_failures_total",
+        "Audit records that could not be written (an admin change whose intent record fails is refused).",
+    ),
+    (
         "gateway_rate_limited_total",
         "Requests refused by a rate limit or an account lock, by limit and reason.",
     ),

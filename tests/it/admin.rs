@@ -123,6 +123,8 @@ impl Env {
         .unwrap()
     }
 
+    /// The actions of the audit trail, oldest first: each admin change is an
+    /// `admin.request` intent followed by its own record.
     async fn audit_actions(&self, store: &Store) -> Vec<String> {
         store
             .audit()
@@ -136,6 +138,14 @@ impl Env {
             .into_iter()
             .map(|r| r.action)
             .collect()
+    }
+
+    /// The records of changes made (the audit trail without the `admin.request` intents
+    /// and their refusals).
+    async fn audit_changes(&self, store: &Store) -> Vec<String> {
+        let mut actions = self.audit_actions(store).await;
+        actions.retain(|a| a != "admin.request");
+        actions
     }
 }
 

@@ -242,8 +242,8 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
             limit: 1000,
         })
         .await
-        .unwrap()
-        .len();
+        .unwrap();
+    let refused_count = refused.len();
     for (method, path, body, status, code) in refused {
         let (got, answer) = call(
             &client,
@@ -276,9 +276,24 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
             limit: 1000,
         })
         .await
-        .unwrap()
-        .len();
-    assert_eq!(audit_before, audit_after);
+        .unwrap();
+    // each refused request left its intent and its refusal, and no record of a change
+    let new: Vec<(String, String)> = audit_after[audit_before.len()..]
+        .iter()
+        .map(|r| {
+            let record: Value = serde_json::from_slice(&r.data).unwrap();
+            (
+                r.action.clone(),
+                record["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let pair = [
+        ("admin.request".to_string(), "intent".to_string()),
+        ("admin.request".to_string(), "refused".to_string()),
+    ];
+    assert_eq!(new.len(), 2 * refused_count, "{new:?}");
+    assert!(new.chunks(2).all(|c| c == pair), "{new:?}");
 
     // every mutating routing route audits exactly once
     let cases = [
@@ -351,7 +366,7 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
             .iter()
             .map(|r| r.action.as_str())
             .collect();
-        assert_eq!(new, vec![action], "{route:?}");
+        assert_eq!(new, vec!["admin.request", action], "{route:?}");
     }
     // a plain user may not read or change routing
     let response = client

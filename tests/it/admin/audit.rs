@@ -1,4 +1,5 @@
-//! The audit trail: exactly one record for every mutating admin and principal route.
+//! The audit trail: for every mutating admin and principal route, the intent first and then
+//! exactly one record of the change; no change without its intent on record.
 
 use std::collections::BTreeMap;
 
@@ -101,8 +102,12 @@ async fn every_mutating_admin_route_emits_exactly_one_audit_record() {
         let (status, answer) = env.call(route.0, path, Some(&admin), body.clone()).await;
         assert!((200..300).contains(&status), "{route:?}: {status} {answer}");
         let after = env.audit_actions(&store).await;
-        let new: Vec<&String> = after[before.len()..].iter().collect();
-        assert_eq!(new, vec![action], "{route:?} audits exactly once");
+        let new: Vec<&str> = after[before.len()..].iter().map(String::as_str).collect();
+        assert_eq!(
+            new,
+            vec!["admin.request", action],
+            "{route:?}: the intent, then exactly one record of the change"
+        );
     }
 }
 
@@ -223,8 +228,8 @@ async fn every_mutating_principal_route_emits_exactly_one_audit_record() {
         let after = env.audit_actions(&store).await;
         assert_eq!(
             after[before..].to_vec(),
-            vec![action.to_string()],
-            "{route:?}"
+            vec!["admin.request".to_string(), action.to_string()],
+            "{route:?}: the intent, then exactly one record of the change"
         );
     }
     // the service account routes need the id just created
@@ -262,9 +267,134 @@ async fn every_mutating_principal_route_emits_exactly_one_audit_record() {
         let after = env.audit_actions(&store).await;
         assert_eq!(
             after[before..].to_vec(),
-            vec![action.to_string()],
-            "{route:?}"
+            vec!["admin.request".to_string(), action.to_string()],
+            "{route:?}: the intent, then exactly one record of the change"
         );
     }
     assert_eq!(covered, declared, "every mutating route has a case here");
+}
+
+/// Admin changes are recorded intent first. Every record names its actor, tenant, action,
+/// target, time and correlation id. When the audit trail cannot be written (its stream
+/// gone), an admin change is refused with 503 in our envelope and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_recorded_intent_first_and_refused_without_a_trail() {
+    let env = env().await;
+    let (admin, admin_id) = env
+        .signin(
+            gateway_tests::SnapshotKeys::ADMIN_EMAIL,
+            gateway_tests::SnapshotKeys::ADMIN_PASSWORD,
+        )
+        .await;
+    let store = env.store().await;
+    let (_, someone) = env.user("someone@example.com").await;
+    let records = || async {
+        store
+            .audit()
+            .read(&gateway_store::AuditQuery {
+                tenant: None,
+                from_seq: 1,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+    };
+    let change = |method: &str, path: &str, body: Value, correlation: &str| {
+        env.client
+            .request(method.parse().unwrap(), format!("{}{path}", env.base))
+            .bearer_auth(&admin)
+            .header("x-correlation-id", correlation)
+            .json(&body)
+            .send()
+    };
+    let (status, _) = env
+        .call(
+            "POST",
+            "/admin/roles",
+            Some(&admin),
+            Some(json!({"name": "auditor", "rights": ["audit.read"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // a change in tenant acme: its intent, then its record, both complete
+    let before = records().await.len();
+    let t0 = gateway_core::unix_now();
+    let answer = change(
+        "POST",
+        "/admin/assignments",
+        json!({"principal_id": someone, "tenant_id": "acme", "role": "auditor"}),
+        "audit-intent-first-1",
+    )
+    .await
+    .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let t1 = gateway_core::unix_now();
+    let new: Vec<Value> = records().await[before..]
+        .iter()
+        .map(|r| serde_json::from_slice(&r.data).unwrap())
+        .collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    let (intent, outcome) = (&new[0], &new[1]);
+    assert_eq!(intent["action"], "admin.request");
+    assert_eq!(intent["outcome"], "intent");
+    assert_eq!(intent["target"], "/admin/assignments");
+    assert_eq!(intent["detail"]["method"], "POST");
+    assert_eq!(outcome["action"], "admin.assignment.create");
+    assert_eq!(outcome["tenant"], "acme");
+    assert_eq!(outcome["target"], someone);
+    for record in [intent, outcome] {
+        assert_eq!(record["actor"], admin_id, "{record}");
+        assert_eq!(record["correlation_id"], "audit-intent-first-1", "{record}");
+        let at = record["at"].as_i64().unwrap();
+        assert!((t0..=t1).contains(&at), "{record}");
+        assert!(record["client_ip"].is_string(), "{record}");
+    }
+
+    // the audit stream goes away: the next change is refused and nothing changes
+    let nats = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    js.delete_stream(format!("{}AUDIT", env.prefix.to_uppercase()))
+        .await
+        .unwrap();
+    let answer = change(
+        "POST",
+        "/admin/roles",
+        json!({"name": "ghost", "rights": ["audit.read"]}),
+        "audit-intent-first-2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(answer.headers().contains_key("retry-after"));
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert_eq!(body["error"]["correlation_id"], "audit-intent-first-2");
+    let (status, role) = env
+        .call("GET", "/admin/roles/ghost", Some(&admin), None)
+        .await;
+    assert_eq!(status, 404, "{role}");
+    // the same for a removal: the assignment stays
+    let answer = change(
+        "DELETE",
+        "/admin/assignments",
+        json!({"principal_id": someone, "tenant_id": "acme", "role": "auditor"}),
+        "audit-intent-first-3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 503);
+    let (status, assignments) = env
+        .call(
+            "GET",
+            &format!("/admin/assignments?principal_id={someone}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{assignments}");
+    assert!(assignments.to_string().contains("auditor"), "{assignments}");
+    // reads still work
+    let (status, _) = env.call("GET", "/admin/roles", Some(&admin), None).await;
+    assert_eq!(status, 200);
 }

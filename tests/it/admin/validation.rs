@@ -11,7 +11,7 @@ async fn bad_admin_input_is_refused_in_the_envelope_and_writes_nothing() {
     let admin = env.admin().await;
     let store = env.store().await;
     let (_, someone) = env.user("input@example.com").await;
-    let before = env.audit_actions(&store).await.len();
+    let before = env.audit_changes(&store).await.len();
     let cases = [
         (
             "POST",
@@ -104,9 +104,9 @@ async fn bad_admin_input_is_refused_in_the_envelope_and_writes_nothing() {
         .await;
     assert_eq!(status, 404);
     assert_eq!(
-        env.audit_actions(&store).await.len(),
+        env.audit_changes(&store).await.len(),
         before,
-        "refused input audits nothing"
+        "refused input records no change"
     );
     let (_, roles) = env.call("GET", "/admin/roles", Some(&admin), None).await;
     assert_eq!(
@@ -124,7 +124,7 @@ async fn malformed_bodies_on_every_admin_route_are_refused_and_write_nothing() {
     let admin = env.admin().await;
     let store = env.store().await;
     let (_, someone) = env.user("victim@example.com").await;
-    let audit_before = env.audit_actions(&store).await.len();
+    let audit_before = env.audit_changes(&store).await.len();
     let users_before = store
         .kv(Bucket::Users)
         .keys("", None, 1000)
@@ -235,7 +235,7 @@ async fn malformed_bodies_on_every_admin_route_are_refused_and_write_nothing() {
         .unwrap()
         .keys;
     assert_eq!(users_before, users_after, "no user written");
-    let new_actions: Vec<String> = env.audit_actions(&store).await[audit_before..].to_vec();
+    let new_actions: Vec<String> = env.audit_changes(&store).await[audit_before..].to_vec();
     assert!(
         new_actions.iter().all(|a| !a.starts_with("admin.")),
         "nothing audited as done: {new_actions:?}"
