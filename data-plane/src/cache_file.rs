@@ -80,6 +80,12 @@ pub fn load(path: &Path, mirrors: &Mirrors, keys: &DocVerifyingKeys) -> Loaded {
             decode(doc).and_then(|bytes| mirrors.apply_principal(keys, principal, &bytes)),
         );
     }
+    if loaded.applied > 0 {
+        // the file is a whole copy of the principal documents as they were applied
+        mirrors
+            .principals_replayed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     tracing::info!(path = %path.display(), applied = loaded.applied, rejected = loaded.rejected, "mirror cache file loaded");
     loaded
 }

@@ -43,6 +43,10 @@ pub struct Mirrors {
     /// Unix seconds of the last sign that the mirrors are current: a heartbeat written or
     /// a watch event received (0: none yet; set at start, see `touch`).
     last_contact: std::sync::atomic::AtomicI64,
+    /// Every principal document the store held when the authz watch started has been
+    /// applied (or the cache file, a whole copy, was loaded): until then a signed-in
+    /// member could be refused for want of their document, so the replica is not ready.
+    pub principals_replayed: std::sync::atomic::AtomicBool,
 }
 
 /// The last verified documents, as signed bytes (base64), in the shape of the cache file.
@@ -225,6 +229,52 @@ pub async fn follow(
     };
     let mut backoff =
         gateway_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // the principal documents the watch must deliver before the replica is ready
+    let mut replaying: Option<std::collections::HashSet<String>> = None;
+    let replayed = |mirrors: &Mirrors| {
+        mirrors
+            .principals_replayed
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    if bucket == Bucket::Authz && !replayed(&mirrors) {
+        loop {
+            let listed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                listed = list_keys(kv.as_ref(), prefix) => listed,
+            };
+            match listed {
+                Ok(keys) => {
+                    tracing::info!(principals = keys.len(), "replaying principal documents");
+                    replaying = Some(keys);
+                    break;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_ms = delay.as_millis() as u64, "cannot list principal documents");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        backoff.reset();
+    }
+    let mut check_replay = |key: Option<&str>, mirrors: &Mirrors| {
+        if let Some(pending) = replaying.as_mut() {
+            if let Some(key) = key {
+                pending.remove(key);
+            }
+            if pending.is_empty() {
+                replaying = None;
+                mirrors
+                    .principals_replayed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("principal documents replayed");
+            }
+        }
+    };
+    check_replay(None, &mirrors);
     loop {
         let watch = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -253,6 +303,7 @@ pub async fn follow(
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
                     mirrors.touch(gateway_core::unix_now());
+                    check_replay(Some(&entry.key), &mirrors);
                     let result = match entry.key.strip_prefix("principal.") {
                         Some(principal) if bucket == Bucket::Authz => {
                             mirrors.apply_principal(&keys, principal, &entry.value)
@@ -269,6 +320,7 @@ pub async fn follow(
                     }
                 }
                 Some(Ok(WatchEvent::Delete { key, .. })) => {
+                    check_replay(Some(&key), &mirrors);
                     // a deleted document is not a new truth: keep serving the last good one
                     tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
                 }
@@ -278,6 +330,25 @@ pub async fn follow(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Every live key under `prefix`, page by page.
+async fn list_keys(
+    kv: &dyn gateway_store::KvBucket,
+    prefix: &str,
+) -> Result<std::collections::HashSet<String>, gateway_store::StoreError> {
+    let mut keys = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv
+            .keys(prefix, after.as_deref(), gateway_store::MAX_PAGE)
+            .await?;
+        keys.extend(page.keys);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(keys),
         }
     }
 }
@@ -385,6 +456,13 @@ impl ReadyCheck for SnapshotsReady {
         }
         if self.mirrors.jwks.load().is_none() {
             missing.push(JWKS);
+        }
+        if !self
+            .mirrors
+            .principals_replayed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            missing.push("principals (replaying)");
         }
         if missing.is_empty() {
             Ok(())

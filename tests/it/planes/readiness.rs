@@ -260,3 +260,96 @@ async fn sigterm_turns_ready_503_drains_and_exits_zero() {
             .is_err()
     );
 }
+
+/// A new data-plane replica is ready only once it holds every principal document the
+/// store held when it started: a member signed in elsewhere is never refused by a replica
+/// that says it is ready (the rolling-update race). The member's document is written last,
+/// behind thousands of others, so it is the last one the replica's watch delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_plane_is_ready_only_with_every_principal_document() {
+    let env = Env::new();
+    let (_control, control) = env.control(&[]);
+    let client = client();
+    let store = env.store().await;
+    let signer = env.keys.signer_clone();
+    let authz = store.kv(Bucket::Authz);
+    let mut writes = Vec::new();
+    for i in 0..3000 {
+        let id = format!("usr_filler{i:05}");
+        let doc = signer
+            .sign(
+                "principal",
+                1,
+                gateway_core::unix_now(),
+                &json!({"principal_id": id}),
+            )
+            .unwrap();
+        let authz = std::sync::Arc::clone(&authz);
+        writes.push(async move { authz.put(&format!("principal.{id}"), doc).await });
+        if writes.len() == 200 {
+            for done in futures::future::join_all(writes.drain(..)).await {
+                done.unwrap();
+            }
+        }
+    }
+    for done in futures::future::join_all(writes.drain(..)).await {
+        done.unwrap();
+    }
+    // the member, through the control plane: its document is the newest
+    let admin: Value = client
+        .post(format!("{control}/v1/auth/signin"))
+        .json(&json!({"email": gateway_tests::SnapshotKeys::ADMIN_EMAIL, "password": gateway_tests::SnapshotKeys::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = admin["access_token"].as_str().unwrap();
+    let password = "slate harbour copper 19";
+    let user: Value = client
+        .post(format!("{control}/v1/auth/signup"))
+        .json(&json!({"email": "newcomer@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user_id = user["user_id"].as_str().unwrap_or_else(|| panic!("sign-up: {user}"));
+    let assigned = client
+        .post(format!("{control}/admin/assignments"))
+        .bearer_auth(admin)
+        .json(&json!({"principal_id": user_id, "tenant_id": "acme", "role": "tenant_member"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(assigned.status().is_success(), "{}", assigned.status());
+    let tokens: Value = client
+        .post(format!("{control}/v1/auth/signin"))
+        .json(&json!({"email": "newcomer@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"].as_str().expect("signed in");
+
+    // a new replica: the first moment it says ready, the member is known to it (the
+    // empty routing of a fresh platform: an authorized call is 404 tenant_not_routed)
+    let (_data, data, _ops, _grpc) = env.data_with_grpc(false, &[]);
+    wait_for_status(&client, &format!("{data}/ready"), 200, START).await;
+    let answer = client
+        .post(format!("{data}/v1/query/orders"))
+        .bearer_auth(token)
+        .header("x-tenant-id", "acme")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "tenant_not_routed", "{body}");
+}
