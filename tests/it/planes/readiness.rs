@@ -316,7 +316,9 @@ async fn a_new_data_plane_is_ready_only_with_every_principal_document() {
         .json()
         .await
         .unwrap();
-    let user_id = user["user_id"].as_str().unwrap_or_else(|| panic!("sign-up: {user}"));
+    let user_id = user["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("sign-up: {user}"));
     let assigned = client
         .post(format!("{control}/admin/assignments"))
         .bearer_auth(admin)
