@@ -71,6 +71,27 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// The oldest nats-server the store accepts: releases before 2.11.5 have KV watch bugs
+/// (nats-server#7005: a deliver-last-per-subject watch could skip keys after interior
+/// deletes) that would leave a data plane's mirror silently behind.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 5);
+
+/// Whether `version` (as the server reports it, e.g. `2.15.1` or `2.12.0-beta.1`) is at
+/// least `min`; a version that cannot be read is not.
+pub fn server_version_at_least(version: &str, min: (u64, u64, u64)) -> bool {
+    let core = version
+        .trim()
+        .trim_start_matches('v')
+        .split(['-', '+'])
+        .next()
+        .unwrap_or_default();
+    let mut parts = core.split('.').map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => (major, minor, patch) >= min,
+        _ => false,
+    }
+}
+
 /// Connects, then creates (or updates to the configured shape) every bucket and the stream.
 pub async fn open(config: &NatsConfig) -> Result<Store, StoreError> {
     validate_store_prefix(&config.prefix).map_err(StoreError::Unavailable)?;
@@ -106,6 +127,13 @@ pub async fn open(config: &NatsConfig) -> Result<Store, StoreError> {
         .connect(config.url.as_str())
         .await
         .map_err(|err| StoreError::Unavailable(format!("connecting to nats: {err}")))?;
+    let server_version = client.server_info().version;
+    if !server_version_at_least(&server_version, MIN_SERVER_VERSION) {
+        let (major, minor, patch) = MIN_SERVER_VERSION;
+        return Err(StoreError::Unavailable(format!(
+            "nats-server {server_version} is too old: the gateway needs {major}.{minor}.{patch} or newer (older servers' KV watches can skip updates)"
+        )));
+    }
     let mut js = jetstream::new(client.clone());
     js.set_timeout(config.timeout);
 
@@ -464,5 +492,32 @@ impl AuditLog for NatsAudit {
         drop(messages);
         let _ = self.stream.delete_consumer(&name).await;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_the_watch_fixes_are_refused() {
+        for (version, ok) in [
+            ("2.15.1", true),
+            ("2.11.5", true),
+            ("2.12.0-beta.1", true),
+            ("v2.11.6", true),
+            ("3.0.0", true),
+            ("2.11.4", false),
+            ("2.10.29", false),
+            ("2.9", false),
+            ("", false),
+            ("nats", false),
+        ] {
+            assert_eq!(
+                server_version_at_least(version, MIN_SERVER_VERSION),
+                ok,
+                "{version}"
+            );
+        }
     }
 }
