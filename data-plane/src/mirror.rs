@@ -230,13 +230,12 @@ pub async fn follow(
     let mut backoff =
         gateway_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // the principal documents the watch must deliver before the replica is ready
-    let mut replaying: Option<std::collections::HashSet<String>> = None;
-    let replayed = |mirrors: &Mirrors| {
-        mirrors
+    let mut replay = Replay::default();
+    if bucket == Bucket::Authz
+        && !mirrors
             .principals_replayed
             .load(std::sync::atomic::Ordering::Acquire)
-    };
-    if bucket == Bucket::Authz && !replayed(&mirrors) {
+    {
         loop {
             let listed = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -245,7 +244,7 @@ pub async fn follow(
             match listed {
                 Ok(keys) => {
                     tracing::info!(principals = keys.len(), "replaying principal documents");
-                    replaying = Some(keys);
+                    replay.pending = Some(keys);
                     break;
                 }
                 Err(err) => {
@@ -260,21 +259,7 @@ pub async fn follow(
         }
         backoff.reset();
     }
-    let mut check_replay = |key: Option<&str>, mirrors: &Mirrors| {
-        if let Some(pending) = replaying.as_mut() {
-            if let Some(key) = key {
-                pending.remove(key);
-            }
-            if pending.is_empty() {
-                replaying = None;
-                mirrors
-                    .principals_replayed
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracing::info!("principal documents replayed");
-            }
-        }
-    };
-    check_replay(None, &mirrors);
+    replay.seen(None, &mirrors);
     loop {
         let watch = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -295,15 +280,26 @@ pub async fn follow(
                 continue;
             }
         };
+        // while replaying, a key listed at the start but deleted since may never come (a
+        // backend need not deliver deletions of the past): the pending set is checked
+        // against a fresh listing now and then
+        let mut recheck = tokio::time::interval(REPLAY_RECHECK);
+        recheck.tick().await;
         loop {
             let item = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 item = watch.next() => item,
+                _ = recheck.tick(), if replay.pending.is_some() => {
+                    if let Ok(live) = list_keys(kv.as_ref(), prefix).await {
+                        replay.keep_only(&live, &mirrors);
+                    }
+                    continue;
+                }
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
                     mirrors.touch(gateway_core::unix_now());
-                    check_replay(Some(&entry.key), &mirrors);
+                    replay.seen(Some(&entry.key), &mirrors);
                     let result = match entry.key.strip_prefix("principal.") {
                         Some(principal) if bucket == Bucket::Authz => {
                             mirrors.apply_principal(&keys, principal, &entry.value)
@@ -320,7 +316,7 @@ pub async fn follow(
                     }
                 }
                 Some(Ok(WatchEvent::Delete { key, .. })) => {
-                    check_replay(Some(&key), &mirrors);
+                    replay.seen(Some(&key), &mirrors);
                     // a deleted document is not a new truth: keep serving the last good one
                     tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
                 }
@@ -333,6 +329,44 @@ pub async fn follow(
         }
     }
 }
+
+/// The principal documents a starting replica still waits for (`None`: none, or done).
+#[derive(Default)]
+struct Replay {
+    pending: Option<std::collections::HashSet<String>>,
+}
+
+impl Replay {
+    /// `key` was delivered; when nothing is pending any more, the replica has every
+    /// principal document.
+    fn seen(&mut self, key: Option<&str>, mirrors: &Mirrors) {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        if let Some(key) = key {
+            pending.remove(key);
+        }
+        if pending.is_empty() {
+            self.pending = None;
+            mirrors
+                .principals_replayed
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!("principal documents replayed");
+        }
+    }
+
+    /// Forgets pending keys that are no longer in the store.
+    fn keep_only(&mut self, live: &std::collections::HashSet<String>, mirrors: &Mirrors) {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.retain(|key| live.contains(key));
+        }
+        self.seen(None, mirrors);
+    }
+}
+
+/// How often a replay still waiting for principal documents compares its pending set
+/// with the store's listing.
+const REPLAY_RECHECK: Duration = Duration::from_secs(5);
 
 /// Every live key under `prefix`, page by page.
 async fn list_keys(
@@ -475,6 +509,40 @@ impl ReadyCheck for SnapshotsReady {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replay_ends_when_every_listed_key_came_or_left_the_store() {
+        let mirrors = Mirrors::new(false, false);
+        let done = || {
+            mirrors
+                .principals_replayed
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect();
+        let mut replay = Replay {
+            pending: Some(keys(&["principal.a", "principal.b", "principal.c"])),
+        };
+        replay.seen(Some("principal.a"), &mirrors);
+        replay.seen(Some("principal.zzz"), &mirrors);
+        assert!(!done());
+        // c was deleted meanwhile: a fresh listing without it settles it
+        replay.keep_only(&keys(&["principal.b", "principal.d"]), &mirrors);
+        assert!(!done());
+        replay.seen(Some("principal.b"), &mirrors);
+        assert!(done());
+        assert!(replay.pending.is_none());
+        // nothing listed at all: replayed at once
+        let empty = Mirrors::new(false, false);
+        let mut replay = Replay {
+            pending: Some(keys(&[])),
+        };
+        replay.seen(None, &empty);
+        assert!(
+            empty
+                .principals_replayed
+                .load(std::sync::atomic::Ordering::Acquire)
+        );
+    }
     use gateway_core::signed::DocSigningKey;
     use serde_json::json;
 
