@@ -139,6 +139,11 @@ pub trait KvBucket: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeysPage, StoreError>;
+    /// Changes of keys under `prefix`, from `from` on. The contract, per key: the events
+    /// come in increasing revision order and converge to the key's latest retained state
+    /// (its last value, or its deletion); intermediate revisions may be merged away (a
+    /// key written twice quickly may be seen once, with the later value), never invented
+    /// or reordered. Keys outside `prefix` are never seen.
     async fn watch(&self, prefix: &str, from: WatchFrom) -> Result<WatchStream, StoreError>;
 }
 
