@@ -161,11 +161,16 @@ pub struct Cli {
     /// Name of this replica in its heartbeat (default: host name and a random suffix).
     #[arg(long, env = "GATEWAY_REPLICA_ID")]
     pub replica_id: Option<String>,
-    /// Longest time without reaching the store (heartbeat or watch event) after which
-    /// authorization fails closed with 503 `state_stale` (revocations may be missing);
-    /// 0 never fails closed.
+    /// Longest time a mirror may go unconfirmed (no watch event, no successful
+    /// reconciliation) before authorization fails closed with 503 `state_stale`
+    /// (revocations may be missing); 0 never fails closed. Heartbeats do not count.
     #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub max_staleness: std::time::Duration,
+    /// How often each mirror compares the store's key revisions with what it applied and
+    /// applies what a watch missed; at most a third of --max-staleness is used, so a
+    /// healthy but quiet store never looks stale.
+    #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_MIRROR_RECONCILE_INTERVAL", default_value = "10s", value_parser = gateway_edge::config::parse_duration)]
+    pub mirror_reconcile_interval: std::time::Duration,
     /// Largest request body forwarded.
     #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -254,6 +259,8 @@ pub struct Config {
     pub upstream: crate::upstream::UpstreamPolicy,
     pub token_cache_size: usize,
     pub max_staleness: std::time::Duration,
+    /// The reconciliation period in use (see [`reconcile_interval`]).
+    pub mirror_reconcile_interval: std::time::Duration,
     pub replica_id: String,
     pub routing_file: Option<PathBuf>,
     pub routing_file_poll: std::time::Duration,
@@ -266,6 +273,21 @@ pub struct Config {
     pub tls: Option<gateway_edge::tls::TlsFiles>,
     pub tls_reload_interval: std::time::Duration,
     pub client_tls: crate::client_tls::ClientTls,
+}
+
+/// The reconciliation period used: the configured one, at most a third of a non-zero
+/// `max_staleness` (each mirror is then confirmed at least twice within the bound), and
+/// never below 250 ms.
+pub fn reconcile_interval(
+    configured: std::time::Duration,
+    max_staleness: std::time::Duration,
+) -> std::time::Duration {
+    let bounded = if max_staleness.is_zero() {
+        configured
+    } else {
+        configured.min(max_staleness / 3)
+    };
+    bounded.max(std::time::Duration::from_millis(250))
 }
 
 impl Cli {
@@ -380,6 +402,10 @@ impl Cli {
             },
             token_cache_size: self.token_cache_size,
             max_staleness: self.max_staleness,
+            mirror_reconcile_interval: reconcile_interval(
+                self.mirror_reconcile_interval,
+                self.max_staleness,
+            ),
             replica_id: self
                 .replica_id
                 .as_deref()

@@ -51,11 +51,9 @@ pub enum StoreSource {
     Connect(StoreConfig),
 }
 
-/// Ready once the store is open and answers; an answer also counts as contact for the
-/// staleness bound (it runs every 500 ms for the gRPC health status).
-/// The data plane's view of its state: the store answers, or (in an outage) the mirrors
-/// hold a routing and were current less than `--max-staleness` ago, which is exactly
-/// when the data plane still serves. A load balancer that reads `/ready` then keeps every
+/// The data plane's view of its state: the store answers or (in an outage) the mirrors
+/// hold a routing, and every mirror was confirmed current less than `--max-staleness`
+/// ago: exactly when the data plane still serves. A load balancer that reads `/ready` then keeps every
 /// replica through an outage the mirrors cover, and drops them when they fail closed.
 struct StoreSlotReady {
     slot: Arc<std::sync::OnceLock<Store>>,
@@ -75,18 +73,19 @@ impl ReadyCheck for StoreSlotReady {
             Some(store) => StoreReady(store.clone()).check().await,
             None => Err("not connected yet".into()),
         };
-        let now = gateway_core::unix_now();
-        let Err(reason) = reached else {
-            self.mirrors.touch(now);
-            return Ok(());
-        };
-        if self.mirrors.routing.load().is_none() {
-            return Err(reason);
+        if let Err(reason) = &reached
+            && self.mirrors.routing.load().is_none()
+        {
+            return Err(reason.clone());
         }
-        match self.mirrors.staleness(now) {
+        // a store that answers is not enough: a mirror whose watch and reconciliation
+        // both stalled fails closed, and so is not ready either
+        match self.mirrors.staleness(gateway_core::unix_now()) {
             Some(age) if self.max_staleness == 0 || age <= self.max_staleness => Ok(()),
+            None if reached.is_ok() => Ok(()),
             age => Err(format!(
-                "{reason}; the mirrors were current {} s ago, past --max-staleness ({} s)",
+                "{}the mirrors were last confirmed {} s ago, past --max-staleness ({} s)",
+                reached.err().map(|r| format!("{r}; ")).unwrap_or_default(),
                 age.unwrap_or(-1),
                 self.max_staleness
             )),
@@ -102,6 +101,7 @@ async fn connect_and_follow(
     keys: Arc<gateway_core::signed::DocVerifyingKeys>,
     mirrors: Arc<Mirrors>,
     replica_id: String,
+    reconcile_every: std::time::Duration,
     shutdown: CancellationToken,
 ) {
     let store = match source {
@@ -143,6 +143,7 @@ async fn connect_and_follow(
             bucket,
             Arc::clone(&keys),
             Arc::clone(&mirrors),
+            reconcile_every,
             shutdown.clone(),
         ));
     }
@@ -417,6 +418,7 @@ pub async fn run(
         Arc::clone(&verify_keys),
         Arc::clone(&mirrors),
         config.replica_id.clone(),
+        config.mirror_reconcile_interval,
         shutdown.clone(),
     ));
 

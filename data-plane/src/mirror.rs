@@ -40,9 +40,15 @@ pub struct Mirrors {
     pub journal: Option<parking_lot::Mutex<Journal>>,
     /// Signalled when a new routing table is swapped in (the heartbeat reports it).
     pub routing_changed: tokio::sync::Notify,
-    /// Unix seconds of the last sign that the mirrors are current: a heartbeat written or
-    /// a watch event received (0: none yet; set at start, see `touch`).
-    last_contact: std::sync::atomic::AtomicI64,
+    /// Per feed (snapshots, authz), unix seconds of the last sign that its mirror is
+    /// current: a watch event received or a reconciliation passed (0: none yet; set at
+    /// start, see `touch`). A heartbeat written proves only that the store takes writes,
+    /// not that a watch still delivers, so it does not count.
+    contact: [std::sync::atomic::AtomicI64; 2],
+    /// Per feed, unix seconds of the last successful reconciliation (0: none yet).
+    reconciled_at: [std::sync::atomic::AtomicI64; 2],
+    /// Unix seconds of the last heartbeat written (0: none yet).
+    heartbeat_at: std::sync::atomic::AtomicI64,
     /// Every principal document the store held when the authz watch started has been
     /// applied (or the cache file, a whole copy, was loaded): until then a signed-in
     /// member could be refused for want of their document, so the replica is not ready.
@@ -81,18 +87,29 @@ impl Mirrors {
         }
     }
 
-    /// Records that the store was reached at `now` (unix seconds).
+    /// Records that every mirror is current at `now` (unix seconds): the state loaded at
+    /// start.
     pub fn touch(&self, now: i64) {
-        self.last_contact
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        for contact in &self.contact {
+            contact.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
-    /// Seconds since the store was last reached (`None` before the first contact).
+    /// Records that the mirror of `bucket` was confirmed current at `now`.
+    pub fn touch_feed(&self, bucket: Bucket, now: i64) {
+        self.contact[feed(bucket)].fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds since the least current mirror was last confirmed (`None` before the first
+    /// contact).
     pub fn staleness(&self, now: i64) -> Option<i64> {
-        match self.last_contact.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            at => Some((now - at).max(0)),
-        }
+        let at = self
+            .contact
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        (at != 0).then(|| (now - at).max(0))
     }
 
     fn remember(&self, bytes: &[u8], record: impl FnOnce(&mut Journal, String)) {
@@ -190,6 +207,11 @@ impl Mirrors {
 /// Kind of the effective-rights documents.
 pub const PRINCIPAL: &str = "principal";
 
+/// Index of a followed bucket in the per-feed arrays of [`Mirrors`].
+fn feed(bucket: Bucket) -> usize {
+    usize::from(bucket == Bucket::Authz)
+}
+
 pub(crate) fn applied(kind: &str, revision: u64, issued_at: i64, key_id: &str) {
     metrics::gauge!("gateway_snapshot_revision", "kind" => kind.to_string()).set(revision as f64);
     metrics::gauge!("gateway_snapshot_issued_at_seconds", "kind" => kind.to_string())
@@ -212,13 +234,18 @@ pub(crate) fn reject(kind: &str, err: &DocError) {
     tracing::warn!(kind, reason, error = %err, "snapshot rejected, keeping last-known-good");
 }
 
-/// Follows the snapshots bucket until `shutdown`: re-creates the watch whenever the store
-/// goes away, and never ends on a transient error.
+/// Follows one bucket (snapshots or authz) until `shutdown`: a watch from the current
+/// state, re-created whenever the store goes away; and every `reconcile_every`, a
+/// reconciliation that compares the store's key revisions with what was applied, applies
+/// whatever the watch missed, and re-creates the watch when the store's revisions went
+/// backwards (a bucket recreated or restored, under which an old watch can stay silent).
+/// Never ends on a transient error.
 pub async fn follow(
     store: Store,
     bucket: Bucket,
     keys: Arc<DocVerifyingKeys>,
     mirrors: Arc<Mirrors>,
+    reconcile_every: Duration,
     shutdown: CancellationToken,
 ) {
     let kv = store.kv(bucket);
@@ -260,6 +287,15 @@ pub async fn follow(
         backoff.reset();
     }
     replay.seen(None, &mirrors);
+    let feed = Feed {
+        bucket,
+        keys,
+        mirrors: Arc::clone(&mirrors),
+    };
+    let mut applied = Applied::default();
+    let mut reconcile = tokio::time::interval(reconcile_every);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reconcile.tick().await;
     loop {
         let watch = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -295,36 +331,188 @@ pub async fn follow(
                     }
                     continue;
                 }
+                // not while replaying: the watch is still delivering the current state
+                _ = reconcile.tick(), if replay.pending.is_none() => {
+                    let reconciled = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        reconciled = feed.reconcile(kv.as_ref(), prefix, &mut applied) => reconciled,
+                    };
+                    if reconciled == Reconciled::WentBack {
+                        metrics::counter!("gateway_mirror_watch_rebuilds_total", "bucket" => bucket.name(), "reason" => "revisions_went_back").increment(1);
+                        tracing::warn!(bucket = bucket.name(), "the store's revisions went backwards (bucket recreated or restored?): re-creating the watch");
+                        break;
+                    }
+                    continue;
+                }
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
-                    mirrors.touch(gateway_core::unix_now());
+                    mirrors.touch_feed(bucket, gateway_core::unix_now());
                     replay.seen(Some(&entry.key), &mirrors);
-                    let result = match entry.key.strip_prefix("principal.") {
-                        Some(principal) if bucket == Bucket::Authz => {
-                            mirrors.apply_principal(&keys, principal, &entry.value)
-                        }
-                        _ => mirrors.apply(&keys, &entry.key, &entry.value),
-                    };
-                    if let Err(err) = result {
-                        let kind = if bucket == Bucket::Authz {
-                            PRINCIPAL
-                        } else {
-                            entry.key.as_str()
-                        };
-                        reject(kind, &err);
-                    }
+                    applied.saw(&entry.key, Some(entry.revision));
+                    feed.apply(&entry.key, &entry.value);
                 }
-                Some(Ok(WatchEvent::Delete { key, .. })) => {
+                Some(Ok(WatchEvent::Delete { key, revision })) => {
+                    mirrors.touch_feed(bucket, gateway_core::unix_now());
                     replay.seen(Some(&key), &mirrors);
+                    applied.saw(&key, None);
+                    applied.high = applied.high.max(revision);
                     // a deleted document is not a new truth: keep serving the last good one
                     tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
                 }
                 Some(Err(err)) => tracing::warn!(error = %err, "snapshot watch interrupted"),
                 None => {
+                    metrics::counter!("gateway_mirror_watch_rebuilds_total", "bucket" => bucket.name(), "reason" => "ended").increment(1);
                     tracing::warn!("snapshot watch ended, re-creating");
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// One followed bucket: where its documents go.
+struct Feed {
+    bucket: Bucket,
+    keys: Arc<DocVerifyingKeys>,
+    mirrors: Arc<Mirrors>,
+}
+
+/// What a follower applied, by store revision.
+#[derive(Default)]
+struct Applied {
+    /// The store revision of the value last applied (or refused) per live key.
+    revisions: foldhash::HashMap<String, gateway_store::Revision>,
+    /// The highest store revision the bucket was seen at.
+    high: gateway_store::Revision,
+}
+
+impl Applied {
+    /// `key` is at `revision` (`None`: deleted).
+    fn saw(&mut self, key: &str, revision: Option<gateway_store::Revision>) {
+        match revision {
+            Some(revision) => {
+                self.high = self.high.max(revision);
+                match self.revisions.get_mut(key) {
+                    Some(seen) => *seen = revision,
+                    None => {
+                        self.revisions.insert(key.to_string(), revision);
+                    }
+                }
+            }
+            None => {
+                self.revisions.remove(key);
+            }
+        }
+    }
+}
+
+/// How a reconciliation ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Reconciled {
+    /// The mirror matches the store's listing (after repairs, if any).
+    Current,
+    /// The store's revisions are below what was seen: the watch must be re-created.
+    WentBack,
+    /// The store could not be listed; nothing was concluded.
+    Failed,
+}
+
+impl Feed {
+    /// Verifies and applies one document of the bucket; a refusal is counted and logged
+    /// and the mirror keeps its current copy. Returns whether the mirror changed.
+    fn apply(&self, key: &str, value: &[u8]) -> bool {
+        let result = match key.strip_prefix("principal.") {
+            Some(principal) if self.bucket == Bucket::Authz => {
+                self.mirrors.apply_principal(&self.keys, principal, value)
+            }
+            _ => self.mirrors.apply(&self.keys, key, value),
+        };
+        match result {
+            Ok(changed) => changed,
+            Err(err) => {
+                let kind = if self.bucket == Bucket::Authz {
+                    PRINCIPAL
+                } else {
+                    key
+                };
+                reject(kind, &err);
+                false
+            }
+        }
+    }
+
+    /// Lists the store's key revisions and applies every document whose revision differs
+    /// from the one applied. Watch events are not taken meanwhile (same task), so what was
+    /// applied before the listing is a lower bound of the store at listing time: a lower
+    /// revision in the listing can only mean the bucket went backwards.
+    async fn reconcile(
+        &self,
+        kv: &dyn gateway_store::KvBucket,
+        prefix: &str,
+        applied: &mut Applied,
+    ) -> Reconciled {
+        let bucket = self.bucket.name();
+        let result = async {
+            let listing = kv.revisions(prefix).await?;
+            let went_back = listing.last < applied.high
+                || listing.keys.iter().any(|(key, revision)| {
+                    applied.revisions.get(key).is_some_and(|seen| revision < seen)
+                });
+            if went_back {
+                tracing::warn!(
+                    bucket,
+                    store_last = listing.last,
+                    seen = applied.high,
+                    "store revisions below those already seen"
+                );
+                // a new watch replays the current state; start the books again from it
+                *applied = Applied {
+                    high: listing.last,
+                    ..Applied::default()
+                };
+                return Ok::<_, gateway_store::StoreError>(Reconciled::WentBack);
+            }
+            let mut repaired = 0u64;
+            for (key, revision) in &listing.keys {
+                if applied.revisions.get(key) == Some(revision) {
+                    continue;
+                }
+                // behind, or never delivered: read it now (gone meanwhile: nothing to do)
+                let Some(entry) = kv.get(key).await? else {
+                    continue;
+                };
+                if self.apply(&entry.key, &entry.value) {
+                    repaired += 1;
+                    tracing::warn!(bucket, key = %entry.key, revision = entry.revision, "reconciliation applied a document the watch had not delivered");
+                }
+                applied.saw(&entry.key, Some(entry.revision));
+            }
+            // keys no longer in the store: their last good documents stay in force
+            let live: std::collections::HashSet<&str> =
+                listing.keys.iter().map(|(key, _)| key.as_str()).collect();
+            applied.revisions.retain(|key, _| live.contains(key.as_str()));
+            applied.high = applied.high.max(listing.last);
+            if repaired > 0 {
+                metrics::counter!("gateway_mirror_documents_repaired_total", "bucket" => bucket)
+                    .increment(repaired);
+            }
+            Ok(Reconciled::Current)
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                let now = gateway_core::unix_now();
+                self.mirrors.touch_feed(self.bucket, now);
+                self.mirrors.reconciled_at[feed(self.bucket)]
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("gateway_mirror_reconciliations_total", "bucket" => bucket, "result" => "ok").increment(1);
+                outcome
+            }
+            Err(err) => {
+                metrics::counter!("gateway_mirror_reconciliations_total", "bucket" => bucket, "result" => "error").increment(1);
+                tracing::warn!(bucket, error = %err, "mirror reconciliation failed");
+                Reconciled::Failed
             }
         }
     }
@@ -419,7 +607,10 @@ pub async fn heartbeat(
         };
         let Ok(bytes) = beat.to_bytes() else { continue };
         match kv.put(&key, bytes).await {
-            Ok(_) => mirrors.touch(gateway_core::unix_now()),
+            Ok(_) => mirrors.heartbeat_at.store(
+                gateway_core::unix_now(),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             Err(err) => tracing::debug!(error = %err, "heartbeat not written"),
         }
     }
@@ -456,6 +647,19 @@ pub async fn report_age(mirrors: Arc<Mirrors>, max_staleness: i64, shutdown: Can
             }
             metrics::gauge!("gateway_mirror_stale").set(if stale { 1.0 } else { 0.0 });
             was_stale = stale;
+        }
+        for bucket in [Bucket::Snapshots, Bucket::Authz] {
+            let at = mirrors.reconciled_at[feed(bucket)].load(std::sync::atomic::Ordering::Relaxed);
+            if at != 0 {
+                metrics::gauge!("gateway_mirror_reconcile_age_seconds", "bucket" => bucket.name())
+                    .set((now - at) as f64);
+            }
+        }
+        let beat = mirrors
+            .heartbeat_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if beat != 0 {
+            metrics::gauge!("gateway_mirror_heartbeat_age_seconds").set((now - beat) as f64);
         }
         if let Some(table) = mirrors.routing.load().as_ref() {
             metrics::gauge!("gateway_snapshot_age_seconds", "kind" => ROUTING)

@@ -227,7 +227,27 @@ pub const METRIC_HELP: &[(&str, &str)] = &[
     ),
     (
         "gateway_mirror_staleness_seconds",
-        "Seconds since the mirrors last heard from the store.",
+        "Seconds since the least current mirror was last confirmed (a watch event or a reconciliation).",
+    ),
+    (
+        "gateway_mirror_reconciliations_total",
+        "Mirror reconciliations (the store's key revisions compared with what was applied), by bucket and result.",
+    ),
+    (
+        "gateway_mirror_documents_repaired_total",
+        "Documents a reconciliation found behind and applied (a watch missed them), by bucket.",
+    ),
+    (
+        "gateway_mirror_reconcile_age_seconds",
+        "Seconds since the last successful reconciliation, by bucket.",
+    ),
+    (
+        "gateway_mirror_watch_rebuilds_total",
+        "Watches re-created, by bucket and reason.",
+    ),
+    (
+        "gateway_mirror_heartbeat_age_seconds",
+        "Seconds since this replica last wrote its heartbeat (does not count as mirror contact).",
     ),
     (
         "gateway_snapshot_rejects_total",

@@ -289,6 +289,43 @@ pub async fn keys_pagination_is_complete(store: &Store) {
     assert_eq!(everything.len(), want.len() + 103);
 }
 
+/// `revisions` lists each live key under the prefix with the revision of its current
+/// value, sorted, and the bucket's last revision (deletions and other prefixes included).
+pub async fn revisions_list_live_keys_and_the_last_revision(store: &Store) {
+    let kv = store.kv(Bucket::Authz);
+    let empty = kv.revisions("principal.").await.unwrap();
+    assert!(empty.keys.is_empty());
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("principal.p{i:02}");
+        let revision = kv.put(&key, b("v1")).await.unwrap();
+        want.insert(key, revision);
+    }
+    for i in (0..30).step_by(3) {
+        let key = format!("principal.p{i:02}");
+        let revision = kv.put(&key, b("v2")).await.unwrap();
+        want.insert(key, revision);
+    }
+    for i in (1..30).step_by(7) {
+        let key = format!("principal.p{i:02}");
+        kv.delete(&key, None).await.unwrap();
+        want.remove(&key);
+    }
+    let other = kv.put("session.s1", b("x")).await.unwrap();
+    let deleted_last = kv.put("principal.gone", b("x")).await.unwrap();
+    kv.delete("principal.gone", None).await.unwrap();
+    let listed = kv.revisions("principal.").await.unwrap();
+    let want: Vec<(String, u64)> = want.into_iter().collect();
+    assert_eq!(listed.keys, want);
+    assert!(
+        listed.last > deleted_last && deleted_last > other,
+        "{listed:?}"
+    );
+    let everything = kv.revisions("").await.unwrap();
+    assert_eq!(everything.keys.len(), want.len() + 1);
+    assert_eq!(everything.last, listed.last);
+}
+
 /// Listing keys and reading the audit log many times in a row holds no server resources
 /// (NATS: each call's ephemeral consumer is released).
 pub async fn repeated_listings_release_their_resources(store: &Store) {
@@ -387,6 +424,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@case $open, watch_converges_per_key_in_revision_order);
         $crate::store_conformance_tests!(@case $open, watch_replays_current_state_and_from_revision);
         $crate::store_conformance_tests!(@case $open, keys_pagination_is_complete);
+        $crate::store_conformance_tests!(@case $open, revisions_list_live_keys_and_the_last_revision);
         $crate::store_conformance_tests!(@case $open, audit_log_appends_and_reads);
         $crate::store_conformance_tests!(@case $open, repeated_listings_release_their_resources);
     };

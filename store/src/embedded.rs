@@ -14,8 +14,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::keys::{validate_key, validate_prefix, validate_token};
 use super::{
-    AuditLog, AuditQuery, AuditRecord, Bucket, KeysPage, KvBucket, KvEntry, Revision, Store,
-    StoreError, StoreProbe, WatchEvent, WatchFrom, WatchStream, capped,
+    AuditLog, AuditQuery, AuditRecord, Bucket, KeysPage, KvBucket, KvEntry, Revision, Revisions,
+    Store, StoreError, StoreProbe, WatchEvent, WatchFrom, WatchStream, capped,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -364,6 +364,38 @@ impl KvBucket for EmbeddedBucket {
         self.write(key, Bytes::new(), Write::Delete(expected))
             .await
             .map(|_| ())
+    }
+
+    async fn revisions(&self, prefix: &str) -> Result<Revisions, StoreError> {
+        validate_prefix(prefix)?;
+        let inner = Arc::clone(&self.inner);
+        let bucket = self.bucket;
+        let prefix = prefix.to_string();
+        blocking(move || {
+            // one read transaction: the counter and the slots are of the same moment
+            let txn = inner.db.begin_read().map_err(io_err)?;
+            let meta = txn.open_table(META).map_err(io_err)?;
+            let last = meta
+                .get(tables(bucket).2)
+                .map_err(io_err)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let kv = txn.open_table(kv_def(bucket)).map_err(io_err)?;
+            let mut keys = Vec::new();
+            for item in kv.range(prefix.as_str()..).map_err(io_err)? {
+                let (key, raw) = item.map_err(io_err)?;
+                let key = key.value();
+                if !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                let slot = decode_slot(raw.value())?;
+                if slot.live {
+                    keys.push((key.to_string(), slot.revision));
+                }
+            }
+            Ok(Revisions { last, keys })
+        })
+        .await
     }
 
     async fn keys(

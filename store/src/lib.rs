@@ -107,6 +107,18 @@ pub struct KeysPage {
     pub next: Option<String>,
 }
 
+/// Every live key under a prefix with its current revision, read in one pass: what a
+/// watcher compares with what it applied (see [`KvBucket::revisions`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// The highest revision the bucket had assigned when the listing started (any key,
+    /// deletions included). It only grows; a lower value than seen before means the
+    /// bucket was recreated or restored, and watches made before may stay silent.
+    pub last: Revision,
+    /// Live keys under the prefix and the revision of their current value, sorted by key.
+    pub keys: Vec<(String, Revision)>,
+}
+
 /// Upper bound on a keys page, whatever the caller asks.
 pub const MAX_PAGE: usize = 1000;
 
@@ -139,6 +151,10 @@ pub trait KvBucket: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeysPage, StoreError>;
+    /// Every live key under `prefix` with its current revision, and the bucket's last
+    /// revision, read in one pass (no values). Unpaged: for reconciling a mirror, which
+    /// needs the whole set anyway.
+    async fn revisions(&self, prefix: &str) -> Result<Revisions, StoreError>;
     /// Changes of keys under `prefix`, from `from` on. The contract, per key: the events
     /// come in increasing revision order and converge to the key's latest retained state
     /// (its last value, or its deletion); intermediate revisions may be merged away (a
@@ -296,6 +312,25 @@ impl Store {
 
     pub fn audit(&self) -> Arc<dyn AuditLog> {
         Arc::clone(&self.audit)
+    }
+
+    /// The same backend with each bucket replaced by `wrap(bucket, its handle)`: to
+    /// instrument a backend, or to inject faults (a dropped watch event, a stalled
+    /// listing) in tests of what follows the store.
+    pub fn map_buckets(
+        &self,
+        wrap: impl Fn(Bucket, Arc<dyn KvBucket>) -> Arc<dyn KvBucket>,
+    ) -> Store {
+        let buckets: Vec<Arc<dyn KvBucket>> = Bucket::ALL
+            .iter()
+            .map(|&bucket| wrap(bucket, self.kv(bucket)))
+            .collect();
+        Store {
+            backend: self.backend,
+            buckets: buckets.into(),
+            audit: Arc::clone(&self.audit),
+            probe: Arc::clone(&self.probe),
+        }
     }
 
     /// Ok when the backend answers now.

@@ -12,8 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::keys::{validate_key, validate_prefix, validate_token};
 use super::{
-    AuditLog, AuditQuery, AuditRecord, Bucket, KeysPage, KvBucket, KvEntry, Revision, Store,
-    StoreError, StoreProbe, WatchEvent, WatchFrom, WatchStream, capped,
+    AuditLog, AuditQuery, AuditRecord, Bucket, KeysPage, KvBucket, KvEntry, Revision, Revisions,
+    Store, StoreError, StoreProbe, WatchEvent, WatchFrom, WatchStream, capped,
 };
 
 /// Settings of the NATS backend.
@@ -264,6 +264,52 @@ fn filter_of(prefix: &str) -> String {
     format!("{prefix}>")
 }
 
+impl NatsBucket {
+    /// The live keys under `prefix` with their revisions: the latest message per matching
+    /// subject, headers only, deletions skipped; one ephemeral consumer, released after.
+    async fn live_keys(&self, prefix: &str) -> Result<Vec<(String, Revision)>, StoreError> {
+        ensure_connected(&self.client)?;
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}{}", self.kv.prefix, filter_of(prefix)),
+                headers_only: true,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut keys = Vec::new();
+        let name = consumer.cached_info().name.clone();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(unavailable)?;
+            while let Some(message) = messages.try_next().await.map_err(unavailable)? {
+                let info = message.info().map_err(unavailable)?;
+                let (pending, revision) = (info.pending, info.stream_sequence);
+                let deleted = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                if let Some(key) = message.subject.strip_prefix(self.kv.prefix.as_str())
+                    && !deleted
+                {
+                    keys.push((key.to_string(), revision));
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        // ephemeral consumers count against server limits: release this one now
+        let _ = self.kv.stream.delete_consumer(&name).await;
+        Ok(keys)
+    }
+}
+
 #[async_trait]
 impl KvBucket for NatsBucket {
     fn name(&self) -> &str {
@@ -337,47 +383,14 @@ impl KvBucket for NatsBucket {
         limit: usize,
     ) -> Result<KeysPage, StoreError> {
         validate_prefix(prefix)?;
-        ensure_connected(&self.client)?;
         let limit = capped(limit);
-        // the latest message per matching subject, headers only; deletions are skipped
-        let consumer = self
-            .kv
-            .stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subject: format!("{}{}", self.kv.prefix, filter_of(prefix)),
-                headers_only: true,
-                replay_policy: consumer::ReplayPolicy::Instant,
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let mut keys = Vec::new();
-        let name = consumer.cached_info().name.clone();
-        if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(unavailable)?;
-            while let Some(message) = messages.try_next().await.map_err(unavailable)? {
-                let info = message.info().map_err(unavailable)?;
-                let pending = info.pending;
-                let deleted = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-                if let Some(key) = message.subject.strip_prefix(self.kv.prefix.as_str())
-                    && !deleted
-                    && after.is_none_or(|after| key > after)
-                {
-                    keys.push(key.to_string());
-                }
-                if pending == 0 {
-                    break;
-                }
-            }
-        }
-        // ephemeral consumers count against server limits: release this one now
-        let _ = self.kv.stream.delete_consumer(&name).await;
+        let mut keys: Vec<String> = self
+            .live_keys(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| after.is_none_or(|after| key.as_str() > after))
+            .collect();
         keys.sort_unstable();
         let next = if keys.len() > limit {
             keys.truncate(limit);
@@ -386,6 +399,22 @@ impl KvBucket for NatsBucket {
             None
         };
         Ok(KeysPage { keys, next })
+    }
+
+    async fn revisions(&self, prefix: &str) -> Result<Revisions, StoreError> {
+        validate_prefix(prefix)?;
+        // the stream's last sequence first: every revision the listing can miss is above it
+        let last = self
+            .kv
+            .stream
+            .get_info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence;
+        let mut keys = self.live_keys(prefix).await?;
+        keys.sort_unstable();
+        Ok(Revisions { last, keys })
     }
 
     async fn watch(&self, prefix: &str, from: WatchFrom) -> Result<WatchStream, StoreError> {

@@ -3,6 +3,7 @@
 mod config;
 mod ops;
 mod readiness;
+mod reconcile;
 
 use std::time::Duration;
 
