@@ -26,13 +26,32 @@ impl RoutingAdmin {
     pub async fn current(
         &self,
     ) -> Result<(Option<Verified<RoutingDocument>>, Option<u64>), ApiError> {
-        let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
-        match self.store.kv(Bucket::Snapshots).get(ROUTING_DOC).await? {
+        let (doc, stored) = self.read().await?;
+        Ok((doc, stored.map(|(revision, _)| revision)))
+    }
+
+    /// The published document, its store revision and the value stored under the key
+    /// (a manifest when the document is large; see `gateway_store::large`).
+    async fn read(
+        &self,
+    ) -> Result<
+        (
+            Option<Verified<RoutingDocument>>,
+            Option<(u64, bytes::Bytes)>,
+        ),
+        ApiError,
+    > {
+        let kv = self.store.kv(Bucket::Snapshots);
+        match kv.get(ROUTING_DOC).await? {
             Some(entry) => {
+                let bytes =
+                    gateway_store::large::resolve(kv.as_ref(), ROUTING_DOC, entry.value.clone())
+                        .await?;
+                let own = DocVerifyingKeys::new([self.signer.verifying_key()]);
                 let doc = own
-                    .verify::<RoutingDocument>(&entry.value, ROUTING_DOC)
+                    .verify::<RoutingDocument>(&bytes, ROUTING_DOC)
                     .map_err(|err| ApiError::internal("published routing unreadable", &err))?;
-                Ok((Some(doc), Some(entry.revision)))
+                Ok((Some(doc), Some((entry.revision, entry.value))))
             }
             None => Ok((None, None)),
         }
@@ -49,7 +68,7 @@ impl RoutingAdmin {
         document.validate().map_err(|err| {
             ApiError::bad_request(err.to_string()).with_reason(Reason::InvalidRouting)
         })?;
-        let (current, kv_revision) = self.current().await?;
+        let (current, stored) = self.read().await?;
         let current_revision = current.as_ref().map_or(0, |d| d.revision);
         if expected.is_some_and(|e| e != current_revision) {
             return Err(conflict(
@@ -71,12 +90,19 @@ impl RoutingAdmin {
             .sign(ROUTING_DOC, revision, now, &document)
             .map_err(|err| ApiError::internal("signing routing", &err))?;
         let kv = self.store.kv(Bucket::Snapshots);
-        let written = match kv_revision {
-            Some(kv_revision) => kv.update(ROUTING_DOC, bytes, kv_revision).await.map(|_| ()),
-            None => kv.create(ROUTING_DOC, bytes).await.map(|_| ()),
-        };
+        // a document over one message (100,000 tenants) goes as parts and a manifest
+        let written = gateway_store::large::write(
+            kv.as_ref(),
+            ROUTING_DOC,
+            bytes,
+            stored.as_ref().map(|(kv_revision, _)| *kv_revision),
+        )
+        .await;
         match written {
-            Ok(()) => {
+            Ok(_) => {
+                if let Some((_, replaced)) = &stored {
+                    gateway_store::large::delete_parts(kv.as_ref(), ROUTING_DOC, replaced).await;
+                }
                 metrics::gauge!("gateway_routing_published_revision").set(revision as f64);
                 tracing::info!(revision, "routing published");
                 Ok(revision)

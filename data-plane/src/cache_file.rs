@@ -1,8 +1,11 @@
 //! The local cache file of the last verified documents (`--mirror-cache-file`): written
 //! whenever the mirrors change (at most once a second, atomically: a temporary file
 //! renamed over the old one), and read at start so a replica that restarts while the
-//! store is unreachable serves from it. Every document in it is verified again on load,
-//! exactly as if it came from the store: a tampered or foreign file changes nothing.
+//! store is unreachable serves from it. Every document in it is verified again, exactly
+//! as if it came from the store: the routing and key documents on load, the principal
+//! documents on first use or by a background pass after the load (100,000 signatures
+//! would hold readiness back by seconds). A tampered or foreign file changes nothing that
+//! is served: a document that fails is refused like a missing one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,22 +20,105 @@ use crate::mirror::{JWKS, Journal, Mirrors, PRINCIPAL, ROUTING, reject};
 /// Version of the file's shape.
 const VERSION: u32 = 1;
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The file as read.
+#[derive(serde::Deserialize)]
 struct CacheFile {
     version: u32,
-    documents: Journal,
+    documents: StoredDocuments,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredDocuments {
+    #[serde(default)]
+    routing: Option<String>,
+    #[serde(default)]
+    jwks: Option<String>,
+    /// principal id → signed document (base64), decoded as it is read.
+    #[serde(default)]
+    principals: PrincipalsIn,
+}
+
+/// The principal documents of the file, decoded while the file is parsed (no map of
+/// 100,000 base64 strings beside the decoded bytes); `None` for an entry that is not
+/// base64.
+#[derive(Default)]
+struct PrincipalsIn(Vec<(String, Option<bytes::Bytes>)>);
+
+impl<'de> serde::Deserialize<'de> for PrincipalsIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = PrincipalsIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of principal ids to base64 documents")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PrincipalsIn, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((principal, doc)) =
+                    map.next_entry::<String, std::borrow::Cow<'de, str>>()?
+                {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(doc.as_bytes())
+                        .ok()
+                        .map(bytes::Bytes::from);
+                    entries.push((principal, bytes));
+                }
+                Ok(PrincipalsIn(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
+/// The file as written: the same shape, the principal documents encoded while they are
+/// written out (no second copy of 100,000 documents in memory).
+#[derive(serde::Serialize)]
+struct CacheFileOut<'a> {
+    version: u32,
+    documents: DocumentsOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct DocumentsOut<'a> {
+    routing: &'a Option<String>,
+    jwks: &'a Option<String>,
+    principals: PrincipalsOut<'a>,
+}
+
+struct PrincipalsOut<'a>(&'a [(String, bytes::Bytes)]);
+
+impl serde::Serialize for PrincipalsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (principal, bytes) in self.0 {
+            map.serialize_entry(
+                principal,
+                &base64::engine::general_purpose::STANDARD.encode(bytes),
+            )?;
+        }
+        map.end()
+    }
 }
 
 /// What a load found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Loaded {
+    /// Routing and key documents verified and applied.
     pub applied: usize,
     pub rejected: usize,
+    /// Principal documents filed, to be verified on first use (or by the pass after the
+    /// load: [`Mirrors::verify_loaded`]).
+    pub deferred: usize,
 }
 
-/// Applies the documents of the cache file at `path` (verified again); a missing file is
-/// an empty cache, an unreadable one is logged and ignored.
-pub fn load(path: &Path, mirrors: &Mirrors, keys: &DocVerifyingKeys) -> Loaded {
+/// Applies the documents of the cache file at `path`; a missing file is an empty cache,
+/// an unreadable one is logged and ignored. The routing and key documents are verified
+/// now; the principal documents when first used (see [`crate::mirror::PrincipalSlot`]).
+pub fn load(path: &Path, mirrors: &Mirrors, keys: &Arc<DocVerifyingKeys>) -> Loaded {
     let mut loaded = Loaded::default();
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -53,6 +139,8 @@ pub fn load(path: &Path, mirrors: &Mirrors, keys: &DocVerifyingKeys) -> Loaded {
             return loaded;
         }
     };
+    // the file's bytes are not needed past the parse (tens of MB with 100,000 principals)
+    drop(bytes);
     let decode = |b64: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -74,19 +162,26 @@ pub fn load(path: &Path, mirrors: &Mirrors, keys: &DocVerifyingKeys) -> Loaded {
             );
         }
     }
-    for (principal, doc) in &documents.principals {
-        count(
-            PRINCIPAL,
-            decode(doc).and_then(|bytes| mirrors.apply_principal(keys, principal, &bytes)),
-        );
+    for (principal, doc) in documents.principals.0 {
+        match doc {
+            Some(bytes) => {
+                if mirrors.load_principal(keys, &principal, bytes) {
+                    loaded.deferred += 1;
+                }
+            }
+            None => {
+                reject(PRINCIPAL, &DocError::Malformed("not base64".into()));
+                loaded.rejected += 1;
+            }
+        }
     }
-    if loaded.applied > 0 {
+    if loaded.applied + loaded.deferred > 0 {
         // the file is a whole copy of the principal documents as they were applied
         mirrors
             .principals_replayed
             .store(true, std::sync::atomic::Ordering::Release);
     }
-    tracing::info!(path = %path.display(), applied = loaded.applied, rejected = loaded.rejected, "mirror cache file loaded");
+    tracing::info!(path = %path.display(), applied = loaded.applied, rejected = loaded.rejected, principals = loaded.deferred, "mirror cache file loaded");
     loaded
 }
 
@@ -103,7 +198,8 @@ fn write(path: &Path, mirrors: &Mirrors) -> std::io::Result<bool> {
         journal.dirty = false;
         journal.clone()
     };
-    let written = write_file(path, documents);
+    let principals = mirrors.principal_documents();
+    let written = write_file(path, &documents, &principals);
     if written.is_err() {
         // written again on the next tick
         journal.lock().dirty = true;
@@ -111,12 +207,11 @@ fn write(path: &Path, mirrors: &Mirrors) -> std::io::Result<bool> {
     written.map(|()| true)
 }
 
-fn write_file(path: &Path, documents: Journal) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(&CacheFile {
-        version: VERSION,
-        documents,
-    })
-    .map_err(std::io::Error::other)?;
+fn write_file(
+    path: &Path,
+    documents: &Journal,
+    principals: &[(String, bytes::Bytes)],
+) -> std::io::Result<()> {
     let tmp = temporary(path);
     {
         use std::io::Write;
@@ -124,9 +219,22 @@ fn write_file(path: &Path, documents: Journal) -> std::io::Result<()> {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = options.open(&tmp).and_then(|mut file| {
-            file.write_all(&bytes)?;
-            file.sync_all()
+        let written = options.open(&tmp).and_then(|file| {
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            serde_json::to_writer(
+                &mut out,
+                &CacheFileOut {
+                    version: VERSION,
+                    documents: DocumentsOut {
+                        routing: &documents.routing,
+                        jwks: &documents.jwks,
+                        principals: PrincipalsOut(principals),
+                    },
+                },
+            )
+            .map_err(std::io::Error::other)?;
+            out.flush()?;
+            out.get_ref().sync_all()
         });
         if let Err(err) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -194,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mirrors.json");
         let signer = DocSigningKey::generate();
-        let keys = DocVerifyingKeys::new([signer.verifying_key()]);
+        let keys = Arc::new(DocVerifyingKeys::new([signer.verifying_key()]));
         let mirrors = Mirrors::new(false, true);
         let routing = json!({"aggregate": {"shards": {"a": ["http://127.0.0.1:1"]}, "placement": {"acme": "a"}}});
         mirrors
@@ -212,13 +320,16 @@ mod tests {
             load(&path, &restarted, &keys),
             Loaded {
                 applied: 1,
-                rejected: 0
+                rejected: 0,
+                deferred: 0
             }
         );
         assert_eq!(restarted.routing.load().as_ref().unwrap().revision, 3);
 
         // the same file under another signing key: nothing is applied
-        let foreign = DocVerifyingKeys::new([DocSigningKey::generate().verifying_key()]);
+        let foreign = Arc::new(DocVerifyingKeys::new([
+            DocSigningKey::generate().verifying_key()
+        ]));
         let other = Mirrors::new(false, true);
         assert_eq!(load(&path, &other, &foreign).rejected, 1);
         assert!(other.routing.load().is_none());
@@ -277,7 +388,8 @@ mod tests {
                     load(&shared, &reader, &keys),
                     Loaded {
                         applied: 1,
-                        rejected: 0
+                        rejected: 0,
+                        deferred: 0
                     }
                 );
                 reads += 1;
@@ -301,5 +413,94 @@ mod tests {
             load(&dir.path().join("absent.json"), &other, &keys),
             Loaded::default()
         );
+    }
+
+    /// Principal documents come back from the file unverified and are checked on first
+    /// use: a good one serves, one altered in the file is refused (as if missing) and
+    /// gives way to the store's next document.
+    #[test]
+    fn principal_documents_load_unverified_and_are_checked_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirrors.json");
+        let signer = DocSigningKey::generate();
+        let keys = Arc::new(DocVerifyingKeys::new([signer.verifying_key()]));
+        let mirrors = Mirrors::new(false, true);
+        let doc = |id: &str, revision: u64, valid_after: i64| {
+            signer
+                .sign(
+                    PRINCIPAL,
+                    revision,
+                    10,
+                    &json!({"principal_id": id, "tokens_valid_after": valid_after}),
+                )
+                .unwrap()
+        };
+        for id in ["usr_a", "usr_b"] {
+            assert_eq!(mirrors.apply_principal(&keys, id, &doc(id, 2, 7)), Ok(true));
+        }
+        assert!(write(&path, &mirrors).unwrap());
+
+        // usr_b's document altered in the file (same length: another number)
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let original = String::from_utf8(
+            b64.decode(file["documents"]["principals"]["usr_b"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let altered = original.replace("\"tokens_valid_after\":7", "\"tokens_valid_after\":8");
+        assert_ne!(original, altered);
+        file["documents"]["principals"]["usr_b"] = json!(b64.encode(altered));
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+
+        let restarted = Mirrors::new(false, true);
+        assert_eq!(
+            load(&path, &restarted, &keys),
+            Loaded {
+                applied: 0,
+                rejected: 0,
+                deferred: 2
+            }
+        );
+        assert!(
+            restarted
+                .principals_replayed
+                .load(std::sync::atomic::Ordering::Acquire)
+        );
+        assert_eq!(
+            restarted
+                .principal("usr_a")
+                .unwrap()
+                .payload
+                .tokens_valid_after,
+            7
+        );
+        assert!(restarted.principal("usr_b").is_none(), "altered: refused");
+        assert_eq!(restarted.verify_loaded(), 1);
+        // an older document from the store does not replace a good one; any newer one
+        // replaces the refused one
+        assert!(matches!(
+            restarted.apply_principal(&keys, "usr_a", &doc("usr_a", 1, 1)),
+            Err(DocError::StaleRevision { .. })
+        ));
+        assert_eq!(
+            restarted.apply_principal(&keys, "usr_b", &doc("usr_b", 1, 9)),
+            Ok(true)
+        );
+        assert_eq!(
+            restarted
+                .principal("usr_b")
+                .unwrap()
+                .payload
+                .tokens_valid_after,
+            9
+        );
+        // and the file written next holds what is in force
+        assert!(write(&path, &restarted).unwrap());
+        let again = Mirrors::new(false, true);
+        assert_eq!(load(&path, &again, &keys).deferred, 2);
+        assert_eq!(again.verify_loaded(), 0);
+        assert_eq!(again.principal("usr_b").unwrap().revision, 1);
     }
 }

@@ -384,7 +384,22 @@ pub async fn run(
     }
     if let Some(path) = &config.mirror_cache_file {
         // before the store: a replica restarting while NATS is away starts from here
-        cache_file::load(path, &mirrors, &verify_keys);
+        let loaded = cache_file::load(path, &mirrors, &verify_keys);
+        if loaded.deferred > 0 {
+            // the principal documents of the file are checked in the background; a
+            // request that needs one first checks it itself
+            let mirrors = Arc::clone(&mirrors);
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let failed = mirrors.verify_loaded();
+                tracing::info!(
+                    principals = loaded.deferred,
+                    failed,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "principal documents of the cache file verified"
+                );
+            });
+        }
         tokio::spawn(cache_file::keep(
             path.clone(),
             Arc::clone(&mirrors),

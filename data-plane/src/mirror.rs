@@ -31,7 +31,7 @@ pub struct Mirrors {
     /// Access-token verification keys, built from each new `jwks` document.
     pub jwks: ArcSwapOption<KeysInUse>,
     /// Effective rights per principal (`principal.<id>` documents of the authz bucket).
-    pub principals: parking_lot::RwLock<foldhash::HashMap<String, Arc<Verified<EffectiveRights>>>>,
+    pub principals: parking_lot::RwLock<foldhash::HashMap<String, Arc<PrincipalSlot>>>,
     /// Routing comes from a local file (`--routing-file`): routing documents of the store
     /// are ignored.
     pub static_routing: bool,
@@ -55,18 +55,81 @@ pub struct Mirrors {
     pub principals_replayed: std::sync::atomic::AtomicBool,
 }
 
-/// The last verified documents, as signed bytes (base64), in the shape of the cache file.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+/// The last verified routing and key documents, as signed bytes (base64), for the cache
+/// file (the principal documents are taken from their slots when it is written).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Journal {
-    #[serde(default)]
     pub routing: Option<String>,
-    #[serde(default)]
     pub jwks: Option<String>,
-    #[serde(default)]
-    pub principals: std::collections::BTreeMap<String, String>,
     /// Changed since the cache file was last written.
-    #[serde(skip)]
     pub dirty: bool,
+}
+
+/// One principal's document: its signed bytes as stored (what the cache file keeps),
+/// its revision once verified, and the parsed document once used. A document from the
+/// store is verified as it arrives (to order it) but parsed only when a request needs it,
+/// unless the one it replaces was in use; one loaded from the cache file is verified on
+/// first use (or by the pass after the load). So 100,000 principals cost their signed
+/// bytes, not 100,000 parsed documents, and a replica is ready from its file without
+/// first checking 100,000 signatures. A document that fails then is refused, like a
+/// missing one.
+pub struct PrincipalSlot {
+    raw: bytes::Bytes,
+    /// The revision verified when the document was applied (`None`: loaded unverified).
+    revision: Option<u64>,
+    keys: Arc<DocVerifyingKeys>,
+    doc: std::sync::OnceLock<Option<Arc<Verified<EffectiveRights>>>>,
+}
+
+impl PrincipalSlot {
+    /// The signed bytes.
+    pub fn raw(&self) -> &bytes::Bytes {
+        &self.raw
+    }
+
+    /// The verified document of `principal_id` (`None`: it failed verification).
+    pub fn get(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
+        self.doc
+            .get_or_init(
+                || match verify_principal(&self.keys, principal_id, &self.raw) {
+                    Ok(doc) => Some(Arc::new(doc)),
+                    Err(err) => {
+                        reject(PRINCIPAL, &err);
+                        None
+                    }
+                },
+            )
+            .clone()
+    }
+
+    /// The document's revision, verifying it first if it was loaded unverified (`None`:
+    /// it failed verification).
+    fn verified_revision(&self, principal_id: &str) -> Option<u64> {
+        match self.revision {
+            Some(revision) => Some(revision),
+            None => self.get(principal_id).map(|doc| doc.revision),
+        }
+    }
+
+    /// Whether the document was parsed (a request used it).
+    fn in_use(&self) -> bool {
+        self.doc.get().is_some()
+    }
+}
+
+/// Verifies a `principal.<id>` document and that it is filed under its principal.
+fn verify_principal(
+    keys: &DocVerifyingKeys,
+    principal_id: &str,
+    bytes: &[u8],
+) -> Result<Verified<EffectiveRights>, DocError> {
+    let doc: Verified<EffectiveRights> = keys.verify(bytes, PRINCIPAL)?;
+    if doc.payload.principal_id != principal_id {
+        return Err(DocError::Payload(
+            "document filed under another principal".into(),
+        ));
+    }
+    Ok(doc)
 }
 
 /// The verification keys of one `jwks` revision.
@@ -174,33 +237,130 @@ impl Mirrors {
     /// Verifies and applies a `principal.<id>` document (newer revisions only).
     pub fn apply_principal(
         &self,
-        keys: &DocVerifyingKeys,
+        keys: &Arc<DocVerifyingKeys>,
         principal_id: &str,
         bytes: &[u8],
     ) -> Result<bool, DocError> {
-        let doc: Verified<EffectiveRights> = keys.verify(bytes, PRINCIPAL)?;
-        if doc.payload.principal_id != principal_id {
-            return Err(DocError::Payload(
-                "document filed under another principal".into(),
-            ));
-        }
+        let doc = verify_principal(keys, principal_id, bytes)?;
         let mut principals = self.principals.write();
-        let current = principals.get(principal_id).map(|d| d.revision);
-        if !accept_revision(current, doc.revision)? {
+        let current = principals.get(principal_id);
+        // a slot loaded from the cache file is verified now; one that fails gives way
+        let revision = current.and_then(|slot| slot.verified_revision(principal_id));
+        if !accept_revision(revision, doc.revision)? {
             return Ok(false);
         }
-        principals.insert(principal_id.to_string(), Arc::new(doc));
+        // the parsed document is kept only for a principal in use
+        let in_use = current.is_some_and(|slot| slot.in_use());
+        let slot = Arc::new(PrincipalSlot {
+            raw: bytes::Bytes::copy_from_slice(bytes),
+            revision: Some(doc.revision),
+            keys: Arc::clone(keys),
+            doc: if in_use {
+                std::sync::OnceLock::from(Some(Arc::new(doc)))
+            } else {
+                std::sync::OnceLock::new()
+            },
+        });
+        principals.insert(principal_id.to_string(), slot);
         metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
         drop(principals);
-        self.remember(bytes, |j, b| {
-            j.principals.insert(principal_id.to_string(), b);
-        });
+        self.mark_dirty();
         Ok(true)
+    }
+
+    /// Files the cache file's copy of a principal's document, unverified until first use;
+    /// never over a document already held.
+    pub fn load_principal(
+        &self,
+        keys: &Arc<DocVerifyingKeys>,
+        principal_id: &str,
+        bytes: bytes::Bytes,
+    ) -> bool {
+        let mut principals = self.principals.write();
+        if principals.contains_key(principal_id) {
+            return false;
+        }
+        principals.insert(
+            principal_id.to_string(),
+            Arc::new(PrincipalSlot {
+                raw: bytes,
+                revision: None,
+                keys: Arc::clone(keys),
+                doc: std::sync::OnceLock::new(),
+            }),
+        );
+        metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
+        true
+    }
+
+    /// Verifies every slot still unverified (after a cache-file load; the replica serves
+    /// meanwhile, verifying on first use what a request needs first), without keeping the
+    /// parsed documents. Returns how many failed.
+    pub fn verify_loaded(&self) -> usize {
+        let pending: Vec<(String, Arc<PrincipalSlot>)> = self
+            .principals
+            .read()
+            .iter()
+            .filter(|(_, slot)| slot.revision.is_none())
+            .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
+            .collect();
+        let mut failed = 0;
+        for (id, slot) in pending {
+            match slot.doc.get() {
+                // a request checked it first
+                Some(Some(_)) => continue,
+                Some(None) => {
+                    failed += 1;
+                    continue;
+                }
+                None => {}
+            }
+            match verify_principal(&slot.keys, &id, &slot.raw) {
+                Ok(doc) => {
+                    // verified, and still unparsed for use: the same slot, revision known
+                    let verified = Arc::new(PrincipalSlot {
+                        raw: slot.raw.clone(),
+                        revision: Some(doc.revision),
+                        keys: Arc::clone(&slot.keys),
+                        doc: std::sync::OnceLock::new(),
+                    });
+                    let mut principals = self.principals.write();
+                    if principals
+                        .get(&id)
+                        .is_some_and(|current| Arc::ptr_eq(current, &slot))
+                    {
+                        principals.insert(id, verified);
+                    }
+                }
+                Err(err) => {
+                    reject(PRINCIPAL, &err);
+                    let _ = slot.doc.set(None);
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    /// The signed bytes of every principal document, for the cache file.
+    pub fn principal_documents(&self) -> Vec<(String, bytes::Bytes)> {
+        self.principals
+            .read()
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.raw.clone()))
+            .collect()
+    }
+
+    fn mark_dirty(&self) {
+        if let Some(mut journal) = self.journal.as_ref().map(|j| j.lock()) {
+            journal.dirty = true;
+        }
     }
 
     /// The current effective rights of a principal.
     pub fn principal(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
-        self.principals.read().get(principal_id).cloned()
+        let slot = self.principals.read().get(principal_id).cloned()?;
+        slot.get(principal_id)
     }
 }
 
@@ -349,8 +509,25 @@ pub async fn follow(
                 Some(Ok(WatchEvent::Put(entry))) => {
                     mirrors.touch_feed(bucket, gateway_core::unix_now());
                     replay.seen(Some(&entry.key), &mirrors);
-                    applied.saw(&entry.key, Some(entry.revision));
-                    feed.apply(&entry.key, &entry.value);
+                    let revision = entry.revision;
+                    // a large document arrives as a manifest: its parts are read now
+                    match gateway_store::large::resolve(kv.as_ref(), &entry.key, entry.value).await
+                    {
+                        Ok(value) => {
+                            applied.saw(&entry.key, Some(revision));
+                            feed.apply(&entry.key, &value);
+                        }
+                        // the next reconciliation reads it again
+                        Err(gateway_store::StoreError::Unavailable(err)) => {
+                            tracing::warn!(key = %entry.key, error = %err, "large document not readable now");
+                        }
+                        Err(err) => {
+                            // replaced meanwhile (its parts deleted) or damaged: the
+                            // value that replaced it comes next
+                            applied.saw(&entry.key, Some(revision));
+                            tracing::warn!(key = %entry.key, error = %err, "large document unreadable, skipped");
+                        }
+                    }
                 }
                 Some(Ok(WatchEvent::Delete { key, revision })) => {
                     mirrors.touch_feed(bucket, gateway_core::unix_now());
@@ -358,7 +535,10 @@ pub async fn follow(
                     applied.saw(&key, None);
                     applied.high = applied.high.max(revision);
                     // a deleted document is not a new truth: keep serving the last good one
-                    tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
+                    // (the parts of a replaced large document go as a matter of course)
+                    if !key.contains(".parts.") {
+                        tracing::warn!(kind = %key, "snapshot deleted in the store, keeping last-known-good");
+                    }
                 }
                 Some(Err(err)) => tracing::warn!(error = %err, "snapshot watch interrupted"),
                 None => {
@@ -482,7 +662,16 @@ impl Feed {
                 let Some(entry) = kv.get(key).await? else {
                     continue;
                 };
-                if self.apply(&entry.key, &entry.value) {
+                let value = match gateway_store::large::resolve(kv, key, entry.value).await {
+                    Ok(value) => value,
+                    Err(err @ gateway_store::StoreError::Unavailable(_)) => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(key = %entry.key, error = %err, "large document unreadable, skipped");
+                        applied.saw(&entry.key, Some(entry.revision));
+                        continue;
+                    }
+                };
+                if self.apply(&entry.key, &value) {
                     repaired += 1;
                     tracing::warn!(bucket, key = %entry.key, revision = entry.revision, "reconciliation applied a document the watch had not delivered");
                 }
@@ -556,23 +745,19 @@ impl Replay {
 /// with the store's listing.
 const REPLAY_RECHECK: Duration = Duration::from_secs(5);
 
-/// Every live key under `prefix`, page by page.
+/// Every live key under `prefix`, in one pass (a paged listing re-reads the bucket per
+/// page on NATS: quadratic with 100,000 principals).
 async fn list_keys(
     kv: &dyn gateway_store::KvBucket,
     prefix: &str,
 ) -> Result<std::collections::HashSet<String>, gateway_store::StoreError> {
-    let mut keys = std::collections::HashSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv
-            .keys(prefix, after.as_deref(), gateway_store::MAX_PAGE)
-            .await?;
-        keys.extend(page.keys);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(keys),
-        }
-    }
+    Ok(kv
+        .revisions(prefix)
+        .await?
+        .keys
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
 }
 
 /// Writes this replica's heartbeat (see `gateway_store::heartbeat`) every interval and

@@ -326,6 +326,95 @@ pub async fn revisions_list_live_keys_and_the_last_revision(store: &Store) {
     assert_eq!(everything.last, listed.last);
 }
 
+/// A value over one message (3 MiB, hardly compressible) is written as parts and a
+/// manifest, read back whole, and refused when a part is missing or altered; small
+/// values are stored as they are; replacing a large value and deleting the replaced
+/// one's parts leaves only the new parts.
+pub async fn large_values_are_stored_in_parts_and_read_back_whole(store: &Store) {
+    use crate::large;
+    let kv = store.kv(Bucket::Snapshots);
+    let small = b("{\"v\":1}");
+    let revision = large::write(kv.as_ref(), "doc", small.clone(), None)
+        .await
+        .unwrap();
+    let stored = kv.get("doc").await.unwrap().unwrap().value;
+    assert_eq!(stored, small, "small values are stored as they are");
+    let mut noise = vec![0u8; 3 * 1024 * 1024];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for byte in noise.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = (state >> 24) as u8;
+    }
+    let big = Bytes::from(noise);
+    let revision = large::write(kv.as_ref(), "doc", big.clone(), Some(revision))
+        .await
+        .unwrap();
+    let head = kv.get("doc").await.unwrap().unwrap().value;
+    assert!(large::is_manifest(&head) && head.len() < 1024, "{head:?}");
+    assert_eq!(
+        large::resolve(kv.as_ref(), "doc", head.clone())
+            .await
+            .unwrap(),
+        big
+    );
+    let manifest_parts = |head: &[u8]| {
+        let manifest: serde_json::Value = serde_json::from_slice(head).unwrap();
+        manifest["large_value"]["parts"].as_u64().unwrap() as usize
+    };
+    let parts = kv.revisions("doc.parts.").await.unwrap().keys;
+    // noise does not compress: at least as many parts as the raw length needs
+    assert!(parts.len() >= big.len().div_ceil(large::PART_SIZE));
+    assert_eq!(parts.len(), manifest_parts(&head));
+    // a stale compare-and-set writes nothing, parts included
+    assert!(matches!(
+        large::write(kv.as_ref(), "doc", big.clone(), Some(revision + 100)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(kv.revisions("doc.parts.").await.unwrap().keys, parts);
+    // an altered part, then a missing one, are refused
+    let (first, _) = &parts[0];
+    let original = kv.get(first).await.unwrap().unwrap().value;
+    let mut altered = original.to_vec();
+    altered[10] ^= 1;
+    kv.put(first, Bytes::from(altered)).await.unwrap();
+    assert!(matches!(
+        large::resolve(kv.as_ref(), "doc", head.clone()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    kv.delete(first, None).await.unwrap();
+    assert!(matches!(
+        large::resolve(kv.as_ref(), "doc", head.clone()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    kv.put(first, original).await.unwrap();
+    // replaced by another large value: the old parts go, the new ones stay
+    let bigger = Bytes::from([big.as_ref(), big.as_ref()].concat());
+    large::write(kv.as_ref(), "doc", bigger.clone(), Some(revision))
+        .await
+        .unwrap();
+    large::delete_parts(kv.as_ref(), "doc", &head).await;
+    let now = kv.get("doc").await.unwrap().unwrap().value;
+    assert_eq!(
+        large::resolve(kv.as_ref(), "doc", now.clone())
+            .await
+            .unwrap(),
+        bigger
+    );
+    let left = kv.revisions("doc.parts.").await.unwrap().keys;
+    assert_eq!(left.len(), manifest_parts(&now));
+    assert!(left.iter().all(|part| !parts.contains(part)));
+    // a manifest promising more than the bound is refused before any read
+    let forged = b(
+        "{\"large_value\":{\"id\":\"x\",\"parts\":1,\"compressed\":10,\"size\":99999999999,\"sha256\":\"00\",\"encoding\":\"deflate\"}}",
+    );
+    assert!(matches!(
+        large::resolve(kv.as_ref(), "doc", forged).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
 /// Listing keys and reading the audit log many times in a row holds no server resources
 /// (NATS: each call's ephemeral consumer is released).
 pub async fn repeated_listings_release_their_resources(store: &Store) {
@@ -425,6 +514,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@case $open, watch_replays_current_state_and_from_revision);
         $crate::store_conformance_tests!(@case $open, keys_pagination_is_complete);
         $crate::store_conformance_tests!(@case $open, revisions_list_live_keys_and_the_last_revision);
+        $crate::store_conformance_tests!(@case $open, large_values_are_stored_in_parts_and_read_back_whole);
         $crate::store_conformance_tests!(@case $open, audit_log_appends_and_reads);
         $crate::store_conformance_tests!(@case $open, repeated_listings_release_their_resources);
     };

@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod heartbeat;
 pub mod keys;
+pub mod large;
 pub mod nats;
 pub mod record;
 

@@ -4,6 +4,7 @@ mod balancing;
 mod forwarding;
 mod headers;
 mod isolation;
+mod large_routing;
 mod outage;
 mod refusals;
 mod routing_file;
