@@ -17,6 +17,9 @@ if [ "$("$deny" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; t
 fi
 "$deny" --version
 
+# cargo-deny reads the whole graph, every target's crates included (wasm, android, …),
+# which a build on this platform never downloads: fetch them first (from the registry)
+cargo fetch --locked >&2
 "$deny" --offline check licenses bans sources
 if timeout 120 "$deny" fetch db >/dev/null 2>&1; then
   "$deny" check advisories

@@ -175,7 +175,12 @@ pub fn load(path: &Path, mirrors: &Mirrors, keys: &Arc<DocVerifyingKeys>) -> Loa
             }
         }
     }
-    if loaded.applied + loaded.deferred > 0 {
+    // the file counts as a whole copy only when it is ours: its key or routing document
+    // verified, and one of its first principal documents too (a file signed under a
+    // retired key would otherwise make the replica ready with documents it must refuse)
+    let sample: Vec<String> = mirrors.principals.read().keys().take(8).cloned().collect();
+    let sample_ok = loaded.deferred == 0 || sample.iter().any(|id| mirrors.principal(id).is_some());
+    if loaded.applied > 0 && sample_ok {
         // the file is a whole copy of the principal documents as they were applied
         mirrors
             .principals_replayed
@@ -435,6 +440,14 @@ mod tests {
                 )
                 .unwrap()
         };
+        let routing = json!({"aggregate": {"shards": {"a": ["http://127.0.0.1:1"]}, "placement": {"acme": "a"}}});
+        mirrors
+            .apply(
+                &keys,
+                ROUTING,
+                &signer.sign(ROUTING, 1, 10, &routing).unwrap(),
+            )
+            .unwrap();
         for id in ["usr_a", "usr_b"] {
             assert_eq!(mirrors.apply_principal(&keys, id, &doc(id, 2, 7)), Ok(true));
         }
@@ -458,7 +471,7 @@ mod tests {
         assert_eq!(
             load(&path, &restarted, &keys),
             Loaded {
-                applied: 0,
+                applied: 1,
                 rejected: 0,
                 deferred: 2
             }
@@ -502,5 +515,18 @@ mod tests {
         assert_eq!(load(&path, &again, &keys).deferred, 2);
         assert_eq!(again.verify_loaded(), 0);
         assert_eq!(again.principal("usr_b").unwrap().revision, 1);
+
+        // under another key (a retired one) the file is not a copy to be ready from
+        let foreign = Arc::new(DocVerifyingKeys::new([
+            DocSigningKey::generate().verifying_key()
+        ]));
+        let other = Mirrors::new(false, true);
+        assert_eq!(load(&path, &other, &foreign).deferred, 2);
+        assert!(
+            !other
+                .principals_replayed
+                .load(std::sync::atomic::Ordering::Acquire)
+        );
+        assert!(other.principal("usr_a").is_none());
     }
 }

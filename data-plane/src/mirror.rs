@@ -105,15 +105,24 @@ impl PrincipalSlot {
     /// The document's revision, verifying it first if it was loaded unverified (`None`:
     /// it failed verification).
     fn verified_revision(&self, principal_id: &str) -> Option<u64> {
-        match self.revision {
-            Some(revision) => Some(revision),
-            None => self.get(principal_id).map(|doc| doc.revision),
+        match (self.revision, self.doc.get()) {
+            (Some(revision), _) => Some(revision),
+            (None, Some(doc)) => doc.as_ref().map(|doc| doc.revision),
+            // checked without keeping the parsed document: not in use for that
+            (None, None) => verify_principal(&self.keys, principal_id, &self.raw)
+                .ok()
+                .map(|doc| doc.revision),
         }
     }
 
-    /// Whether the document was parsed (a request used it).
+    /// Whether a request used the document (it was parsed, and verified).
     fn in_use(&self) -> bool {
-        self.doc.get().is_some()
+        matches!(self.doc.get(), Some(Some(_)))
+    }
+
+    /// Whether the document failed verification.
+    fn failed(&self) -> bool {
+        matches!(self.doc.get(), Some(None))
     }
 }
 
@@ -342,11 +351,13 @@ impl Mirrors {
         failed
     }
 
-    /// The signed bytes of every principal document, for the cache file.
+    /// The signed bytes of every principal document, for the cache file (not those that
+    /// failed verification).
     pub fn principal_documents(&self) -> Vec<(String, bytes::Bytes)> {
         self.principals
             .read()
             .iter()
+            .filter(|(_, slot)| !slot.failed())
             .map(|(id, slot)| (id.clone(), slot.raw.clone()))
             .collect()
     }
@@ -432,6 +443,7 @@ pub async fn follow(
                 Ok(keys) => {
                     tracing::info!(principals = keys.len(), "replaying principal documents");
                     replay.pending = Some(keys);
+                    replay.signals = true;
                     break;
                 }
                 Err(err) => {
@@ -476,23 +488,31 @@ pub async fn follow(
                 continue;
             }
         };
+        // a new watch first replays the current state: no reconciliation until it has
+        // (reading 100,000 keys one by one would race the watch and hold its events)
+        let mut catching_up = Replay {
+            pending: list_keys(kv.as_ref(), prefix).await.ok(),
+            signals: false,
+        };
+        catching_up.seen(None, &mirrors);
         // while replaying, a key listed at the start but deleted since may never come (a
         // backend need not deliver deletions of the past): the pending set is checked
         // against a fresh listing now and then
         let mut recheck = tokio::time::interval(REPLAY_RECHECK);
         recheck.tick().await;
         loop {
+            let replaying = replay.pending.is_some() || catching_up.pending.is_some();
             let item = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 item = watch.next() => item,
-                _ = recheck.tick(), if replay.pending.is_some() => {
+                _ = recheck.tick(), if replaying => {
                     if let Ok(live) = list_keys(kv.as_ref(), prefix).await {
                         replay.keep_only(&live, &mirrors);
+                        catching_up.keep_only(&live, &mirrors);
                     }
                     continue;
                 }
-                // not while replaying: the watch is still delivering the current state
-                _ = reconcile.tick(), if replay.pending.is_none() => {
+                _ = reconcile.tick(), if !replaying => {
                     let reconciled = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         reconciled = feed.reconcile(kv.as_ref(), prefix, &mut applied) => reconciled,
@@ -507,31 +527,38 @@ pub async fn follow(
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
-                    mirrors.touch_feed(bucket, gateway_core::unix_now());
                     replay.seen(Some(&entry.key), &mirrors);
+                    catching_up.seen(Some(&entry.key), &mirrors);
                     let revision = entry.revision;
+                    // queued behind a reconciliation that applied it already
+                    if applied
+                        .revisions
+                        .get(&entry.key)
+                        .is_some_and(|seen| *seen >= revision)
+                    {
+                        mirrors.touch_feed(bucket, gateway_core::unix_now());
+                        continue;
+                    }
                     // a large document arrives as a manifest: its parts are read now
                     match gateway_store::large::resolve(kv.as_ref(), &entry.key, entry.value).await
                     {
                         Ok(value) => {
+                            mirrors.touch_feed(bucket, gateway_core::unix_now());
                             applied.saw(&entry.key, Some(revision));
                             feed.apply(&entry.key, &value);
                         }
-                        // the next reconciliation reads it again
-                        Err(gateway_store::StoreError::Unavailable(err)) => {
-                            tracing::warn!(key = %entry.key, error = %err, "large document not readable now");
-                        }
+                        // not recorded as applied: the next reconciliation reads the key
+                        // again (a part not yet visible on this server, a store away, or a
+                        // value replaced meanwhile, whose successor is then read)
                         Err(err) => {
-                            // replaced meanwhile (its parts deleted) or damaged: the
-                            // value that replaced it comes next
-                            applied.saw(&entry.key, Some(revision));
-                            tracing::warn!(key = %entry.key, error = %err, "large document unreadable, skipped");
+                            tracing::warn!(key = %entry.key, error = %err, "large document not readable now; read again at the next reconciliation");
                         }
                     }
                 }
                 Some(Ok(WatchEvent::Delete { key, revision })) => {
                     mirrors.touch_feed(bucket, gateway_core::unix_now());
                     replay.seen(Some(&key), &mirrors);
+                    catching_up.seen(Some(&key), &mirrors);
                     applied.saw(&key, None);
                     applied.high = applied.high.max(revision);
                     // a deleted document is not a new truth: keep serving the last good one
@@ -633,6 +660,8 @@ impl Feed {
         applied: &mut Applied,
     ) -> Reconciled {
         let bucket = self.bucket.name();
+        // the mirror is confirmed as of the listing, not of the end of the pass
+        let listed_at = gateway_core::unix_now();
         let result = async {
             let listing = kv.revisions(prefix).await?;
             let went_back = listing.last < applied.high
@@ -665,9 +694,9 @@ impl Feed {
                 let value = match gateway_store::large::resolve(kv, key, entry.value).await {
                     Ok(value) => value,
                     Err(err @ gateway_store::StoreError::Unavailable(_)) => return Err(err),
+                    // not recorded: tried again at the next pass
                     Err(err) => {
-                        tracing::warn!(key = %entry.key, error = %err, "large document unreadable, skipped");
-                        applied.saw(&entry.key, Some(entry.revision));
+                        tracing::warn!(key = %entry.key, error = %err, "large document unreadable");
                         continue;
                     }
                 };
@@ -691,10 +720,9 @@ impl Feed {
         .await;
         match result {
             Ok(outcome) => {
-                let now = gateway_core::unix_now();
-                self.mirrors.touch_feed(self.bucket, now);
+                self.mirrors.touch_feed(self.bucket, listed_at);
                 self.mirrors.reconciled_at[feed(self.bucket)]
-                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                    .store(listed_at, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("gateway_mirror_reconciliations_total", "bucket" => bucket, "result" => "ok").increment(1);
                 outcome
             }
@@ -707,10 +735,14 @@ impl Feed {
     }
 }
 
-/// The principal documents a starting replica still waits for (`None`: none, or done).
+/// The keys a watch must still deliver (`None`: none, or done): the principal documents a
+/// starting replica waits for (`signals`: it becomes ready when they are in), or what a
+/// new watch replays of the current state (reconciliation waits for it).
 #[derive(Default)]
 struct Replay {
     pending: Option<std::collections::HashSet<String>>,
+    /// Done means the replica has every principal document (`principals_replayed`).
+    signals: bool,
 }
 
 impl Replay {
@@ -725,10 +757,12 @@ impl Replay {
         }
         if pending.is_empty() {
             self.pending = None;
-            mirrors
-                .principals_replayed
-                .store(true, std::sync::atomic::Ordering::Release);
-            tracing::info!("principal documents replayed");
+            if self.signals {
+                mirrors
+                    .principals_replayed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("principal documents replayed");
+            }
         }
     }
 
@@ -910,6 +944,7 @@ mod tests {
         let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect();
         let mut replay = Replay {
             pending: Some(keys(&["principal.a", "principal.b", "principal.c"])),
+            signals: true,
         };
         replay.seen(Some("principal.a"), &mirrors);
         replay.seen(Some("principal.zzz"), &mirrors);
@@ -924,6 +959,7 @@ mod tests {
         let empty = Mirrors::new(false, false);
         let mut replay = Replay {
             pending: Some(keys(&[])),
+            signals: true,
         };
         replay.seen(None, &empty);
         assert!(

@@ -108,7 +108,9 @@ pub fn split(key: &str, value: Bytes) -> Result<(Bytes, Vec<(String, Bytes)>), S
 
 /// Writes `value` under `key` with compare-and-set: created when `expected` is `None`,
 /// else updated only from that revision. Large values write their parts first; when the
-/// manifest cannot be written (a conflict included) the parts are removed again.
+/// manifest is refused (a conflict), or a part could not be written, the parts written are
+/// removed again. After an unknown outcome (a timeout on the manifest) they stay: the
+/// manifest may have been written and name them; unused ones are only space.
 pub async fn write(
     kv: &dyn KvBucket,
     key: &str,
@@ -131,7 +133,11 @@ pub async fn write(
             None => kv.create(key, head).await,
         };
     }
-    if result.is_err() {
+    // only a refused compare-and-set is known not to have written the manifest: after
+    // an unknown outcome (a timeout) the parts stay, in case the manifest names them
+    if matches!(result, Err(StoreError::Conflict { .. }))
+        || (result.is_err() && written < parts.len())
+    {
         for (part, _) in &parts[..written] {
             let _ = kv.delete(part, None).await;
         }
@@ -169,7 +175,8 @@ pub async fn resolve(kv: &dyn KvBucket, key: &str, stored: Bytes) -> Result<Byte
     {
         return Err(corrupt(key, "manifest out of bounds"));
     }
-    let mut compressed = Vec::with_capacity(value.compressed as usize);
+    // nothing is reserved from the manifest's numbers: they are checked against the bytes
+    let mut compressed = Vec::new();
     for n in 0..value.parts {
         let part = kv
             .get(&part_key(key, &value.id, n))
@@ -185,7 +192,7 @@ pub async fn resolve(kv: &dyn KvBucket, key: &str, stored: Bytes) -> Result<Byte
     {
         return Err(corrupt(key, "parts do not match the manifest"));
     }
-    let mut out = Vec::with_capacity(value.size as usize);
+    let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(compressed.as_slice())
         .take(value.size + 1)
         .read_to_end(&mut out)
