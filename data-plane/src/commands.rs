@@ -26,6 +26,9 @@ use tracing::Instrument;
 use crate::proxy::{ProxyState, note_principal, safe_segment, unavailable};
 use crate::upstream::{Deadline, Outcome, parse_grpc_timeout, timed_out};
 
+/// The gRPC path of `SubmitCommand` (what the assertion's `htu` names).
+pub const SUBMIT_COMMAND_PATH: &str = "/aggregate.gateway.v1.CommandService/SubmitCommand";
+
 /// Why a command did not go through: refused by the gateway, or answered with an error by
 /// the aggregate (passed on as it is).
 pub enum SubmitError {
@@ -136,6 +139,21 @@ pub async fn submit(
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
         }
+    }
+    // the client may not send its own assertion; the gateway's names the gRPC method
+    metadata.remove(crate::assertion::HEADER.as_str());
+    if let Some(assertion) = state.assertion(
+        &route,
+        &claims.sub,
+        &tenant,
+        rights,
+        "POST",
+        SUBMIT_COMMAND_PATH,
+        correlation_id,
+        unix_now(),
+    )? && let Ok(value) = assertion.to_str().unwrap_or_default().parse()
+    {
+        metadata.insert(crate::assertion::HEADER.as_str(), value);
     }
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;

@@ -171,6 +171,31 @@ pub struct Cli {
     /// healthy but quiet store never looks stale.
     #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_MIRROR_RECONCILE_INTERVAL", default_value = "10s", value_parser = gateway_edge::config::parse_duration)]
     pub mirror_reconcile_interval: std::time::Duration,
+    /// A PKCS#8 PEM P-256 private key: every forwarded call then carries
+    /// `x-gateway-assertion`, an ES256 JWT naming the principal, tenant, rights digest,
+    /// method, path and correlation id, verifiable with the key the data plane publishes
+    /// at /.well-known/gateway-assertion-jwks.json (see docs/security.md). Make one with
+    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`.
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_ASSERTION_SIGNING_KEY_FILE"
+    )]
+    pub assertion_signing_key_file: Option<PathBuf>,
+    /// A P-256 public key (PEM SPKI) published beside the signing key's, for a rotation:
+    /// publish the next key first, then sign with it while publishing the previous one
+    /// (repeatable; comma-separated in the environment).
+    #[arg(
+        help_heading = "Upstream calls",
+        long,
+        env = "GATEWAY_ASSERTION_PUBLISH_KEY_FILE",
+        value_delimiter = ',',
+        requires = "assertion_signing_key_file"
+    )]
+    pub assertion_publish_key_file: Vec<PathBuf>,
+    /// Lifetime of an assertion (`exp` - `iat`).
+    #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_ASSERTION_TTL", default_value = "30s", value_parser = gateway_edge::config::parse_duration)]
+    pub assertion_ttl: std::time::Duration,
     /// Largest request body forwarded.
     #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -273,6 +298,8 @@ pub struct Config {
     pub tls: Option<gateway_edge::tls::TlsFiles>,
     pub tls_reload_interval: std::time::Duration,
     pub client_tls: crate::client_tls::ClientTls,
+    /// Signs the identity assertion of forwarded calls (`None`: none sent).
+    pub assertion: Option<std::sync::Arc<crate::assertion::AssertionSigner>>,
 }
 
 /// The reconciliation period used: the configured one, at most a third of a non-zero
@@ -348,6 +375,33 @@ impl Cli {
                 "the http, grpc and ops listeners must use different addresses",
             ));
         }
+        let assertion = match &self.assertion_signing_key_file {
+            Some(path) => {
+                let ttl = self.assertion_ttl.as_secs();
+                if !(1..=300).contains(&ttl) {
+                    return Err(ConfigError::new(
+                        "assertion-ttl",
+                        "GATEWAY_ASSERTION_TTL",
+                        "must be between 1 s and 5 min: an assertion is for one call",
+                    ));
+                }
+                let signer = crate::assertion::AssertionSigner::from_pem_files(
+                    path,
+                    &self.assertion_publish_key_file,
+                    &self.token_issuer,
+                    ttl as i64,
+                )
+                .map_err(|err| {
+                    ConfigError::new(
+                        "assertion-signing-key-file",
+                        "GATEWAY_ASSERTION_SIGNING_KEY_FILE",
+                        err,
+                    )
+                })?;
+                Some(std::sync::Arc::new(signer))
+            }
+            None => None,
+        };
         let ops_token = match &self.ops_token_file {
             Some(path) => {
                 let token = read_secret_file("ops-token-file", "GATEWAY_OPS_TOKEN_FILE", path)?
@@ -455,6 +509,7 @@ impl Cli {
             client_tls: self.client_tls.load().map_err(|err| {
                 ConfigError::new("upstream-ca", "GATEWAY_UPSTREAM_CA", err.to_string())
             })?,
+            assertion,
         })
     }
 }

@@ -4,7 +4,8 @@
 //! on requests the credential (`authorization`, its own `__Host-gw_*` cookies, its CSRF
 //! and delivery headers), the identity it vouches for (`x-tenant-id` as validated,
 //! `x-principal-id`), the forwarding fields a client could spoof (`forwarded`,
-//! `x-forwarded-*`, `x-real-ip`), its correlation and trace headers; on answers the
+//! `x-forwarded-*`, `x-real-ip`), its correlation and trace headers, its signed identity
+//! assertion (`x-gateway-assertion`); on answers the
 //! correlation and trace headers, and a `set-cookie` may never set one of the gateway's
 //! own cookies. Both ways get `via` (§7.6.3). Each route class may remove or add fields
 //! ([`HeaderPolicy`], from `--request-header-*` and `--response-header-*`).
@@ -52,12 +53,17 @@ fn owned_on_requests(name: &HeaderName) -> bool {
             | "x-real-ip"
             | "x-csrf-token"
             | "x-token-delivery"
+            | "x-gateway-assertion"
     )
 }
 
 /// Answer fields the gateway owns.
 fn owned_on_answers(name: &HeaderName) -> bool {
-    *name == header::VIA || matches!(name.as_str(), "x-correlation-id" | "traceparent")
+    *name == header::VIA
+        || matches!(
+            name.as_str(),
+            "x-correlation-id" | "traceparent" | "x-gateway-assertion"
+        )
 }
 
 /// Whether a field is one the gateway sets itself (a route class may not remove or add it).

@@ -2,6 +2,7 @@
 //! documents the control plane publishes, and keeps serving from last-known-good copies.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod auth_forward;
 pub mod cache_file;
 pub mod client_tls;
@@ -184,6 +185,10 @@ pub fn public_router(
     let api = Router::new()
         .route("/v1/query/{view_type}", axum::routing::post(proxy::query))
         .route("/admin/runner/{*path}", axum::routing::any(runner::runner))
+        .route(
+            assertion::JWKS_PATH,
+            axum::routing::get(assertion::publish_keys),
+        )
         .with_state(proxy)
         .merge(commands)
         .merge(auth)

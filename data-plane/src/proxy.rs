@@ -67,6 +67,8 @@ pub struct ProxyShared {
     pub max_body: usize,
     /// Fields removed and added per route class.
     pub headers: crate::headers::HeaderPolicies,
+    /// Signs the identity assertion of each forwarded call, when configured.
+    pub assertion: Option<Arc<crate::assertion::AssertionSigner>>,
 }
 
 impl ProxyState {
@@ -99,7 +101,39 @@ impl ProxyState {
             timeouts: config.timeouts,
             max_body: config.max_body_bytes,
             headers: config.headers.clone(),
+            assertion: config.assertion.clone(),
         })))
+    }
+
+    /// The signed identity assertion of one forwarded call (`None` when not configured).
+    #[allow(clippy::too_many_arguments)] // one per claim of the assertion
+    pub fn assertion(
+        &self,
+        route: &Route,
+        principal: &str,
+        tenant: &TenantId,
+        rights: &Verified<EffectiveRights>,
+        method: &str,
+        path: &str,
+        correlation: &str,
+        now: i64,
+    ) -> Result<Option<HeaderValue>, ApiError> {
+        let Some(signer) = &self.assertion else {
+            return Ok(None);
+        };
+        let audience = format!("{}:{}", route.kind.as_str(), route.shard);
+        signer
+            .sign(&crate::assertion::Call {
+                audience: &audience,
+                principal,
+                tenant,
+                rights,
+                method,
+                path,
+                correlation,
+                now,
+            })
+            .map(Some)
     }
 
     /// Verifies the token and the principal's standing from the mirrors alone.
@@ -269,13 +303,23 @@ pub async fn query_with(
                 .map_err(|err| ApiError::internal("query path", &err))?
         }
     };
-    let identity = Identity::new(
+    let mut identity = Identity::new(
         headers,
         &state.headers.query,
         &tenant,
         &claims.sub,
         &correlation,
         &trace,
+    )?;
+    identity.assertion = state.assertion(
+        &route,
+        &claims.sub,
+        &tenant,
+        &rights,
+        "POST",
+        path.as_str(),
+        correlation.as_str(),
+        now,
     )?;
     // the limit is applied here: this route is served ahead of the router and its
     // body-limit layer
@@ -334,6 +378,8 @@ pub struct Identity {
     correlation: HeaderValue,
     traceparent: HeaderValue,
     forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// The signed identity assertion (`x-gateway-assertion`), when configured.
+    pub assertion: Option<HeaderValue>,
 }
 
 impl Identity {
@@ -354,6 +400,7 @@ impl Identity {
             correlation: correlation.header_value(),
             traceparent: trace.header_value(),
             forwarded: crate::headers::outgoing(request, policy),
+            assertion: None,
         })
     }
 }
@@ -373,13 +420,16 @@ impl Outgoing<'_> {
             .map_err(|err| Failure::Unreachable(err.message))?;
         let identity = &self.identity;
         let mut headers: Vec<(&HeaderName, &HeaderValue)> =
-            Vec::with_capacity(4 + identity.forwarded.len());
+            Vec::with_capacity(5 + identity.forwarded.len());
         headers.extend([
             (&TENANT, &identity.tenant),
             (&PRINCIPAL, &identity.principal),
             (&CORRELATION, &identity.correlation),
             (&TRACEPARENT, &identity.traceparent),
         ]);
+        if let Some(assertion) = &identity.assertion {
+            headers.push((&crate::assertion::HEADER, assertion));
+        }
         headers.extend(identity.forwarded.iter().map(|(name, value)| (name, value)));
         let call = Call {
             method: &self.method,

@@ -79,17 +79,28 @@ pub async fn runner(
     // GET, HEAD, OPTIONS, PUT and DELETE may be sent again (RFC 9110 §9.2.2); the rest
     // only when they never reached an endpoint
     let idempotent = method.is_idempotent();
+    let mut identity = Identity::new(
+        &headers,
+        &state.headers.runner,
+        &tenant,
+        &claims.sub,
+        &correlation,
+        &trace,
+    )?;
+    identity.assertion = state.assertion(
+        &route,
+        &claims.sub,
+        &tenant,
+        &rights,
+        method.as_str(),
+        path.as_str(),
+        correlation.as_str(),
+        now,
+    )?;
     let outgoing = Outgoing {
         method,
         path,
-        identity: Identity::new(
-            &headers,
-            &state.headers.runner,
-            &tenant,
-            &claims.sub,
-            &correlation,
-            &trace,
-        )?,
+        identity,
         body,
         answers: &state.headers.runner,
     };

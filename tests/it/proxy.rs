@@ -1,5 +1,6 @@
 //! The data plane's request path: forwarding, refusals, balancing, NATS outages, a routing file.
 
+mod assertion;
 mod balancing;
 mod forwarding;
 mod headers;

@@ -100,6 +100,128 @@ pub struct Node {
     aggregates: Arc<Mutex<Aggregates>>,
     readiness: Arc<Mutex<HashMap<(String, String), TenantReadiness>>>,
     reads: Arc<std::sync::atomic::AtomicU64>,
+    /// When set, every call must carry a valid gateway assertion (else 401).
+    assertion: Option<Arc<AssertionCheck>>,
+}
+
+/// The gRPC path of `SubmitCommand`.
+const SUBMIT_COMMAND: &str = "/aggregate.gateway.v1.CommandService/SubmitCommand";
+
+/// What an upstream that does not trust the network checks on every call: the gateway's
+/// `x-gateway-assertion` (an ES256 JWT), verified with `jsonwebtoken` (not the gateway's
+/// own code) against the JWK set the data plane publishes, fetched again on an unknown
+/// `kid`. Issuer, audience (the shard this node serves), expiry, and that it describes
+/// this very call: method, path, tenant, principal and correlation id as received; its
+/// `jti` never seen before (replay).
+pub struct AssertionCheck {
+    jwks_url: String,
+    issuer: String,
+    audiences: Vec<String>,
+    client: reqwest::Client,
+    keys: tokio::sync::Mutex<Vec<jsonwebtoken::jwk::Jwk>>,
+    /// jti → exp of the assertions accepted and not yet expired.
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+impl AssertionCheck {
+    /// Checks against the keys at `jwks_url`, for calls meant for one of `audiences`.
+    pub fn new(jwks_url: &str, issuer: &str, audiences: &[&str]) -> AssertionCheck {
+        AssertionCheck {
+            jwks_url: jwks_url.to_string(),
+            issuer: issuer.to_string(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            client: reqwest::Client::new(),
+            keys: tokio::sync::Mutex::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    async fn key(&self, kid: &str) -> Result<jsonwebtoken::DecodingKey, String> {
+        let mut keys = self.keys.lock().await;
+        if !keys.iter().any(|k| k.common.key_id.as_deref() == Some(kid)) {
+            let set: jsonwebtoken::jwk::JwkSet = self
+                .client
+                .get(&self.jwks_url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|err| format!("keys unavailable: {err}"))?
+                .json()
+                .await
+                .map_err(|err| format!("keys unreadable: {err}"))?;
+            *keys = set.keys;
+        }
+        let jwk = keys
+            .iter()
+            .find(|k| k.common.key_id.as_deref() == Some(kid))
+            .ok_or("unknown kid")?;
+        jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|err| format!("bad key: {err}"))
+    }
+
+    /// The assertion's claims when it is valid for this call; the reason otherwise.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+    ) -> Result<Value, String> {
+        let token = headers
+            .get("x-gateway-assertion")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no assertion")?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|err| format!("malformed: {err}"))?;
+        if header.typ.as_deref() != Some("gateway-assertion+jwt")
+            || header.alg != jsonwebtoken::Algorithm::ES256
+        {
+            return Err("not a gateway assertion".into());
+        }
+        let key = self.key(header.kid.as_deref().ok_or("no kid")?).await?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|err| format!("refused: {err}"))?
+            .claims;
+        let field = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let expect = [
+            ("htm", Some(method)),
+            ("htu", Some(path)),
+            ("tid", field("x-tenant-id")),
+            ("sub", field("x-principal-id")),
+            ("cid", field("x-correlation-id")),
+        ];
+        for (claim, want) in expect {
+            if want.is_none() || claims[claim].as_str() != want {
+                return Err(format!("{claim} does not match the call"));
+            }
+        }
+        let (iat, exp) = (
+            claims["iat"].as_i64().unwrap_or(0),
+            claims["exp"].as_i64().unwrap_or(0),
+        );
+        if exp - iat > 300 {
+            return Err("lives too long".into());
+        }
+        let jti = claims["jti"].as_str().ok_or("no jti")?.to_string();
+        let now = gateway_core::unix_now();
+        let mut seen = self.seen.lock().map_err(|_| "poisoned")?;
+        seen.retain(|_, until| *until + 5 >= now);
+        if seen.insert(jti, exp).is_some() {
+            return Err("replayed".into());
+        }
+        Ok(claims)
+    }
+}
+
+/// The answer to a call whose assertion was refused.
+fn assertion_refused(reason: &str) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": {"code": "assertion_refused", "message": reason}})),
+    )
 }
 
 fn headers_of(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -117,6 +239,7 @@ impl Node {
             aggregates: Arc::default(),
             readiness: Arc::default(),
             reads: Arc::default(),
+            assertion: None,
         }
     }
 
@@ -206,6 +329,16 @@ async fn query(
         headers: headers_of(&headers),
         body: body.clone(),
     });
+    let assertion = match &node.assertion {
+        Some(check) => match check
+            .check(&headers, "POST", &format!("/v1/query/{view_type}"))
+            .await
+        {
+            Ok(claims) => claims,
+            Err(reason) => return assertion_refused(&reason),
+        },
+        None => Value::Null,
+    };
     let query: Value = match serde_json::from_str(&body) {
         Ok(value) => value,
         Err(err) => {
@@ -242,6 +375,7 @@ async fn query(
             "view_type": view_type,
             "tenant_id": tenant,
             "query": query,
+            "assertion": assertion,
             "rows": [],
         })),
     )
@@ -251,6 +385,7 @@ async fn runner(
     State(node): State<Node>,
     Path(rest): Path<String>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: String,
 ) -> impl IntoResponse {
@@ -261,7 +396,22 @@ async fn runner(
         headers: headers_of(&headers),
         body,
     });
-    Json(json!({"node": node.name, "method": method.as_str(), "runner_path": rest}))
+    let assertion = match &node.assertion {
+        Some(check) => {
+            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            match check.check(&headers, method.as_str(), path).await {
+                Ok(claims) => claims,
+                Err(reason) => return assertion_refused(&reason),
+            }
+        }
+        None => Value::Null,
+    };
+    (
+        StatusCode::OK,
+        Json(
+            json!({"node": node.name, "method": method.as_str(), "runner_path": rest, "assertion": assertion}),
+        ),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -371,7 +521,15 @@ impl CommandService for Node {
         &self,
         request: tonic::Request<SubmitCommandRequest>,
     ) -> Result<tonic::Response<SubmitCommandResponse>, tonic::Status> {
-        let headers = headers_of(&request.metadata().clone().into_headers());
+        let metadata = request.metadata().clone().into_headers();
+        if let Some(check) = &self.assertion
+            && let Err(reason) = check.check(&metadata, "POST", SUBMIT_COMMAND).await
+        {
+            return Err(tonic::Status::unauthenticated(format!(
+                "assertion refused: {reason}"
+            )));
+        }
+        let headers = headers_of(&metadata);
         let tenant = headers.get("x-tenant-id").cloned().unwrap_or_default();
         // answer metadata: the node's name, and `x-echo` sent back as it came
         let echo = request.metadata().get("x-echo").cloned();
@@ -379,7 +537,7 @@ impl CommandService for Node {
         self.record(Recorded {
             protocol: "grpc".into(),
             method: "POST".into(),
-            path: "/aggregate.gateway.v1.CommandService/SubmitCommand".into(),
+            path: SUBMIT_COMMAND.into(),
             headers,
             body: format!(
                 "{} {} {} {}",
@@ -510,7 +668,20 @@ pub async fn start_with_tls(
     grpc_addr: SocketAddr,
     tls: Option<gateway_edge::tls::TlsFiles>,
 ) -> std::io::Result<RunningNode> {
-    let node = Node::new(name);
+    start_with(name, http_addr, grpc_addr, tls, None).await
+}
+
+/// [`start_with_tls`], and with `assertion` every call must carry a valid gateway
+/// assertion (401, or UNAUTHENTICATED over gRPC, otherwise).
+pub async fn start_with(
+    name: &str,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    tls: Option<gateway_edge::tls::TlsFiles>,
+    assertion: Option<AssertionCheck>,
+) -> std::io::Result<RunningNode> {
+    let mut node = Node::new(name);
+    node.assertion = assertion.map(Arc::new);
     let stop = CancellationToken::new();
     let http = TcpListener::bind(http_addr).await?;
     let grpc = TcpListener::bind(grpc_addr).await?;

@@ -241,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             tls: None,
             tls_reload_interval: std::time::Duration::from_secs(10),
             client_tls: Default::default(),
+            assertion: None,
         },
         data_listeners,
         data_plane::StoreSource::Open(store),

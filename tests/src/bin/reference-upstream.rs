@@ -25,6 +25,24 @@ struct Args {
     /// PEM CA bundle: callers must present a client certificate it issued (mutual TLS).
     #[arg(long, env = "UPSTREAM_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// The data plane's assertion keys (`…/.well-known/gateway-assertion-jwks.json`):
+    /// every call must then carry a valid `x-gateway-assertion` (401 otherwise).
+    #[arg(
+        long,
+        env = "UPSTREAM_ASSERTION_JWKS_URL",
+        requires = "assertion_audience"
+    )]
+    assertion_jwks_url: Option<String>,
+    /// `iss` of the assertions (the data plane's --token-issuer).
+    #[arg(
+        long,
+        env = "UPSTREAM_ASSERTION_ISSUER",
+        default_value = "cloudlysis-gateway"
+    )]
+    assertion_issuer: String,
+    /// An `aud` this node answers to, `<kind>:<shard>` (repeatable).
+    #[arg(long, env = "UPSTREAM_ASSERTION_AUDIENCE", value_delimiter = ',')]
+    assertion_audience: Vec<String>,
 }
 
 #[tokio::main]
@@ -42,11 +60,16 @@ async fn main() -> anyhow::Result<()> {
         tls.is_some(),
         tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
     );
-    let node = gateway_tests::upstream::start_with_tls(
+    let assertion = args.assertion_jwks_url.as_deref().map(|url| {
+        let audiences: Vec<&str> = args.assertion_audience.iter().map(String::as_str).collect();
+        gateway_tests::upstream::AssertionCheck::new(url, &args.assertion_issuer, &audiences)
+    });
+    let node = gateway_tests::upstream::start_with(
         &args.name,
         args.http_listen,
         args.grpc_listen,
         tls,
+        assertion,
     )
     .await?;
     println!(
