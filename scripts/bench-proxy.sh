@@ -18,7 +18,11 @@
 # gRPC SubmitCommand through ours against the reference upstream directly, 2 rounds),
 # BENCH_BASELINE_BIN (unset; a path to another build's data-plane binary: run as scenario
 # `baseline` with the same flags, interleaved with ours in the repetitions and the latency
-# rounds, so a change is compared with its baseline in the same run on the same machine).
+# rounds, so a change is compared with its baseline in the same run on the same machine),
+# BENCH_BASELINE_FLAGS (unset; extra data-plane flags of the baseline scenario; with no
+# BENCH_BASELINE_BIN the baseline is this build: e.g. BENCH_BASELINE_FLAGS=assertion signs
+# an identity assertion for every forwarded call, `assertion` standing for
+# --assertion-signing-key-file with a fresh P-256 key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +34,15 @@ PRINCIPALS="${BENCH_PRINCIPALS:-1000}"
 LATENCY="${BENCH_LATENCY:-1}"
 SCENARIOS="${BENCH_SCENARIOS:-direct haproxy_plain haproxy_jwt haproxy_full ours ours_nocache}"
 BASELINE_BIN="${BENCH_BASELINE_BIN:-}"
+BASELINE_FLAGS="${BENCH_BASELINE_FLAGS:-}"
+if [ -n "$BASELINE_FLAGS" ] && [ -z "$BASELINE_BIN" ]; then
+  BASELINE_BIN="target/release/data-plane"
+fi
 if [ -n "$BASELINE_BIN" ]; then
-  [ -x "$BASELINE_BIN" ] || { echo "bench-proxy: BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
+  # this build is made below; another build must exist already
+  if [ "$BASELINE_BIN" != "target/release/data-plane" ]; then
+    [ -x "$BASELINE_BIN" ] || { echo "bench-proxy: BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
+  fi
   SCENARIOS="$SCENARIOS baseline"
 fi
 PREFIX="bench_"
@@ -169,7 +180,16 @@ start_data_plane() { # name, http port, grpc port, ops port, extra flags...
 start_data_plane ours "$P_OURS" "$P_GRPC" "$P_OPS"
 start_data_plane ours_nocache "$P_NC" "$P_NC_GRPC" "$P_NC_OPS" --token-cache-size 0
 if [ -n "$BASELINE_BIN" ]; then
-  DP_BINARY="$BASELINE_BIN" start_data_plane baseline "$P_BASE" "$P_BASE_GRPC" "$P_BASE_OPS"
+  baseline_flags=()
+  for flag in $BASELINE_FLAGS; do
+    if [ "$flag" = assertion ]; then
+      openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/assertion.pem" 2>/dev/null
+      baseline_flags+=(--assertion-signing-key-file "$work/assertion.pem")
+    else
+      baseline_flags+=("$flag")
+    fi
+  done
+  DP_BINARY="$BASELINE_BIN" start_data_plane baseline "$P_BASE" "$P_BASE_GRPC" "$P_BASE_OPS" "${baseline_flags[@]}"
 fi
 
 # 5. the same answers on both sides before timing anything
@@ -424,7 +444,7 @@ fi
 # 7. the table
 python3 - "$results" "$latency" "$work/inside.tsv" "$(getconf CLK_TCK)" "$haproxy_version" "$REPS" "$DURATION" "$WARMUP" "$CONNS" "$PRINCIPALS" \
   "$OURS_VERIFY_US" "$OPENSSL_VERIFY_US" "$BUSY_BEFORE" "$BUSY_AFTER" "$CACHE_OURS" "$CACHE_NC" <<'EOF'
-import statistics, sys
+import os, statistics, sys
 results, latency, inside, tck, version, reps, duration, warmup, conns, principals = sys.argv[1:11]
 ours_verify, openssl_verify, busy_before, busy_after, cache_ours, cache_nc = sys.argv[11:17]
 tck = int(tck)
@@ -458,7 +478,7 @@ labels = [
     ("haproxy_full", "HAProxy + `jwt_verify` + iss/aud/exp + tenant map (our policy)"),
     ("ours", "ours as shipped (ES256, verified-token cache on, principal mirror, authz, routing)"),
     ("ours_nocache", "ours with `--token-cache-size 0` (verifies ES256 on every request, like HAProxy)"),
-    ("baseline", "baseline build (`BENCH_BASELINE_BIN`), as shipped"),
+    ("baseline", "baseline (`BENCH_BASELINE_BIN`, `BENCH_BASELINE_FLAGS`: " + (os.environ.get("BENCH_BASELINE_FLAGS") or "as shipped") + ")"),
 ]
 print(f"\n### Data plane vs {version.split(' - ')[0]}: {reps} interleaved reps, wrk -t1 -c{conns} -d{duration}s after a {warmup}s warm-up, {principals} rotating tokens\n")
 print("| scenario | req/s median [range] | proxy CPU µs/request median [range] | of which user space |")

@@ -166,6 +166,15 @@ pub struct Cli {
     /// (revocations may be missing); 0 never fails closed. Heartbeats do not count.
     #[arg(help_heading = "Tokens and published documents", long, env = "GATEWAY_MAX_STALENESS", default_value = "60s", value_parser = gateway_edge::config::parse_duration)]
     pub max_staleness: std::time::Duration,
+    /// Principal documents kept parsed (the rest are kept as signed bytes and verified and
+    /// parsed again when next used); about 0.5 KiB each. 0: no bound.
+    #[arg(
+        help_heading = "Tokens and published documents",
+        long,
+        env = "GATEWAY_PRINCIPAL_CACHE_SIZE",
+        default_value_t = 20_000
+    )]
+    pub principal_cache_size: usize,
     /// How often each mirror compares the store's key revisions with what it applied and
     /// applies what a watch missed; at most a third of --max-staleness is used, so a
     /// healthy but quiet store never looks stale.
@@ -284,6 +293,8 @@ pub struct Config {
     pub upstream: crate::upstream::UpstreamPolicy,
     pub token_cache_size: usize,
     pub max_staleness: std::time::Duration,
+    /// Principal documents kept parsed (0: no bound).
+    pub principal_cache_size: usize,
     /// The reconciliation period in use (see [`reconcile_interval`]).
     pub mirror_reconcile_interval: std::time::Duration,
     pub replica_id: String,
@@ -456,6 +467,7 @@ impl Cli {
             },
             token_cache_size: self.token_cache_size,
             max_staleness: self.max_staleness,
+            principal_cache_size: self.principal_cache_size,
             mirror_reconcile_interval: reconcile_interval(
                 self.mirror_reconcile_interval,
                 self.max_staleness,

@@ -414,6 +414,25 @@ pub async fn run(
     // the state loaded at start (cache file, routing file) counts as current now: a
     // replica restarted during an outage serves for at most --max-staleness from it
     mirrors.touch(gateway_core::unix_now());
+    if config.principal_cache_size > 0 {
+        let (mirrors, bound, shutdown) = (
+            Arc::clone(&mirrors),
+            config.principal_cache_size,
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let mirrors = Arc::clone(&mirrors);
+                // a pass over 100,000 slots takes milliseconds: off the request threads
+                let _ = tokio::task::spawn_blocking(move || mirrors.sweep_parsed(bound)).await;
+            }
+        });
+    }
     tokio::spawn(mirror::report_age(
         Arc::clone(&mirrors),
         config.max_staleness.as_secs() as i64,

@@ -49,6 +49,8 @@ pub struct Mirrors {
     reconciled_at: [std::sync::atomic::AtomicI64; 2],
     /// Unix seconds of the last heartbeat written (0: none yet).
     heartbeat_at: std::sync::atomic::AtomicI64,
+    /// Principal documents held parsed (approximate between sweeps; see `sweep_parsed`).
+    parsed: std::sync::atomic::AtomicUsize,
     /// Every principal document the store held when the authz watch started has been
     /// applied (or the cache file, a whole copy, was loaded): until then a signed-in
     /// member could be refused for want of their document, so the replica is not ready.
@@ -66,63 +68,116 @@ pub struct Journal {
 }
 
 /// One principal's document: its signed bytes as stored (what the cache file keeps),
-/// its revision once verified, and the parsed document once used. A document from the
+/// its revision once verified, and the parsed document while used. A document from the
 /// store is verified as it arrives (to order it) but parsed only when a request needs it,
-/// unless the one it replaces was in use; one loaded from the cache file is verified on
-/// first use (or by the pass after the load). So 100,000 principals cost their signed
-/// bytes, not 100,000 parsed documents, and a replica is ready from its file without
-/// first checking 100,000 signatures. A document that fails then is refused, like a
-/// missing one.
+/// unless the one it replaces was parsed; one loaded from the cache file is verified on
+/// first use (or by the pass after the load). Parsed documents are bounded
+/// (`--principal-cache-size`): past the bound, those not used since the last sweep are
+/// dropped, to be verified and parsed again on their next use. So 100,000 principals cost
+/// their signed bytes plus the parsed documents of the active ones, and a replica is ready
+/// from its file without first checking 100,000 signatures. A document that fails
+/// verification is refused, like a missing one.
 pub struct PrincipalSlot {
     raw: bytes::Bytes,
     /// The revision verified when the document was applied (`None`: loaded unverified).
     revision: Option<u64>,
     keys: Arc<DocVerifyingKeys>,
-    doc: std::sync::OnceLock<Option<Arc<Verified<EffectiveRights>>>>,
+    doc: parking_lot::Mutex<Parsed>,
+    /// Used since the last sweep (a second chance before its parsed form is dropped).
+    used: std::sync::atomic::AtomicBool,
+}
+
+/// What a slot holds besides its signed bytes.
+enum Parsed {
+    /// Not parsed (never used, or dropped by a sweep).
+    No,
+    Yes(Arc<Verified<EffectiveRights>>),
+    /// Failed verification: never served.
+    Failed,
 }
 
 impl PrincipalSlot {
+    fn new(
+        raw: bytes::Bytes,
+        revision: Option<u64>,
+        keys: Arc<DocVerifyingKeys>,
+        doc: Parsed,
+    ) -> PrincipalSlot {
+        PrincipalSlot {
+            raw,
+            revision,
+            keys,
+            doc: parking_lot::Mutex::new(doc),
+            used: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// The signed bytes.
     pub fn raw(&self) -> &bytes::Bytes {
         &self.raw
     }
 
-    /// The verified document of `principal_id` (`None`: it failed verification).
-    pub fn get(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
-        self.doc
-            .get_or_init(
-                || match verify_principal(&self.keys, principal_id, &self.raw) {
-                    Ok(doc) => Some(Arc::new(doc)),
-                    Err(err) => {
-                        reject(PRINCIPAL, &err);
-                        None
-                    }
-                },
-            )
-            .clone()
+    /// The verified document of `principal_id` (`None`: it failed verification), and
+    /// whether it was parsed by this call.
+    fn get(&self, principal_id: &str) -> (Option<Arc<Verified<EffectiveRights>>>, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+        let mut doc = self.doc.lock();
+        match &*doc {
+            Parsed::Yes(parsed) => (Some(Arc::clone(parsed)), false),
+            Parsed::Failed => (None, false),
+            Parsed::No => match verify_principal(&self.keys, principal_id, &self.raw) {
+                Ok(parsed) => {
+                    let parsed = Arc::new(parsed);
+                    *doc = Parsed::Yes(Arc::clone(&parsed));
+                    (Some(parsed), true)
+                }
+                Err(err) => {
+                    reject(PRINCIPAL, &err);
+                    *doc = Parsed::Failed;
+                    (None, false)
+                }
+            },
+        }
     }
 
     /// The document's revision, verifying it first if it was loaded unverified (`None`:
     /// it failed verification).
     fn verified_revision(&self, principal_id: &str) -> Option<u64> {
-        match (self.revision, self.doc.get()) {
-            (Some(revision), _) => Some(revision),
-            (None, Some(doc)) => doc.as_ref().map(|doc| doc.revision),
+        if let Some(revision) = self.revision {
+            return Some(revision);
+        }
+        match &*self.doc.lock() {
+            Parsed::Yes(doc) => Some(doc.revision),
+            Parsed::Failed => None,
             // checked without keeping the parsed document: not in use for that
-            (None, None) => verify_principal(&self.keys, principal_id, &self.raw)
+            Parsed::No => verify_principal(&self.keys, principal_id, &self.raw)
                 .ok()
                 .map(|doc| doc.revision),
         }
     }
 
-    /// Whether a request used the document (it was parsed, and verified).
+    /// Whether the document is parsed (a request used it, and it verified).
     fn in_use(&self) -> bool {
-        matches!(self.doc.get(), Some(Some(_)))
+        matches!(*self.doc.lock(), Parsed::Yes(_))
     }
 
     /// Whether the document failed verification.
     fn failed(&self) -> bool {
-        matches!(self.doc.get(), Some(None))
+        matches!(*self.doc.lock(), Parsed::Failed)
+    }
+
+    /// Drops the parsed document; whether there was one.
+    fn evict(&self) -> bool {
+        let mut doc = self.doc.lock();
+        if matches!(*doc, Parsed::Yes(_)) {
+            *doc = Parsed::No;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -260,16 +315,17 @@ impl Mirrors {
         }
         // the parsed document is kept only for a principal in use
         let in_use = current.is_some_and(|slot| slot.in_use());
-        let slot = Arc::new(PrincipalSlot {
-            raw: bytes::Bytes::copy_from_slice(bytes),
-            revision: Some(doc.revision),
-            keys: Arc::clone(keys),
-            doc: if in_use {
-                std::sync::OnceLock::from(Some(Arc::new(doc)))
+        let revision = doc.revision;
+        let slot = Arc::new(PrincipalSlot::new(
+            bytes::Bytes::copy_from_slice(bytes),
+            Some(revision),
+            Arc::clone(keys),
+            if in_use {
+                Parsed::Yes(Arc::new(doc))
             } else {
-                std::sync::OnceLock::new()
+                Parsed::No
             },
-        });
+        ));
         principals.insert(principal_id.to_string(), slot);
         metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
         drop(principals);
@@ -291,12 +347,12 @@ impl Mirrors {
         }
         principals.insert(
             principal_id.to_string(),
-            Arc::new(PrincipalSlot {
-                raw: bytes,
-                revision: None,
-                keys: Arc::clone(keys),
-                doc: std::sync::OnceLock::new(),
-            }),
+            Arc::new(PrincipalSlot::new(
+                bytes,
+                None,
+                Arc::clone(keys),
+                Parsed::No,
+            )),
         );
         metrics::gauge!("gateway_authz_principals").set(principals.len() as f64);
         true
@@ -315,24 +371,23 @@ impl Mirrors {
             .collect();
         let mut failed = 0;
         for (id, slot) in pending {
-            match slot.doc.get() {
-                // a request checked it first
-                Some(Some(_)) => continue,
-                Some(None) => {
-                    failed += 1;
-                    continue;
-                }
-                None => {}
+            // a request checked it first
+            if slot.in_use() {
+                continue;
+            }
+            if slot.failed() {
+                failed += 1;
+                continue;
             }
             match verify_principal(&slot.keys, &id, &slot.raw) {
                 Ok(doc) => {
                     // verified, and still unparsed for use: the same slot, revision known
-                    let verified = Arc::new(PrincipalSlot {
-                        raw: slot.raw.clone(),
-                        revision: Some(doc.revision),
-                        keys: Arc::clone(&slot.keys),
-                        doc: std::sync::OnceLock::new(),
-                    });
+                    let verified = Arc::new(PrincipalSlot::new(
+                        slot.raw.clone(),
+                        Some(doc.revision),
+                        Arc::clone(&slot.keys),
+                        Parsed::No,
+                    ));
                     let mut principals = self.principals.write();
                     if principals
                         .get(&id)
@@ -343,7 +398,7 @@ impl Mirrors {
                 }
                 Err(err) => {
                     reject(PRINCIPAL, &err);
-                    let _ = slot.doc.set(None);
+                    *slot.doc.lock() = Parsed::Failed;
                     failed += 1;
                 }
             }
@@ -371,7 +426,45 @@ impl Mirrors {
     /// The current effective rights of a principal.
     pub fn principal(&self, principal_id: &str) -> Option<Arc<Verified<EffectiveRights>>> {
         let slot = self.principals.read().get(principal_id).cloned()?;
-        slot.get(principal_id)
+        let (doc, parsed_now) = slot.get(principal_id);
+        if parsed_now {
+            self.parsed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        doc
+    }
+
+    /// Keeps at most `bound` parsed principal documents (0: no bound): past it, drops the
+    /// parsed form of those not used since the last sweep, then of others, down to 90 %
+    /// of the bound (a second chance, as a clock does). Returns how many were dropped.
+    pub fn sweep_parsed(&self, bound: usize) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        if bound == 0 || self.parsed.load(Relaxed) <= bound {
+            return 0;
+        }
+        let slots: Vec<Arc<PrincipalSlot>> = self.principals.read().values().cloned().collect();
+        // counted again: the counter only approximates between sweeps
+        let mut parsed = slots.iter().filter(|slot| slot.in_use()).count();
+        let target = bound - bound / 10;
+        let mut dropped = 0;
+        for second_pass in [false, true] {
+            for slot in &slots {
+                if parsed <= target {
+                    break;
+                }
+                if !second_pass && slot.used.swap(false, Relaxed) {
+                    continue;
+                }
+                if slot.evict() {
+                    parsed -= 1;
+                    dropped += 1;
+                }
+            }
+        }
+        self.parsed.store(parsed, Relaxed);
+        metrics::gauge!("gateway_authz_principals_parsed").set(parsed as f64);
+        metrics::counter!("gateway_authz_principals_dropped_total").increment(dropped as u64);
+        dropped
     }
 }
 
@@ -970,6 +1063,59 @@ mod tests {
     }
     use gateway_core::signed::DocSigningKey;
     use serde_json::json;
+
+    /// Past the bound, the parsed forms not used since the last sweep go first; a dropped
+    /// one is verified and parsed again on its next use, with the same answer.
+    #[test]
+    fn parsed_principal_documents_are_bounded_and_parsed_again_on_use() {
+        let signer = DocSigningKey::generate();
+        let keys = Arc::new(DocVerifyingKeys::new([signer.verifying_key()]));
+        let mirrors = Mirrors::new(false, false);
+        let ids: Vec<String> = (0..100).map(|i| format!("usr_{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let doc = signer
+                .sign(
+                    PRINCIPAL,
+                    1,
+                    0,
+                    &json!({"principal_id": id, "tokens_valid_after": i}),
+                )
+                .unwrap();
+            assert_eq!(mirrors.apply_principal(&keys, id, &doc), Ok(true));
+        }
+        let parsed = |m: &Mirrors| m.principals.read().values().filter(|s| s.in_use()).count();
+        assert_eq!(parsed(&mirrors), 0, "nothing parsed before use");
+        for id in &ids {
+            assert!(mirrors.principal(id).is_some());
+        }
+        assert_eq!(parsed(&mirrors), 100);
+        assert_eq!(mirrors.sweep_parsed(0), 0, "0: no bound");
+        assert_eq!(mirrors.sweep_parsed(200), 0, "under the bound");
+        // the first ten are used again: they get their second chance
+        for id in &ids[..10] {
+            mirrors.principal(id);
+        }
+        for slot in mirrors.principals.read().values() {
+            slot.used.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        for id in &ids[..10] {
+            mirrors.principal(id);
+        }
+        let dropped = mirrors.sweep_parsed(50);
+        assert_eq!(dropped, 100 - 45);
+        assert_eq!(parsed(&mirrors), 45);
+        for id in &ids[..10] {
+            assert!(mirrors.principals.read()[id].in_use(), "{id} was used");
+        }
+        // dropped ones come back, verified again, with their own document
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                mirrors.principal(id).unwrap().payload.tokens_valid_after,
+                i as i64
+            );
+        }
+        assert_eq!(parsed(&mirrors), 100);
+    }
 
     /// T3.2: readers never see a partial table while new revisions are swapped in.
     #[test]

@@ -189,6 +189,14 @@ pub const METRIC_HELP: &[(&str, &str)] = &[
         "Principals whose signed document this data plane holds.",
     ),
     (
+        "gateway_authz_principals_parsed",
+        "Principal documents held parsed (bounded by --principal-cache-size).",
+    ),
+    (
+        "gateway_authz_principals_dropped_total",
+        "Parsed principal documents dropped past --principal-cache-size (parsed again on next use).",
+    ),
+    (
         "gateway_expired_records_purged_total",
         "Expired records deleted by the periodic purge, by kind.",
     ),

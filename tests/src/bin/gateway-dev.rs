@@ -227,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
             token_cache_size: 10_000,
             max_staleness: std::time::Duration::from_secs(60),
             mirror_reconcile_interval: std::time::Duration::from_secs(10),
+            principal_cache_size: 20_000,
             replica_id: "dev".into(),
             routing_file: None,
             routing_file_poll: std::time::Duration::from_secs(1),
