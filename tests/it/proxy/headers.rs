@@ -267,6 +267,14 @@ async fn header_settings_that_touch_what_the_gateway_owns_stop_the_start() {
 #[tokio::test]
 async fn every_401_carries_a_bearer_challenge_at_both_planes() {
     let stack = Stack::start(&[], |_| vec![]).await;
+    // ready: its keys loaded (before that, a token that needs them is answered 503)
+    gateway_tests::process::wait_for_status(
+        &stack.client,
+        &format!("{}/ready", stack.data.ops),
+        200,
+        super::START,
+    )
+    .await;
     let query = format!("{}/v1/query/orders", stack.data.http);
     for (token, want) in [
         (None, "Bearer realm=\"gateway\""),
