@@ -112,11 +112,6 @@ impl PrincipalSlot {
         }
     }
 
-    /// The signed bytes.
-    pub fn raw(&self) -> &bytes::Bytes {
-        &self.raw
-    }
-
     /// The verified document of `principal_id` (`None`: it failed verification), and
     /// whether it was parsed by this call.
     fn get(&self, principal_id: &str) -> (Option<Arc<Verified<EffectiveRights>>>, bool) {

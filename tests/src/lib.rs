@@ -11,6 +11,35 @@ pub mod upstream;
 
 use gateway_core::signed::DocSigningKey;
 
+/// What the benchmark binaries set up the same way in a fresh store: a snapshot-signing
+/// key whose public half is written to `dir/snapshot-verify.pem` (the data plane's
+/// `--snapshot-verify-key-file`), and the control plane's own key manager with a published
+/// ES256 access-token key, so tokens are minted exactly as in production.
+pub async fn bench_keys(
+    store: &gateway_store::Store,
+    dir: &std::path::Path,
+    now: i64,
+) -> anyhow::Result<(std::sync::Arc<DocSigningKey>, control_plane::KeyManager)> {
+    use control_plane::keys::{Kek, KeySettings, SigningAlg};
+    let signer = std::sync::Arc::new(DocSigningKey::generate());
+    std::fs::write(
+        dir.join("snapshot-verify.pem"),
+        signer.verifying_key().to_public_key_pem()?,
+    )?;
+    let manager = control_plane::KeyManager::new(
+        store.clone(),
+        std::sync::Arc::new(Kek::generate()),
+        KeySettings {
+            alg: SigningAlg::Es256,
+            token_ttl: std::time::Duration::from_secs(3600),
+            rotation_interval: None,
+        },
+        std::sync::Arc::clone(&signer),
+    );
+    manager.start(now).await?;
+    Ok((signer, manager))
+}
+
 /// A snapshot key pair written to a temp dir, as the planes read it from files.
 pub struct SnapshotKeys {
     pub signer: DocSigningKey,

@@ -18,13 +18,11 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::{Parser, Subcommand};
-use control_plane::KeyManager;
-use control_plane::keys::{Kek, KeySettings, SigningAlg};
 use futures::StreamExt;
 use gateway_core::authz::{EffectiveRights, Grant, Scope, TENANT_MEMBER, TenantId, builtin_role};
 use gateway_core::jwks::{JwksDocument, KeyStatus};
 use gateway_core::routing::{KindRouting, RoutingDocument};
-use gateway_core::signed::{DocSigningKey, DocVerifyingKeys};
+use gateway_core::signed::DocVerifyingKeys;
 use gateway_core::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gateway_core::unix_now;
 use gateway_store::nats::NatsConfig;
@@ -132,27 +130,9 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
     }))
     .await?;
 
-    // snapshot-signing key: the data plane trusts its public half
-    let signer = Arc::new(DocSigningKey::generate());
-    write(
-        dir,
-        "snapshot-verify.pem",
-        &signer.verifying_key().to_public_key_pem()?,
-    )?;
-
-    // the ES256 access-token key, created and published (`jwks`) by the control plane's own
-    // key manager, so tokens are minted exactly as in production
-    let manager = KeyManager::new(
-        store.clone(),
-        Arc::new(Kek::generate()),
-        KeySettings {
-            alg: SigningAlg::Es256,
-            token_ttl: Duration::from_secs(3600),
-            rotation_interval: None,
-        },
-        Arc::clone(&signer),
-    );
-    manager.start(now).await?;
+    // snapshot-signing key (the data plane trusts its public half) and the ES256
+    // access-token key of the control plane's own key manager
+    let (signer, manager) = gateway_tests::bench_keys(&store, dir, now).await?;
     let kid = manager
         .current_kid()
         .context("no current access-token key")?;

@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use control_plane::KeyManager;
-use control_plane::keys::{Kek, KeySettings, SigningAlg};
 use futures::StreamExt;
 use gateway_core::authz::{EffectiveRights, Grant, Scope, TENANT_MEMBER, TenantId, builtin_role};
 use gateway_core::routing::{KindRouting, RoutingDocument};
-use gateway_core::signed::DocSigningKey;
 use gateway_core::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gateway_core::unix_now;
 use gateway_store::nats::NatsConfig;
@@ -192,23 +189,8 @@ async fn main() -> anyhow::Result<()> {
         ..NatsConfig::default()
     }))
     .await?;
-    let signer = Arc::new(DocSigningKey::generate());
-    std::fs::write(
-        args.work_dir.join("snapshot-verify.pem"),
-        signer.verifying_key().to_public_key_pem()?,
-    )?;
-    // the access-token key, published by the control plane's own key manager
-    let manager = KeyManager::new(
-        store.clone(),
-        Arc::new(Kek::generate()),
-        KeySettings {
-            alg: SigningAlg::Es256,
-            token_ttl: Duration::from_secs(3600),
-            rotation_interval: None,
-        },
-        Arc::clone(&signer),
-    );
-    manager.start(now).await?;
+    // the snapshot-signing key and the access-token key, as the control plane has them
+    let (signer, manager) = gateway_tests::bench_keys(&store, &args.work_dir, now).await?;
     let upstream =
         gateway_tests::upstream::start("scale", "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
             .await?;
@@ -317,17 +299,21 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. role changes, one principal at a time, timed until the decision changes
     let subject = args.principals / 2;
-    let token = manager.sign(&AccessClaims {
-        iss: "cloudlysis-gateway".into(),
-        aud: "cloudlysis".into(),
-        sub: principal_id(subject),
-        sid: Some("ses_scale".into()),
-        iat: now,
-        nbf: now,
-        exp: now + 3600,
-        jti: "scale".into(),
-        typ: ACCESS_TOKEN_TYPE.into(),
-    })?;
+    // an hour-long access token of principal `i`, signed as the control plane signs
+    let token_of = |i: usize| {
+        manager.sign(&AccessClaims {
+            iss: "cloudlysis-gateway".into(),
+            aud: "cloudlysis".into(),
+            sub: principal_id(i),
+            sid: Some(format!("ses_{i}")),
+            iat: now,
+            nbf: now,
+            exp: now + 3600,
+            jti: format!("scale-{i}"),
+            typ: ACCESS_TOKEN_TYPE.into(),
+        })
+    };
+    let token = token_of(subject)?;
     let tenant = tenant_id(subject % args.tenants)?;
     let decision = || async {
         client
@@ -369,20 +355,9 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let answers: Vec<anyhow::Result<u16>> = futures::stream::iter(0..args.principals)
         .map(|i| {
-            let claims = AccessClaims {
-                iss: "cloudlysis-gateway".into(),
-                aud: "cloudlysis".into(),
-                sub: principal_id(i),
-                sid: Some(format!("ses_{i}")),
-                iat: now,
-                nbf: now,
-                exp: now + 3600,
-                jti: format!("all-{i}"),
-                typ: ACCESS_TOKEN_TYPE.into(),
-            };
-            let (client, manager, http) = (&client, &manager, &plane.http);
+            let (client, token_of, http) = (&client, &token_of, &plane.http);
             async move {
-                let token = manager.sign(&claims)?;
+                let token = token_of(i)?;
                 let tenant = tenant_id(i % args.tenants)?;
                 let answer = client
                     .post(format!("{http}/v1/query/scale"))
