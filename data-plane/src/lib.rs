@@ -545,9 +545,14 @@ pub async fn run(
             http_tls,
             public,
             Some(query_route),
-            config
-                .lifecycle
-                .conn_limits("public", config.max_body_bytes),
+            gateway_edge::h1::ConnLimits {
+                // large and chunked bodies stream through; a client that leaves cancels
+                // its upstream call
+                stream_above: Some(proxy::WHOLE_REQUEST as usize),
+                ..config
+                    .lifecycle
+                    .conn_limits("public", config.max_body_bytes)
+            },
             stop_accepting.clone(),
             drain
         ),

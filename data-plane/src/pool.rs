@@ -33,9 +33,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, Method, Uri};
-use bytes::BytesMut;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use gateway_edge::h1::body::{BodyError, Decoder, Source};
 use gateway_edge::h1::client;
-use gateway_edge::h1::common::KEEP_BUFFER;
+use gateway_edge::h1::common::{Framing, KEEP_BUFFER, Timer, deadline};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -43,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-pub use gateway_edge::h1::client::{Answer, Call, SendError};
+pub use gateway_edge::h1::client::{Answer, Call, SendError, Streamed};
 
 /// TCP (and TLS for `https://` endpoints) connections to upstreams.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -65,6 +68,146 @@ pub fn connector(tls: &crate::client_tls::ClientTls) -> Result<Connector, String
 /// Largest answer body relayed; past it the call fails (502) rather than buffer without
 /// bound.
 pub const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
+
+/// Answer bodies up to this size are read whole before the answer is relayed (the
+/// connection then goes back to the pool at once); larger ones, chunked ones and those
+/// framed by the close are streamed.
+pub const WHOLE_ANSWER: usize = 64 * 1024;
+
+/// An upstream's answer: status, fields but the framing ones, and its body (whole, or
+/// streamed from the connection; lengths stay lengths, other bodies go out chunked).
+pub struct Reply {
+    pub status: axum::http::StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: axum::body::Body,
+}
+
+/// The whole of `body`, at most `max` bytes.
+pub async fn collect(body: axum::body::Body, max: usize) -> Result<Bytes, SendError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(SendError::CutShort(format!("the answer's body: {err}"))),
+    }
+}
+
+/// A streamed answer body: read from its connection piece by piece as the client takes
+/// it, each piece within `idle` of the last; the connection goes back to its pool after
+/// the body's end when the answer allows (`home`), and is closed otherwise (a client that
+/// leaves drops the body, and with it the connection: the upstream sees the call end).
+struct Download {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    timer: Timer,
+    idle: Duration,
+    home: Option<(Arc<Conns>, PoolPolicy, HeaderValue)>,
+}
+
+impl Download {
+    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
+        let conn = self.conn.as_mut()?;
+        self.timer.set(deadline(self.idle));
+        let mut source = Source {
+            io: &mut conn.stream,
+            buf: &mut conn.read,
+            timer: Some(&mut self.timer),
+        };
+        match self.decoder.next(&mut source).await {
+            Ok(Some(piece)) => Some(Ok(piece)),
+            Ok(None) => {
+                let conn = self.conn.take();
+                if let (Some(conn), Some((conns, policy, partition))) = (conn, self.home.take())
+                    && conn.read.is_empty()
+                {
+                    conns.put_back(conn, policy, &partition);
+                }
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "an upstream answer's body was cut short");
+                metrics::counter!("gateway_upstream_body_errors_total").increment(1);
+                self.conn = None;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// A body of a declared length: relayed with that length.
+struct Sized {
+    inner: axum::body::Body,
+    left: u64,
+}
+
+impl http_body::Body for Sized {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.left = self.left.saturating_sub(data.len() as u64);
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// Sends the streamed request `body` on `conn` (its head is written) while reading the
+/// answer's head: an upstream may answer before reading the whole body. Gives the
+/// connection back with the head, and whether the body went out whole.
+async fn upload_body(
+    conn: Conn,
+    body: &mut axum::body::Body,
+    framing: client::Streamed,
+    head_only: bool,
+) -> (Conn, Result<(client::Head, bool), SendError>) {
+    let Conn {
+        stream,
+        mut read,
+        mut write,
+    } = conn;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let result = {
+        let send = client::send_body(&mut writer, body, framing, &mut write);
+        let head = client::read_head(&mut reader, &mut read, head_only, u64::MAX);
+        let mut send = std::pin::pin!(send);
+        let mut head = std::pin::pin!(head);
+        let mut sent = None;
+        loop {
+            tokio::select! {
+                done = send.as_mut(), if sent.is_none() => match done {
+                    Ok(()) => sent = Some(true),
+                    Err(client::BodyFailed::Source(detail)) => {
+                        break Err(SendError::BodyFailed(detail));
+                    }
+                    Err(client::BodyFailed::Length) => {
+                        break Err(SendError::BodyFailed(
+                            "the body is not as long as declared".into(),
+                        ));
+                    }
+                    // the upstream stopped reading: its answer may still come
+                    Err(client::BodyFailed::Write(_)) => sent = Some(false),
+                },
+                head = head.as_mut() => break head.map(|head| (head, sent == Some(true))),
+            }
+        }
+    };
+    let conn = Conn {
+        stream: reader.unsplit(writer),
+        read,
+        write,
+    };
+    (conn, result)
+}
 
 /// How many idle connections an endpoint keeps, and for how long.
 #[derive(Clone, Copy, Debug)]
@@ -221,30 +364,37 @@ impl Conns {
     }
 
     /// Sends `call` on an idle connection of `partition` (the caller's tenant), or on a new
-    /// one when none is left, and reads the whole answer; the connection is kept for the
-    /// next call of the same partition when it may be (see the module doc).
+    /// one when none is left, and reads the answer's head: the answer, its body read whole
+    /// when it is small ([`WHOLE_ANSWER`]) or already here, else streamed from the
+    /// connection as the client takes it (the connection then goes back to the pool, when
+    /// it may, once the body has been read to its end). With `upload`, the request's body
+    /// is that stream ([`Call::streamed`]), sent while the answer is awaited: an upstream
+    /// may answer before it has read it all. The connection is kept for the next call of
+    /// the same partition when it may be (see the module doc).
     ///
     /// A kept-alive connection the upstream closed while it sat idle (seen only once the
     /// request is written) is not the call's failure: the request goes out once more on a
     /// new connection when it could not be written, or when it was written but is
-    /// idempotent and nothing came back.
-    pub async fn call(
-        &self,
+    /// idempotent, has no streamed body, and nothing came back.
+    pub async fn exchange(
+        self: &Arc<Self>,
         connector: &Connector,
         policy: PoolPolicy,
         partition: &HeaderValue,
         call: &Call<'_>,
-    ) -> Result<Answer, SendError> {
+        mut upload: Option<&mut axum::body::Body>,
+        idle: Duration,
+    ) -> Result<Reply, SendError> {
         let head_only = *call.method == Method::HEAD;
         let mut fresh_only = false;
         loop {
-            let idle = if fresh_only {
+            let idle_conn = if fresh_only {
                 None
             } else {
                 self.take_idle(policy, partition)
             };
-            let reused = idle.is_some();
-            let mut conn = match idle {
+            let reused = idle_conn.is_some();
+            let mut conn = match idle_conn {
                 Some(conn) => conn,
                 None => self.connect(connector).await?,
             };
@@ -256,23 +406,129 @@ impl Conns {
                 }
                 return Err(SendError::Failed(format!("writing the request: {err}")));
             }
-            match client::read_answer(&mut conn.stream, &mut conn.read, head_only, MAX_ANSWER_BODY)
-                .await
-            {
-                Ok((answer, reusable)) => {
+            let (conn, read) = match (upload.as_deref_mut(), call.streamed) {
+                (Some(body), Some(framing)) => upload_body(conn, body, framing, head_only).await,
+                _ => {
+                    let head =
+                        client::read_head(&mut conn.stream, &mut conn.read, head_only, u64::MAX)
+                            .await;
+                    (conn, head.map(|head| (head, true)))
+                }
+            };
+            match read {
+                Ok((head, body_sent)) => {
                     // an error answer may have come before the body was read: the rest of
                     // the body would be read as the next request
-                    let body_maybe_unread = !call.body.is_empty()
-                        && (answer.status.is_client_error() || answer.status.is_server_error());
-                    if reusable && conn.read.is_empty() && !body_maybe_unread {
-                        self.put_back(conn, policy, partition);
-                    }
-                    return Ok(answer);
+                    let has_body = call.streamed.is_some() || !call.body.is_empty();
+                    let body_maybe_unread = !body_sent
+                        || (has_body
+                            && (head.status.is_client_error() || head.status.is_server_error()));
+                    let reusable = head.keep_alive
+                        && head.framing != Framing::UntilClose
+                        && !body_maybe_unread;
+                    return self
+                        .reply(conn, head, reusable, policy, partition, idle)
+                        .await;
                 }
-                Err(SendError::Closed(_)) if reused && call.idempotent => fresh_only = true,
+                Err(SendError::Closed(_)) if reused && call.idempotent && upload.is_none() => {
+                    fresh_only = true
+                }
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Sends `call` and reads its whole answer (bodies up to [`MAX_ANSWER_BODY`]): for
+    /// callers that need the answer in one piece.
+    pub async fn call(
+        self: &Arc<Self>,
+        connector: &Connector,
+        policy: PoolPolicy,
+        partition: &HeaderValue,
+        call: &Call<'_>,
+    ) -> Result<Answer, SendError> {
+        let reply = self
+            .exchange(
+                connector,
+                policy,
+                partition,
+                call,
+                None,
+                Duration::from_secs(60),
+            )
+            .await?;
+        let body = crate::pool::collect(reply.body, MAX_ANSWER_BODY).await?;
+        Ok(Answer {
+            status: reply.status,
+            headers: reply.headers,
+            body,
+        })
+    }
+
+    /// The answer whose head is `head`, read from `conn`: its body whole when small, else
+    /// streamed.
+    async fn reply(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        head: client::Head,
+        reusable: bool,
+        policy: PoolPolicy,
+        partition: &HeaderValue,
+        idle: Duration,
+    ) -> Result<Reply, SendError> {
+        let whole = match head.framing {
+            Framing::Empty => Some(Bytes::new()),
+            Framing::Length(length)
+                if length <= WHOLE_ANSWER as u64 || length <= conn.read.len() as u64 =>
+            {
+                Some(
+                    client::read_body(&mut conn.stream, &mut conn.read, head.framing, WHOLE_ANSWER)
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        let body = match whole {
+            Some(body) => {
+                if reusable && conn.read.is_empty() {
+                    self.put_back(conn, policy, partition);
+                }
+                if body.is_empty() {
+                    axum::body::Body::empty()
+                } else {
+                    axum::body::Body::from(body)
+                }
+            }
+            None => {
+                let length = match head.framing {
+                    Framing::Length(length) => Some(length),
+                    _ => None,
+                };
+                let download = Download {
+                    conn: Some(conn),
+                    decoder: Decoder::new(head.framing, u64::MAX),
+                    timer: Timer::new(deadline(idle)),
+                    idle,
+                    home: reusable.then(|| (Arc::clone(self), policy, partition.clone())),
+                };
+                let stream = futures::stream::unfold(download, |mut download| async move {
+                    download.next().await.map(|piece| (piece, download))
+                });
+                let body = axum::body::Body::from_stream(stream);
+                match length {
+                    Some(length) => axum::body::Body::new(Sized {
+                        inner: body,
+                        left: length,
+                    }),
+                    None => body,
+                }
+            }
+        };
+        Ok(Reply {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
     }
 
     /// Keeps a connection whose answer was read in full for the next call.

@@ -20,7 +20,7 @@ pub use gateway_edge::http::{normalize_runner_path, safe_segment};
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 
 use crate::mirror::Mirrors;
-use crate::pool::{Answer, Call, SendError};
+use crate::pool::{Call, Reply, SendError, Streamed};
 use crate::token_cache::TokenCache;
 use crate::upstream::{Attempt, Deadline, Outcome, Upstreams};
 
@@ -323,7 +323,9 @@ pub async fn query_with(
     )?;
     // the limit is applied here: this route is served ahead of the router and its
     // body-limit layer
-    let body = read_body(request.into_body(), state.max_body).await?;
+    let body = Payload::read(request.into_body(), state.max_body).await?;
+    // a streamed body cannot be sent twice
+    let idempotent = body.is_whole();
     let outgoing = Outgoing {
         method: axum::http::Method::POST,
         path,
@@ -336,7 +338,7 @@ pub async fn query_with(
         state,
         &route,
         Deadline::after(state.timeouts.query),
-        true,
+        idempotent,
         &outgoing,
     )
     .await
@@ -364,9 +366,58 @@ pub struct Outgoing<'a> {
     pub method: axum::http::Method,
     pub path: PathAndQuery,
     pub identity: Identity,
-    pub body: Bytes,
+    pub body: Payload,
     /// The route class's policy for the answer's fields.
     pub answers: &'a crate::headers::HeaderPolicy,
+}
+
+/// Request bodies up to this size are read whole before the call (so that it can be sent
+/// again, to another endpoint or on a new connection); larger ones, and those of unknown
+/// length, are streamed to the upstream as they arrive.
+pub const WHOLE_REQUEST: u64 = 64 * 1024;
+
+/// A request body as it goes upstream.
+pub enum Payload {
+    Whole(Bytes),
+    /// Streamed, with its framing: taken by the attempt that sends it (an attempt that
+    /// could not connect puts it back, untouched).
+    Streamed(std::sync::Mutex<Option<axum::body::Body>>, Streamed),
+}
+
+impl Payload {
+    /// The payload of a request `body` of at most `limit` bytes (413 past it).
+    pub async fn read(body: axum::body::Body, limit: usize) -> Result<Payload, ApiError> {
+        use axum::body::HttpBody;
+        match body.size_hint().exact() {
+            Some(length) if length <= WHOLE_REQUEST => {
+                Ok(Payload::Whole(read_body(body, limit).await?))
+            }
+            Some(length) if length > limit as u64 => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body is too large",
+            )),
+            Some(length) => Ok(Payload::Streamed(
+                std::sync::Mutex::new(Some(body)),
+                Streamed::Length(length),
+            )),
+            None => Ok(Payload::Streamed(
+                std::sync::Mutex::new(Some(axum::body::Body::new(http_body_util::Limited::new(
+                    body, limit,
+                )))),
+                Streamed::Chunked,
+            )),
+        }
+    }
+
+    /// Whether the request has a body (a streamed one always counts).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Payload::Whole(body) if body.is_empty())
+    }
+
+    /// Whether it was read whole (and so can be sent again).
+    pub fn is_whole(&self) -> bool {
+        matches!(self, Payload::Whole(_))
+    }
 }
 
 /// The fields every forwarded call carries: the gateway's `x-tenant-id`, `x-principal-id`,
@@ -407,14 +458,15 @@ impl Identity {
 
 impl Outgoing<'_> {
     /// Sends the call on a kept-alive connection of `attempt`'s endpoint and reads the
-    /// whole answer within `timeout`.
+    /// answer's head (and a small body) within `timeout`; a larger body then streams, each
+    /// piece within `timeout` of the last.
     async fn exchange(
         &self,
         connector: &crate::pool::Connector,
         attempt: &Attempt,
         timeout: Duration,
         idempotent: bool,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<Reply, Failure> {
         let conns = attempt
             .conns()
             .map_err(|err| Failure::Unreachable(err.message))?;
@@ -431,28 +483,56 @@ impl Outgoing<'_> {
             headers.push((&crate::assertion::HEADER, assertion));
         }
         headers.extend(identity.forwarded.iter().map(|(name, value)| (name, value)));
+        static EMPTY: Bytes = Bytes::new();
+        let (body, streamed, mut upload) = match &self.body {
+            Payload::Whole(body) => (body, None, None),
+            Payload::Streamed(slot, framing) => {
+                let taken = slot.lock().map(|mut slot| slot.take()).unwrap_or(None);
+                let Some(taken) = taken else {
+                    // an earlier attempt sent (some of) it
+                    return Err(Failure::Failed("the request body was already sent".into()));
+                };
+                (&EMPTY, Some(*framing), Some(taken))
+            }
+        };
         let call = Call {
             method: &self.method,
             path: &self.path,
             headers: &headers,
-            body: &self.body,
+            body,
+            streamed,
             idempotent,
         };
         // the pool never lets a connection carry two tenants' calls
         let partition = &identity.tenant;
-        match tokio::time::timeout(
+        let sent = tokio::time::timeout(
             timeout,
-            conns.call(connector, attempt.pool_policy(), partition, &call),
+            conns.exchange(
+                connector,
+                attempt.pool_policy(),
+                partition,
+                &call,
+                upload.as_mut(),
+                timeout,
+            ),
         )
-        .await
+        .await;
+        if let (Ok(Err(SendError::Unreachable(_))), Payload::Streamed(slot, _)) =
+            (&sent, &self.body)
+            && let Ok(mut slot) = slot.lock()
         {
-            Ok(Ok(answer)) => Ok(answer),
+            // never connected: the body is untouched, and another endpoint may take it
+            *slot = upload.take();
+        }
+        match sent {
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(SendError::Unreachable(detail))) => Err(Failure::Unreachable(detail)),
             Ok(Err(SendError::Failed(detail) | SendError::Closed(detail))) => {
                 Err(Failure::Failed(detail))
             }
             Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
             Ok(Err(SendError::Invalid(detail))) => Err(Failure::Invalid(detail)),
+            Ok(Err(SendError::BodyFailed(detail))) => Err(Failure::Body(detail)),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -469,6 +549,8 @@ enum Failure {
     /// What came back breaks the protocol (not HTTP, a status outside 100–599, ambiguous
     /// framing): the upstream may have acted on the call, so it is not sent again.
     Invalid(String),
+    /// The client's streamed body failed: not the upstream's doing.
+    Body(String),
     Timeout,
 }
 
@@ -516,7 +598,7 @@ pub async fn forward(
                 .increment(1);
         }
         tracing::Span::current().record("upstream", attempt.url());
-        let Answer {
+        let Reply {
             status,
             headers,
             body,
@@ -530,6 +612,13 @@ pub async fn forward(
             .await
         {
             Ok(answer) => answer,
+            Err(Failure::Body(detail)) => {
+                // the client's side failed: the endpoint is not to blame
+                tracing::info!(error = %detail, "the request body failed while it was sent");
+                attempt.report(Outcome::Answered);
+                return Err(ApiError::bad_request("the request body could not be read")
+                    .with_reason(Reason::MalformedRequest));
+            }
             Err(failure) => {
                 let (reason, error, retry, detail) = match failure {
                     Failure::Unreachable(detail) => ("unreachable", unavailable(), true, detail),
@@ -551,6 +640,7 @@ pub async fn forward(
                         false,
                         detail,
                     ),
+                    Failure::Body(_) => unreachable!("answered above"),
                     Failure::Timeout => (
                         "timeout",
                         crate::upstream::timed_out(),
@@ -580,11 +670,11 @@ pub async fn forward(
         // served from the gateway's origin) and the body (a 205 never has one, RFC 9110
         // §15.3.6); the correlation and trace headers are added on the way out
         let body = if status == StatusCode::RESET_CONTENT {
-            Bytes::new()
+            axum::body::Body::empty()
         } else {
             body
         };
-        let mut answer = Response::new(axum::body::Body::from(body));
+        let mut answer = Response::new(body);
         *answer.status_mut() = status;
         *answer.headers_mut() = crate::headers::relayed(headers, outgoing.answers);
         return Ok(answer);

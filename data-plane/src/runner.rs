@@ -1,7 +1,6 @@
 //! The runner passthrough: `/admin/runner/{*path}` to the runner shard of the tenant, for
 //! principals holding `runner.admin` there, with the methods of the runner contract only.
 
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, Method};
@@ -11,7 +10,7 @@ use gateway_core::routing::ServiceKind;
 use gateway_edge::http::{CorrelationId, TenantHeader, TraceContext, normalize_runner_path};
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 
-use crate::proxy::{Identity, Outgoing, ProxyState, forward, note_principal};
+use crate::proxy::{Identity, Outgoing, Payload, ProxyState, forward, note_principal};
 use crate::upstream::Deadline;
 
 /// The methods of the runner passthrough.
@@ -39,7 +38,7 @@ pub async fn runner(
     Extension(trace): Extension<TraceContext>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     // an allow-list: a tunnel (CONNECT), a reflection of the request (TRACE) or a method
     // the runner contract does not know is never forwarded
@@ -51,7 +50,9 @@ pub async fn runner(
     }
     // a body on a method that has no use for one (RFC 9110 §9.3) is refused, not
     // forwarded: an upstream that ignores it would read it as its next request
-    if !body.is_empty() && BODILESS_METHODS.contains(&method) {
+    if BODILESS_METHODS.contains(&method)
+        && axum::body::HttpBody::size_hint(&body).exact() != Some(0)
+    {
         return Err(
             ApiError::bad_request(format!("a {method} request carries no body"))
                 .with_reason(Reason::UnexpectedBody),
@@ -97,6 +98,9 @@ pub async fn runner(
         correlation.as_str(),
         now,
     )?;
+    let body = Payload::read(body, state.max_body).await?;
+    // a streamed body cannot be sent twice
+    let idempotent = idempotent && body.is_whole();
     let outgoing = Outgoing {
         method,
         path,

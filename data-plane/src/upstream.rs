@@ -77,7 +77,7 @@ impl Circuit {
 pub struct Endpoint {
     url: Arc<str>,
     /// Its keep-alive connections; `None` when the URL names no host to call.
-    conns: Option<Conns>,
+    conns: Option<Arc<Conns>>,
     in_flight: AtomicUsize,
     circuit: Mutex<Circuit>,
 }
@@ -88,7 +88,7 @@ impl Endpoint {
         metrics::gauge!("gateway_upstream_circuit_state", "endpoint" => url.to_string()).set(0.0);
         Endpoint {
             url: url.into(),
-            conns: Conns::new(url),
+            conns: Conns::new(url).map(Arc::new),
             in_flight: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
         }
@@ -139,7 +139,7 @@ impl Attempt {
     }
 
     /// The keep-alive connections of the endpoint.
-    pub fn conns(&self) -> Result<&Conns, ApiError> {
+    pub fn conns(&self) -> Result<&Arc<Conns>, ApiError> {
         self.endpoint
             .conns
             .as_ref()
@@ -371,7 +371,7 @@ impl Upstreams {
                         _ => self.policy.failure_threshold,
                     },
                     in_flight: e.in_flight.load(Ordering::Relaxed),
-                    idle_connections: e.conns.as_ref().map_or(0, Conns::idle_count),
+                    idle_connections: e.conns.as_ref().map_or(0, |conns| conns.idle_count()),
                     retry_in_ms: match circuit {
                         Circuit::Open { until } => {
                             Some(until.saturating_duration_since(now).as_millis() as u64)

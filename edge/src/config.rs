@@ -233,6 +233,7 @@ impl LifecycleArgs {
             max_body,
             head_timeout: self.http_head_timeout,
             body_timeout: self.http_body_timeout,
+            stream_above: None,
         }
     }
 }

@@ -10,6 +10,7 @@ mod outage;
 mod refusals;
 mod routing_file;
 mod sessions;
+mod streaming;
 
 use std::time::Duration;
 

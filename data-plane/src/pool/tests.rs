@@ -132,7 +132,7 @@ fn connector() -> Connector {
 }
 
 async fn call_with(
-    conns: &Conns,
+    conns: &Arc<Conns>,
     policy: PoolPolicy,
     method: Method,
     body: &'static [u8],
@@ -141,7 +141,7 @@ async fn call_with(
 }
 
 async fn call_for(
-    conns: &Conns,
+    conns: &Arc<Conns>,
     policy: PoolPolicy,
     tenant: &'static str,
     method: Method,
@@ -158,11 +158,12 @@ async fn call_for(
         path: &path,
         headers: &headers,
         body: &body,
+        streamed: None,
     };
     conns.call(&connector(), policy, &tenant, &call).await
 }
 
-async fn call(conns: &Conns) -> Result<Answer, SendError> {
+async fn call(conns: &Arc<Conns>) -> Result<Answer, SendError> {
     call_with(conns, PoolPolicy::default(), Method::POST, b"{}").await
 }
 
@@ -177,7 +178,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test]
 async fn requests_are_written_exactly_and_one_connection_carries_them_all() {
     let up = upstream(vec![Reply::Keep(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     for _ in 0..10 {
         let answer = call(&conns).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);
@@ -211,7 +212,7 @@ async fn requests_are_written_exactly_and_one_connection_carries_them_all() {
 #[tokio::test]
 async fn connections_the_upstream_closed_are_dropped_not_used() {
     let up = upstream(vec![Reply::Close(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     for round in 1..=3 {
         assert_eq!(&call(&conns).await.unwrap().body[..], b"ok");
         assert_eq!(up.accepted.load(Ordering::SeqCst), round);
@@ -227,7 +228,7 @@ async fn connections_the_upstream_closed_are_dropped_not_used() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_timeout_and_past_the_cap() {
     let up = upstream(vec![Reply::Keep(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     let policy = PoolPolicy {
         max_idle: 64,
         idle_timeout: Duration::from_secs(30),
@@ -280,7 +281,7 @@ async fn answers_are_framed_as_rfc_9112_says() {
         Reply::Keep(OK),
     ])
     .await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     let policy = PoolPolicy::default();
     let chunked = call(&conns).await.unwrap();
     assert_eq!(
@@ -322,7 +323,7 @@ async fn a_refused_or_cut_answer_never_leaves_its_connection_in_the_pool() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
     ] {
         let up = upstream(vec![Reply::Close(reply)]).await;
-        let conns = Conns::new(&up.url).unwrap();
+        let conns = Arc::new(Conns::new(&up.url).unwrap());
         let err = call(&conns).await.err();
         assert!(
             matches!(err, Some(SendError::Invalid(_) | SendError::CutShort(_))),
@@ -338,7 +339,7 @@ async fn an_unreachable_endpoint_is_told_apart_and_bad_urls_have_no_connections(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let conns = Conns::new(&url).unwrap();
+    let conns = Arc::new(Conns::new(&url).unwrap());
     let err = call(&conns).await.err().unwrap();
     assert!(matches!(err, SendError::Unreachable(_)), "{err:?}");
     for bad in ["", "not a url", "/relative/path", "http://"] {
@@ -353,7 +354,7 @@ async fn an_unreachable_endpoint_is_told_apart_and_bad_urls_have_no_connections(
 async fn a_connection_closed_as_the_request_went_out_is_retried_only_when_safe() {
     // the first connection answers once, then hangs up on the next request
     let up = upstream(vec![Reply::Keep(OK), Reply::Hangup, Reply::Keep(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     let policy = PoolPolicy::default();
     call(&conns).await.unwrap();
     // idempotent: sent again on a new connection, and answered
@@ -363,7 +364,7 @@ async fn a_connection_closed_as_the_request_went_out_is_retried_only_when_safe()
     assert_eq!(up.requests.lock().len(), 3);
 
     let up = upstream(vec![Reply::Keep(OK), Reply::Hangup, Reply::Keep(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     call(&conns).await.unwrap();
     // a POST may have been acted on: not sent twice
     let err = call(&conns).await.err().unwrap();
@@ -376,7 +377,7 @@ async fn a_large_answer_leaves_no_large_buffer_behind() {
     let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
     big.extend(std::iter::repeat_n(b'z', 1 << 20));
     let up = upstream(vec![Reply::Keep(Box::leak(big.into_boxed_slice()))]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     let answer = call(&conns).await.unwrap();
     assert_eq!(answer.body.len(), 1 << 20);
     drop(answer);
@@ -392,7 +393,7 @@ async fn a_large_answer_leaves_no_large_buffer_behind() {
 #[tokio::test]
 async fn connections_never_cross_tenants_nor_outlive_a_doubtful_answer() {
     let up = upstream(vec![Reply::Keep(OK)]).await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     let policy = PoolPolicy::default();
     call_for(&conns, policy, "acme", Method::POST, b"{}")
         .await
@@ -435,7 +436,7 @@ async fn connections_never_cross_tenants_nor_outlive_a_doubtful_answer() {
         ),
     ] {
         let up = upstream(vec![Reply::Keep(reply)]).await;
-        let conns = Conns::new(&up.url).unwrap();
+        let conns = Arc::new(Conns::new(&up.url).unwrap());
         call_with(&conns, policy, method.clone(), body)
             .await
             .unwrap();
@@ -451,7 +452,7 @@ async fn connections_never_cross_tenants_nor_outlive_a_doubtful_answer() {
         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     )])
     .await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     call_with(&conns, policy, Method::GET, b"").await.unwrap();
     assert_eq!(conns.idle_count(), 1);
 }
@@ -464,7 +465,7 @@ async fn bytes_the_upstream_sent_unasked_are_seen_at_checkout() {
         Reply::Keep(OK),
     ])
     .await;
-    let conns = Conns::new(&up.url).unwrap();
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
     call(&conns).await.unwrap();
     assert_eq!(conns.idle_count(), 1);
     // once the stray bytes are written (on loopback they are then in our socket's buffer,

@@ -20,6 +20,14 @@ pub enum BodyError {
     Invalid(&'static str),
 }
 
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+impl std::error::Error for BodyError {}
+
 impl BodyError {
     /// A short description for logs and error messages.
     pub fn describe(self) -> &'static str {
@@ -86,66 +94,14 @@ impl<I: AsyncRead + Unpin> Source<'_, I> {
     }
 
     /// A chunked body (RFC 9112 §7.1) of at most `max` bytes, its trailer section read and
-    /// dropped. Every chunk-size line and chunk ends with CRLF; the extensions of one body
-    /// and its trailer section are bounded.
+    /// dropped: the pieces of a [`Decoder`], gathered.
     pub async fn read_chunked(&mut self, max: usize) -> Result<Bytes, BodyError> {
+        let mut decoder = Decoder::new(super::common::Framing::Chunked, max as u64);
         let mut body = BytesMut::new();
-        let mut extensions = 0;
-        loop {
-            let line_end = self.line_end("a chunk-size line is too long").await?;
-            let size = chunk_size(&self.buf[..line_end])
-                .ok_or(BodyError::Invalid("a chunk size is not valid"))?;
-            // extensions are dropped, but not read without end: 1-byte chunks with 4 KiB
-            // of extension each would make a small body a huge transfer
-            extensions += self.buf[..line_end]
-                .iter()
-                .position(|b| *b == b';')
-                .map_or(0, |at| line_end - at);
-            if extensions > MAX_CHUNK_EXTENSIONS {
-                return Err(BodyError::Invalid("the chunk extensions are too long"));
-            }
-            self.buf.advance(line_end + 1);
-            if size == 0 {
-                break;
-            }
-            if body.len() as u64 + size > max as u64 {
-                return Err(BodyError::TooLarge);
-            }
-            let size = size as usize;
-            while self.buf.len() < size + 2 {
-                self.fill().await?;
-            }
-            body.extend_from_slice(&self.buf[..size]);
-            // §7.1: chunk-data is followed by CRLF
-            if &self.buf[size..size + 2] != b"\r\n" {
-                return Err(BodyError::Invalid("a chunk does not end with CRLF"));
-            }
-            self.buf.advance(size + 2);
+        while let Some(piece) = decoder.next(self).await? {
+            body.extend_from_slice(&piece);
         }
-        // §7.1.2: trailer fields, then the empty line; fields are dropped, lines must end
-        // with CRLF (a bare CR or LF inside could be read as a line end by another parser)
-        let mut trailers = 0;
-        loop {
-            let line_end = self.line_end("the trailer section is too long").await?;
-            let line = &self.buf[..line_end];
-            if line.last() != Some(&b'\r') || line[..line.len() - 1].contains(&b'\r') {
-                return Err(BodyError::Invalid("a line does not end with CRLF"));
-            }
-            let empty = line_end == 1;
-            // §7.1.2: the trailer section is field lines; anything else (a request line
-            // smuggled in, obs-fold, control characters) is refused, not skipped
-            if !empty && !field_line(&line[..line.len() - 1]) {
-                return Err(BodyError::Invalid("a trailer line is not a field"));
-            }
-            trailers += line_end + 1;
-            if trailers > MAX_CHUNK_LINE {
-                return Err(BodyError::Invalid("the trailer section is too long"));
-            }
-            self.buf.advance(line_end + 1);
-            if empty {
-                return Ok(body.freeze());
-            }
-        }
+        Ok(body.freeze())
     }
 
     /// Everything until the connection closes, at most `max` bytes (RFC 9112 §6.3 item 8;
@@ -161,6 +117,179 @@ impl<I: AsyncRead + Unpin> Source<'_, I> {
                 Read::TimedOut => return Err(BodyError::TimedOut),
             }
         }
+    }
+}
+
+/// Most bytes of one piece a [`Decoder`] hands out.
+pub const PIECE: usize = 64 * 1024;
+
+/// Reads one body piece by piece, in constant memory, whatever its size: the streaming
+/// form of the readers above, with the same rules. A chunked body's extensions and its
+/// trailer section are bounded and dropped; every chunk-size line and chunk ends with
+/// CRLF; the whole body is at most the decoder's `max` bytes.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+    /// Body bytes handed out so far.
+    total: u64,
+    max: u64,
+    /// Chunk extension bytes seen (chunked only).
+    extensions: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// This many bytes are left of a declared length.
+    Length(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// This many bytes are left of the current chunk, then its CRLF.
+    ChunkData(u64),
+    /// The trailer section (this many bytes of it read), then the empty line.
+    Trailers(usize),
+    /// Everything until the connection closes.
+    UntilClose,
+    Done,
+}
+
+impl Decoder {
+    /// A decoder of a body framed by `framing`, at most `max` bytes.
+    pub fn new(framing: super::common::Framing, max: u64) -> Decoder {
+        use super::common::Framing;
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(length) => State::Length(length),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        };
+        Decoder {
+            state,
+            total: 0,
+            max,
+            extensions: 0,
+        }
+    }
+
+    /// Whether the body has been read to its end.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The next piece of the body (at most [`PIECE`] bytes), or `None` at its end.
+    pub async fn next<I: AsyncRead + Unpin>(
+        &mut self,
+        source: &mut Source<'_, I>,
+    ) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Length(left) => {
+                    if source.buf.is_empty() {
+                        source.buf.reserve(PIECE);
+                        source.fill().await?;
+                    }
+                    let take = (source.buf.len() as u64).min(left).min(PIECE as u64);
+                    self.state = if take == left {
+                        State::Done
+                    } else {
+                        State::Length(left - take)
+                    };
+                    return Ok(Some(self.hand_out(source, take)?));
+                }
+                State::ChunkSize => {
+                    let line_end = source.line_end("a chunk-size line is too long").await?;
+                    let line = &source.buf[..line_end];
+                    let size =
+                        chunk_size(line).ok_or(BodyError::Invalid("a chunk size is not valid"))?;
+                    // extensions are dropped, but not read without end: 1-byte chunks with
+                    // 4 KiB of extension each would make a small body a huge transfer
+                    self.extensions += line
+                        .iter()
+                        .position(|b| *b == b';')
+                        .map_or(0, |at| line_end - at);
+                    if self.extensions > MAX_CHUNK_EXTENSIONS {
+                        return Err(BodyError::Invalid("the chunk extensions are too long"));
+                    }
+                    source.buf.advance(line_end + 1);
+                    if self.total.saturating_add(size) > self.max {
+                        return Err(BodyError::TooLarge);
+                    }
+                    self.state = if size == 0 {
+                        State::Trailers(0)
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkData(0) => {
+                    // §7.1: chunk-data is followed by CRLF
+                    while source.buf.len() < 2 {
+                        source.fill().await?;
+                    }
+                    if &source.buf[..2] != b"\r\n" {
+                        return Err(BodyError::Invalid("a chunk does not end with CRLF"));
+                    }
+                    source.buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::ChunkData(left) => {
+                    if source.buf.is_empty() {
+                        source.buf.reserve(PIECE);
+                        source.fill().await?;
+                    }
+                    let take = (source.buf.len() as u64).min(left).min(PIECE as u64);
+                    self.state = State::ChunkData(left - take);
+                    return Ok(Some(self.hand_out(source, take)?));
+                }
+                State::Trailers(read) => {
+                    // §7.1.2: trailer fields, then the empty line; fields are dropped, lines
+                    // must end with CRLF (a bare CR or LF inside could be read as a line end
+                    // by another parser)
+                    let line_end = source.line_end("the trailer section is too long").await?;
+                    let line = &source.buf[..line_end];
+                    if line.last() != Some(&b'\r') || line[..line.len() - 1].contains(&b'\r') {
+                        return Err(BodyError::Invalid("a line does not end with CRLF"));
+                    }
+                    let empty = line_end == 1;
+                    // §7.1.2: the trailer section is field lines; anything else (a request
+                    // line smuggled in, obs-fold, control characters) is refused, not skipped
+                    if !empty && !field_line(&line[..line.len() - 1]) {
+                        return Err(BodyError::Invalid("a trailer line is not a field"));
+                    }
+                    let read = read + line_end + 1;
+                    if read > MAX_CHUNK_LINE {
+                        return Err(BodyError::Invalid("the trailer section is too long"));
+                    }
+                    source.buf.advance(line_end + 1);
+                    self.state = if empty {
+                        State::Done
+                    } else {
+                        State::Trailers(read)
+                    };
+                }
+                State::UntilClose => {
+                    if !source.buf.is_empty() {
+                        let take = (source.buf.len() as u64).min(PIECE as u64);
+                        return Ok(Some(self.hand_out(source, take)?));
+                    }
+                    source.buf.reserve(PIECE);
+                    match read_more(source.io, source.buf, source.timer.as_deref_mut(), None).await
+                    {
+                        Read::Data => {}
+                        Read::Closed | Read::Stopped => self.state = State::Done,
+                        Read::TimedOut => return Err(BodyError::TimedOut),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next `take` buffered bytes, counted against the limit.
+    fn hand_out<I>(&mut self, source: &mut Source<'_, I>, take: u64) -> Result<Bytes, BodyError> {
+        self.total += take;
+        if self.total > self.max {
+            return Err(BodyError::TooLarge);
+        }
+        Ok(source.buf.split_to(take as usize).freeze())
     }
 }
 

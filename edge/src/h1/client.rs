@@ -42,9 +42,78 @@ pub struct Call<'a> {
     /// Headers besides `host` and `content-length`.
     pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub body: &'a Bytes,
+    /// A body sent after the head, as it comes ([`send_body`]), instead of `body`.
+    pub streamed: Option<Streamed>,
     /// The call may be sent twice (RFC 9110 §9.2.2): a kept-alive connection found closed
     /// after the request was written then gets it again on a new connection.
     pub idempotent: bool,
+}
+
+/// How a streamed request body is framed: its length when the client declared one
+/// (lengths stay lengths), else the chunked coding (chunked stays chunked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streamed {
+    Length(u64),
+    Chunked,
+}
+
+/// Why a streamed body did not go out whole.
+#[derive(Debug)]
+pub enum BodyFailed {
+    /// The body's source failed (the client's connection: cut short, too large, too slow).
+    Source(String),
+    /// The body was not as long as its declared length.
+    Length,
+    /// Writing to the upstream failed.
+    Write(std::io::Error),
+}
+
+/// Writes the pieces of `body` on `io` as they come, chunk-coded for
+/// [`Streamed::Chunked`] (the last chunk and an empty trailer section after them), then
+/// flushes.
+pub async fn send_body<I, B>(
+    io: &mut I,
+    body: &mut B,
+    framing: Streamed,
+    out: &mut Vec<u8>,
+) -> Result<(), BodyFailed>
+where
+    I: AsyncWrite + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut sent: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| BodyFailed::Source(err.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            Streamed::Length(length) if sent > length => return Err(BodyFailed::Length),
+            Streamed::Length(_) => io.write_all(&data).await.map_err(BodyFailed::Write)?,
+            Streamed::Chunked => {
+                out.clear();
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                io.write_all(out).await.map_err(BodyFailed::Write)?;
+                io.write_all(&data).await.map_err(BodyFailed::Write)?;
+                io.write_all(b"\r\n").await.map_err(BodyFailed::Write)?;
+            }
+        }
+    }
+    match framing {
+        Streamed::Length(length) if sent != length => return Err(BodyFailed::Length),
+        Streamed::Length(_) => {}
+        Streamed::Chunked => io
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(BodyFailed::Write)?,
+    }
+    io.flush().await.map_err(BodyFailed::Write)
 }
 
 /// An answer: its status, its header fields but the framing ones (`content-length`,
@@ -78,6 +147,9 @@ pub enum SendError {
     CutShort(String),
     /// The connection was closed or reset before any byte of an answer came.
     Closed(String),
+    /// The request's streamed body failed on the client's side (cut short, too large, too
+    /// slow, not as long as declared): the call was given up.
+    BodyFailed(String),
 }
 
 /// The request head into `out` (cleared first), and the body after it when it is at most
@@ -98,6 +170,18 @@ pub fn encode(out: &mut Vec<u8>, host: &HeaderValue, call: &Call<'_>) {
     }
     // a length for every body, and for the methods that carry one even when empty
     let expects_body = matches!(*call.method, Method::POST | Method::PUT | Method::PATCH);
+    if let Some(streamed) = call.streamed {
+        match streamed {
+            Streamed::Length(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Streamed::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+        return;
+    }
     if !call.body.is_empty() || expects_body {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(call.body.len()).as_bytes());
@@ -118,30 +202,33 @@ pub async fn send<I: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     encode(out, host, call);
     io.write_all(out).await?;
-    if call.body.len() > COALESCE_BODY {
+    if call.streamed.is_none() && call.body.len() > COALESCE_BODY {
         io.write_all(call.body).await?;
     }
     io.flush().await
 }
 
-/// What an answer head says.
-struct Head {
-    status: StatusCode,
+/// What an answer head says: its status, its fields but the framing ones, how its body
+/// is framed, and whether the connection may carry another call after it.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    /// Bytes of the head in the buffer (taken out by [`read_head`]).
     length: usize,
-    headers: HeaderMap,
-    framing: Framing,
-    keep_alive: bool,
 }
 
-/// Reads one answer (skipping 1xx interim ones) from `io`, with `buf` holding what was
-/// read from it and not used yet (the bytes after the answer stay there): the answer, and
-/// whether the connection may carry another call. Bodies over `max_body` are refused.
-pub async fn read_answer<I: AsyncRead + Unpin>(
+/// Reads one answer head (skipping 1xx interim ones) from `io`, with `buf` holding what
+/// was read from it and not used yet; the head is taken out of `buf`, the body's first
+/// bytes stay there. A declared length over `max_body` is refused.
+pub async fn read_head<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     head_only: bool,
-    max_body: usize,
-) -> Result<(Answer, bool), SendError> {
+    max_body: u64,
+) -> Result<Head, SendError> {
     let mut got_any = false;
     let mut interim = 0;
     let mut scan = HeadScan::default();
@@ -186,33 +273,51 @@ pub async fn read_answer<I: AsyncRead + Unpin>(
             }
             continue;
         }
-        let mut source = Source {
-            io,
-            buf,
-            timer: None,
-        };
-        let cut =
-            |err: BodyError| SendError::CutShort(format!("the answer's body: {}", err.describe()));
-        let (body, reusable) = match head.framing {
-            Framing::Empty => (Bytes::new(), head.keep_alive),
-            Framing::Length(length) => (
-                source.read_length(length as usize).await.map_err(cut)?,
-                head.keep_alive,
-            ),
-            Framing::Chunked => (
-                source.read_chunked(max_body).await.map_err(cut)?,
-                head.keep_alive,
-            ),
-            Framing::UntilClose => (source.read_to_close(max_body).await.map_err(cut)?, false),
-        };
-        return Ok((
-            Answer {
-                status: head.status,
-                headers: head.headers,
-                body,
-            },
-            reusable,
-        ));
+        return Ok(head);
+    }
+}
+
+/// Reads one whole answer (skipping 1xx interim ones) from `io`, with `buf` holding what
+/// was read from it and not used yet (the bytes after the answer stay there): the answer,
+/// and whether the connection may carry another call. Bodies over `max_body` are refused.
+pub async fn read_answer<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    head_only: bool,
+    max_body: usize,
+) -> Result<(Answer, bool), SendError> {
+    let head = read_head(io, buf, head_only, max_body as u64).await?;
+    let body = read_body(io, buf, head.framing, max_body).await?;
+    let reusable = head.keep_alive && head.framing != Framing::UntilClose;
+    Ok((
+        Answer {
+            status: head.status,
+            headers: head.headers,
+            body,
+        },
+        reusable,
+    ))
+}
+
+/// The whole body of an answer framed by `framing`, at most `max_body` bytes.
+pub async fn read_body<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    framing: Framing,
+    max_body: usize,
+) -> Result<Bytes, SendError> {
+    let mut source = Source {
+        io,
+        buf,
+        timer: None,
+    };
+    let cut =
+        |err: BodyError| SendError::CutShort(format!("the answer's body: {}", err.describe()));
+    match framing {
+        Framing::Empty => Ok(Bytes::new()),
+        Framing::Length(length) => source.read_length(length as usize).await.map_err(cut),
+        Framing::Chunked => source.read_chunked(max_body).await.map_err(cut),
+        Framing::UntilClose => source.read_to_close(max_body).await.map_err(cut),
     }
 }
 
@@ -222,7 +327,7 @@ fn interpret(
     response: &httparse::Response<'_, '_>,
     length: usize,
     head_only: bool,
-    max_body: usize,
+    max_body: u64,
 ) -> Result<Head, SendError> {
     let bad = |what: &str| SendError::Invalid(format!("invalid answer: {what}"));
     let status = response
@@ -265,7 +370,7 @@ fn interpret(
         (false, Some(true), None) => Framing::Chunked,
         (false, Some(_), Some(_)) => return Err(bad("content-length with transfer-encoding")),
         (false, Some(false), None) => Framing::UntilClose,
-        (false, None, Some(length)) if length > max_body as u64 => {
+        (false, None, Some(length)) if length > max_body => {
             return Err(SendError::CutShort("the answer's body is too large".into()));
         }
         (false, None, Some(0)) => Framing::Empty,

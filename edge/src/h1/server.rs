@@ -34,6 +34,7 @@
 //! partial body and a refused request never reaches one.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,7 +48,7 @@ use gateway_core::{ErrorCode, Reason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::body::{BodyError, Source};
+use super::body::{BodyError, Decoder, Source};
 use super::common::{
     ConnectionTokens, Framing, HeadScan, KEEP_BUFFER, MAX_HEAD, MAX_HEADERS, Read, Timer,
     content_length, deadline, read_more,
@@ -72,8 +73,15 @@ pub struct ConnLimits {
     /// From the connection's start or the previous answer to the next complete head:
     /// an idle connection is closed after it, a head still arriving gets 408.
     pub head_timeout: Duration,
-    /// From a complete head to the end of its body (408 past it).
+    /// From a complete head to the end of its body (408 past it); for a streamed body,
+    /// the longest wait for its next piece; and the longest wait for each piece of an
+    /// answer to be written.
     pub body_timeout: Duration,
+    /// `Some(n)`: request bodies over `n` bytes (and chunked ones) are streamed to the
+    /// service as they arrive, with back-pressure, instead of being read whole first; and
+    /// while the service works, the connection is watched: a client that leaves cancels
+    /// the request (the service's future is dropped). `None`: bodies are read whole.
+    pub stream_above: Option<usize>,
 }
 
 impl ConnLimits {
@@ -86,6 +94,7 @@ impl ConnLimits {
             max_body,
             head_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            stream_above: None,
         }
     }
 }
@@ -139,31 +148,43 @@ where
             expect_continue,
             mut keep_alive,
         } = head;
-        let body = match framing {
-            Framing::Empty | Framing::UntilClose => Bytes::new(),
-            Framing::Length(length) if length > limits.max_body as u64 => {
-                refuse(
-                    &mut io,
-                    &mut out,
-                    Some(&request),
-                    too_large(limits.max_body),
-                )
-                .await;
+        if let Framing::Length(length) = framing
+            && length > limits.max_body as u64
+        {
+            refuse(
+                &mut io,
+                &mut out,
+                Some(&request),
+                too_large(limits.max_body),
+            )
+            .await;
+            return Outcome::Closed;
+        }
+        let streamed = match (framing, limits.stream_above) {
+            (Framing::Empty | Framing::UntilClose, _) | (_, None) => false,
+            (Framing::Length(length), Some(above)) => length > above as u64,
+            (Framing::Chunked, Some(_)) => true,
+        };
+        if !matches!(framing, Framing::Empty | Framing::UntilClose)
+            && expect_continue
+            && buf.is_empty()
+            && request.version() == Version::HTTP_11
+        {
+            let interim = async {
+                io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                io.flush().await
+            };
+            if !matches!(
+                tokio::time::timeout(limits.body_timeout, interim).await,
+                Ok(Ok(()))
+            ) {
                 return Outcome::Closed;
             }
+        }
+        let body = match framing {
+            Framing::Empty | Framing::UntilClose => Bytes::new(),
+            _ if streamed => Bytes::new(),
             framing => {
-                if expect_continue && buf.is_empty() && request.version() == Version::HTTP_11 {
-                    let interim = async {
-                        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                        io.flush().await
-                    };
-                    if !matches!(
-                        tokio::time::timeout(limits.body_timeout, interim).await,
-                        Ok(Ok(()))
-                    ) {
-                        return Outcome::Closed;
-                    }
-                }
                 timer.set(deadline(limits.body_timeout));
                 let mut source = Source {
                     io: &mut io,
@@ -178,12 +199,7 @@ where
                     Ok(body) => body,
                     Err(BodyError::Closed) => return Outcome::Closed,
                     Err(err) => {
-                        let err = match err {
-                            BodyError::TooLarge => too_large(limits.max_body),
-                            BodyError::TimedOut => timed_out(),
-                            other => malformed(other.describe()),
-                        };
-                        refuse(&mut io, &mut out, Some(&request), err).await;
+                        refuse(&mut io, &mut out, Some(&request), body_refusal(err, limits)).await;
                         return Outcome::Closed;
                     }
                 }
@@ -191,32 +207,74 @@ where
         };
         let head_only = request.method() == Method::HEAD;
         let http10 = request.version() == Version::HTTP_10;
-        let large_body = body.len() > KEEP_BUFFER;
+        let large_body = streamed || body.len() > KEEP_BUFFER;
+        let mut pieces = None;
         let request = request.map(|()| {
-            if body.is_empty() {
+            if streamed {
+                let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+                pieces = Some(sender);
+                let length = match framing {
+                    Framing::Length(length) => Some(length),
+                    _ => None,
+                };
+                Body::new(Incoming { receiver, length })
+            } else if body.is_empty() {
                 Body::empty()
             } else {
                 Body::from(body)
             }
         });
+        let parts_for_refusal = pieces.as_ref().map(|_| {
+            let mut head = Request::new(());
+            *head.method_mut() = request.method().clone();
+            if let Some(id) = request.headers().get(&crate::http::CORRELATION_NAME) {
+                head.headers_mut()
+                    .insert(crate::http::CORRELATION_NAME.clone(), id.clone());
+            }
+            head
+        });
         let ready = std::future::poll_fn(|cx| service.poll_ready(cx)).await;
-        let response = match ready {
-            Ok(()) => match service.call(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
+        let call = match ready {
+            Ok(()) => service.call(request),
             Err(never) => match never {},
         };
+        // the service runs while the body streams in and the client is watched; the
+        // request (and an upstream call in flight) is dropped before a refusal is written
+        let served = serve_request(&mut io, &mut buf, &mut timer, call, pieces, framing, limits);
+        let (response, body_unread) = match served.await {
+            Served::Answer(response, body_unread) => (response, body_unread),
+            Served::Gone => return Outcome::Closed,
+            Served::Refused(err) => {
+                refuse(&mut io, &mut out, parts_for_refusal.as_ref(), err).await;
+                return Outcome::Closed;
+            }
+        };
+        if body_unread {
+            // what is left of the body is never read as a request
+            keep_alive = false;
+        }
         if stop.is_cancelled() {
             keep_alive = false;
         }
-        let written = tokio::time::timeout(
+        let written = write_response(
+            &mut io,
+            &mut out,
+            response,
+            head_only,
+            http10,
+            keep_alive,
             limits.body_timeout,
-            write_response(&mut io, &mut out, response, head_only, http10, keep_alive),
         )
         .await;
-        let written = matches!(written, Ok(Ok(true)));
+        let written = matches!(written, Ok(true));
         if !written || !keep_alive {
+            if written && body_unread {
+                // the rest of the request body is not read, and must not turn the answer
+                // into a reset
+                let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+                linger(&mut io).await;
+                return Outcome::Closed;
+            }
             // bounded: over TLS a shutdown writes, and the client may not be reading
             let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
             return Outcome::Closed;
@@ -229,6 +287,180 @@ where
             out = Vec::with_capacity(1024);
         }
         timer.set(deadline(limits.head_timeout));
+    }
+}
+
+/// Pieces of a streamed request body held between the connection and the service: with
+/// at most [`super::body::PIECE`] bytes each, this bounds a streamed body's memory.
+const STREAM_QUEUE: usize = 2;
+
+/// A request body streamed to the service as it arrives ([`ConnLimits::stream_above`]).
+struct Incoming {
+    receiver: tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>,
+    /// What is left of the declared length, if one was declared.
+    length: Option<u64>,
+}
+
+impl http_body::Body for Incoming {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let polled = self.receiver.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(piece))) = &polled
+            && let Some(left) = self.length.as_mut()
+        {
+            *left = left.saturating_sub(piece.len() as u64);
+        }
+        polled.map(|item| item.map(|piece| piece.map(http_body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.length {
+            Some(length) => http_body::SizeHint::with_exact(length),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// How streaming a request body to its service ended.
+enum Pumped {
+    /// Read to its end and handed over.
+    Whole,
+    /// The service dropped the body before its end.
+    Abandoned,
+    /// The body could not be read (closed, too slow, too large, broken framing).
+    Failed(BodyError),
+}
+
+/// Reads the body framed by `framing` piece by piece and hands the pieces to the service
+/// through `sender`, waiting while it holds [`STREAM_QUEUE`] of them (back-pressure). Each
+/// piece must come within `body_timeout` of the previous one.
+async fn pump<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timer: &mut Timer,
+    framing: Framing,
+    limits: &ConnLimits,
+    sender: tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>,
+) -> Pumped {
+    let mut decoder = Decoder::new(framing, limits.max_body as u64);
+    loop {
+        let piece = {
+            let mut source = Source {
+                io: &mut *io,
+                buf: &mut *buf,
+                timer: Some(&mut *timer),
+            };
+            decoder.next(&mut source).await
+        };
+        match piece {
+            Ok(Some(piece)) => {
+                if sender.send(Ok(piece)).await.is_err() {
+                    return Pumped::Abandoned;
+                }
+                timer.set(deadline(limits.body_timeout));
+            }
+            Ok(None) => return Pumped::Whole,
+            Err(err) => {
+                // the service sees the body fail, not end
+                let _ = sender.try_send(Err(err));
+                return Pumped::Failed(err);
+            }
+        }
+    }
+}
+
+/// How serving one request ended.
+enum Served {
+    /// The service's answer, and whether the request body was left unread.
+    Answer(Response, bool),
+    /// The client left (its request was dropped).
+    Gone,
+    /// The streamed body could not be read: this refusal is the answer.
+    Refused(ApiError),
+}
+
+/// Runs the service's `call` while a streamed request body is pumped to it (`pieces`)
+/// and, with streaming on, while the connection is watched for the client leaving.
+async fn serve_request<I, F>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timer: &mut Timer,
+    call: F,
+    pieces: Option<tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>>,
+    framing: Framing,
+    limits: &ConnLimits,
+) -> Served
+where
+    I: AsyncRead + Unpin,
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    let mut call = std::pin::pin!(call);
+    let mut body_unread = false;
+    if let Some(sender) = pieces {
+        timer.set(deadline(limits.body_timeout));
+        let pumped = {
+            let pump = pump(&mut *io, &mut *buf, &mut *timer, framing, limits, sender);
+            let mut pump = std::pin::pin!(pump);
+            tokio::select! {
+                biased;
+                response = call.as_mut() => {
+                    // answered before its body was read whole
+                    let Ok(response) = response;
+                    return Served::Answer(response, true);
+                }
+                pumped = pump.as_mut() => pumped,
+            }
+        };
+        match pumped {
+            Pumped::Whole => {}
+            Pumped::Abandoned => body_unread = true,
+            Pumped::Failed(BodyError::Closed) => return Served::Gone,
+            Pumped::Failed(err) => return Served::Refused(body_refusal(err, limits)),
+        }
+    }
+    let response = if limits.stream_above.is_some() {
+        tokio::select! {
+            biased;
+            response = call.as_mut() => response,
+            () = watch(io, buf) => {
+                // the client left: its request is dropped (an upstream call in flight is
+                // cancelled with it)
+                metrics::counter!("gateway_client_gone_total", "listener" => limits.listener)
+                    .increment(1);
+                return Served::Gone;
+            }
+        }
+    } else {
+        call.await
+    };
+    let Ok(response) = response;
+    Served::Answer(response, body_unread)
+}
+
+/// Reads what the client sends while its request is served (pipelined requests stay in
+/// `buf`, at most a head's worth), and returns when the client closes the connection.
+async fn watch<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return std::future::pending().await;
+        }
+        if !matches!(read_more(io, buf, None, None).await, Read::Data) {
+            return;
+        }
+    }
+}
+
+/// The refusal of a body that could not be read.
+fn body_refusal(err: BodyError, limits: &ConnLimits) -> ApiError {
+    match err {
+        BodyError::TooLarge => too_large(limits.max_body),
+        BodyError::TimedOut => timed_out(),
+        other => malformed(other.describe()),
     }
 }
 
@@ -495,7 +727,7 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     );
     let head_only = request.is_some_and(|request| request.method() == Method::HEAD);
     let write = async {
-        write_response(io, out, response, head_only, false, false).await?;
+        write_response(io, out, response, head_only, false, false, LINGER).await?;
         io.shutdown().await
     };
     // a client that does not read its refusal is not waited for long

@@ -7,7 +7,30 @@ use axum::body::Body;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::Response;
 use http_body_util::BodyExt;
+use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// A connection whose every write must end within `idle`.
+struct Idle<'a, I> {
+    io: &'a mut I,
+    idle: Duration,
+}
+
+impl<I: AsyncWrite + Unpin> Idle<'_, I> {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match tokio::time::timeout(self.idle, self.io.write_all(bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match tokio::time::timeout(self.idle, self.io.flush()).await {
+            Ok(flushed) => flushed,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
 
 /// Answers are written in pieces of about this size.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -45,8 +68,10 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     ) || name.as_str() == "keep-alive"
 }
 
-/// Writes `response` (its body in full). `Ok(false)`: the connection cannot carry another
-/// request (the body failed or was shorter or longer than its declared size).
+/// Writes `response` (its body in full, as its pieces come). `Ok(false)`: the connection
+/// cannot carry another request (the body failed or was shorter or longer than its
+/// declared size). Each write, and each wait for the body's next piece, must end within
+/// `idle`: a client that stops reading, or a body that stops coming, ends the connection.
 pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut Vec<u8>,
@@ -54,7 +79,9 @@ pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     head_only: bool,
     http10: bool,
     keep_alive: bool,
+    idle: Duration,
 ) -> std::io::Result<bool> {
+    let mut io = Idle { io, idle };
     let (parts, mut body) = response.into_parts();
     let mut status = parts.status;
     let mut keep_alive = keep_alive;
@@ -126,7 +153,16 @@ pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     }
     let mut sent: u64 = 0;
     let mut complete = true;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            // the body stopped coming: the answer cannot be completed
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        };
         let Ok(frame) = frame else {
             complete = false;
             break;

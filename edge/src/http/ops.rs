@@ -226,6 +226,7 @@ pub async fn probe_status(url: &str, timeout: Duration) -> Result<u16, String> {
             path: &path,
             headers: &[(&axum::http::header::CONNECTION, &close)],
             body: &bytes::Bytes::new(),
+            streamed: None,
             idempotent: true,
         };
         let mut out = Vec::new();

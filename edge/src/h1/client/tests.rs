@@ -227,6 +227,7 @@ fn requests_are_encoded_with_a_length_when_they_carry_a_body() {
             path: &path,
             headers: &[(&name, &value)],
             body: &body,
+            streamed: None,
             idempotent: false,
         },
     );
@@ -244,6 +245,7 @@ fn requests_are_encoded_with_a_length_when_they_carry_a_body() {
                 path: &path,
                 headers: &[],
                 body: &empty,
+                streamed: None,
                 idempotent: true,
             },
         );
@@ -260,6 +262,7 @@ fn requests_are_encoded_with_a_length_when_they_carry_a_body() {
             path: &path,
             headers: &[],
             body: &large,
+            streamed: None,
             idempotent: false,
         },
     );

@@ -90,6 +90,7 @@ fn limits() -> ConnLimits {
         max_body: 1024,
         head_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
+        stream_above: None,
     }
 }
 
