@@ -205,9 +205,19 @@ pub struct Cli {
     /// Lifetime of an assertion (`exp` - `iat`).
     #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_ASSERTION_TTL", default_value = "30s", value_parser = gateway_edge::config::parse_duration)]
     pub assertion_ttl: std::time::Duration,
-    /// Largest request body forwarded.
+    /// Largest request body forwarded (each route class's unless set below). Bodies over
+    /// 64 KiB, and chunked ones, stream through in constant memory whatever this limit.
     #[arg(help_heading = "Upstream calls", long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest request body forwarded, per route class: `class:bytes` (classes `query`,
+    /// `runner`; comma-separated in the environment), e.g. `runner:104857600`.
+    #[arg(
+        help_heading = "Upstream calls",
+        long = "class-max-body-bytes",
+        env = "GATEWAY_CLASS_MAX_BODY_BYTES",
+        value_delimiter = ','
+    )]
+    pub class_max_body_bytes: Vec<String>,
     /// Request fields not passed upstream, per route class: `class:name` (classes `query`,
     /// `runner`; comma-separated in the environment). Fields the gateway sets itself
     /// cannot be named.
@@ -301,7 +311,10 @@ pub struct Config {
     pub routing_file: Option<PathBuf>,
     pub routing_file_poll: std::time::Duration,
     pub mirror_cache_file: Option<PathBuf>,
+    /// The largest body of any route (the public listener's bound).
     pub max_body_bytes: usize,
+    /// Per route class.
+    pub body_limits: BodyLimits,
     pub headers: crate::headers::HeaderPolicies,
     pub control_planes: Vec<String>,
     pub store: StoreConfig,
@@ -316,6 +329,51 @@ pub struct Config {
 /// The reconciliation period used: the configured one, at most a third of a non-zero
 /// `max_staleness` (each mirror is then confirmed at least twice within the bound), and
 /// never below 250 ms.
+/// The largest request body of each forwarded route class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub query: usize,
+    pub runner: usize,
+    /// Commands and the forwarded auth routes: `--max-body-bytes`.
+    pub other: usize,
+}
+
+impl BodyLimits {
+    /// `default` for every class but those named in `class:bytes` entries; the error names
+    /// the bad entry.
+    pub fn parse(default: usize, entries: &[String]) -> Result<BodyLimits, String> {
+        let mut limits = BodyLimits {
+            query: default,
+            runner: default,
+            other: default,
+        };
+        for entry in entries {
+            let (class, bytes) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("{entry:?} is not `class:bytes`"))?;
+            let bytes: usize = bytes
+                .trim()
+                .parse()
+                .map_err(|_| format!("{entry:?}: {bytes:?} is not a number of bytes"))?;
+            match class.trim() {
+                "query" => limits.query = bytes,
+                "runner" => limits.runner = bytes,
+                other => {
+                    return Err(format!(
+                        "{entry:?}: route class {other:?} is not one of query, runner"
+                    ));
+                }
+            }
+        }
+        Ok(limits)
+    }
+
+    /// The largest of them: the public listener's bound.
+    pub fn largest(&self) -> usize {
+        self.query.max(self.runner).max(self.other)
+    }
+}
+
 pub fn reconcile_interval(
     configured: std::time::Duration,
     max_staleness: std::time::Duration,
@@ -348,6 +406,10 @@ impl Cli {
                 "must be at least 1",
             ));
         }
+        let body_limits = BodyLimits::parse(self.max_body_bytes, &self.class_max_body_bytes)
+            .map_err(|err| {
+                ConfigError::new("class-max-body-bytes", "GATEWAY_CLASS_MAX_BODY_BYTES", err)
+            })?;
         if self.circuit_failures == 0 {
             return Err(ConfigError::new(
                 "circuit-failures",
@@ -480,7 +542,8 @@ impl Cli {
             routing_file: self.routing_file.clone(),
             routing_file_poll: self.routing_file_poll,
             mirror_cache_file: self.mirror_cache_file.clone(),
-            max_body_bytes: self.max_body_bytes,
+            max_body_bytes: body_limits.largest(),
+            body_limits,
             headers: crate::headers::HeaderPolicies::parse(
                 &self.request_header_remove,
                 &self.request_header_add,
@@ -565,5 +628,28 @@ mod tests {
         assert!(err.to_string().contains("different addresses"));
         let ok = parse(&["--snapshot-verify-key-file", path.to_str().unwrap()]).validate();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn body_limits_are_per_class_and_the_listener_takes_the_largest() {
+        let limits = BodyLimits::parse(1000, &["runner:5000".into()]).unwrap();
+        assert_eq!(
+            limits,
+            BodyLimits {
+                query: 1000,
+                runner: 5000,
+                other: 1000
+            }
+        );
+        assert_eq!(limits.largest(), 5000);
+        let limits = BodyLimits::parse(1000, &["query:10".into(), " runner : 20".into()]);
+        assert_eq!(
+            limits.map(|l| (l.query, l.runner, l.largest())),
+            Ok((10, 20, 1000))
+        );
+        for bad in ["runner", "commands:10", "query:-1", "query:ten", "query:"] {
+            let err = BodyLimits::parse(1000, &[bad.into()]).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
     }
 }

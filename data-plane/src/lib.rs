@@ -484,7 +484,7 @@ pub async fn run(
         proxy,
         channels,
         auth,
-        config.max_body_bytes,
+        config.body_limits.other,
     );
     let mut views = Router::new()
         .route("/admin/routing", axum::routing::get(routing_in_use))

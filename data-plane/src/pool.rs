@@ -3,7 +3,11 @@
 //! The HTTP/1.1 of a call (writing the request, reading and framing the answer) is
 //! `gateway_edge::h1::client`, the same rules the listeners read requests with; this module
 //! keeps only pooling. It is on the gateway's hot path, so it is small: no task per
-//! connection, the call written and its answer read from the caller's own future.
+//! connection, the call written and its answer read from the caller's own future. An
+//! answer body over [`WHOLE_ANSWER`] (or chunked, or framed by the close) is not read
+//! there: it streams from the connection as the client takes it ([`Reply::body`]), and
+//! the connection comes back to the pool after the body's end. A streamed request body
+//! ([`Call::streamed`]) is written while the answer is awaited.
 //!
 //! Each [`Endpoint`](crate::upstream::Endpoint) keeps its idle connections: a short stack
 //! behind a lock held for a push or a pop, most recently used first (the warmest, and the
@@ -65,8 +69,8 @@ pub fn connector(tls: &crate::client_tls::ClientTls) -> Result<Connector, String
         .wrap_connector(http))
 }
 
-/// Largest answer body relayed; past it the call fails (502) rather than buffer without
-/// bound.
+/// Largest answer body [`Conns::call`] gathers.
+#[cfg(test)]
 pub const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
 
 /// Answer bodies up to this size are read whole before the answer is relayed (the
@@ -161,6 +165,18 @@ impl http_body::Body for Sized {
     }
 }
 
+/// Whether `err` (or what caused it) is a body going past its limit.
+fn over_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// Sends the streamed request `body` on `conn` (its head is written) while reading the
 /// answer's head: an upstream may answer before reading the whole body. Gives the
 /// connection back with the head, and whether the body went out whole.
@@ -186,8 +202,11 @@ async fn upload_body(
             tokio::select! {
                 done = send.as_mut(), if sent.is_none() => match done {
                     Ok(()) => sent = Some(true),
-                    Err(client::BodyFailed::Source(detail)) => {
-                        break Err(SendError::BodyFailed(detail));
+                    Err(client::BodyFailed::Source(err)) if over_limit(&*err) => {
+                        break Err(SendError::BodyTooLarge);
+                    }
+                    Err(client::BodyFailed::Source(err)) => {
+                        break Err(SendError::BodyFailed(err.to_string()));
                     }
                     Err(client::BodyFailed::Length) => {
                         break Err(SendError::BodyFailed(
@@ -438,8 +457,8 @@ impl Conns {
         }
     }
 
-    /// Sends `call` and reads its whole answer (bodies up to [`MAX_ANSWER_BODY`]): for
-    /// callers that need the answer in one piece.
+    /// Sends `call` and reads its whole answer (bodies up to [`MAX_ANSWER_BODY`]).
+    #[cfg(test)]
     pub async fn call(
         self: &Arc<Self>,
         connector: &Connector,

@@ -63,8 +63,8 @@ pub struct ProxyShared {
     pub issuer: Arc<str>,
     pub audience: Arc<str>,
     pub timeouts: Timeouts,
-    /// Largest request body read, in bytes (413 past it).
-    pub max_body: usize,
+    /// Largest request body of each route class, in bytes (413 past it).
+    pub body_limits: crate::config::BodyLimits,
     /// Fields removed and added per route class.
     pub headers: crate::headers::HeaderPolicies,
     /// Signs the identity assertion of each forwarded call, when configured.
@@ -99,7 +99,7 @@ impl ProxyState {
             issuer: config.token_issuer.as_str().into(),
             audience: config.token_audience.as_str().into(),
             timeouts: config.timeouts,
-            max_body: config.max_body_bytes,
+            body_limits: config.body_limits,
             headers: config.headers.clone(),
             assertion: config.assertion.clone(),
         })))
@@ -323,7 +323,7 @@ pub async fn query_with(
     )?;
     // the limit is applied here: this route is served ahead of the router and its
     // body-limit layer
-    let body = Payload::read(request.into_body(), state.max_body).await?;
+    let body = Payload::read(request.into_body(), state.body_limits.query).await?;
     // a streamed body cannot be sent twice
     let idempotent = body.is_whole();
     let outgoing = Outgoing {
@@ -533,6 +533,7 @@ impl Outgoing<'_> {
             Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
             Ok(Err(SendError::Invalid(detail))) => Err(Failure::Invalid(detail)),
             Ok(Err(SendError::BodyFailed(detail))) => Err(Failure::Body(detail)),
+            Ok(Err(SendError::BodyTooLarge)) => Err(Failure::BodyTooLarge),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -551,6 +552,8 @@ enum Failure {
     Invalid(String),
     /// The client's streamed body failed: not the upstream's doing.
     Body(String),
+    /// The client's streamed body went past the route class's limit.
+    BodyTooLarge,
     Timeout,
 }
 
@@ -612,13 +615,6 @@ pub async fn forward(
             .await
         {
             Ok(answer) => answer,
-            Err(Failure::Body(detail)) => {
-                // the client's side failed: the endpoint is not to blame
-                tracing::info!(error = %detail, "the request body failed while it was sent");
-                attempt.report(Outcome::Answered);
-                return Err(ApiError::bad_request("the request body could not be read")
-                    .with_reason(Reason::MalformedRequest));
-            }
             Err(failure) => {
                 let (reason, error, retry, detail) = match failure {
                     Failure::Unreachable(detail) => ("unreachable", unavailable(), true, detail),
@@ -640,7 +636,20 @@ pub async fn forward(
                         false,
                         detail,
                     ),
-                    Failure::Body(_) => unreachable!("answered above"),
+                    // the client's side failed: the endpoint is not to blame
+                    Failure::BodyTooLarge => {
+                        attempt.report(Outcome::Answered);
+                        return Err(ApiError::new(
+                            ErrorCode::PayloadTooLarge,
+                            "the request body is too large",
+                        ));
+                    }
+                    Failure::Body(detail) => {
+                        tracing::info!(error = %detail, "the request body failed while it was sent");
+                        attempt.report(Outcome::Answered);
+                        return Err(ApiError::bad_request("the request body could not be read")
+                            .with_reason(Reason::MalformedRequest));
+                    }
                     Failure::Timeout => (
                         "timeout",
                         crate::upstream::timed_out(),

@@ -98,7 +98,7 @@ pub async fn runner(
         correlation.as_str(),
         now,
     )?;
-    let body = Payload::read(body, state.max_body).await?;
+    let body = Payload::read(body, state.body_limits.runner).await?;
     // a streamed body cannot be sent twice
     let idempotent = idempotent && body.is_whole();
     let outgoing = Outgoing {

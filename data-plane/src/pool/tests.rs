@@ -483,3 +483,83 @@ async fn bytes_the_upstream_sent_unasked_are_seen_at_checkout() {
         "a new connection was made"
     );
 }
+
+/// A 200 KiB answer with a length, and one chunked, leaked to be `'static`.
+fn large_answers() -> (&'static [u8], &'static [u8], Vec<u8>) {
+    let body: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut length =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    length.extend_from_slice(&body);
+    let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(70_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    (
+        Box::leak(length.into_boxed_slice()),
+        Box::leak(chunked.into_boxed_slice()),
+        body,
+    )
+}
+
+async fn exchange(conns: &Arc<Conns>) -> super::Reply {
+    let tenant = HeaderValue::from_static("acme");
+    let path = PathAndQuery::from_static("/v1/query/v");
+    let body = Bytes::new();
+    let call = Call {
+        idempotent: true,
+        method: &Method::GET,
+        path: &path,
+        headers: &[],
+        body: &body,
+        streamed: None,
+    };
+    conns
+        .exchange(
+            &connector(),
+            PoolPolicy::default(),
+            &tenant,
+            &call,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn large_answers_stream_and_their_connection_is_reused_only_after_their_end() {
+    let (length, chunked, body) = large_answers();
+    for (answer, sized) in [(length, true), (chunked, false)] {
+        let up = upstream(vec![Reply::Keep(answer)]).await;
+        let conns = Arc::new(Conns::new(&up.url).unwrap());
+        // read to its end: the body as sent, its length kept, the connection kept
+        let reply = exchange(&conns).await;
+        let hint = axum::body::HttpBody::size_hint(&reply.body).exact();
+        assert_eq!(hint, sized.then_some(body.len() as u64));
+        assert_eq!(conns.idle_count(), 0, "taken while the body streams");
+        let got = collect(reply.body, usize::MAX).await.unwrap();
+        assert_eq!(&got[..], &body[..]);
+        assert_eq!(conns.idle_count(), 1, "back once the body ended");
+        // dropped after one piece: the connection is closed, never reused
+        let reply = exchange(&conns).await;
+        let mut stream = reply.body.into_data_stream();
+        let first = futures::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!first.is_empty() && first.len() < body.len());
+        drop(stream);
+        assert_eq!(conns.idle_count(), 0);
+        let _ = collect(exchange(&conns).await.body, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            up.accepted.load(Ordering::SeqCst),
+            2,
+            "a new connection after the drop"
+        );
+    }
+}

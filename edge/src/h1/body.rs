@@ -410,4 +410,129 @@ mod tests {
             );
         }
     }
+
+    /// Every piece a [`Decoder`] hands out of `bytes` (read `step` bytes at a time), or the
+    /// error it stopped at, and what is left in the buffer.
+    fn pieces(
+        bytes: &[u8],
+        framing: super::super::common::Framing,
+        max: u64,
+        step: usize,
+    ) -> (Result<Vec<Bytes>, BodyError>, Vec<u8>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut io = tokio::io::BufReader::with_capacity(step, bytes);
+            let mut io = Trickle(&mut io, step);
+            let mut buf = BytesMut::new();
+            let mut source = Source {
+                io: &mut io,
+                buf: &mut buf,
+                timer: None,
+            };
+            let mut decoder = Decoder::new(framing, max);
+            let mut pieces = Vec::new();
+            loop {
+                match decoder.next(&mut source).await {
+                    Ok(Some(piece)) => pieces.push(piece),
+                    Ok(None) => break,
+                    Err(err) => return (Err(err), buf.to_vec()),
+                }
+            }
+            assert!(decoder.done());
+            (Ok(pieces), buf.to_vec())
+        })
+    }
+
+    /// A reader that hands out at most `.1` bytes per read.
+    struct Trickle<'a, R>(&'a mut R, usize);
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Trickle<'_, R> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let step = self.1.min(buf.remaining());
+            let mut small = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(step));
+            let polled = std::pin::Pin::new(&mut *self.0).poll_read(cx, &mut small);
+            let filled = small.filled().len();
+            buf.advance(filled);
+            polled
+        }
+    }
+
+    #[test]
+    fn a_decoder_hands_out_bounded_pieces_and_stops_at_the_body_end() {
+        use super::super::common::Framing;
+        let body: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        // a length: every byte, in pieces of at most PIECE, the next message left alone
+        let mut wire = body.clone();
+        wire.extend_from_slice(b"NEXT");
+        for step in [7, 4096, 1 << 20] {
+            let (got, rest) = pieces(&wire, Framing::Length(body.len() as u64), u64::MAX, step);
+            let got = got.unwrap();
+            assert!(
+                got.iter()
+                    .all(|piece| piece.len() <= PIECE && !piece.is_empty())
+            );
+            assert_eq!(got.concat(), body, "step {step}");
+            // what follows the body stays unread, or in the buffer
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+        // chunked: a chunk larger than a piece is handed out in pieces
+        let mut wire = format!("{:x}\r\n", 100_000).into_bytes();
+        wire.extend_from_slice(&body[..100_000]);
+        wire.extend_from_slice(format!("\r\n{:x};ext=1\r\n", 50_000).as_bytes());
+        wire.extend_from_slice(&body[100_000..]);
+        wire.extend_from_slice(b"\r\n0\r\ntrailer: x\r\n\r\nNEXT");
+        for step in [3, 4096, 1 << 20] {
+            let (got, rest) = pieces(&wire, Framing::Chunked, u64::MAX, step);
+            let got = got.unwrap();
+            assert!(got.iter().all(|piece| piece.len() <= PIECE));
+            assert_eq!(got.concat(), body, "step {step}");
+            // what follows the body stays unread, or in the buffer
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+        // until the close
+        let (got, _) = pieces(&body, Framing::UntilClose, u64::MAX, 4096);
+        assert_eq!(got.unwrap().concat(), body);
+        // no body at all: nothing is read
+        let (got, rest) = pieces(b"NEXT", Framing::Empty, 0, 4096);
+        assert!(got.unwrap().is_empty());
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_decoder_refuses_what_is_too_large_cut_short_or_not_framed() {
+        use super::super::common::Framing;
+        let body = vec![b'x'; 10_000];
+        let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+        chunked.extend_from_slice(&body);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(
+            pieces(&chunked, Framing::Chunked, 9_999, 4096).0,
+            Err(BodyError::TooLarge)
+        );
+        assert_eq!(
+            pieces(&body, Framing::UntilClose, 9_999, 4096).0,
+            Err(BodyError::TooLarge)
+        );
+        assert_eq!(
+            pieces(&body, Framing::Length(20_000), u64::MAX, 4096).0,
+            Err(BodyError::Closed)
+        );
+        assert_eq!(
+            pieces(&chunked[..5_000], Framing::Chunked, u64::MAX, 4096).0,
+            Err(BodyError::Closed)
+        );
+        let mut no_crlf = chunked.clone();
+        no_crlf[6 + body.len()] = b'X';
+        assert!(matches!(
+            pieces(&no_crlf, Framing::Chunked, u64::MAX, 4096).0,
+            Err(BodyError::Invalid(_))
+        ));
+    }
 }

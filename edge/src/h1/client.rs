@@ -61,7 +61,7 @@ pub enum Streamed {
 #[derive(Debug)]
 pub enum BodyFailed {
     /// The body's source failed (the client's connection: cut short, too large, too slow).
-    Source(String),
+    Source(Box<dyn std::error::Error + Send + Sync>),
     /// The body was not as long as its declared length.
     Length,
     /// Writing to the upstream failed.
@@ -80,12 +80,12 @@ pub async fn send_body<I, B>(
 where
     I: AsyncWrite + Unpin,
     B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| BodyFailed::Source(err.to_string()))?;
+        let frame = frame.map_err(|err| BodyFailed::Source(err.into()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
@@ -147,9 +147,11 @@ pub enum SendError {
     CutShort(String),
     /// The connection was closed or reset before any byte of an answer came.
     Closed(String),
-    /// The request's streamed body failed on the client's side (cut short, too large, too
-    /// slow, not as long as declared): the call was given up.
+    /// The request's streamed body failed on the client's side (cut short, too slow, not
+    /// as long as declared): the call was given up.
     BodyFailed(String),
+    /// The request's streamed body went past its limit: the call was given up.
+    BodyTooLarge,
 }
 
 /// The request head into `out` (cleared first), and the body after it when it is at most

@@ -1,6 +1,8 @@
 //! The server side of both planes' HTTP/1.1 listeners: one task per connection reads a
-//! request head with httparse, reads the whole body (bounded), hands the request to the
-//! service and writes its answer, then reads the next request from the same buffer.
+//! request head with httparse, reads the body (bounded: whole, or streamed to the service
+//! as it arrives when it is larger than [`ConnLimits::stream_above`] or chunked), hands
+//! the request to the service and writes its answer as its body comes, then reads the
+//! next request from the same buffer.
 //!
 //! Why our own and not hyper's: hyper's server connection (with axum's h1/h2 detection,
 //! its body channel, dispatcher and encoder) was the largest item left on the request
@@ -29,9 +31,15 @@
 //! - blank lines before a request are skipped (RFC 9112 §2.2), at most a head's worth.
 //!
 //! Every refusal is an answer in the envelope with `connection: close`: after it, the
-//! rest of what the client sent is never read as a request. Bodies are read whole before
-//! the service runs (the gateway relays whole bodies anyway), so a service never sees a
-//! partial body and a refused request never reaches one.
+//! rest of what the client sent is never read as a request. A body read whole is read
+//! before the service runs, so a refused one never reaches it. A streamed body reaches
+//! the service piece by piece (at most two pieces queued: back-pressure); if it then
+//! fails (cut short, too slow, too large, broken framing) the service's future is
+//! dropped (cancelling what it was doing, e.g. an upstream call) and the refusal is the
+//! answer. A service that answers before its streamed body was read whole gets its
+//! answer written, and the connection is closed after it (the rest of the body is never
+//! read as a request). With streaming on, the connection is also read while the service
+//! works: a client that closes it cancels its request.
 
 use std::convert::Infallible;
 use std::future::Future;

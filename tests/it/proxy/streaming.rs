@@ -358,17 +358,10 @@ async fn serve(mut wire: Wire, events: Events) {
 }
 
 /// A stack whose tenant `alpha` is served by the raw upstream, and a member's token.
-async fn stack_with_upstream(max_body: &str, events: &Events) -> (Stack, String) {
-    let max_body = max_body.to_string();
-    let stack = Stack::start(&[], move |_| {
-        vec![
-            "--max-body-bytes".into(),
-            max_body.clone(),
-            "--upstream-timeout".into(),
-            "60s".into(),
-        ]
-    })
-    .await;
+async fn stack_with_upstream(flags: &[&str], events: &Events) -> (Stack, String) {
+    let mut flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+    flags.extend(["--upstream-timeout".into(), "60s".into()]);
+    let stack = Stack::start(&[], move |_| flags.clone()).await;
     let url = upstream(events.clone()).await;
     stack.route("projection", "proj-alpha", &url, "alpha").await;
     let (token, _) = stack
@@ -431,7 +424,7 @@ fn memory_mib(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn a_100_mb_answer_and_upload_stream_through_with_memory_flat_and_framing_kept() {
     let events = Events::default();
-    let (stack, token) = stack_with_upstream("200000000", &events).await;
+    let (stack, token) = stack_with_upstream(&["--max-body-bytes", "200000000"], &events).await;
     let pattern = Pattern::new();
     let pid = stack.data_process.pid();
     let (rss_before, _) = memory_mib(pid);
@@ -487,7 +480,7 @@ async fn a_100_mb_answer_and_upload_stream_through_with_memory_flat_and_framing_
 #[tokio::test]
 async fn a_client_that_leaves_cancels_the_upstream_call() {
     let events = Events::default();
-    let (stack, token) = stack_with_upstream("200000000", &events).await;
+    let (stack, token) = stack_with_upstream(&["--max-body-bytes", "200000000"], &events).await;
     let pattern = Pattern::new();
 
     // waiting for the answer
@@ -523,38 +516,55 @@ async fn a_client_that_leaves_cancels_the_upstream_call() {
 
 #[tokio::test]
 async fn streamed_uploads_over_the_limit_are_refused_and_cut() {
-    let events = Events::default();
-    let (stack, token) = stack_with_upstream("1048576", &events).await;
     let pattern = Pattern::new();
+    // the listener's bound (the largest of every route class's limit), then a route
+    // class's own limit under it
+    for (flags, listener_bound) in [
+        (vec!["--max-body-bytes", "1048576"], true),
+        (
+            vec![
+                "--max-body-bytes",
+                "8388608",
+                "--class-max-body-bytes",
+                "query:1048576",
+            ],
+            false,
+        ),
+    ] {
+        let events = Events::default();
+        let (stack, token) = stack_with_upstream(&flags, &events).await;
 
-    // a declared length over the limit: refused before any byte goes upstream
-    let mut wire = open(&stack, &token, "/v1/query/upload", Framing::Length(2 << 20)).await;
-    let head = wire.head().await.expect("an answer");
-    assert_eq!(head.status(), 413, "{}", head.line);
-    assert!(!events.has("upload: cut short"));
+        // a declared length over the limit: refused before any byte goes upstream
+        let mut wire = open(&stack, &token, "/v1/query/upload", Framing::Length(2 << 20)).await;
+        let head = wire.head().await.expect("an answer");
+        assert_eq!(head.status(), 413, "{flags:?}: {}", head.line);
+        assert!(!events.has("upload: cut short"), "{flags:?}");
 
-    // a chunked body streams until it passes the limit: then 413, and the upstream's
-    // call is cut (its body never completes)
-    // (a little past it: what follows the refusal is read and dropped, so that the
-    // refusal is not lost to a reset)
-    let mut wire = open(&stack, &token, "/v1/query/upload", Framing::Chunked).await;
-    wire.write_body(Framing::Chunked, (1 << 20) + (100 << 10), &pattern)
-        .await
-        .unwrap();
-    let head = wire.head().await.expect("an answer");
-    assert_eq!(head.status(), 413, "{}", head.line);
-    assert_eq!(head.field("connection"), Some("close"));
-    events.wait_for("upload: cut short").await;
+        // a chunked body streams until it passes the limit: then 413, and the upstream's
+        // call is cut (its body never completes); a little past it only, as what follows a
+        // refusal is read and dropped, so that the refusal is not lost to a reset
+        let mut wire = open(&stack, &token, "/v1/query/upload", Framing::Chunked).await;
+        wire.write_body(Framing::Chunked, (1 << 20) + (100 << 10), &pattern)
+            .await
+            .unwrap();
+        let head = wire.head().await.expect("an answer");
+        assert_eq!(head.status(), 413, "{flags:?}: {}", head.line);
+        if listener_bound {
+            // the connection's own refusal: nothing more is read from it
+            assert_eq!(head.field("connection"), Some("close"), "{flags:?}");
+        }
+        events.wait_for("upload: cut short").await;
 
-    // the data plane is still serving
-    let (status, answer) = send(
-        &stack.client,
-        "POST",
-        format!("{}/v1/query/plain", stack.data.http),
-        Some(&token),
-        Some(json!({})),
-        &[("x-tenant-id", "alpha")],
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+        // the data plane is still serving
+        let (status, answer) = send(
+            &stack.client,
+            "POST",
+            format!("{}/v1/query/plain", stack.data.http),
+            Some(&token),
+            Some(json!({})),
+            &[("x-tenant-id", "alpha")],
+        )
+        .await;
+        assert_eq!(status, 200, "{flags:?}: {answer}");
+    }
 }

@@ -233,6 +233,11 @@ async fn main() -> anyhow::Result<()> {
             routing_file_poll: std::time::Duration::from_secs(1),
             mirror_cache_file: None,
             max_body_bytes: 1024 * 1024,
+            body_limits: data_plane::config::BodyLimits {
+                query: 1024 * 1024,
+                runner: 1024 * 1024,
+                other: 1024 * 1024,
+            },
             headers: Default::default(),
             control_planes: vec![format!("http://{control_addr}")],
             store: StoreConfig::Embedded {
