@@ -19,6 +19,9 @@
 # BENCH_BASELINE_BIN (unset; a path to another build's data-plane binary: run as scenario
 # `baseline` with the same flags, interleaved with ours in the repetitions and the latency
 # rounds, so a change is compared with its baseline in the same run on the same machine),
+# BENCH_STREAM (1: the streamed-body figure: 100 MB answers and uploads, with a length and
+# chunked, through ours and HAProxy plain against a large-body upstream, with each proxy's
+# resident memory before and its peak during the transfers; 0: skip),
 # BENCH_BASELINE_FLAGS (unset; extra data-plane flags of the baseline scenario; with no
 # BENCH_BASELINE_BIN the baseline is this build: e.g. BENCH_BASELINE_FLAGS=assertion signs
 # an identity assertion for every forwarded call, `assertion` standing for
@@ -47,6 +50,7 @@ if [ -n "$BASELINE_BIN" ]; then
 fi
 PREFIX="bench_"
 TENANT="bench"
+STREAM_TENANT="bench-stream"
 PATH_Q="/v1/query/bench-view"
 
 log() { echo "bench-proxy: $*" >&2; }
@@ -87,9 +91,9 @@ trap cleanup EXIT
 
 # free loopback ports: upstream, haproxy plain/jwt/full, and http/grpc/ops for each of our two
 # data planes (as shipped, and with the token cache off)
-read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS P_REF P_REF_GRPC P_BASE P_BASE_GRPC P_BASE_OPS < <(python3 -c '
+read -r P_UP P_PLAIN P_JWT P_FULL P_OURS P_GRPC P_OPS P_NC P_NC_GRPC P_NC_OPS P_REF P_REF_GRPC P_BASE P_BASE_GRPC P_BASE_OPS P_STREAM P_HSTREAM < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(15)]
+socks = [socket.socket() for _ in range(17)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 for s in socks: s.close()')
@@ -118,11 +122,17 @@ taskset -c 1 target/release/reference-upstream --name bench-agg --http-listen "1
   --grpc-listen "127.0.0.1:$P_REF_GRPC" >"$work/reference-upstream.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$P_REF/health" "reference upstream"
+# the large-body upstream of the streamed-body figure, core 1
+taskset -c 1 target/release/proxy-bench stream-upstream --listen "127.0.0.1:$P_STREAM" \
+  >"$work/stream-upstream.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$P_STREAM/" "stream upstream"
 
 # 3. documents, keys and tokens
 setup="$work/setup"
 taskset -c 0 target/release/proxy-bench setup --nats-url "$nats_url" --store-prefix "$PREFIX" --out-dir "$setup" \
   --upstream "http://127.0.0.1:$P_UP" --aggregate-upstream "http://127.0.0.1:$P_REF_GRPC" \
+  --stream-upstream "http://127.0.0.1:$P_STREAM" --stream-tenant "$STREAM_TENANT" \
   --tenant "$TENANT" --principals "$PRINCIPALS" >&2
 # baselines on core 0 while it is idle: one ES256 check in our verifier (setup measured it)
 # and one P-256 verify in OpenSSL, the library HAProxy's jwt_verify uses
@@ -135,6 +145,7 @@ AUDIENCE="$(cat "$setup/audience.txt")"
 # 4b. HAProxy, one thread, core 0
 sed -e "s#@UPSTREAM_ADDR@#127.0.0.1:$P_UP#" -e "s#@PLAIN_ADDR@#127.0.0.1:$P_PLAIN#" \
   -e "s#@JWT_ADDR@#127.0.0.1:$P_JWT#" -e "s#@FULL_ADDR@#127.0.0.1:$P_FULL#" \
+  -e "s#@STREAM_ADDR@#127.0.0.1:$P_HSTREAM#" -e "s#@STREAM_UPSTREAM_ADDR@#127.0.0.1:$P_STREAM#" \
   -e "s#@ES256_PUBLIC_PEM@#$setup/es256-public.pem#g" -e "s#@RBAC_MAP@#$setup/rbac.map#g" \
   -e "s#@ISSUER@#$ISSUER#" -e "s#@AUDIENCE@#$AUDIENCE#" bench/haproxy-peer.cfg >"$work/haproxy.cfg"
 ! grep -n '@[A-Z0-9_]*@' "$work/haproxy.cfg" || die "unfilled placeholder in the HAProxy config"
@@ -177,7 +188,9 @@ start_data_plane() { # name, http port, grpc port, ops port, extra flags...
   [ "${loaded:-0}" -ge $((PRINCIPALS + 1)) ] \
     || die "data plane $name mirrored ${loaded:-0} of $((PRINCIPALS + 1)) principals"
 }
-start_data_plane ours "$P_OURS" "$P_GRPC" "$P_OPS"
+# (ours forwards bodies up to 200 MiB for the streamed-body figure; bodies of the timed runs
+# are 2 bytes)
+start_data_plane ours "$P_OURS" "$P_GRPC" "$P_OPS" --max-body-bytes 209715200
 start_data_plane ours_nocache "$P_NC" "$P_NC_GRPC" "$P_NC_OPS" --token-cache-size 0
 if [ -n "$BASELINE_BIN" ]; then
   baseline_flags=()
@@ -279,6 +292,40 @@ for rep in $(seq 1 "$REPS"); do
   if [ -n "$BASELINE_BIN" ]; then run "$rep" baseline "http://127.0.0.1:$P_BASE" "$baseline_pid"; fi
 done
 BUSY_AFTER="$(busy_percent)"
+# the streamed-body figure: 100 MB each way, a length and chunked, through HAProxy plain and
+# ours (curl on core 1 beside the upstream), 2 rounds; each proxy's resident memory before,
+# and its peak during the transfers (VmHWM, reset first through /proc/<pid>/clear_refs)
+stream_table=""
+stream_memory=""
+if [ "${BENCH_STREAM:-1}" = 1 ]; then
+  head -c 104857600 /dev/zero >"$work/upload.bin"
+  stream_token="$(head -1 "$setup/tokens.txt")"
+  mem_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+  for entry in "haproxy:$P_HSTREAM:$haproxy_pid" "ours:$P_OURS:$ours_pid"; do
+    IFS=: read -r name port pid <<<"$entry"
+    rss_before=$(mem_kib "$pid" VmRSS)
+    echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+    for round in 1 2; do
+      for what in download download-chunked upload upload-chunked; do
+        extra=()
+        case "$what" in
+          download*) path="/v1/query/$what"; extra=(-d '{}' -H 'content-type: application/json') ;;
+          upload) path=/v1/query/upload; extra=(--data-binary "@$work/upload.bin" -H 'content-type: application/octet-stream') ;;
+          upload-chunked) path=/v1/query/upload; extra=(--data-binary "@$work/upload.bin" -H 'content-type: application/octet-stream' -H 'transfer-encoding: chunked') ;;
+        esac
+        result=$(taskset -c 1 curl -s -o /dev/null --max-time 60 -X POST "http://127.0.0.1:$port$path" \
+          -H "authorization: Bearer $stream_token" -H "x-tenant-id: $STREAM_TENANT" "${extra[@]}" \
+          -w '%{http_code} %{size_download} %{size_upload} %{time_total}')
+        read -r code down up seconds <<<"$result"
+        [ "$code" = 200 ] || die "$what through $name answered $code"
+        stream_table+="| $name | $round | $what | $(python3 -c "import sys;b=max(int(sys.argv[1]),int(sys.argv[2]));print(f'{b/1048576:.0f} MiB | {b/1048576/float(sys.argv[3]):.0f} MiB/s')" "$down" "$up" "$seconds") |\n"
+      done
+    done
+    rss_after=$(mem_kib "$pid" VmRSS)
+    peak=$(mem_kib "$pid" VmHWM)
+    stream_memory+="| $name | $((rss_before / 1024)) MiB | $((peak / 1024)) MiB | $((rss_after / 1024)) MiB |\n"
+  done
+fi
 # optional: where ours spends its CPU under the same load (flat profile by symbol)
 grpc_table=""
 if [ "${BENCH_GRPC:-1}" = 1 ]; then
@@ -556,6 +603,18 @@ if [ -n "$grpc_table" ]; then
   echo "| target | round | req/s | p50 ms | p99 ms | ours CPU µs/request | errors |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
   printf "%b" "$grpc_table"
+fi
+if [ -n "$stream_table" ]; then
+  echo
+  echo "Streamed bodies (100 MiB each way, curl on core 1, the proxy on core 0; the upstream reads uploads to their end before answering):"
+  echo
+  echo "| proxy | round | transfer | bytes | rate |"
+  echo "| --- | --- | --- | --- | --- |"
+  printf "%b" "$stream_table"
+  echo
+  echo "| proxy | RSS before | peak RSS during the 8 transfers | RSS after |"
+  echo "| --- | --- | --- | --- |"
+  printf "%b" "$stream_memory"
 fi
 if [ -n "$syscalls_table" ]; then
   echo

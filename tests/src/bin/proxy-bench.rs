@@ -43,6 +43,19 @@ enum Command {
     Latency(Latency),
     /// Closed-loop gRPC `SubmitCommand` load; prints throughput and latency as one JSON line.
     Grpc(Grpc),
+    /// An upstream of large bodies for the streamed-body figure (loopback, until killed):
+    /// `POST /v1/query/download` answers `--bytes` bytes with a length,
+    /// `/v1/query/download-chunked` the same chunked; any other request has its body read
+    /// (a length or chunked) and answered with `{"received": n}`.
+    StreamUpstream(StreamUpstream),
+}
+
+#[derive(clap::Args, Debug)]
+struct StreamUpstream {
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    bytes: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +85,12 @@ struct Setup {
     /// `aud` of the tokens (the data plane's `--token-audience`).
     #[arg(long, default_value = "cloudlysis")]
     audience: String,
+    /// URL of the large-body upstream (`proxy-bench stream-upstream`), routed for
+    /// `--stream-tenant`, of which the first user is made a member too.
+    #[arg(long)]
+    stream_upstream: Option<String>,
+    #[arg(long, default_value = "bench-stream")]
+    stream_tenant: String,
     /// Passes over the tokens for the in-process verification baseline.
     #[arg(long, default_value_t = 2)]
     verify_rounds: usize,
@@ -165,6 +184,25 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
         },
         ..RoutingDocument::default()
     };
+    let stream_tenant = match &args.stream_upstream {
+        Some(url) => {
+            anyhow::ensure!(
+                url.starts_with("http://127."),
+                "the benchmark only targets loopback"
+            );
+            let stream_tenant = TenantId::parse(&args.stream_tenant)?;
+            routing
+                .projection
+                .placement
+                .insert(stream_tenant.clone(), "bench-stream".to_string());
+            routing
+                .projection
+                .shards
+                .insert("bench-stream".to_string(), vec![url.clone()]);
+            Some(stream_tenant)
+        }
+        None => None,
+    };
     if let Some(aggregate) = &args.aggregate_upstream {
         routing.aggregate = KindRouting {
             placement: BTreeMap::from([(tenant.clone(), "bench-agg".to_string())]),
@@ -180,7 +218,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
 
     // principals: members of the tenant (query.read:*), and one outsider of another tenant
     let member_rights = builtin_role(TENANT_MEMBER).context("built-in role")?;
-    let document = |id: &str, tenant: &TenantId| {
+    let document = |id: &str, tenants: &[&TenantId]| {
         signer.sign(
             "principal",
             1,
@@ -190,13 +228,16 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
                 disabled: false,
                 tokens_valid_after: 0,
                 revoked_sessions: Vec::new(),
-                grants: vec![Grant {
-                    scope: Scope::Tenant {
-                        tenant: tenant.clone(),
-                    },
-                    role: TENANT_MEMBER.to_string(),
-                    rights: member_rights.clone(),
-                }],
+                grants: tenants
+                    .iter()
+                    .map(|tenant| Grant {
+                        scope: Scope::Tenant {
+                            tenant: (*tenant).clone(),
+                        },
+                        role: TENANT_MEMBER.to_string(),
+                        rights: member_rights.clone(),
+                    })
+                    .collect(),
             },
         )
     };
@@ -204,11 +245,15 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
     let mut documents = Vec::with_capacity(args.principals + 1);
     for i in 0..args.principals {
         let id = principal_id(i);
-        documents.push((format!("principal.{id}"), document(&id, &tenant)?));
+        let tenants: Vec<&TenantId> = match (&stream_tenant, i) {
+            (Some(stream_tenant), 0) => vec![&tenant, stream_tenant],
+            _ => vec![&tenant],
+        };
+        documents.push((format!("principal.{id}"), document(&id, &tenants)?));
     }
     documents.push((
         format!("principal.{OUTSIDER}"),
-        document(OUTSIDER, &elsewhere)?,
+        document(OUTSIDER, &[&elsewhere])?,
     ));
     let authz = store.kv(Bucket::Authz);
     let written: Vec<_> = futures::stream::iter(documents)
@@ -650,11 +695,153 @@ async fn grpc(args: Grpc) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn stream_upstream(args: StreamUpstream) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "the benchmark only targets loopback"
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    loop {
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        tokio::spawn(async move {
+            if let Err(err) = serve_streams(socket, args.bytes).await {
+                eprintln!("stream upstream: {err}");
+            }
+        });
+    }
+}
+
+/// One kept-alive connection of `proxy-bench stream-upstream`.
+async fn serve_streams(mut socket: tokio::net::TcpStream, bytes: u64) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::with_capacity(1 << 20);
+    async fn fill(socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+        buf.reserve(1 << 20);
+        Ok(socket.read_buf(buf).await?)
+    }
+    let piece = vec![b'x'; 1 << 20];
+    loop {
+        // the head
+        let (path, length, chunked, head) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut request = httparse::Request::new(&mut fields);
+            if let httparse::Status::Complete(head) = request.parse(&buf)? {
+                let field = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .find(|f| f.name.eq_ignore_ascii_case(name))
+                        .map(|f| String::from_utf8_lossy(f.value).to_string())
+                };
+                let length: u64 = field("content-length").map_or(Ok(0), |v| v.parse())?;
+                let chunked = field("transfer-encoding").is_some();
+                break (
+                    request.path.unwrap_or("").to_string(),
+                    length,
+                    chunked,
+                    head,
+                );
+            }
+            if fill(&mut socket, &mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        buf.drain(..head);
+        // the body, read and dropped
+        let mut received = 0u64;
+        if chunked {
+            loop {
+                let line = loop {
+                    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break end;
+                    }
+                    anyhow::ensure!(fill(&mut socket, &mut buf).await? > 0, "cut");
+                };
+                let size = u64::from_str_radix(
+                    std::str::from_utf8(&buf[..line])?
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )?;
+                buf.drain(..line + 2);
+                let mut left = size + 2;
+                while left > 0 {
+                    if buf.is_empty() {
+                        anyhow::ensure!(fill(&mut socket, &mut buf).await? > 0, "cut");
+                    }
+                    let take = (buf.len() as u64).min(left) as usize;
+                    buf.drain(..take);
+                    left -= take as u64;
+                }
+                received += size;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut left = length;
+            while left > 0 {
+                if buf.is_empty() {
+                    anyhow::ensure!(fill(&mut socket, &mut buf).await? > 0, "cut");
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                buf.drain(..take);
+                left -= take as u64;
+            }
+            received = length;
+        }
+        // the answer
+        match path.as_str() {
+            "/v1/query/download" => {
+                socket
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {bytes}\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await?;
+                let mut left = bytes;
+                while left > 0 {
+                    let take = left.min(piece.len() as u64) as usize;
+                    socket.write_all(&piece[..take]).await?;
+                    left -= take as u64;
+                }
+            }
+            "/v1/query/download-chunked" => {
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await?;
+                let mut left = bytes;
+                while left > 0 {
+                    let take = left.min(piece.len() as u64) as usize;
+                    socket.write_all(format!("{take:x}\r\n").as_bytes()).await?;
+                    socket.write_all(&piece[..take]).await?;
+                    socket.write_all(b"\r\n").await?;
+                    left -= take as u64;
+                }
+                socket.write_all(b"0\r\n\r\n").await?;
+            }
+            _ => {
+                let body = format!("{{\"received\":{received}}}");
+                socket
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                            .as_bytes(),
+                    )
+                    .await?;
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Setup(setup_args) => setup(setup_args).await,
         Command::Latency(latency_args) => latency(latency_args).await,
         Command::Grpc(grpc_args) => grpc(grpc_args).await,
+        Command::StreamUpstream(stream_args) => stream_upstream(stream_args).await,
     }
 }
