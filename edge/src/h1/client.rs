@@ -97,11 +97,13 @@ where
             Streamed::Length(length) if sent > length => return Err(BodyFailed::Length),
             Streamed::Length(_) => io.write_all(&data).await.map_err(BodyFailed::Write)?,
             Streamed::Chunked => {
+                // the size line, the piece and its CRLF in one (vectored) write
                 out.clear();
                 out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                io.write_all(out).await.map_err(BodyFailed::Write)?;
-                io.write_all(&data).await.map_err(BodyFailed::Write)?;
-                io.write_all(b"\r\n").await.map_err(BodyFailed::Write)?;
+                let mut chunk = bytes::Buf::chain(bytes::Buf::chain(&out[..], data), &b"\r\n"[..]);
+                io.write_all_buf(&mut chunk)
+                    .await
+                    .map_err(BodyFailed::Write)?;
             }
         }
     }

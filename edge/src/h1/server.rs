@@ -264,27 +264,36 @@ where
         if stop.is_cancelled() {
             keep_alive = false;
         }
-        let written = write_response(
-            &mut io,
-            &mut out,
-            response,
-            head_only,
-            http10,
-            keep_alive,
-            limits.body_timeout,
-        )
-        .await;
-        let written = matches!(written, Ok(true));
-        if !written || !keep_alive {
-            if written && body_unread {
-                // the rest of the request body is not read, and must not turn the answer
-                // into a reset
-                let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
-                linger(&mut io).await;
-                return Outcome::Closed;
+        // a small answer is bounded as a whole, a larger (or streamed) one step by step;
+        // `Some(reusable)` once written
+        let written = if super::write::small(&response) {
+            let write = write_response(
+                &mut io, &mut out, response, head_only, http10, keep_alive, None,
+            );
+            match tokio::time::timeout(limits.body_timeout, write).await {
+                Ok(Ok(reusable)) => Some(reusable),
+                _ => None,
             }
+        } else {
+            let write = write_response(
+                &mut io,
+                &mut out,
+                response,
+                head_only,
+                http10,
+                keep_alive,
+                Some(limits.body_timeout),
+            );
+            write.await.ok()
+        };
+        if written != Some(true) {
             // bounded: over TLS a shutdown writes, and the client may not be reading
             let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+            if written.is_some() && body_unread {
+                // the rest of the request body is not read: read and dropped for a while,
+                // so that closing with it unread does not turn the answer into a reset
+                linger(&mut io).await;
+            }
             return Outcome::Closed;
         }
         // after a large body the buffer's spare capacity understates what it holds
@@ -735,7 +744,7 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     );
     let head_only = request.is_some_and(|request| request.method() == Method::HEAD);
     let write = async {
-        write_response(io, out, response, head_only, false, false, LINGER).await?;
+        write_response(io, out, response, head_only, false, false, Some(LINGER)).await?;
         io.shutdown().await
     };
     // a client that does not read its refusal is not waited for long

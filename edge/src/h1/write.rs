@@ -10,26 +10,41 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// A connection whose every write must end within `idle`.
+/// A connection whose every write must end within `idle` (when given: a streamed answer;
+/// a small one is bounded as a whole by the caller, which costs one timer, not one per
+/// step).
 struct Idle<'a, I> {
     io: &'a mut I,
-    idle: Duration,
+    idle: Option<Duration>,
 }
 
 impl<I: AsyncWrite + Unpin> Idle<'_, I> {
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(self.idle, self.io.write_all(bytes)).await {
+        let Some(idle) = self.idle else {
+            return self.io.write_all(bytes).await;
+        };
+        match tokio::time::timeout(idle, self.io.write_all(bytes)).await {
             Ok(written) => written,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        match tokio::time::timeout(self.idle, self.io.flush()).await {
+        let Some(idle) = self.idle else {
+            return self.io.flush().await;
+        };
+        match tokio::time::timeout(idle, self.io.flush()).await {
             Ok(flushed) => flushed,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
+}
+
+/// Whether an answer body is small and whole: written at once, and bounded as a whole.
+pub(super) fn small(response: &Response) -> bool {
+    axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .is_some_and(|length| length <= WRITE_CHUNK as u64)
 }
 
 /// Answers are written in pieces of about this size.
@@ -70,8 +85,9 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 
 /// Writes `response` (its body in full, as its pieces come). `Ok(false)`: the connection
 /// cannot carry another request (the body failed or was shorter or longer than its
-/// declared size). Each write, and each wait for the body's next piece, must end within
-/// `idle`: a client that stops reading, or a body that stops coming, ends the connection.
+/// declared size). With `idle`, each write, and each wait for the body's next piece, must
+/// end within it: a client that stops reading, or a body that stops coming, ends the
+/// connection.
 pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut Vec<u8>,
@@ -79,7 +95,7 @@ pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     head_only: bool,
     http10: bool,
     keep_alive: bool,
-    idle: Duration,
+    idle: Option<Duration>,
 ) -> std::io::Result<bool> {
     let mut io = Idle { io, idle };
     let (parts, mut body) = response.into_parts();
@@ -154,7 +170,11 @@ pub(super) async fn write_response<I: AsyncWrite + Unpin>(
     let mut sent: u64 = 0;
     let mut complete = true;
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.frame()).await,
+            None => Ok(body.frame().await),
+        };
+        let frame = match next {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             // the body stopped coming: the answer cannot be completed

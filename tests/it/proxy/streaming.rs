@@ -467,7 +467,45 @@ async fn a_100_mb_answer_and_upload_stream_through_with_memory_flat_and_framing_
         );
     }
 
-    // 400 MB went through; buffering any one body would have taken 100 MiB
+    // the same over HTTP/2 (hyper's side of the listener): a download keeps its length, an
+    // upload arrives whole
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut answer = h2
+        .post(format!("{}/v1/query/download-length", stack.data.http))
+        .bearer_auth(&token)
+        .header("x-tenant-id", "alpha")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.content_length(), Some(MB100));
+    let (mut read, mut intact) = (0u64, true);
+    while let Some(piece) = answer.chunk().await.unwrap() {
+        intact &= pattern.matches(read, &piece);
+        read += piece.len() as u64;
+    }
+    assert_eq!((read, intact), (MB100, true), "HTTP/2 download");
+    let upload: Vec<u8> = (0..MB100).map(byte_at).collect();
+    let answer: Value = h2
+        .post(format!("{}/v1/query/upload", stack.data.http))
+        .bearer_auth(&token)
+        .header("x-tenant-id", "alpha")
+        .body(upload)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["received"], json!(MB100), "HTTP/2 upload: {answer}");
+    assert_eq!(answer["intact"], json!(true), "HTTP/2 upload: {answer}");
+
+    // 600 MB went through; buffering any one body would have taken 100 MiB
     let (rss_after, peak) = memory_mib(pid);
     eprintln!("data plane RSS: {rss_before} MiB before, {rss_after} MiB after, peak {peak} MiB");
     assert!(
@@ -544,9 +582,17 @@ async fn streamed_uploads_over_the_limit_are_refused_and_cut() {
         // call is cut (its body never completes); a little past it only, as what follows a
         // refusal is read and dropped, so that the refusal is not lost to a reset
         let mut wire = open(&stack, &token, "/v1/query/upload", Framing::Chunked).await;
-        wire.write_body(Framing::Chunked, (1 << 20) + (100 << 10), &pattern)
-            .await
-            .unwrap();
+        let started = Instant::now();
+        let written = wire
+            .write_body(Framing::Chunked, (1 << 20) + (100 << 10), &pattern)
+            .await;
+        if let Err(err) = &written {
+            let head = wire.head().await.map(|h| h.line);
+            panic!(
+                "{flags:?}: writing failed after {:?}: {err}; answer {head:?}",
+                started.elapsed()
+            );
+        }
         let head = wire.head().await.expect("an answer");
         assert_eq!(head.status(), 413, "{flags:?}: {}", head.line);
         if listener_bound {
