@@ -82,12 +82,10 @@ pub fn router(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     ops: Option<&mut Router>,
 ) -> Router {
-    let api = auth::routes::router()
-        .merge(admin::iam_routes::router())
-        .merge(admin::principal_routes::router())
-        .merge(admin::invitation_routes::router())
-        .merge(admin::routing_routes::router())
-        .merge(admin::rebalance_routes::router())
+    // the routes and the document served at /openapi.json come from the same declarations
+    let (api, document) = openapi::api().split_for_parts();
+    let document = axum::body::Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    let api = api
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::close_intents,
@@ -99,7 +97,15 @@ pub fn router(
         .merge(api)
         .route(
             "/openapi.json",
-            axum::routing::get(|| async { axum::Json(openapi::document()) }),
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
         )
         .merge({
             let full = http::ops_router(

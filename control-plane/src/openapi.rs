@@ -3,6 +3,7 @@
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
 /// The error envelope of every route.
 #[derive(ToSchema)]
@@ -45,113 +46,146 @@ impl Modify for BearerAuth {
         title = "Cloudlysis Gateway control plane",
         description = "Authentication flows and the IAM admin API. Errors use the envelope `{\"error\": {code, message, correlation_id}}`."
     ),
-    paths(
-        crate::auth::routes::signup,
-        crate::auth::routes::signin,
-        crate::auth::routes::refresh,
-        crate::auth::routes::signout,
-        crate::auth::routes::current_session,
-        crate::auth::routes::verify_email,
-        crate::auth::routes::resend_verification,
-        crate::auth::routes::forgot,
-        crate::auth::routes::reset,
-        crate::auth::routes::mfa_verify,
-        crate::auth::routes::totp_enroll,
-        crate::auth::routes::totp_confirm,
-        crate::auth::routes::totp_disable,
-        crate::auth::routes::token,
-        crate::auth::routes::google_start,
-        crate::auth::routes::google_link,
-        crate::auth::routes::google_callback,
-        crate::auth::routes::jwks,
-        crate::admin::iam_routes::list_roles,
-        crate::admin::iam_routes::create_role,
-        crate::admin::iam_routes::get_role,
-        crate::admin::iam_routes::update_role,
-        crate::admin::iam_routes::delete_role,
-        crate::admin::iam_routes::list_rights,
-        crate::admin::iam_routes::create_right,
-        crate::admin::iam_routes::delete_right,
-        crate::admin::iam_routes::list_assignments,
-        crate::admin::iam_routes::create_assignment,
-        crate::admin::iam_routes::delete_assignment,
-        crate::admin::iam_routes::explain,
-        crate::admin::iam_routes::effective,
-        crate::admin::iam_routes::rotate_keys,
-        crate::admin::iam_routes::read_audit,
-        crate::admin::invitation_routes::create,
-        crate::admin::invitation_routes::list,
-        crate::admin::invitation_routes::revoke,
-        crate::admin::invitation_routes::mine,
-        crate::admin::invitation_routes::accept,
-        crate::admin::invitation_routes::decline,
-        crate::admin::principal_routes::list_users,
-        crate::admin::principal_routes::create_user,
-        crate::admin::principal_routes::get_user,
-        crate::admin::principal_routes::update_user,
-        crate::admin::principal_routes::delete_user,
-        crate::admin::principal_routes::disable_user,
-        crate::admin::principal_routes::enable_user,
-        crate::admin::principal_routes::set_password,
-        crate::admin::principal_routes::force_reset,
-        crate::admin::principal_routes::reset_mfa,
-        crate::admin::principal_routes::revoke_recovery,
-        crate::admin::principal_routes::list_sessions,
-        crate::admin::principal_routes::revoke_sessions,
-        crate::admin::principal_routes::revoke_session,
-        crate::admin::principal_routes::list_identities,
-        crate::admin::principal_routes::link_identity,
-        crate::admin::principal_routes::unlink_identity,
-        crate::admin::principal_routes::list_service_accounts,
-        crate::admin::principal_routes::create_service_account,
-        crate::admin::principal_routes::get_service_account,
-        crate::admin::principal_routes::rotate_service_account,
-        crate::admin::principal_routes::delete_service_account,
-        crate::admin::routing_routes::read,
-        crate::admin::routing_routes::replace,
-        crate::admin::routing_routes::reload,
-        crate::admin::routing_routes::tenant_routes,
-        crate::admin::routing_routes::place,
-        crate::admin::routing_routes::unplace,
-        crate::admin::routing_routes::put_shard,
-        crate::admin::routing_routes::delete_shard,
-        crate::admin::rebalance_routes::create,
-        crate::admin::rebalance_routes::list,
-        crate::admin::rebalance_routes::read,
-        crate::admin::rebalance_routes::gates,
-        crate::admin::rebalance_routes::apply,
-        crate::admin::rebalance_routes::rollback,
-        crate::admin::rebalance_routes::cancel,
-        crate::admin::rebalance_routes::replicas
-    ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-/// The document as JSON.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// Every API route of the control plane with its OpenAPI paths, each route declared once
+/// (its handler's `#[utoipa::path]`): the router and the document come from the same
+/// declarations.
+pub fn api() -> OpenApiRouter<crate::AppState> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
+    let mut api = OpenApiRouter::with_openapi(doc)
+        .merge(crate::auth::routes::router())
+        .merge(crate::admin::iam_routes::router())
+        .merge(crate::admin::principal_routes::router())
+        .merge(crate::admin::invitation_routes::router())
+        .merge(crate::admin::routing_routes::router())
+        .merge(crate::admin::rebalance_routes::router());
+    error_answers(api.get_openapi_mut());
+    api
+}
+
+/// Adds the error answers (in the envelope) that a route can give by what it is, where
+/// its own declaration does not name them: 500 and 503 (the store unreachable, an audit
+/// intent not written) everywhere; 401 and 403 behind a credential; 400, 413 and 415
+/// with a JSON body; 400 and 404 with a path parameter; 409 on admin changes (a
+/// concurrent change, an existing name); 429 on the auth flows (rate limits, lockouts).
+fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::HttpMethod;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, operation) in [
+            (HttpMethod::Get, &mut item.get),
+            (HttpMethod::Post, &mut item.post),
+            (HttpMethod::Put, &mut item.put),
+            (HttpMethod::Patch, &mut item.patch),
+            (HttpMethod::Delete, &mut item.delete),
+        ] {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let mut answers = vec![
+                ("500", "Internal error"),
+                ("503", "Unavailable (the store cannot be reached); retry"),
+            ];
+            if operation.security.is_some() {
+                answers.push(("401", "Not signed in, or the credential is not valid"));
+                answers.push(("403", "Not allowed"));
+            }
+            if operation.request_body.is_some() {
+                answers.push(("400", "Bad input"));
+                answers.push(("413", "The body is too large"));
+                answers.push(("415", "The body is not JSON"));
+            }
+            if path.contains('{') {
+                answers.push(("400", "Bad input"));
+                answers.push(("404", "Not found"));
+            }
+            let changes = !matches!(method, HttpMethod::Get);
+            if changes && path.starts_with("/admin/") {
+                answers.push(("409", "Conflicts with the current state"));
+            }
+            if changes && path.starts_with("/v1/auth/") {
+                answers.push(("429", "Rate limited or locked; retry after `retry-after`"));
+            }
+            for (status, description) in answers {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error_answer(description));
+            }
+        }
+    }
+}
+
+fn error_answer(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// The document served at `/openapi.json`.
+pub fn document() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Routes that take a POST but change nothing (a question in a body).
+const QUESTIONS: &[&str] = &["/admin/authz/explain"];
+
+/// The mutating operations (POST, PUT, PATCH, DELETE) of `routes`, as (method, path).
+pub fn mutating_routes(routes: OpenApiRouter<crate::AppState>) -> Vec<(String, String)> {
+    let doc = routes.into_openapi();
+    let mut routes = Vec::new();
+    for (path, item) in doc.paths.paths {
+        if QUESTIONS.contains(&path.as_str()) {
+            continue;
+        }
+        for (method, operation) in [
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ] {
+            if operation.is_some() {
+                routes.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    routes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn every_mutating_admin_route_is_documented() {
         let doc = serde_json::to_value(document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        for (method, path) in crate::admin::iam_routes::MUTATING_ROUTES
-            .iter()
-            .chain(crate::admin::principal_routes::MUTATING_ROUTES)
-            .chain(crate::admin::invitation_routes::MUTATING_ROUTES)
-            .chain(crate::admin::routing_routes::MUTATING_ROUTES)
-            .chain(crate::admin::rebalance_routes::MUTATING_ROUTES)
-        {
-            let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing"));
+        let mutating: Vec<(String, String)> = [
+            crate::admin::iam_routes::mutating_routes(),
+            crate::admin::principal_routes::mutating_routes(),
+            crate::admin::invitation_routes::mutating_routes(),
+            crate::admin::routing_routes::mutating_routes(),
+            crate::admin::rebalance_routes::mutating_routes(),
+        ]
+        .concat();
+        assert!(mutating.len() > 30, "{mutating:?}");
+        assert!(mutating.contains(&("DELETE".into(), "/admin/users/{id}".into())));
+        for (method, path) in &mutating {
+            let item = paths.get(path).unwrap_or_else(|| panic!("{path} missing"));
             assert!(
                 item.get(method.to_lowercase()).is_some(),
                 "{method} {path} missing"
@@ -163,6 +197,60 @@ mod tests {
             Some(true)
         );
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn routes_declare_the_error_answers_they_can_give() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path}"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let has = |path: &str, method: &str, wanted: &[&str]| {
+            let got = statuses(path, method);
+            for status in wanted {
+                assert!(
+                    got.iter().any(|s| s == status),
+                    "{method} {path}: {status} not in {got:?}"
+                );
+            }
+            got
+        };
+        has(
+            "/admin/users/{id}",
+            "delete",
+            &["401", "403", "404", "409", "503"],
+        );
+        has(
+            "/admin/roles",
+            "post",
+            &["400", "401", "403", "409", "413", "415"],
+        );
+        has(
+            "/v1/auth/signin",
+            "post",
+            &["200", "400", "415", "429", "503"],
+        );
+        let list = has("/admin/users", "get", &["200", "401", "403", "503"]);
+        assert!(!list.iter().any(|s| s == "404" || s == "415"), "{list:?}");
+        // every error answer is the envelope
+        let envelope = json!({"$ref": "#/components/schemas/ErrorEnvelope"});
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, answer) in operation["responses"].as_object().unwrap() {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert_eq!(
+                            answer["content"]["application/json"]["schema"], envelope,
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Admin routes for roles, rights, assignments, the authorization explainer, signing-key
 //! rotation and the audit trail.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use gateway_core::authz::{self, Request, Right, Scope, decide};
 use gateway_core::rights;
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
@@ -18,39 +17,33 @@ use crate::AppState;
 use crate::api::{ApiJson, ClientIp};
 use crate::audit::Audit;
 use crate::iam::{assignments, principal_id, roles, tenant};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Every mutating admin route, as (method, path template): the audit test enumerates
-/// them, so a new route without an audit record fails it.
-pub const MUTATING_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/admin/roles"),
-    ("PUT", "/admin/roles/{name}"),
-    ("DELETE", "/admin/roles/{name}"),
-    ("POST", "/admin/rights"),
-    ("DELETE", "/admin/rights/{name}"),
-    ("POST", "/admin/assignments"),
-    ("DELETE", "/admin/assignments"),
-    ("POST", "/admin/keys/rotate"),
-];
+/// Every mutating route of the module, as (method, path template), read from its
+/// routes: the audit tests enumerate them, so a new route without an audit record fails
+/// them.
+pub fn mutating_routes() -> Vec<(String, String)> {
+    crate::openapi::mutating_routes(router())
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/roles", get(list_roles).post(create_role))
-        .route(
-            "/admin/roles/{name}",
-            put(update_role).delete(delete_role).get(get_role),
-        )
-        .route("/admin/rights", get(list_rights).post(create_right))
-        .route("/admin/rights/{name}", axum::routing::delete(delete_right))
-        .route(
-            "/admin/assignments",
-            get(list_assignments)
-                .post(create_assignment)
-                .delete(delete_assignment),
-        )
-        .route("/admin/authz/explain", post(explain))
-        .route("/admin/authz/principals/{id}", get(effective))
-        .route("/admin/keys/rotate", post(rotate_keys))
-        .route("/admin/audit", get(read_audit))
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_roles, create_role))
+        .routes(routes!(update_role, delete_role, get_role))
+        .routes(routes!(list_rights, create_right))
+        .routes(routes!(delete_right))
+        .routes(routes!(
+            list_assignments,
+            create_assignment,
+            delete_assignment
+        ))
+        .routes(routes!(explain))
+        .routes(routes!(effective))
+        .routes(routes!(rotate_keys))
+        .routes(routes!(read_audit))
 }
 
 fn audit(admin: &Admin, action: &str, ip: std::net::IpAddr, now: i64) -> Audit {

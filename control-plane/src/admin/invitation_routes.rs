@@ -3,11 +3,10 @@
 //! (`/v1/invitations`). This is how a tenant admin brings in someone who is not yet a
 //! member: the assignment exists only once the user said yes.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use gateway_core::authz;
 use gateway_core::rights;
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
@@ -23,6 +22,8 @@ use crate::auth::users::{self, UserStatus};
 use crate::iam::invitations::{self, Invitation};
 use crate::iam::{assignments, roles, tenant};
 use crate::mail::Mail;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How long an invitation can be accepted (7 days).
 pub const INVITATION_TTL_SECONDS: i64 = 7 * 86_400;
@@ -31,19 +32,22 @@ pub const INVITATIONS_PER_ADMIN_PER_HOUR: u32 = 50;
 /// Invitations of one tenant pending at once.
 pub const MAX_PENDING_PER_TENANT: usize = 200;
 
-/// Mutating admin routes of this module (the audit test enumerates them).
-pub const MUTATING_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/admin/invitations"),
-    ("DELETE", "/admin/invitations/{id}"),
-];
+/// Every mutating route of the module, as (method, path template), read from its
+/// routes: the audit tests enumerate them, so a new route without an audit record fails
+/// them.
+pub fn mutating_routes() -> Vec<(String, String)> {
+    crate::openapi::mutating_routes(router())
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/invitations", get(list).post(create))
-        .route("/admin/invitations/{id}", delete(revoke))
-        .route("/v1/invitations", get(mine))
-        .route("/v1/invitations/{id}/accept", post(accept))
-        .route("/v1/invitations/{id}/decline", post(decline))
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+        .routes(routes!(mine))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
 }
 
 fn view(invitation: &Invitation) -> Value {

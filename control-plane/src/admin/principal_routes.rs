@@ -3,11 +3,10 @@
 //! their tenants (never a principal holding a platform role). The rules live in
 //! [`super::principals`]; the handlers here extract, call one of them, and shape the answer.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use gateway_edge::{ApiError, Reason, unix_now};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,77 +17,35 @@ use crate::AppState;
 use crate::api::{ApiJson, ClientIp};
 use crate::auth::service_accounts::ServiceAccount;
 use crate::auth::users::UserStatus;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Mutating routes of this module (the audit test enumerates them).
-pub const MUTATING_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/admin/users"),
-    ("PATCH", "/admin/users/{id}"),
-    ("POST", "/admin/users/{id}/disable"),
-    ("POST", "/admin/users/{id}/enable"),
-    ("DELETE", "/admin/users/{id}"),
-    ("PUT", "/admin/users/{id}/password"),
-    ("POST", "/admin/users/{id}/password/force-reset"),
-    ("POST", "/admin/users/{id}/mfa/reset"),
-    ("POST", "/admin/users/{id}/mfa/recovery-codes/revoke"),
-    ("DELETE", "/admin/users/{id}/sessions/{session_id}"),
-    ("DELETE", "/admin/users/{id}/sessions"),
-    ("POST", "/admin/users/{id}/identities"),
-    (
-        "DELETE",
-        "/admin/users/{id}/identities/{provider}/{subject}",
-    ),
-    ("POST", "/admin/service-accounts"),
-    ("POST", "/admin/service-accounts/{id}/rotate"),
-    ("DELETE", "/admin/service-accounts/{id}"),
-];
+/// Every mutating route of the module, as (method, path template), read from its
+/// routes: the audit tests enumerate them, so a new route without an audit record fails
+/// them.
+pub fn mutating_routes() -> Vec<(String, String)> {
+    crate::openapi::mutating_routes(router())
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/users", get(list_users).post(create_user))
-        .route(
-            "/admin/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/admin/users/{id}/disable", post(disable_user))
-        .route("/admin/users/{id}/enable", post(enable_user))
-        .route(
-            "/admin/users/{id}/password",
-            axum::routing::put(set_password),
-        )
-        .route("/admin/users/{id}/password/force-reset", post(force_reset))
-        .route("/admin/users/{id}/mfa/reset", post(reset_mfa))
-        .route(
-            "/admin/users/{id}/mfa/recovery-codes/revoke",
-            post(revoke_recovery),
-        )
-        .route(
-            "/admin/users/{id}/sessions",
-            get(list_sessions).delete(revoke_sessions),
-        )
-        .route(
-            "/admin/users/{id}/sessions/{session_id}",
-            delete(revoke_session),
-        )
-        .route(
-            "/admin/users/{id}/identities",
-            get(list_identities).post(link_identity),
-        )
-        .route(
-            "/admin/users/{id}/identities/{provider}/{subject}",
-            delete(unlink_identity),
-        )
-        .route(
-            "/admin/service-accounts",
-            get(list_service_accounts).post(create_service_account),
-        )
-        .route(
-            "/admin/service-accounts/{id}",
-            get(get_service_account).delete(delete_service_account),
-        )
-        .route(
-            "/admin/service-accounts/{id}/rotate",
-            post(rotate_service_account),
-        )
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(disable_user))
+        .routes(routes!(enable_user))
+        .routes(routes!(set_password))
+        .routes(routes!(force_reset))
+        .routes(routes!(reset_mfa))
+        .routes(routes!(revoke_recovery))
+        .routes(routes!(list_sessions, revoke_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(list_identities, link_identity))
+        .routes(routes!(unlink_identity))
+        .routes(routes!(list_service_accounts, create_service_account))
+        .routes(routes!(get_service_account, delete_service_account))
+        .routes(routes!(rotate_service_account))
 }
 
 #[derive(Deserialize)]

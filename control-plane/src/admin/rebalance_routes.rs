@@ -1,11 +1,10 @@
 //! Admin routes of tenant rebalancing (`rebalance.operate`, platform) and of replica
 //! convergence (`routing.read`).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use gateway_core::rights;
 use gateway_core::routing::ServiceKind;
 use gateway_edge::{ApiError, Reason, unix_now};
@@ -18,24 +17,27 @@ use crate::api::{ApiJson, ClientIp};
 use crate::audit::Audit;
 use crate::iam::tenant;
 use crate::rebalance::{Plan, PlanError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Mutating routes of this module (the audit test enumerates them).
-pub const MUTATING_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/admin/rebalance/plans"),
-    ("POST", "/admin/rebalance/plans/{id}/apply"),
-    ("POST", "/admin/rebalance/plans/{id}/rollback"),
-    ("POST", "/admin/rebalance/plans/{id}/cancel"),
-];
+/// Every mutating route of the module, as (method, path template), read from its
+/// routes: the audit tests enumerate them, so a new route without an audit record fails
+/// them.
+pub fn mutating_routes() -> Vec<(String, String)> {
+    crate::openapi::mutating_routes(router())
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/rebalance/plans", get(list).post(create))
-        .route("/admin/rebalance/plans/{id}", get(read))
-        .route("/admin/rebalance/plans/{id}/gates", get(gates))
-        .route("/admin/rebalance/plans/{id}/apply", post(apply))
-        .route("/admin/rebalance/plans/{id}/rollback", post(rollback))
-        .route("/admin/rebalance/plans/{id}/cancel", post(cancel))
-        .route("/admin/routing/replicas", get(replicas))
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
+        .routes(routes!(gates))
+        .routes(routes!(apply))
+        .routes(routes!(rollback))
+        .routes(routes!(cancel))
+        .routes(routes!(replicas))
 }
 
 async fn audit(

@@ -1,9 +1,8 @@
 //! Admin routes of the routing placement (`routing.read` / `routing.write`, platform).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use gateway_core::rights;
 use gateway_core::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
@@ -15,30 +14,25 @@ use crate::AppState;
 use crate::api::{ApiJson, ClientIp};
 use crate::audit::Audit;
 use crate::iam::tenant;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Mutating routes of this module (the audit test enumerates them).
-pub const MUTATING_ROUTES: &[(&str, &str)] = &[
-    ("PUT", "/admin/routing"),
-    ("POST", "/admin/routing/reload"),
-    ("PUT", "/admin/routing/{kind}/placements/{tenant_id}"),
-    ("DELETE", "/admin/routing/{kind}/placements/{tenant_id}"),
-    ("PUT", "/admin/routing/{kind}/shards/{shard}"),
-    ("DELETE", "/admin/routing/{kind}/shards/{shard}"),
-];
+/// Every mutating route of the module, as (method, path template), read from its
+/// routes: the audit tests enumerate them, so a new route without an audit record fails
+/// them.
+pub fn mutating_routes() -> Vec<(String, String)> {
+    crate::openapi::mutating_routes(router())
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/routing", get(read).put(replace))
-        .route("/admin/routing/reload", post(reload))
-        .route("/admin/routing/tenants/{tenant_id}", get(tenant_routes))
-        .route(
-            "/admin/routing/{kind}/placements/{tenant_id}",
-            put(place).delete(unplace),
-        )
-        .route(
-            "/admin/routing/{kind}/shards/{shard}",
-            put(put_shard).delete(delete_shard),
-        )
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(read, replace))
+        .routes(routes!(reload))
+        .routes(routes!(tenant_routes))
+        .routes(routes!(place, unplace))
+        .routes(routes!(put_shard, delete_shard))
 }
 
 fn kind(value: &str) -> Result<ServiceKind, ApiError> {

@@ -1,12 +1,11 @@
 //! HTTP routes of the authentication flows (`/v1/auth/*`, `/.well-known/jwks.json`).
 
+use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_core::unix_now;
@@ -19,6 +18,8 @@ use serde_json::json;
 use super::Principal;
 use crate::AppState;
 use crate::api::{ApiJson, BearerToken, ClientIp};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The signed-in caller, from a verified bearer token.
 pub struct Authenticated(pub Principal);
@@ -39,26 +40,28 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/signup", post(signup))
-        .route("/v1/auth/signin", post(signin))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/signout", post(signout))
-        .route("/v1/auth/session", get(current_session))
-        .route("/v1/auth/verify-email", post(verify_email))
-        .route("/v1/auth/verify-email/resend", post(resend_verification))
-        .route("/v1/auth/forgot", post(forgot))
-        .route("/v1/auth/reset", post(reset))
-        .route("/v1/auth/mfa/verify", post(mfa_verify))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/auth/oidc/google/start", post(google_start))
-        .route("/v1/auth/oidc/google/link", post(google_link))
-        .route("/v1/auth/oidc/google/callback", get(google_callback))
-        .route("/v1/auth/mfa/totp/enroll", post(totp_enroll))
-        .route("/v1/auth/mfa/totp/confirm", post(totp_confirm))
-        .route("/v1/auth/mfa/totp/disable", post(totp_disable))
-        .route("/.well-known/jwks.json", get(jwks))
+/// The module's routes, each declared once: the router and its OpenAPI paths come from
+/// the handlers' `#[utoipa::path]` annotations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(signin))
+        .routes(routes!(refresh))
+        .routes(routes!(signout))
+        .routes(routes!(current_session))
+        .routes(routes!(verify_email))
+        .routes(routes!(resend_verification))
+        .routes(routes!(forgot))
+        .routes(routes!(reset))
+        .routes(routes!(mfa_verify))
+        .routes(routes!(token))
+        .routes(routes!(google_start))
+        .routes(routes!(google_link))
+        .routes(routes!(google_callback))
+        .routes(routes!(totp_enroll))
+        .routes(routes!(totp_confirm))
+        .routes(routes!(totp_disable))
+        .routes(routes!(jwks))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
