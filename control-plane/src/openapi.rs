@@ -65,7 +65,80 @@ pub fn api() -> OpenApiRouter<crate::AppState> {
         .merge(crate::admin::routing_routes::router())
         .merge(crate::admin::rebalance_routes::router());
     error_answers(api.get_openapi_mut());
+    path_constraints(api.get_openapi_mut());
     api
+}
+
+/// The shape of a path parameter, as the handler checks it (a value outside it is 400).
+fn path_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let pattern = |pattern: &str, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .build()
+            .into()
+    };
+    Some(match name {
+        "tenant_id" => pattern(TENANT_PATTERN, 63),
+        "shard" => pattern("^[a-z0-9][a-z0-9_-]{0,62}$", 63),
+        "kind" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["aggregate", "projection", "runner"]))
+            .build()
+            .into(),
+        "name" if path.starts_with("/admin/roles/") => pattern("^[a-z][a-z0-9_]{0,63}$", 64),
+        "name" if path.starts_with("/admin/rights/") => pattern(RIGHT_PATTERN, 200),
+        "id" if path.starts_with("/admin/service-accounts/") => {
+            pattern("^svc_[A-Za-z0-9_]{1,60}$", 64)
+        }
+        "id" if path.contains("/invitations/") => pattern("^inv_[0-9a-fA-F]{32}$", 36),
+        "id" if path.starts_with("/admin/rebalance/plans/") => pattern("^rbp_[0-9a-fA-F]{32}$", 36),
+        "id" => pattern(PRINCIPAL_PATTERN, 64),
+        "provider" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["google"]))
+            .build()
+            .into(),
+        "session_id" | "subject" => pattern("^[A-Za-z0-9_.-]{1,255}$", 255),
+        _ => return None,
+    })
+}
+
+/// A tenant id: lowercase letters, digits and `-`, starting with a letter or digit.
+pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+/// A principal id: `usr_` or `svc_` and hex digits.
+pub const PRINCIPAL_PATTERN: &str = "^(usr|svc)_[0-9a-fA-F]{1,60}$";
+/// A right: `*`, or dotted segments of `[a-z0-9_]` (the last one may be `*`), with an
+/// optional `:resource`.
+pub const RIGHT_PATTERN: &str =
+    "^(\\*|[a-z0-9_]{1,64}(\\.[a-z0-9_]{1,64})*(\\.\\*)?(:(\\*|[A-Za-z0-9_.-]{1,128}))?)$";
+
+/// Gives every path parameter the shape its handler accepts ([`path_parameter`]).
+fn path_constraints(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if matches!(parameter.parameter_in, ParameterIn::Path)
+                    && let Some(schema) = path_parameter(path, &parameter.name)
+                {
+                    parameter.schema = Some(schema.into());
+                }
+            }
+        }
+    }
 }
 
 /// Adds the error answers (in the envelope) that a route can give by what it is, where
@@ -108,7 +181,14 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
                 answers.push(("409", "Conflicts with the current state"));
             }
             if changes && path.starts_with("/v1/auth/") {
+                // a challenge, code or token that is not (or no longer) valid; a flow in
+                // the wrong state (an MFA already on, none to confirm)
+                answers.push(("401", "The credential, challenge or code is not valid"));
+                answers.push(("409", "The account is not in a state for this step"));
                 answers.push(("429", "Rate limited or locked; retry after `retry-after`"));
+            }
+            if path.starts_with("/v1/auth/oidc/") {
+                answers.push(("404", "Google sign-in is not configured"));
             }
             for (status, description) in answers {
                 operation
@@ -246,6 +326,76 @@ mod tests {
                         assert_eq!(
                             answer["content"]["application/json"]["schema"], envelope,
                             "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn path_patterns_accept_what_the_handlers_accept() {
+        let matches =
+            |pattern: &str, value: &str| regex::Regex::new(pattern).unwrap().is_match(value);
+        for tenant in [
+            "acme",
+            "a",
+            "0-x",
+            "acme-2",
+            "",
+            "Acme",
+            "-a",
+            "a_b",
+            "a/b",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                matches(TENANT_PATTERN, tenant),
+                gateway_core::authz::TenantId::parse(tenant).is_ok(),
+                "{tenant:?}"
+            );
+        }
+        for right in [
+            "*",
+            "query.read",
+            "query.read:*",
+            "query.read:orders-v1.x",
+            "iam.*",
+            "command.submit:Order_1",
+            "*:x",
+            "query..read",
+            ".read",
+            "query.read:",
+            "Query.read",
+            "query.read:a/b",
+            "*.read",
+        ] {
+            assert_eq!(
+                matches(RIGHT_PATTERN, right),
+                gateway_core::authz::Right::parse(right).is_ok(),
+                "{right:?}"
+            );
+        }
+        for id in [
+            "usr_0a1b", "svc_ff", "usr_", "usr_xyz", "adm_00", "usr_00/1",
+        ] {
+            assert_eq!(
+                matches(PRINCIPAL_PATTERN, id),
+                crate::iam::principal_id(id).is_ok() && id.len() > 4,
+                "{id:?}"
+            );
+        }
+        // every path parameter has a shape
+        let doc = serde_json::to_value(document()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["in"] == "path" {
+                        let schema = &parameter["schema"];
+                        assert!(
+                            schema.get("pattern").is_some() || schema.get("enum").is_some(),
+                            "{method} {path} {}: {schema}",
+                            parameter["name"]
                         );
                     }
                 }
