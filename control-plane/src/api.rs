@@ -37,6 +37,12 @@ where
             ))
             .with_reason(Reason::JsonTooDeep));
         }
+        // every body of the API is an object: serde would also read a struct from an array
+        // of its fields in order, which the document does not allow
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("the body must be a JSON object")
+                .with_reason(Reason::InvalidBody));
+        }
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(value)| ApiJson(value))
             .map_err(json_rejection)
@@ -136,5 +142,28 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
         gateway_edge::http::credential(&parts.headers, &parts.method)
             .map(|token| BearerToken(token.to_string()))
             .map_err(gateway_edge::http::credential_refusal)
+    }
+}
+
+/// An optional whole number that may come written as a float with no fraction (`3.0`): JSON
+/// Schema's `integer` allows it, serde's `u64` does not.
+pub fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&value) => {
+            Ok(Some(value as u64))
+        }
+        _ => Err(serde::de::Error::custom(
+            "a whole number of at least 0 is expected",
+        )),
     }
 }

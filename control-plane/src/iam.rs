@@ -30,7 +30,7 @@ pub fn tenant(value: &str) -> Result<TenantId, ApiError> {
 pub fn principal_id(value: &str) -> Result<String, ApiError> {
     let ok = (value.starts_with(gateway_core::token::USER_PREFIX)
         || value.starts_with(gateway_core::token::SERVICE_PREFIX))
-        && value.len() <= 64
+        && (5..=64).contains(&value.len())
         && value[4..].chars().all(|c| c.is_ascii_hexdigit());
     if ok {
         Ok(value.to_string())

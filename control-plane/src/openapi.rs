@@ -66,8 +66,141 @@ pub fn api() -> OpenApiRouter<crate::AppState> {
         .merge(crate::admin::rebalance_routes::router());
     error_answers(api.get_openapi_mut());
     path_constraints(api.get_openapi_mut());
+    body_constraints(api.get_openapi_mut());
     api
 }
+
+/// An email address as the API takes it: a dot-atom local part and a domain of labels
+/// (a subset of what it accepts, which also takes letters of any script).
+pub const EMAIL_PATTERN: &str = "^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,30}(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,16}){0,2}@[A-Za-z0-9]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?){1,3}$";
+/// A role name.
+pub const ROLE_PATTERN: &str = "^[a-z][a-z0-9_]{0,63}$";
+/// A shard id.
+pub const SHARD_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+/// An upstream endpoint: an http(s) URL of a host and port.
+pub const ENDPOINT_PATTERN: &str = "^https?://[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,3}:[1-9][0-9]{1,3}$";
+
+/// The shape of a request-body field, as its handler checks it: by the body's schema and
+/// the field's name.
+fn body_field(schema: &str, field: &str) -> Option<utoipa::openapi::schema::ObjectBuilder> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let text = |pattern: Option<&str>, min: usize, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(pattern)
+            .min_length(Some(min))
+            .max_length(Some(max))
+    };
+    if schema.starts_with("Error") {
+        return None;
+    }
+    Some(match (schema, field) {
+        (_, "tenant_id") => text(Some(TENANT_PATTERN), 1, 63),
+        (_, "principal_id") => text(Some(PRINCIPAL_PATTERN), 5, 64),
+        // any text: the answer is the same 202 whatever it is (docs/decisions.md,
+        // "Enumeration")
+        ("ForgotBody", "email") => ObjectBuilder::new().schema_type(Type::String),
+        (_, "email") => text(Some(EMAIL_PATTERN), 3, 254)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email))),
+        (_, "password" | "new_password") => text(None, DEFAULT_PASSWORD_MIN, 256),
+        (_, "role") | ("RoleBody", "name") => text(Some(ROLE_PATTERN), 1, 64),
+        ("RightBody", "name") => text(Some(RIGHT_PATTERN), 1, 200),
+        ("ExplainBody", "action") => text(Some("^[a-z0-9_]{1,64}(\\.[a-z0-9_]{1,64})*$"), 1, 128),
+        ("ExplainBody", "resource") => text(Some("^[A-Za-z0-9_.-]{1,128}$"), 1, 128),
+        ("CreateAccount", "name") => text(Some("^[^\\x00-\\x1f\\x7f-\\x9f]+$"), 1, 128),
+        ("IdentityBody", "subject") => text(Some("^[A-Za-z0-9_.-]{1,255}$"), 1, 255),
+        ("TokenRequest", "client_id") => text(Some("^svc_[A-Za-z0-9_]{1,60}$"), 5, 64),
+        ("TokenRequest", "client_secret") => text(None, 1, 512),
+        ("ReplaceBody", "expected_revision") => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0)),
+        (_, "shard" | "target_shard") => text(Some(SHARD_PATTERN), 1, 63),
+        (_, "kind") => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["aggregate", "projection", "runner"])),
+        (_, "provider") => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["google"])),
+        (_, "grant_type") => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["client_credentials"])),
+        ("CodeBody" | "MfaVerifyBody", "code") => text(Some("^[0-9]{6}$"), 6, 6),
+        (_, "overlap_seconds") => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(30 * 24 * 3600)),
+        _ => return None,
+    })
+}
+
+/// The shape of the items of a request-body list field.
+fn body_items(field: &str) -> Option<(&'static str, usize, usize)> {
+    match field {
+        "rights" => Some((RIGHT_PATTERN, 0, 200)),
+        "endpoints" => Some((ENDPOINT_PATTERN, 1, 64)),
+        _ => None,
+    }
+}
+
+/// The default shortest password (`--password-min-length`).
+const DEFAULT_PASSWORD_MIN: usize = 15;
+
+/// Gives request-body fields the shape their handlers accept ([`body_field`]), keeping
+/// whether they may be null.
+fn body_constraints(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, schema) in components.schemas.iter_mut() {
+        let RefOr::T(Schema::Object(object)) = schema else {
+            continue;
+        };
+        let mut required = Vec::new();
+        for (field, property) in object.properties.iter_mut() {
+            let with_null = |schema_type: &SchemaType| matches!(schema_type, SchemaType::Array(types) if types.contains(&Type::Null));
+            let nullable = match property {
+                RefOr::T(Schema::Object(inner)) => with_null(&inner.schema_type),
+                RefOr::T(Schema::Array(inner)) => with_null(&inner.schema_type),
+                _ => false,
+            };
+            if let Some(shape) = body_field(name, field) {
+                let mut shape = shape.build();
+                if REQUIRED.contains(&(name.as_str(), field.as_str())) {
+                    required.push(field.clone());
+                } else if nullable && let SchemaType::Type(only) = shape.schema_type.clone() {
+                    shape.schema_type = SchemaType::from_iter([only, Type::Null]);
+                }
+                *property = RefOr::T(Schema::Object(shape));
+            } else if let Some((pattern, min, max)) = body_items(field) {
+                let items = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(pattern))
+                    .min_length(Some(1))
+                    .max_length(Some(200))
+                    .build();
+                let mut list = ArrayBuilder::new()
+                    .items(items)
+                    .min_items(Some(min))
+                    .max_items(Some(max));
+                if nullable {
+                    list = list.schema_type(SchemaType::from_iter([Type::Array, Type::Null]));
+                }
+                *property = RefOr::T(Schema::Array(list.build()));
+            }
+        }
+        for field in required {
+            if !object.required.contains(&field) {
+                object.required.push(field);
+            }
+        }
+    }
+}
+
+/// Fields optional in the body's type that the handler requires (a clear error of its
+/// own when absent).
+const REQUIRED: &[(&str, &str)] = &[("ReplaceBody", "expected_revision")];
 
 /// The shape of a path parameter, as the handler checks it (a value outside it is 400).
 fn path_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
@@ -102,7 +235,8 @@ fn path_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
             .enum_values(Some(["google"]))
             .build()
             .into(),
-        "session_id" | "subject" => pattern("^[A-Za-z0-9_.-]{1,255}$", 255),
+        "session_id" => pattern("^[0-9a-f]{32}$", 32),
+        "subject" => pattern("^[A-Za-z0-9_.-]{1,255}$", 255),
         _ => return None,
     })
 }
@@ -178,6 +312,7 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
             }
             let changes = !matches!(method, HttpMethod::Get);
             if changes && path.starts_with("/admin/") {
+                answers.push(("404", "Not found"));
                 answers.push(("409", "Conflicts with the current state"));
             }
             if changes && path.starts_with("/v1/auth/") {
@@ -383,6 +518,54 @@ mod tests {
                 matches(PRINCIPAL_PATTERN, id),
                 crate::iam::principal_id(id).is_ok() && id.len() > 4,
                 "{id:?}"
+            );
+        }
+        for email in [
+            "a@example.com",
+            "first.last+tag@sub.example.org",
+            "x@a.b",
+            "a@b",
+            "a..b@example.com",
+            ".a@example.com",
+            "a@-x.com",
+            "a b@example.com",
+            "a@example.com>",
+        ] {
+            assert!(
+                !matches(EMAIL_PATTERN, email)
+                    || crate::auth::users::normalize_email(email).is_ok(),
+                "{email:?} fits the pattern but is refused"
+            );
+        }
+        assert!(matches(EMAIL_PATTERN, "first.last+tag@sub.example.org"));
+        for endpoint in [
+            "http://upstream-1:8080",
+            "https://a.b.c:443",
+            "http://x:1",
+            "ftp://x:21",
+            "http://x",
+            "http://-x:80",
+            "http://x:80/path",
+        ] {
+            assert!(
+                !matches(ENDPOINT_PATTERN, endpoint)
+                    || gateway_core::routing::validate_endpoint(endpoint),
+                "{endpoint:?} fits the pattern but is refused"
+            );
+        }
+        assert!(matches(ENDPOINT_PATTERN, "http://upstream-1:8080"));
+        for shard in ["s1", "proj-a_b", "", "-a", "A", &"a".repeat(64)] {
+            assert_eq!(
+                matches(SHARD_PATTERN, shard),
+                gateway_core::routing::validate_shard_id(shard).is_ok(),
+                "{shard:?}"
+            );
+        }
+        for role in ["tenant_admin", "r", "1r", "R", "a-b", &"r".repeat(65)] {
+            assert_eq!(
+                matches(ROLE_PATTERN, role),
+                crate::iam::roles::validate_name(role).is_ok(),
+                "{role:?}"
             );
         }
         // every path parameter has a shape

@@ -331,7 +331,7 @@ async fn check_assignment(
     Ok((principal, Scope::Tenant { tenant }, role))
 }
 
-#[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 200, description = "Already granted: nothing changed"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_assignment(
     State(state): State<AppState>,
     admin: Admin,
@@ -435,8 +435,22 @@ pub(crate) async fn explain(
             ));
         }
     }
-    if body.action.is_empty() || body.action.len() > 128 {
-        return Err(ApiError::bad_request("action is required").with_reason(Reason::InvalidAction));
+    // a question about one concrete action (and resource): dotted segments of
+    // [a-z0-9_], no wildcard
+    let concrete = |text: &str| !text.contains('*') && !text.contains(':');
+    let question = match body.resource.as_deref() {
+        Some(resource) => format!("{}:{resource}", body.action),
+        None => body.action.clone(),
+    };
+    if !concrete(&body.action)
+        || body.resource.as_deref().is_some_and(|r| !concrete(r))
+        || body.action.len() > 128
+        || Right::parse(&question).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "action is a dotted action of [a-z0-9_] segments, resource a name of [A-Za-z0-9_.-]",
+        )
+        .with_reason(Reason::InvalidAction));
     }
     let rights = state.publisher.effective(&principal, unix_now()).await?;
     let decision = decide(

@@ -398,7 +398,7 @@ pub(crate) async fn create_service_account(
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub(crate) struct RotateBody {
     /// How long older secrets keep working (default 24 h, at most 30 days).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::whole_number")]
     overlap_seconds: Option<u64>,
 }
 

@@ -548,6 +548,11 @@ pub async fn revoke_session(
     id: &str,
     session_id: &str,
 ) -> Result<(), ApiError> {
+    // session ids are 32 hex digits: anything else names no session (and never reaches a
+    // store key)
+    if session_id.len() != 32 || !session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::not_found("no such active session"));
+    }
     let tenant = authorize_on(
         state,
         caller.admin,
@@ -632,11 +637,22 @@ pub async fn link_identity(
     if provider != oidc::GOOGLE {
         return Err(ApiError::bad_request("unknown provider").with_reason(Reason::UnknownProvider));
     }
-    if subject.is_empty() || subject.len() > 255 {
+    // a provider's subject: an opaque ASCII identifier (Google's is digits)
+    if subject.is_empty()
+        || subject.len() > 255
+        || !subject
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         return Err(
             ApiError::bad_request("subject is required").with_reason(Reason::InvalidSubject)
         );
     }
+    // the provider's address, when given, is an address like any other
+    let email = email
+        .as_deref()
+        .map(crate::auth::users::normalize_email)
+        .transpose()?;
     let now = unix_now();
     let identity = oidc::ProviderIdentity {
         subject: subject.to_string(),

@@ -77,7 +77,7 @@ pub(crate) async fn read(
 pub(crate) struct ReplaceBody {
     /// The revision read before the change (`GET /admin/routing`; 0 when nothing was
     /// published yet): required, refused with 409 if it moved.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::whole_number")]
     expected_revision: Option<u64>,
     /// A routing without any placement or shard removes every route; it is taken only
     /// with `confirm_empty: true`.
