@@ -64,6 +64,7 @@ pub fn api() -> OpenApiRouter<crate::AppState> {
         .merge(crate::admin::invitation_routes::router())
         .merge(crate::admin::routing_routes::router())
         .merge(crate::admin::rebalance_routes::router());
+    ops_paths(api.get_openapi_mut());
     error_answers(api.get_openapi_mut());
     path_constraints(api.get_openapi_mut());
     body_constraints(api.get_openapi_mut());
@@ -275,6 +276,93 @@ fn path_constraints(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The operational routes every plane serves (`gateway_edge::http::ops_router`; on the API
+/// listener unless `--ops-listen` moves `/metrics` and `/version` away) and this document.
+fn ops_paths(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+    let answer = |description: &str, media: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(media, ContentBuilder::new().build())
+            .build()
+    };
+    for (path, id, summary, answers) in [
+        (
+            "/health",
+            "ops_health",
+            "The process is up",
+            vec![("200", answer("Up", "application/json"))],
+        ),
+        (
+            "/live",
+            "ops_live",
+            "The process is live (never restarted for a store outage)",
+            vec![("200", answer("Live", "application/json"))],
+        ),
+        (
+            "/ready",
+            "ops_ready",
+            "Whether to send traffic here (the store answers)",
+            vec![
+                ("200", answer("Ready", "application/json")),
+                (
+                    "503",
+                    answer("Not ready, with the reason", "application/json"),
+                ),
+            ],
+        ),
+        (
+            "/metrics",
+            "ops_metrics",
+            "Prometheus metrics (text exposition format)",
+            vec![
+                ("200", answer("Metrics", "text/plain")),
+                (
+                    "404",
+                    answer(
+                        "Served on the ops listener (--ops-listen)",
+                        "application/json",
+                    ),
+                ),
+            ],
+        ),
+        (
+            "/version",
+            "ops_version",
+            "Name, version and git commit of the build",
+            vec![
+                ("200", answer("Build", "application/json")),
+                (
+                    "404",
+                    answer(
+                        "Served on the ops listener (--ops-listen)",
+                        "application/json",
+                    ),
+                ),
+            ],
+        ),
+        (
+            "/openapi.json",
+            "openapi_document",
+            "This document",
+            vec![("200", answer("The OpenAPI document", "application/json"))],
+        ),
+    ] {
+        let mut operation = OperationBuilder::new()
+            .operation_id(Some(id))
+            .summary(Some(summary))
+            .tag("ops");
+        for (status, response) in answers {
+            operation = operation.response(status, response);
+        }
+        doc.paths
+            .paths
+            .entry(path.to_string())
+            .or_insert_with(|| PathItem::new(HttpMethod::Get, operation.build()));
+    }
+}
+
 /// Adds the error answers (in the envelope) that a route can give by what it is, where
 /// its own declaration does not name them: 500 and 503 (the store unreachable, an audit
 /// intent not written) everywhere; 401 and 403 behind a credential; 400, 413 and 415
@@ -456,6 +544,9 @@ mod tests {
         let envelope = json!({"$ref": "#/components/schemas/ErrorEnvelope"});
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
+                if operation["tags"][0] == "ops" {
+                    continue; // the probes answer in their own shapes
+                }
                 for (status, answer) in operation["responses"].as_object().unwrap() {
                     if status.starts_with('4') || status.starts_with('5') {
                         assert_eq!(
