@@ -68,7 +68,7 @@ impl std::fmt::Debug for BootstrapAdmin {
 }
 
 /// OAuth 2.0 token response (RFC 6749 §5.1).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,

@@ -23,6 +23,39 @@ pub struct ErrorBody {
     correlation_id: Option<String>,
 }
 
+/// The answer of a sign-in, refresh or MFA step.
+#[derive(serde::Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum TokenAnswer {
+    /// The tokens in the body (bearer delivery, the default).
+    Tokens(crate::auth::TokenResponse),
+    /// The tokens set as `__Host-` cookies (`x-token-delivery: cookie`): the body carries the
+    /// CSRF token the page sends back with every change.
+    Cookies(CookieTokens),
+    /// A second factor is needed (sign-in only): answer it at `/v1/auth/mfa/verify`.
+    Mfa(MfaChallenge),
+}
+
+/// Tokens delivered as cookies.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CookieTokens {
+    /// `cookie`.
+    token_type: String,
+    /// Seconds the access token lives.
+    expires_in: u64,
+    csrf_token: String,
+}
+
+/// A second-factor challenge.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct MfaChallenge {
+    mfa_required: bool,
+    mfa_token: String,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -46,7 +79,7 @@ impl Modify for BearerAuth {
         title = "Cloudlysis Gateway control plane",
         description = "Authentication flows and the IAM admin API. Errors use the envelope `{\"error\": {code, message, correlation_id}}`."
     ),
-    components(schemas(ErrorEnvelope, ErrorBody)),
+    components(schemas(ErrorEnvelope, ErrorBody, TokenAnswer, CookieTokens, MfaChallenge, crate::auth::TokenResponse)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -538,6 +571,16 @@ mod tests {
             "post",
             &["200", "400", "415", "429", "503"],
         );
+        // the token answers have their schemas
+        for path in ["/v1/auth/signin", "/v1/auth/refresh", "/v1/auth/mfa/verify"] {
+            assert_eq!(
+                doc["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+                    ["$ref"],
+                "#/components/schemas/TokenAnswer",
+                "{path}"
+            );
+        }
+        assert!(doc["components"]["schemas"]["TokenAnswer"]["oneOf"].is_array());
         let list = has("/admin/users", "get", &["200", "401", "403", "503"]);
         assert!(!list.iter().any(|s| s == "404" || s == "415"), "{list:?}");
         // every error answer is the envelope

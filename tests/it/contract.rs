@@ -32,6 +32,30 @@ async fn the_control_plane_answers_as_its_openapi_document_says() {
         .await
         .unwrap();
     let token = signed_in["access_token"].as_str().unwrap().to_string();
+    // the sign-in answer is what the document's TokenResponse says (schemathesis rarely
+    // signs in for real: it does not know a password)
+    let document: Value = client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let declared = &document["components"]["schemas"]["TokenResponse"];
+    let fields = signed_in.as_object().unwrap();
+    for field in fields.keys() {
+        assert!(
+            declared["properties"].get(field).is_some(),
+            "{field} is not declared: {declared}"
+        );
+    }
+    for required in declared["required"].as_array().unwrap() {
+        assert!(
+            fields.contains_key(required.as_str().unwrap()),
+            "{required} missing from {signed_in}"
+        );
+    }
     let session: Value = client
         .get(format!("{base}/v1/auth/session"))
         .bearer_auth(&token)

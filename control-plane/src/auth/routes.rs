@@ -83,7 +83,7 @@ pub(crate) async fn signup(
     Ok((StatusCode::CREATED, Json(json!({"user_id": user.id}))))
 }
 
-#[utoipa::path(post, path = "/v1/auth/signin", tag = "auth", summary = "Sign in; tokens or an MFA challenge", request_body = Credentials, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/signin", tag = "auth", summary = "Sign in; tokens or an MFA challenge", request_body = Credentials, responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn signin(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -107,7 +107,7 @@ pub(crate) struct RefreshBody {
     refresh_token: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -244,7 +244,7 @@ pub(crate) struct MfaVerifyBody {
     recovery_code: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", summary = "Answer an MFA challenge", request_body = MfaVerifyBody, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", summary = "Answer an MFA challenge", request_body = MfaVerifyBody, responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn mfa_verify(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -317,7 +317,7 @@ pub(crate) struct TokenRequest {
 
 /// `POST /v1/auth/token`: the client-credentials grant, as a form (RFC 6749) or JSON, with
 /// the client authenticated in the body or with HTTP Basic.
-#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", summary = "Client-credentials grant (form or JSON)", request_body = TokenRequest, responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", summary = "Client-credentials grant (form or JSON)", request_body = TokenRequest, responses((status = 200, description = "OK", body = crate::auth::TokenResponse), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
