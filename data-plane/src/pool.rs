@@ -460,9 +460,7 @@ impl Conns {
                     let body_maybe_unread = !body_sent
                         || (has_body
                             && (head.status.is_client_error() || head.status.is_server_error()));
-                    let reusable = head.keep_alive
-                        && head.framing != Framing::UntilClose
-                        && !body_maybe_unread;
+                    let reusable = head.keep_alive && !body_maybe_unread;
                     return self
                         .reply(conn, head, reusable, policy, partition, idle)
                         .await;

@@ -15,7 +15,9 @@ use gateway_core::rights;
 use gateway_core::routing::{Route, RoutingError, ServiceKind};
 use gateway_core::signed::Verified;
 use gateway_core::token::AccessClaims;
-use gateway_edge::http::{CorrelationId, TenantHeader, TraceContext, credential, read_body};
+use gateway_edge::http::{
+    CorrelationId, TenantHeader, TraceContext, body_too_large, credential, read_body,
+};
 pub use gateway_edge::http::{normalize_runner_path, safe_segment};
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 
@@ -392,10 +394,7 @@ impl Payload {
             Some(length) if length <= WHOLE_REQUEST => {
                 Ok(Payload::Whole(read_body(body, limit).await?))
             }
-            Some(length) if length > limit as u64 => Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "the request body is too large",
-            )),
+            Some(length) if length > limit as u64 => Err(body_too_large()),
             Some(length) => Ok(Payload::Streamed(
                 std::sync::Mutex::new(Some(body)),
                 Streamed::Length(length),
@@ -407,11 +406,6 @@ impl Payload {
                 Streamed::Chunked,
             )),
         }
-    }
-
-    /// Whether the request has a body (a streamed one always counts).
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Payload::Whole(body) if body.is_empty())
     }
 
     /// Whether it was read whole (and so can be sent again).
@@ -639,10 +633,7 @@ pub async fn forward(
                     // the client's side failed: the endpoint is not to blame
                     Failure::BodyTooLarge => {
                         attempt.report(Outcome::Answered);
-                        return Err(ApiError::new(
-                            ErrorCode::PayloadTooLarge,
-                            "the request body is too large",
-                        ));
+                        return Err(body_too_large());
                     }
                     Failure::Body(detail) => {
                         tracing::info!(error = %detail, "the request body failed while it was sent");

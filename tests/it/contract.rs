@@ -10,6 +10,11 @@ use gateway_tests::SnapshotKeys;
 use gateway_tests::nats::NatsServer;
 use serde_json::{Value, json};
 
+/// The JSON answer to `request`.
+async fn json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_answers_as_its_openapi_document_says() {
     let schemathesis = std::env::var("SCHEMATHESIS_BIN").expect(
@@ -20,28 +25,14 @@ async fn the_control_plane_answers_as_its_openapi_document_says() {
     let prefix = gateway_tests::unique_prefix();
     let (_control, base) = gateway_tests::spawn_control_plane(&nats.url(), &prefix, &keys, &[]);
     let client = reqwest::Client::new();
-    let signed_in: Value = client
-        .post(format!("{base}/v1/auth/signin"))
-        .json(
-            &json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signed_in = json(client.post(format!("{base}/v1/auth/signin")).json(
+        &json!({"email": SnapshotKeys::ADMIN_EMAIL, "password": SnapshotKeys::ADMIN_PASSWORD}),
+    ))
+    .await;
     let token = signed_in["access_token"].as_str().unwrap().to_string();
     // the sign-in answer is what the document's TokenResponse says (schemathesis rarely
     // signs in for real: it does not know a password)
-    let document: Value = client
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = json(client.get(format!("{base}/openapi.json"))).await;
     let declared = &document["components"]["schemas"]["TokenResponse"];
     let fields = signed_in.as_object().unwrap();
     for field in fields.keys() {
@@ -56,15 +47,12 @@ async fn the_control_plane_answers_as_its_openapi_document_says() {
             "{required} missing from {signed_in}"
         );
     }
-    let session: Value = client
-        .get(format!("{base}/v1/auth/session"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = json(
+        client
+            .get(format!("{base}/v1/auth/session"))
+            .bearer_auth(&token),
+    )
+    .await;
     let admin = session["user_id"].as_str().unwrap().to_string();
 
     let contract = concat!(env!("CARGO_MANIFEST_DIR"), "/contract");

@@ -334,7 +334,8 @@ async fn routing_changes_are_validated_published_and_seen_by_the_data_plane() {
             "admin.routing.shard.delete",
         ),
     ];
-    let routes = control_plane::admin::routing_routes::mutating_routes();
+    let routes =
+        control_plane::openapi::mutating_routes(control_plane::admin::routing_routes::router());
     let declared: std::collections::BTreeSet<(&str, &str)> = routes
         .iter()
         .map(|(method, path)| (method.as_str(), path.as_str()))

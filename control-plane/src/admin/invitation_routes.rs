@@ -32,13 +32,6 @@ pub const INVITATIONS_PER_ADMIN_PER_HOUR: u32 = 50;
 /// Invitations of one tenant pending at once.
 pub const MAX_PENDING_PER_TENANT: usize = 200;
 
-/// Every mutating route of the module, as (method, path template), read from its
-/// routes: the audit tests enumerate them, so a new route without an audit record fails
-/// them.
-pub fn mutating_routes() -> Vec<(String, String)> {
-    crate::openapi::mutating_routes(router())
-}
-
 /// The module's routes, each declared once: the router and its OpenAPI paths come from
 /// the handlers' `#[utoipa::path]` annotations.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -20,13 +20,6 @@ use crate::auth::users::UserStatus;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// Every mutating route of the module, as (method, path template), read from its
-/// routes: the audit tests enumerate them, so a new route without an audit record fails
-/// them.
-pub fn mutating_routes() -> Vec<(String, String)> {
-    crate::openapi::mutating_routes(router())
-}
-
 /// The module's routes, each declared once: the router and its OpenAPI paths come from
 /// the handlers' `#[utoipa::path]` annotations.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -292,14 +292,13 @@ pub async fn read_answer<I: AsyncRead + Unpin>(
 ) -> Result<(Answer, bool), SendError> {
     let head = read_head(io, buf, head_only, max_body as u64).await?;
     let body = read_body(io, buf, head.framing, max_body).await?;
-    let reusable = head.keep_alive && head.framing != Framing::UntilClose;
     Ok((
         Answer {
             status: head.status,
             headers: head.headers,
             body,
         },
-        reusable,
+        head.keep_alive,
     ))
 }
 
@@ -385,9 +384,11 @@ fn interpret(
     // bodiless answer that declared a length or a coding may be followed by that body,
     // which must never be taken for the next call's answer
     let declared_body = chunked.is_some() || declared.is_some_and(|length| length > 0);
+    // and a body framed by the close ends the connection with it
     let keep_alive = connection.persistent(http10)
         && !(http10 && chunked.is_some())
-        && !(no_body && declared_body);
+        && !(no_body && declared_body)
+        && framing != Framing::UntilClose;
     Ok(Head {
         status,
         length,

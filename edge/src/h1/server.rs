@@ -266,24 +266,22 @@ where
         }
         // a small answer is bounded as a whole, a larger (or streamed) one step by step;
         // `Some(reusable)` once written
-        let written = if super::write::small(&response) {
-            let write = write_response(
-                &mut io, &mut out, response, head_only, http10, keep_alive, None,
-            );
-            match tokio::time::timeout(limits.body_timeout, write).await {
-                Ok(Ok(reusable)) => Some(reusable),
-                _ => None,
-            }
+        let small = super::write::small(&response);
+        let write = write_response(
+            &mut io,
+            &mut out,
+            response,
+            head_only,
+            http10,
+            keep_alive,
+            (!small).then_some(limits.body_timeout),
+        );
+        let written = if small {
+            tokio::time::timeout(limits.body_timeout, write)
+                .await
+                .ok()
+                .and_then(Result::ok)
         } else {
-            let write = write_response(
-                &mut io,
-                &mut out,
-                response,
-                head_only,
-                http10,
-                keep_alive,
-                Some(limits.body_timeout),
-            );
             write.await.ok()
         };
         if written != Some(true) {

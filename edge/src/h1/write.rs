@@ -20,23 +20,24 @@ struct Idle<'a, I> {
 
 impl<I: AsyncWrite + Unpin> Idle<'_, I> {
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let Some(idle) = self.idle else {
-            return self.io.write_all(bytes).await;
-        };
-        match tokio::time::timeout(idle, self.io.write_all(bytes)).await {
-            Ok(written) => written,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        within(self.idle, self.io.write_all(bytes)).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let Some(idle) = self.idle else {
-            return self.io.flush().await;
-        };
-        match tokio::time::timeout(idle, self.io.flush()).await {
-            Ok(flushed) => flushed,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        within(self.idle, self.io.flush()).await
+    }
+}
+
+/// `step`, failing with `TimedOut` when it takes longer than `idle` (when given).
+async fn within<T>(
+    idle: Option<Duration>,
+    step: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match idle {
+        None => step.await,
+        Some(idle) => tokio::time::timeout(idle, step)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
     }
 }
 

@@ -57,12 +57,14 @@ pub async fn read_body(
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "the request body is too large",
-        )),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
         Err(_) => Err(ApiError::bad_request("the request could not be read")),
     }
+}
+
+/// 413: the request body is over its route's limit.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
 }
 
 /// Fallback for unknown routes, in the envelope.

@@ -78,7 +78,8 @@ async fn every_mutating_admin_route_emits_exactly_one_audit_record() {
     ]
     .into_iter()
     .collect();
-    let routes = control_plane::admin::iam_routes::mutating_routes();
+    let routes =
+        control_plane::openapi::mutating_routes(control_plane::admin::iam_routes::router());
     let declared: std::collections::BTreeSet<(&str, &str)> = routes
         .iter()
         .map(|(method, path)| (method.as_str(), path.as_str()))
@@ -129,7 +130,8 @@ async fn every_mutating_principal_route_emits_exactly_one_audit_record() {
         .await;
     assert_eq!(status, 200);
     let session_id = sessions["sessions"][0]["id"].as_str().unwrap().to_string();
-    let routes = control_plane::admin::principal_routes::mutating_routes();
+    let routes =
+        control_plane::openapi::mutating_routes(control_plane::admin::principal_routes::router());
     let declared: std::collections::BTreeSet<(&str, &str)> = routes
         .iter()
         .map(|(method, path)| (method.as_str(), path.as_str()))

@@ -146,8 +146,8 @@ async fn malformed_bodies_on_every_admin_route_are_refused_and_write_nothing() {
         ("POST", "/admin/service-accounts/{id}/rotate"),
     ];
     let declared = [
-        control_plane::admin::iam_routes::mutating_routes(),
-        control_plane::admin::principal_routes::mutating_routes(),
+        control_plane::openapi::mutating_routes(control_plane::admin::iam_routes::router()),
+        control_plane::openapi::mutating_routes(control_plane::admin::principal_routes::router()),
     ]
     .concat();
     assert!(

@@ -369,15 +369,7 @@ async fn stack_with_upstream(flags: &[&str], events: &Events) -> (Stack, String)
         .await;
     let deadline = Instant::now() + START;
     loop {
-        let (status, answer) = send(
-            &stack.client,
-            "POST",
-            format!("{}/v1/query/plain", stack.data.http),
-            Some(&token),
-            Some(json!({})),
-            &[("x-tenant-id", "alpha")],
-        )
-        .await;
+        let (status, answer) = plain_query(&stack, &token).await;
         if status == 200 {
             break;
         }
@@ -388,6 +380,19 @@ async fn stack_with_upstream(flags: &[&str], events: &Events) -> (Stack, String)
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     (stack, token)
+}
+
+/// A small query of tenant `alpha` through the data plane: (status, body).
+async fn plain_query(stack: &Stack, token: &str) -> (u16, Value) {
+    send(
+        &stack.client,
+        "POST",
+        format!("{}/v1/query/plain", stack.data.http),
+        Some(token),
+        Some(json!({})),
+        &[("x-tenant-id", "alpha")],
+    )
+    .await
 }
 
 /// Opens a raw connection to the data plane and writes a request head for `path` with
@@ -602,15 +607,7 @@ async fn streamed_uploads_over_the_limit_are_refused_and_cut() {
         events.wait_for("upload: cut short").await;
 
         // the data plane is still serving
-        let (status, answer) = send(
-            &stack.client,
-            "POST",
-            format!("{}/v1/query/plain", stack.data.http),
-            Some(&token),
-            Some(json!({})),
-            &[("x-tenant-id", "alpha")],
-        )
-        .await;
+        let (status, answer) = plain_query(&stack, &token).await;
         assert_eq!(status, 200, "{flags:?}: {answer}");
     }
 }

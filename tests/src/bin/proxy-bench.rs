@@ -720,6 +720,22 @@ async fn serve_streams(mut socket: tokio::net::TcpStream, bytes: u64) -> anyhow:
         buf.reserve(1 << 20);
         Ok(socket.read_buf(buf).await?)
     }
+    /// Reads and drops the next `left` bytes.
+    async fn skip(
+        socket: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+        mut left: u64,
+    ) -> anyhow::Result<()> {
+        while left > 0 {
+            if buf.is_empty() {
+                anyhow::ensure!(fill(socket, buf).await? > 0, "cut");
+            }
+            let take = (buf.len() as u64).min(left) as usize;
+            buf.drain(..take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
     let piece = vec![b'x'; 1 << 20];
     loop {
         // the head
@@ -767,30 +783,15 @@ async fn serve_streams(mut socket: tokio::net::TcpStream, bytes: u64) -> anyhow:
                     16,
                 )?;
                 buf.drain(..line + 2);
-                let mut left = size + 2;
-                while left > 0 {
-                    if buf.is_empty() {
-                        anyhow::ensure!(fill(&mut socket, &mut buf).await? > 0, "cut");
-                    }
-                    let take = (buf.len() as u64).min(left) as usize;
-                    buf.drain(..take);
-                    left -= take as u64;
-                }
+                // the chunk and its CRLF
+                skip(&mut socket, &mut buf, size + 2).await?;
                 received += size;
                 if size == 0 {
                     break;
                 }
             }
         } else {
-            let mut left = length;
-            while left > 0 {
-                if buf.is_empty() {
-                    anyhow::ensure!(fill(&mut socket, &mut buf).await? > 0, "cut");
-                }
-                let take = (buf.len() as u64).min(left) as usize;
-                buf.drain(..take);
-                left -= take as u64;
-            }
+            skip(&mut socket, &mut buf, length).await?;
             received = length;
         }
         // the answer
