@@ -615,8 +615,6 @@ pub async fn follow(
             };
             match item {
                 Some(Ok(WatchEvent::Put(entry))) => {
-                    replay.seen(Some(&entry.key), &mirrors);
-                    catching_up.seen(Some(&entry.key), &mirrors);
                     let revision = entry.revision;
                     // queued behind a reconciliation that applied it already
                     if applied
@@ -625,23 +623,28 @@ pub async fn follow(
                         .is_some_and(|seen| *seen >= revision)
                     {
                         mirrors.touch_feed(bucket, gateway_core::unix_now());
-                        continue;
-                    }
-                    // a large document arrives as a manifest: its parts are read now
-                    match gateway_store::large::resolve(kv.as_ref(), &entry.key, entry.value).await
-                    {
-                        Ok(value) => {
-                            mirrors.touch_feed(bucket, gateway_core::unix_now());
-                            applied.saw(&entry.key, Some(revision));
-                            feed.apply(&entry.key, &value);
+                    } else {
+                        // a large document arrives as a manifest: its parts are read now
+                        match gateway_store::large::resolve(kv.as_ref(), &entry.key, entry.value)
+                            .await
+                        {
+                            Ok(value) => {
+                                mirrors.touch_feed(bucket, gateway_core::unix_now());
+                                applied.saw(&entry.key, Some(revision));
+                                feed.apply(&entry.key, &value);
+                            }
+                            // not recorded as applied: the next reconciliation reads the key
+                            // again (a part not yet visible on this server, a store away, or
+                            // a value replaced meanwhile, whose successor is then read)
+                            Err(err) => {
+                                tracing::warn!(key = %entry.key, error = %err, "large document not readable now; read again at the next reconciliation");
+                            }
                         }
-                        // not recorded as applied: the next reconciliation reads the key
-                        // again (a part not yet visible on this server, a store away, or a
-                        // value replaced meanwhile, whose successor is then read)
-                        Err(err) => {
-                            tracing::warn!(key = %entry.key, error = %err, "large document not readable now; read again at the next reconciliation");
-                        }
                     }
+                    // counted as delivered only once applied: the replica says it is
+                    // ready only when a request would find the document
+                    replay.seen(Some(&entry.key), &mirrors);
+                    catching_up.seen(Some(&entry.key), &mirrors);
                 }
                 Some(Ok(WatchEvent::Delete { key, revision })) => {
                     mirrors.touch_feed(bucket, gateway_core::unix_now());
