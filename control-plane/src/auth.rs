@@ -78,7 +78,7 @@ pub struct TokenResponse {
 }
 
 /// The answer to a sign-in: tokens, or a second-factor challenge.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum SigninOutcome {
     Tokens(TokenResponse),
@@ -89,12 +89,13 @@ pub enum SigninOutcome {
 }
 
 /// What a provider callback did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CallbackOutcome {
     SignedIn(SigninOutcome),
     Linked {
         linked: bool,
+        #[schema(value_type = String)]
         provider: &'static str,
     },
 }

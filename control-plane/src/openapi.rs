@@ -102,17 +102,13 @@ pub fn api() -> OpenApiRouter<crate::AppState> {
     error_answers(api.get_openapi_mut());
     path_constraints(api.get_openapi_mut());
     body_constraints(api.get_openapi_mut());
+    optional_bodies(api.get_openapi_mut());
     api
 }
 
-/// A tenant id: lowercase letters, digits and `-`, starting with a letter or digit.
-pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+pub use gateway_core::authz::{RIGHT_PATTERN, TENANT_PATTERN};
 /// A principal id: `usr_` or `svc_` and hex digits.
 pub const PRINCIPAL_PATTERN: &str = "^(usr|svc)_[0-9a-fA-F]{1,60}$";
-/// A right: `*`, or dotted segments of `[a-z0-9_]` (the last one may be `*`), with an
-/// optional `:resource`.
-pub const RIGHT_PATTERN: &str =
-    "^(\\*|[a-z0-9_]{1,64}(\\.[a-z0-9_]{1,64})*(\\.\\*)?(:(\\*|[A-Za-z0-9_.-]{1,128}))?)$";
 
 /// An email address as the API takes it: a dot-atom local part and a domain of labels
 /// (a subset of what it accepts, which also takes letters of any script).
@@ -194,10 +190,15 @@ const DEFAULT_PASSWORD_MIN: usize = 15;
 fn body_constraints(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+    let requests = request_schemas(doc);
     let Some(components) = doc.components.as_mut() else {
         return;
     };
     for (name, schema) in components.schemas.iter_mut() {
+        // answers are what the types say; the handlers' checks are on what comes in
+        if !requests.contains(name) {
+            continue;
+        }
         let RefOr::T(Schema::Object(object)) = schema else {
             continue;
         };
@@ -237,6 +238,42 @@ fn body_constraints(doc: &mut utoipa::openapi::OpenApi) {
         for field in required {
             if !object.required.contains(&field) {
                 object.required.push(field);
+            }
+        }
+    }
+}
+
+/// The names of the schemas request bodies refer to.
+fn request_schemas(doc: &mut utoipa::openapi::OpenApi) -> std::collections::BTreeSet<String> {
+    use utoipa::openapi::RefOr;
+    let mut names = std::collections::BTreeSet::new();
+    for item in doc.paths.paths.values_mut() {
+        for (_, operation) in operations(item) {
+            let bodies = operation.iter().filter_map(|o| o.request_body.as_ref());
+            for content in bodies.flat_map(|body| body.content.values()) {
+                if let Some(RefOr::Ref(reference)) = &content.schema
+                    && let Some(name) = reference.ref_location.rsplit('/').next()
+                {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Request bodies a route takes or goes without (`POST .../rotate`: the overlap is
+/// optional, and so is the body that would carry it).
+const OPTIONAL_BODIES: &[&str] = &["/admin/service-accounts/{id}/rotate"];
+
+/// Marks the bodies of [`OPTIONAL_BODIES`] as not required.
+fn optional_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    for path in OPTIONAL_BODIES {
+        if let Some(item) = doc.paths.paths.get_mut(*path) {
+            for (_, operation) in operations(item) {
+                if let Some(body) = operation.as_mut().and_then(|o| o.request_body.as_mut()) {
+                    body.required = Some(utoipa::openapi::Required::False);
+                }
             }
         }
     }
@@ -319,35 +356,94 @@ fn path_constraints(doc: &mut utoipa::openapi::OpenApi) {
 /// listener unless `--ops-listen` moves `/metrics` and `/version` away) and this document.
 fn ops_paths(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::OperationBuilder;
+    use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
     use utoipa::openapi::{ContentBuilder, ResponseBuilder};
-    let answer = |description: &str, media: &str| {
+    let answer = |description: &str, media: &str, schema: Object| {
         ResponseBuilder::new()
             .description(description)
-            .content(media, ContentBuilder::new().build())
+            .content(media, ContentBuilder::new().schema(Some(schema)).build())
             .build()
     };
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    // `{"status": "<word>"}`
+    let status = |words: &[&str]| {
+        ObjectBuilder::new()
+            .property("status", text().enum_values(Some(words.iter().copied())))
+            .required("status")
+            .build()
+    };
+    let not_ready = ObjectBuilder::new()
+        .property("status", text().enum_values(Some(["not_ready"])))
+        .property("error", utoipa::openapi::Ref::from_schema_name("ErrorBody"))
+        .property(
+            "checks",
+            ObjectBuilder::new()
+                .description(Some("The failing checks, each with its reason"))
+                .additional_properties(Some(text())),
+        )
+        .required("status")
+        .required("error")
+        .required("checks")
+        .build();
+    let json = || ObjectBuilder::new().schema_type(Type::Object).build();
+    let elsewhere = || {
+        answer(
+            "Served on the ops listener (--ops-listen)",
+            "application/json",
+            json(),
+        )
+    };
+    let build = ObjectBuilder::new()
+        .property("name", text())
+        .property("version", text())
+        .property("git_sha", text())
+        .required("name")
+        .required("version")
+        .required("git_sha")
+        .build();
     for (path, id, summary, answers) in [
         (
             "/health",
             "ops_health",
             "The process is up",
-            vec![("200", answer("Up", "application/json"))],
+            vec![("200", answer("Up", "application/json", status(&["ok"])))],
         ),
         (
             "/live",
             "ops_live",
             "The process is live (never restarted for a store outage)",
-            vec![("200", answer("Live", "application/json"))],
+            vec![
+                (
+                    "200",
+                    // before the start is done, live once ready (and saying so)
+                    answer("Live", "application/json", status(&["live", "ready"])),
+                ),
+                (
+                    "503",
+                    answer(
+                        "Not started yet, with the failing checks",
+                        "application/json",
+                        not_ready.clone(),
+                    ),
+                ),
+            ],
         ),
         (
             "/ready",
             "ops_ready",
             "Whether to send traffic here (the store answers)",
             vec![
-                ("200", answer("Ready", "application/json")),
+                (
+                    "200",
+                    answer("Ready", "application/json", status(&["ready"])),
+                ),
                 (
                     "503",
-                    answer("Not ready, with the reason", "application/json"),
+                    answer(
+                        "Not ready, with the failing checks",
+                        "application/json",
+                        not_ready.clone(),
+                    ),
                 ),
             ],
         ),
@@ -356,14 +452,8 @@ fn ops_paths(doc: &mut utoipa::openapi::OpenApi) {
             "ops_metrics",
             "Prometheus metrics (text exposition format)",
             vec![
-                ("200", answer("Metrics", "text/plain")),
-                (
-                    "404",
-                    answer(
-                        "Served on the ops listener (--ops-listen)",
-                        "application/json",
-                    ),
-                ),
+                ("200", answer("Metrics", "text/plain", text().build())),
+                ("404", elsewhere()),
             ],
         ),
         (
@@ -371,21 +461,18 @@ fn ops_paths(doc: &mut utoipa::openapi::OpenApi) {
             "ops_version",
             "Name, version and git commit of the build",
             vec![
-                ("200", answer("Build", "application/json")),
-                (
-                    "404",
-                    answer(
-                        "Served on the ops listener (--ops-listen)",
-                        "application/json",
-                    ),
-                ),
+                ("200", answer("Build", "application/json", build)),
+                ("404", elsewhere()),
             ],
         ),
         (
             "/openapi.json",
             "openapi_document",
             "This document",
-            vec![("200", answer("The OpenAPI document", "application/json"))],
+            vec![(
+                "200",
+                answer("The OpenAPI document", "application/json", json()),
+            )],
         ),
     ] {
         let mut operation = OperationBuilder::new()
@@ -536,6 +623,65 @@ mod tests {
             Some(true)
         );
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    /// Every success answer with a body names its schema (a client generator gets a type
+    /// for each), and the schemas it names exist.
+    #[test]
+    fn every_success_answer_has_a_schema() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, answer) in operation["responses"].as_object().unwrap() {
+                    if !status.starts_with('2') || status == "204" {
+                        continue;
+                    }
+                    let Some(content) = answer["content"].as_object() else {
+                        missing.push(format!("{method} {path} {status}"));
+                        continue;
+                    };
+                    for (media, body) in content {
+                        let schema = &body["schema"];
+                        if media == "text/plain" {
+                            continue;
+                        }
+                        if schema.is_null() || schema.as_object().is_some_and(|o| o.is_empty()) {
+                            missing.push(format!("{method} {path} {status} {media}"));
+                        }
+                        let text = schema.to_string();
+                        for name in text.split("#/components/schemas/").skip(1) {
+                            let name = name.split('"').next().unwrap_or_default();
+                            assert!(schemas.contains_key(name), "{method} {path}: {name}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} answers without a schema: {missing:#?}",
+            missing.len()
+        );
+    }
+
+    /// The request rules shape request bodies only: an answer with a field of the same
+    /// name keeps its type's schema; and an optional body is not required.
+    #[test]
+    fn request_rules_leave_answers_alone() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["RightList"]["properties"]["rights"]["items"]["$ref"],
+            "#/components/schemas/RightInfo"
+        );
+        assert!(schemas["RoleBody"]["properties"]["rights"]["items"]["pattern"].is_string());
+        assert!(schemas["Explanation"]["properties"]["role"]["pattern"].is_null());
+        let rotate = &doc["paths"]["/admin/service-accounts/{id}/rotate"]["post"];
+        assert_eq!(rotate["requestBody"]["required"], false, "{rotate}");
+        let create = &doc["paths"]["/admin/service-accounts"]["post"];
+        assert_eq!(create["requestBody"]["required"], true, "{create}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub enum PlanState {
 }
 
 /// One step of a plan's history.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Step {
     pub at: i64,
     pub state: PlanState,
@@ -52,7 +52,7 @@ pub struct Step {
 }
 
 /// What one gate found.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GateResult {
     /// `projection.caught_up`, `runner.drained`, `runner.target_ready`,
     /// `aggregate.drained`, `aggregate.state_available`.
@@ -63,17 +63,18 @@ pub struct GateResult {
     pub reason: String,
     /// What the node reported (lag, in-flight calls, checkpoints, …).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub numbers: Value,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GateReport {
     pub ready: bool,
     pub checked_at: i64,
     pub gates: Vec<GateResult>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Plan {
     pub id: String,
     pub tenant_id: TenantId,
@@ -791,7 +792,7 @@ impl Rebalancer {
     }
 
     /// Data-plane replicas and the routing revision each one uses; forgets long-gone ones.
-    pub async fn replicas(&self, now: i64) -> Result<Value, ApiError> {
+    pub async fn replicas(&self, now: i64) -> Result<Replicas, ApiError> {
         let kv = self.store.kv(Bucket::Rebalance);
         let (_, published) = self.routing_doc().await?;
         let mut replicas = Vec::new();
@@ -804,25 +805,53 @@ impl Rebalancer {
                 let _ = kv.delete(&entry.key, Some(entry.revision)).await;
                 continue;
             }
-            replicas.push(json!({
-                "replica_id": beat.replica_id, "plane": beat.plane,
-                "routing_revision": beat.routing_revision, "jwks_revision": beat.jwks_revision,
-                "principals": beat.principals, "version": beat.version,
-                "started_at": beat.started_at, "seen_at": beat.seen_at,
-                "stale": age > STALE_AFTER_SECS,
-            }));
+            replicas.push(Replica {
+                replica_id: beat.replica_id,
+                plane: beat.plane,
+                routing_revision: beat.routing_revision,
+                jwks_revision: beat.jwks_revision,
+                principals: beat.principals,
+                version: beat.version,
+                started_at: beat.started_at,
+                seen_at: beat.seen_at,
+                stale: age > STALE_AFTER_SECS,
+            });
         }
-        let live: Vec<&Value> = replicas.iter().filter(|r| r["stale"] == false).collect();
-        let converged = !live.is_empty()
-            && live
-                .iter()
-                .all(|r| r["routing_revision"].as_u64() == Some(published));
-        Ok(json!({
-            "published_revision": published,
-            "converged": converged,
-            "replicas": replicas,
-        }))
+        let mut live = replicas.iter().filter(|r| !r.stale).peekable();
+        let converged = live.peek().is_some() && live.all(|r| r.routing_revision == published);
+        Ok(Replicas {
+            published_revision: published,
+            converged,
+            replicas,
+        })
     }
+}
+
+/// The data-plane replicas and whether the live ones use the published routing.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Replicas {
+    pub published_revision: u64,
+    /// Every live (not stale) replica uses the published revision, and there is one.
+    pub converged: bool,
+    pub replicas: Vec<Replica>,
+}
+
+/// One data-plane replica, as its last heartbeat says.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Replica {
+    pub replica_id: String,
+    pub plane: String,
+    /// Routing revision in use (0: none yet).
+    pub routing_revision: u64,
+    /// Key-document revision in use (0: none yet).
+    pub jwks_revision: u64,
+    /// Principals in its authorization mirror.
+    pub principals: u64,
+    pub version: String,
+    pub started_at: i64,
+    pub seen_at: i64,
+    /// No heartbeat for a while: not counted in `converged`.
+    pub stale: bool,
 }
 
 pub fn state_name(state: PlanState) -> &'static str {

@@ -70,6 +70,48 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The shape of a tenant id, for API documents.
+pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+/// The shape of a right, for API documents: `*`, or dotted segments of `[a-z0-9_]` (the
+/// last one may be `*`), with an optional `:resource`.
+pub const RIGHT_PATTERN: &str =
+    "^(\\*|[a-z0-9_]{1,64}(\\.[a-z0-9_]{1,64})*(\\.\\*)?(:(\\*|[A-Za-z0-9_.-]{1,128}))?)$";
+
+/// A text schema of `pattern` (tenant ids and rights are strings on the wire).
+#[cfg(feature = "openapi")]
+fn text_schema(
+    pattern: &str,
+    max: usize,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .into()
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for TenantId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text_schema(TENANT_PATTERN, 63)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for TenantId {}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Right {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text_schema(RIGHT_PATTERN, 200)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Right {}
+
 /// A validated right.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -181,6 +223,7 @@ impl From<Right> for String {
 
 /// Where a grant applies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum Scope {
     Platform,
@@ -189,6 +232,7 @@ pub enum Scope {
 
 /// One role held by the principal in one scope, with the role's rights.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     #[serde(flatten)]
     pub scope: Scope,
@@ -198,6 +242,7 @@ pub struct Grant {
 
 /// Payload of the signed `principal.<id>` document in the `authz` bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EffectiveRights {
     pub principal_id: String,
     #[serde(default)]
@@ -218,6 +263,7 @@ pub struct EffectiveRights {
 
 /// One ended session in [`EffectiveRights::revoked_sessions`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokedSession {
     pub sid: String,
     /// Unix time after which no access token of the session is unexpired.
@@ -252,6 +298,7 @@ pub struct Request<'a> {
 
 /// Why a request was allowed or denied (the codes are part of the API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A right held in the request's tenant matched.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One public key as a JWK: `OKP`/`Ed25519` (EdDSA) or `EC`/`P-256` (ES256).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicJwk {
     pub kty: String,
     pub crv: String,
@@ -46,6 +47,7 @@ pub struct JwksDocument {
 
 /// Body of `GET /.well-known/jwks.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JwkSet {
     pub keys: Vec<PublicJwk>,
 }

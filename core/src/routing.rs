@@ -12,6 +12,7 @@ use crate::authz::TenantId;
 
 /// The node services behind the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceKind {
     Aggregate,
@@ -125,6 +126,7 @@ pub fn validate_endpoint(endpoint: &str) -> bool {
 
 /// Routing of one service kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KindRouting {
     /// tenant → shard.
     #[serde(default)]
@@ -139,6 +141,7 @@ pub struct KindRouting {
 
 /// Payload of the signed `routing` document.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoutingDocument {
     #[serde(default)]
     pub aggregate: KindRouting,

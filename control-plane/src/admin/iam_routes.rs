@@ -9,7 +9,7 @@ use gateway_core::authz::{self, Request, Right, Scope, decide};
 use gateway_core::rights;
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
 use gateway_store::{AuditQuery, PLATFORM_SCOPE};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Admin;
@@ -39,11 +39,72 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read_audit))
 }
 
+/// The roles (`GET /admin/roles`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RoleList {
+    roles: Vec<roles::Role>,
+}
+
+/// The registered rights (`GET /admin/rights`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RightList {
+    rights: Vec<roles::RightInfo>,
+}
+
+/// The assignments (`GET /admin/assignments`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AssignmentList {
+    assignments: Vec<assignments::Assignment>,
+}
+
+/// A role granted (or already held).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Granted {
+    principal_id: String,
+    role: String,
+    scope: Scope,
+    /// False when the principal held the role already.
+    changed: bool,
+    /// The revision of the principal's published rights document.
+    document_revision: u64,
+}
+
+/// An authorization decision, explained.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Explanation {
+    allowed: bool,
+    reason: authz::Reason,
+    /// The role whose right matched.
+    role: Option<String>,
+    /// The right that matched.
+    right: Option<String>,
+    principal_id: String,
+    tenant_id: Option<authz::TenantId>,
+}
+
+/// The signing key now in use after a rotation.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Rotated {
+    current_kid: String,
+}
+
+/// A page of the audit trail.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
+    /// Records in sequence order, each with its `seq`.
+    #[schema(value_type = Vec<Object>)]
+    records: Vec<Value>,
+    /// Pass as `after` for the next page (null: no more).
+    next_after: Option<u64>,
+    /// The tenant read, or the platform scope.
+    scope: String,
+}
+
 fn audit(admin: &Admin, action: &str, ip: std::net::IpAddr, now: i64) -> Audit {
     Audit::new(action, "ok", now).actor(admin.id()).ip(ip)
 }
 
-#[utoipa::path(get, path = "/admin/roles", tag = "admin.iam", summary = "List roles", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/roles", tag = "admin.iam", summary = "List roles", security(("bearer" = [])), responses((status = 200, description = "The roles", body = RoleList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_roles(
     State(state): State<AppState>,
     admin: Admin,
@@ -53,10 +114,12 @@ pub(crate) async fn list_roles(
     {
         admin.require(None, rights::IAM_ROLES_READ)?;
     }
-    Ok(Json(json!({"roles": roles::list(&state.store).await?})))
+    Ok(Json(RoleList {
+        roles: roles::list(&state.store).await?,
+    }))
 }
 
-#[utoipa::path(get, path = "/admin/roles/{name}", tag = "admin.iam", summary = "One role", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/roles/{name}", tag = "admin.iam", summary = "One role", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The role", body = roles::Role), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn get_role(
     State(state): State<AppState>,
     admin: Admin,
@@ -81,7 +144,7 @@ pub(crate) struct RoleBody {
     rights: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/admin/roles", tag = "admin.iam", summary = "Create a custom role", request_body = RoleBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/roles", tag = "admin.iam", summary = "Create a custom role", request_body = RoleBody, security(("bearer" = [])), responses((status = 201, description = "Created", body = roles::Role), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_role(
     State(state): State<AppState>,
     admin: Admin,
@@ -108,7 +171,7 @@ pub(crate) struct RoleUpdate {
     rights: Option<Vec<String>>,
 }
 
-#[utoipa::path(put, path = "/admin/roles/{name}", tag = "admin.iam", summary = "Change a custom role (fans out)", params(("name" = String, Path)), request_body = RoleUpdate, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, path = "/admin/roles/{name}", tag = "admin.iam", summary = "Change a custom role (fans out)", params(("name" = String, Path)), request_body = RoleUpdate, security(("bearer" = [])), responses((status = 200, description = "The role as changed", body = roles::Role), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn update_role(
     State(state): State<AppState>,
     admin: Admin,
@@ -161,7 +224,7 @@ pub(crate) async fn delete_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/admin/rights", tag = "admin.iam", summary = "List registered rights", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/rights", tag = "admin.iam", summary = "List registered rights", security(("bearer" = [])), responses((status = 200, description = "The registered rights", body = RightList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_rights(
     State(state): State<AppState>,
     admin: Admin,
@@ -171,9 +234,9 @@ pub(crate) async fn list_rights(
     {
         admin.require(None, rights::IAM_ROLES_READ)?;
     }
-    Ok(Json(
-        json!({"rights": roles::list_rights(&state.store).await?}),
-    ))
+    Ok(Json(RightList {
+        rights: roles::list_rights(&state.store).await?,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -183,7 +246,7 @@ pub(crate) struct RightBody {
     description: String,
 }
 
-#[utoipa::path(post, path = "/admin/rights", tag = "admin.iam", summary = "Register a right", request_body = RightBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/rights", tag = "admin.iam", summary = "Register a right", request_body = RightBody, security(("bearer" = [])), responses((status = 201, description = "Created", body = roles::RightInfo), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_right(
     State(state): State<AppState>,
     admin: Admin,
@@ -231,7 +294,7 @@ pub(crate) struct AssignmentFilter {
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/assignments", tag = "admin.iam", summary = "List assignments (principal_id, tenant_id filters)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/assignments", tag = "admin.iam", summary = "List assignments (principal_id, tenant_id filters)", security(("bearer" = [])), responses((status = 200, description = "The assignments", body = AssignmentList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_assignments(
     State(state): State<AppState>,
     admin: Admin,
@@ -246,7 +309,7 @@ pub(crate) async fn list_assignments(
     if let Some(t) = &tenant {
         found.retain(|a| matches!(&a.scope, Scope::Tenant { tenant } if tenant == t));
     }
-    Ok(Json(json!({"assignments": found})))
+    Ok(Json(AssignmentList { assignments: found }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -324,7 +387,7 @@ async fn check_assignment(
     Ok((principal, Scope::Tenant { tenant }, role))
 }
 
-#[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 200, description = "Already granted: nothing changed"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/assignments", tag = "admin.iam", summary = "Grant a role", request_body = AssignmentBody, security(("bearer" = [])), responses((status = 201, description = "Granted", body = Granted), (status = 200, description = "Already granted: nothing changed", body = Granted), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_assignment(
     State(state): State<AppState>,
     admin: Admin,
@@ -364,9 +427,13 @@ pub(crate) async fn create_assignment(
         } else {
             StatusCode::OK
         },
-        Json(
-            json!({"principal_id": principal, "role": role.name, "scope": scope, "changed": changed, "document_revision": revision}),
-        ),
+        Json(Granted {
+            principal_id: principal,
+            role: role.name,
+            scope,
+            changed,
+            document_revision: revision,
+        }),
     ))
 }
 
@@ -409,7 +476,7 @@ pub(crate) struct ExplainBody {
     resource: Option<String>,
 }
 
-#[utoipa::path(post, path = "/admin/authz/explain", tag = "admin.iam", summary = "Explain an authorization decision", request_body = ExplainBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/authz/explain", tag = "admin.iam", summary = "Explain an authorization decision", request_body = ExplainBody, security(("bearer" = [])), responses((status = 200, description = "The decision and what decided it", body = Explanation), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn explain(
     State(state): State<AppState>,
     admin: Admin,
@@ -454,17 +521,17 @@ pub(crate) async fn explain(
             resource: body.resource.as_deref(),
         },
     );
-    Ok(Json(json!({
-        "allowed": decision.allowed,
-        "reason": decision.reason.code(),
-        "role": decision.role,
-        "right": decision.right,
-        "principal_id": principal,
-        "tenant_id": tenant,
-    })))
+    Ok(Json(Explanation {
+        allowed: decision.allowed,
+        reason: decision.reason,
+        role: decision.role,
+        right: decision.right,
+        principal_id: principal,
+        tenant_id: tenant,
+    }))
 }
 
-#[utoipa::path(get, path = "/admin/authz/principals/{id}", tag = "admin.iam", summary = "Effective rights of a principal", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/authz/principals/{id}", tag = "admin.iam", summary = "Effective rights of a principal", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "What the principal may do now", body = gateway_core::authz::EffectiveRights), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn effective(
     State(state): State<AppState>,
     admin: Admin,
@@ -477,7 +544,7 @@ pub(crate) async fn effective(
     ))
 }
 
-#[utoipa::path(post, path = "/admin/keys/rotate", tag = "admin.keys", summary = "Rotate the token signing keys", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/keys/rotate", tag = "admin.keys", summary = "Rotate the token signing keys", security(("bearer" = [])), responses((status = 200, description = "The new current key", body = Rotated), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn rotate_keys(
     State(state): State<AppState>,
     admin: Admin,
@@ -490,7 +557,7 @@ pub(crate) async fn rotate_keys(
         .target(&kid)
         .record(&state.store)
         .await;
-    Ok(Json(json!({"current_kid": kid})))
+    Ok(Json(Rotated { current_kid: kid }))
 }
 
 #[derive(Deserialize)]
@@ -511,7 +578,7 @@ pub(crate) struct AuditFilter {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/admin/audit", tag = "admin.audit", summary = "Read the audit trail (tenant_id, actor, action, since, until, after, limit)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/audit", tag = "admin.audit", summary = "Read the audit trail (tenant_id, actor, action, since, until, after, limit)", security(("bearer" = [])), responses((status = 200, description = "A page of records", body = AuditPage), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn read_audit(
     State(state): State<AppState>,
     admin: Admin,
@@ -574,7 +641,9 @@ pub(crate) async fn read_audit(
             break;
         }
     }
-    Ok(Json(
-        json!({"records": records, "next_after": next, "scope": tenant.map_or(PLATFORM_SCOPE.to_string(), |t| t.to_string())}),
-    ))
+    Ok(Json(AuditPage {
+        records,
+        next_after: next,
+        scope: tenant.map_or(PLATFORM_SCOPE.to_string(), |t| t.to_string()),
+    }))
 }

@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use gateway_core::authz;
 use gateway_core::rights;
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::Admin;
 use crate::AppState;
@@ -43,16 +43,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(decline))
 }
 
-fn view(invitation: &Invitation) -> Value {
-    json!({
-        "id": invitation.id,
-        "tenant_id": invitation.tenant_id,
-        "email": invitation.email,
-        "role": invitation.role,
-        "invited_by": invitation.invited_by,
-        "created_at": invitation.created_at,
-        "expires_at": invitation.expires_at,
-    })
+/// Pending invitations.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct InvitationList {
+    invitations: Vec<Invitation>,
+}
+
+/// An accepted invitation: the role granted in the tenant.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    tenant_id: authz::TenantId,
+    role: String,
+    /// The revision of the caller's published rights document.
+    document_revision: u64,
 }
 
 fn no_such_invitation() -> ApiError {
@@ -66,7 +69,7 @@ pub(crate) struct InvitationBody {
     role: String,
 }
 
-#[utoipa::path(post, operation_id = "invitations_create", path = "/admin/invitations", tag = "admin.iam", summary = "Invite an email address to a role in a tenant", request_body = InvitationBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "invitations_create", path = "/admin/invitations", tag = "admin.iam", summary = "Invite an email address to a role in a tenant", request_body = InvitationBody, security(("bearer" = [])), responses((status = 201, description = "Created", body = Invitation), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -148,7 +151,7 @@ pub(crate) async fn create(
         },
         "invitation",
     );
-    Ok((StatusCode::CREATED, Json(view(&invitation))))
+    Ok((StatusCode::CREATED, Json(invitation)))
 }
 
 #[derive(Deserialize)]
@@ -157,7 +160,7 @@ pub(crate) struct InvitationFilter {
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, operation_id = "invitations_list", path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations (tenant_id filter; required for tenant admins)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "invitations_list", path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations (tenant_id filter; required for tenant admins)", security(("bearer" = [])), responses((status = 200, description = "The pending invitations", body = InvitationList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,
@@ -165,13 +168,9 @@ pub(crate) async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = filter.tenant_id.as_deref().map(tenant).transpose()?;
     admin.require_listing(tenant.as_ref(), rights::IAM_ASSIGNMENTS_READ)?;
-    let found: Vec<Value> = invitations::pending(&state.store, unix_now())
-        .await?
-        .iter()
-        .filter(|i| tenant.as_ref().is_none_or(|t| &i.tenant_id == t))
-        .map(view)
-        .collect();
-    Ok(Json(json!({"invitations": found})))
+    let mut invitations = invitations::pending(&state.store, unix_now()).await?;
+    invitations.retain(|i| tenant.as_ref().is_none_or(|t| &i.tenant_id == t));
+    Ok(Json(InvitationList { invitations }))
 }
 
 #[utoipa::path(delete, operation_id = "invitations_revoke", path = "/admin/invitations/{id}", tag = "admin.iam", summary = "Withdraw an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
@@ -290,22 +289,18 @@ async fn addressed_to_caller(
         .ok_or_else(no_such_invitation)
 }
 
-#[utoipa::path(get, operation_id = "invitations_mine", path = "/v1/invitations", tag = "auth", summary = "Invitations addressed to the signed-in user's verified email", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "invitations_mine", path = "/v1/invitations", tag = "auth", summary = "Invitations addressed to the signed-in user's verified email", security(("bearer" = [])), responses((status = 200, description = "The pending invitations addressed to the caller", body = InvitationList), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn mine(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<impl IntoResponse, ApiError> {
     let email = verified_email(&state, &principal.user_id).await?;
-    let found: Vec<Value> = invitations::pending(&state.store, unix_now())
-        .await?
-        .iter()
-        .filter(|i| i.email == email)
-        .map(view)
-        .collect();
-    Ok(Json(json!({"invitations": found})))
+    let mut invitations = invitations::pending(&state.store, unix_now()).await?;
+    invitations.retain(|i| i.email == email);
+    Ok(Json(InvitationList { invitations }))
 }
 
-#[utoipa::path(post, operation_id = "invitations_accept", path = "/v1/invitations/{id}/accept", tag = "auth", summary = "Accept an invitation: the role in the tenant is granted", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "invitations_accept", path = "/v1/invitations/{id}/accept", tag = "auth", summary = "Accept an invitation: the role in the tenant is granted", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The role granted", body = Accepted), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn accept(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -363,11 +358,11 @@ pub(crate) async fn accept(
         .record(&state.store)
         .await;
     let document_revision = state.publisher.publish(&user_id, now).await?;
-    Ok(Json(json!({
-        "tenant_id": invitation.tenant_id,
-        "role": invitation.role,
-        "document_revision": document_revision,
-    })))
+    Ok(Json(Accepted {
+        tenant_id: invitation.tenant_id,
+        role: invitation.role,
+        document_revision,
+    }))
 }
 
 #[utoipa::path(post, operation_id = "invitations_decline", path = "/v1/invitations/{id}/decline", tag = "auth", summary = "Decline an invitation", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Email not verified", body = crate::openapi::ErrorEnvelope), (status = 404, description = "Not found", body = crate::openapi::ErrorEnvelope)))]

@@ -8,8 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use gateway_edge::{ApiError, Reason, unix_now};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::Admin;
 use super::principals::{self, Caller, service_accounts as accounts, user_view};
@@ -55,7 +54,7 @@ pub(crate) struct UserFilter {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/admin/users", tag = "admin.users", summary = "List users (email, tenant_id, status, after, limit)", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/users", tag = "admin.users", summary = "List users (email, tenant_id, status, after, limit)", security(("bearer" = [])), responses((status = 200, description = "A page of users", body = UserList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
     admin: Admin,
@@ -69,22 +68,25 @@ pub(crate) async fn list_users(
         limit: filter.limit,
     };
     let page = principals::list_users(&state, &admin, query).await?;
-    let found: Vec<_> = page.users.iter().map(user_view).collect();
-    Ok(Json(json!({"users": found, "next_after": page.next_after})))
+    Ok(Json(UserList {
+        users: page.users.iter().map(user_view).collect(),
+        next_after: page.next_after,
+    }))
 }
 
-#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin.users", summary = "One user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin.users", summary = "One user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The user with its memberships", body = UserDetailsView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let details = principals::user_details(&state, &admin, &id).await?;
-    let mut view = user_view(&details.user);
-    view["tenants"] = json!(details.tenants);
-    view["platform_roles"] = json!(details.platform_roles);
-    view["recovery_codes_left"] = json!(details.recovery_codes_left);
-    Ok(Json(view))
+    Ok(Json(UserDetailsView {
+        user: user_view(&details.user),
+        tenants: details.tenants,
+        platform_roles: details.platform_roles,
+        recovery_codes_left: details.recovery_codes_left,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -96,7 +98,7 @@ pub(crate) struct CreateUser {
     email_verified: bool,
 }
 
-#[utoipa::path(post, path = "/admin/users", tag = "admin.users", summary = "Create a user", request_body = CreateUser, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/users", tag = "admin.users", summary = "Create a user", request_body = CreateUser, security(("bearer" = [])), responses((status = 201, description = "Created", body = principals::UserView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -123,7 +125,7 @@ pub(crate) struct UpdateUser {
     email_verified: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin.users", summary = "Change email or verification", params(("id" = String, Path)), request_body = UpdateUser, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin.users", summary = "Change email or verification", params(("id" = String, Path)), request_body = UpdateUser, security(("bearer" = [])), responses((status = 200, description = "The user as changed", body = principals::UserView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn update_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -143,7 +145,7 @@ pub(crate) async fn update_user(
     Ok(Json(user_view(&user)))
 }
 
-#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin.users", summary = "Disable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin.users", summary = "Disable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The user, disabled", body = principals::UserView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn disable_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -154,7 +156,7 @@ pub(crate) async fn disable_user(
     Ok(Json(user_view(&user)))
 }
 
-#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin.users", summary = "Enable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin.users", summary = "Enable a user", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The user, enabled", body = principals::UserView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn enable_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -229,7 +231,7 @@ pub(crate) async fn revoke_recovery(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "List sessions", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "List sessions", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The user's sessions", body = SessionList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     admin: Admin,
@@ -237,17 +239,21 @@ pub(crate) async fn list_sessions(
 ) -> Result<impl IntoResponse, ApiError> {
     let sessions = principals::list_sessions(&state, &admin, &id).await?;
     let now = unix_now();
-    let list: Vec<_> = sessions
+    let sessions = sessions
         .into_iter()
-        .map(|s| {
-            json!({
-                "id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
-                "expires_at": s.expires_at, "active": s.is_active(now), "revoked_at": s.revoked_at,
-                "revoked_reason": s.revoked_reason, "client_ip": s.client_ip, "mfa": s.mfa,
-            })
+        .map(|s| SessionView {
+            active: s.is_active(now),
+            id: s.id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            revoked_at: s.revoked_at,
+            revoked_reason: s.revoked_reason,
+            client_ip: s.client_ip,
+            mfa: s.mfa,
         })
         .collect();
-    Ok(Json(json!({"sessions": list})))
+    Ok(Json(SessionList { sessions }))
 }
 
 #[utoipa::path(delete, path = "/admin/users/{id}/sessions/{session_id}", tag = "admin.sessions", summary = "Revoke one session", params(("id" = String, Path), ("session_id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -262,7 +268,7 @@ pub(crate) async fn revoke_session(
 }
 
 /// Global sign-out: every session ends and every access token issued so far is refused.
-#[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "Global sign-out", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin.sessions", summary = "Global sign-out", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "How many sessions ended", body = SessionsEnded), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn revoke_sessions(
     State(state): State<AppState>,
     admin: Admin,
@@ -270,17 +276,19 @@ pub(crate) async fn revoke_sessions(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ended = principals::revoke_sessions(&state, &caller(&admin, ip), &id).await?;
-    Ok(Json(json!({"sessions_ended": ended})))
+    Ok(Json(SessionsEnded {
+        sessions_ended: ended,
+    }))
 }
 
-#[utoipa::path(get, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Linked identities", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Linked identities", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The linked provider identities", body = IdentityList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_identities(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let identities = principals::list_identities(&state, &admin, &id).await?;
-    Ok(Json(json!({"identities": identities})))
+    Ok(Json(IdentityList { identities }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -291,7 +299,7 @@ pub(crate) struct IdentityBody {
     email: Option<String>,
 }
 
-#[utoipa::path(post, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Link an identity", params(("id" = String, Path)), request_body = IdentityBody, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/users/{id}/identities", tag = "admin.users", summary = "Link an identity", params(("id" = String, Path)), request_body = IdentityBody, security(("bearer" = [])), responses((status = 201, description = "Linked (or already linked to this user)", body = crate::auth::oidc::IdentityLink), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn link_identity(
     State(state): State<AppState>,
     admin: Admin,
@@ -300,7 +308,7 @@ pub(crate) async fn link_identity(
     ApiJson(body): ApiJson<IdentityBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = caller(&admin, ip);
-    principals::link_identity(
+    let link = principals::link_identity(
         &state,
         &caller,
         &id,
@@ -309,7 +317,7 @@ pub(crate) async fn link_identity(
         body.email,
     )
     .await?;
-    Ok(StatusCode::CREATED)
+    Ok((StatusCode::CREATED, Json(link)))
 }
 
 #[utoipa::path(delete, path = "/admin/users/{id}/identities/{provider}/{subject}", tag = "admin.users", summary = "Unlink an identity", params(("id" = String, Path), ("provider" = String, Path), ("subject" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -323,15 +331,66 @@ pub(crate) async fn unlink_identity(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn account_view(account: &ServiceAccount, now: i64) -> serde_json::Value {
-    json!({
-        "id": account.id,
-        "name": account.name,
-        "disabled": account.disabled,
-        "owner_tenant": account.owner_tenant,
-        "created_at": account.created_at,
-        "secrets": account.live_secrets(now).map(|s| json!({"id": s.id, "created_at": s.created_at, "expires_at": s.expires_at})).collect::<Vec<_>>(),
-    })
+/// A service account as the API shows it: its live secrets by id, never their values.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AccountView {
+    id: String,
+    name: String,
+    disabled: bool,
+    /// The tenant whose admins manage it (null: platform-owned).
+    owner_tenant: Option<String>,
+    created_at: i64,
+    secrets: Vec<SecretView>,
+}
+
+/// One live client secret (its value is shown once, when made).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SecretView {
+    id: String,
+    created_at: i64,
+    /// Set once a newer secret replaced it: it works until then.
+    expires_at: Option<i64>,
+}
+
+fn account_view(account: &ServiceAccount, now: i64) -> AccountView {
+    AccountView {
+        id: account.id.clone(),
+        name: account.name.clone(),
+        disabled: account.disabled,
+        owner_tenant: account.owner_tenant.clone(),
+        created_at: account.created_at,
+        secrets: account
+            .live_secrets(now)
+            .map(|s| SecretView {
+                id: s.id.clone(),
+                created_at: s.created_at,
+                expires_at: s.expires_at,
+            })
+            .collect(),
+    }
+}
+
+/// The service accounts (`GET /admin/service-accounts`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AccountList {
+    service_accounts: Vec<AccountView>,
+}
+
+/// A new service account with its first client secret, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedAccount {
+    #[serde(flatten)]
+    account: AccountView,
+    client_secret: String,
+}
+
+/// A new client secret, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RotatedSecret {
+    id: String,
+    client_secret: String,
+    /// Seconds the older secrets keep working.
+    overlap_seconds: u64,
 }
 
 #[derive(Deserialize)]
@@ -340,7 +399,7 @@ pub(crate) struct AccountFilter {
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "List service accounts", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "List service accounts", security(("bearer" = [])), responses((status = 200, description = "The service accounts", body = AccountList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_service_accounts(
     State(state): State<AppState>,
     admin: Admin,
@@ -348,11 +407,12 @@ pub(crate) async fn list_service_accounts(
 ) -> Result<impl IntoResponse, ApiError> {
     let found = accounts::list(&state, &admin, filter.tenant_id.as_deref()).await?;
     let now = unix_now();
-    let accounts: Vec<_> = found.iter().map(|a| account_view(a, now)).collect();
-    Ok(Json(json!({"service_accounts": accounts})))
+    Ok(Json(AccountList {
+        service_accounts: found.iter().map(|a| account_view(a, now)).collect(),
+    }))
 }
 
-#[utoipa::path(get, path = "/admin/service-accounts/{id}", tag = "admin.service_accounts", summary = "One service account", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/service-accounts/{id}", tag = "admin.service_accounts", summary = "One service account", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The service account", body = AccountView), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn get_service_account(
     State(state): State<AppState>,
     admin: Admin,
@@ -370,7 +430,7 @@ pub(crate) struct CreateAccount {
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(post, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "Create a service account (secret shown once)", request_body = CreateAccount, security(("bearer" = [])), responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "Create a service account (secret shown once)", request_body = CreateAccount, security(("bearer" = [])), responses((status = 201, description = "Created, with its client secret (shown once)", body = CreatedAccount), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create_service_account(
     State(state): State<AppState>,
     admin: Admin,
@@ -379,12 +439,13 @@ pub(crate) async fn create_service_account(
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = caller(&admin, ip);
     let created = accounts::create(&state, &caller, &body.name, body.tenant_id.as_deref()).await?;
-    let mut view = account_view(&created.account, created.now);
-    view["client_secret"] = json!(created.client_secret);
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(view),
+        Json(CreatedAccount {
+            account: account_view(&created.account, created.now),
+            client_secret: created.client_secret,
+        }),
     ))
 }
 
@@ -395,7 +456,7 @@ pub(crate) struct RotateBody {
     overlap_seconds: Option<u64>,
 }
 
-#[utoipa::path(post, path = "/admin/service-accounts/{id}/rotate", tag = "admin.service_accounts", summary = "Rotate the client secret", params(("id" = String, Path)), request_body = RotateBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/service-accounts/{id}/rotate", tag = "admin.service_accounts", summary = "Rotate the client secret", params(("id" = String, Path)), request_body = RotateBody, security(("bearer" = [])), responses((status = 200, description = "The new client secret (shown once)", body = RotatedSecret), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn rotate_service_account(
     State(state): State<AppState>,
     admin: Admin,
@@ -416,7 +477,11 @@ pub(crate) async fn rotate_service_account(
         accounts::rotate(&state, &caller(&admin, ip), &id, body.overlap_seconds).await?;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(json!({"id": id, "client_secret": secret, "overlap_seconds": overlap})),
+        Json(RotatedSecret {
+            id,
+            client_secret: secret,
+            overlap_seconds: overlap,
+        }),
     ))
 }
 
@@ -429,6 +494,60 @@ pub(crate) async fn delete_service_account(
 ) -> Result<StatusCode, ApiError> {
     accounts::delete(&state, &caller(&admin, ip), &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A page of users (`GET /admin/users`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UserList {
+    users: Vec<principals::UserView>,
+    /// Pass as `after` for the next page (null: no more).
+    next_after: Option<String>,
+}
+
+/// One user with its memberships.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UserDetailsView {
+    #[serde(flatten)]
+    user: principals::UserView,
+    /// The tenants it is a member of (for a tenant admin: those of the admin's tenants).
+    tenants: std::collections::BTreeSet<gateway_core::authz::TenantId>,
+    /// Whether it holds a platform role.
+    platform_roles: bool,
+    recovery_codes_left: usize,
+}
+
+/// One session of a user.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionView {
+    id: String,
+    created_at: i64,
+    last_used_at: i64,
+    expires_at: i64,
+    /// Neither ended nor expired.
+    active: bool,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<String>,
+    client_ip: Option<String>,
+    /// Signed in with a second factor.
+    mfa: bool,
+}
+
+/// A user's sessions.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+/// A global sign-out.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionsEnded {
+    sessions_ended: usize,
+}
+
+/// A user's linked provider identities.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IdentityList {
+    identities: Vec<crate::auth::oidc::IdentityLink>,
 }
 
 /// The admin behind a change and where from, for the audit record.

@@ -26,17 +26,30 @@ pub struct Caller<'a> {
 }
 
 /// The admin view of a user, in answers and in audit details.
-pub fn user_view(user: &User) -> serde_json::Value {
-    json!({
-        "id": user.id,
-        "email": user.email,
-        "email_verified": user.email_verified,
-        "status": user.status,
-        "mfa_enabled": user.mfa_enabled,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "tokens_valid_after": user.tokens_valid_after,
-    })
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub status: users::UserStatus,
+    pub mfa_enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Access tokens issued at or before this Unix time are refused (0: none).
+    pub tokens_valid_after: i64,
+}
+
+pub fn user_view(user: &User) -> UserView {
+    UserView {
+        id: user.id.clone(),
+        email: user.email.clone(),
+        email_verified: user.email_verified,
+        status: user.status,
+        mfa_enabled: user.mfa_enabled,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+        tokens_valid_after: user.tokens_valid_after,
+    }
 }
 
 /// Tenants of a principal and whether it holds a platform role.
@@ -631,7 +644,7 @@ pub async fn link_identity(
     provider: &str,
     subject: &str,
     email: Option<String>,
-) -> Result<(), ApiError> {
+) -> Result<oidc::IdentityLink, ApiError> {
     caller.admin.require(None, rights::IAM_USERS_WRITE)?;
     load_user(state, id).await?;
     if provider != oidc::GOOGLE {
@@ -659,12 +672,12 @@ pub async fn link_identity(
         email,
         email_verified: false,
     };
-    oidc::link(&state.store, oidc::GOOGLE, &identity, id, now).await?;
+    let link = oidc::link(&state.store, oidc::GOOGLE, &identity, id, now).await?;
     entry(caller, "admin.user.identity.link", id, &None, now)
         .detail(json!({"provider": provider}))
         .record(&state.store)
         .await;
-    Ok(())
+    Ok(link)
 }
 
 /// Unlinks a provider identity from the user it is linked to (platform admins only).

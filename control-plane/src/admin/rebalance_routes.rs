@@ -63,7 +63,7 @@ pub(crate) struct CreateBody {
 }
 
 /// Plans a move of one tenant of one kind to `target_shard`.
-#[utoipa::path(post, operation_id = "rebalance_create", path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "Plan a tenant move", request_body = CreateBody, security(("bearer" = [])), responses((status = 201, description = "Planned"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 409, description = "A plan is already active for the tenant and kind", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "rebalance_create", path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "Plan a tenant move", request_body = CreateBody, security(("bearer" = [])), responses((status = 201, description = "Planned", body = Plan), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 409, description = "A plan is already active for the tenant and kind", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -95,17 +95,25 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
+/// The plans, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PlanList {
+    plans: Vec<Plan>,
+}
+
 /// Every plan, newest first.
-#[utoipa::path(get, operation_id = "rebalance_list", path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "List plans", security(("bearer" = [])), responses((status = 200, description = "OK")))]
+#[utoipa::path(get, operation_id = "rebalance_list", path = "/admin/rebalance/plans", tag = "admin.rebalance", summary = "List plans", security(("bearer" = [])), responses((status = 200, description = "Every plan, newest first", body = PlanList)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
     admin.require(None, rights::REBALANCE_OPERATE)?;
-    Ok(Json(json!({"plans": state.rebalancer.list().await?})))
+    Ok(Json(PlanList {
+        plans: state.rebalancer.list().await?,
+    }))
 }
 
-#[utoipa::path(get, operation_id = "rebalance_read", path = "/admin/rebalance/plans/{id}", tag = "admin.rebalance", summary = "One plan", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "No such plan", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "rebalance_read", path = "/admin/rebalance/plans/{id}", tag = "admin.rebalance", summary = "One plan", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The plan", body = Plan), (status = 404, description = "No such plan", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     admin: Admin,
@@ -117,7 +125,7 @@ pub(crate) async fn read(
 }
 
 /// Asks the gates now, without applying (what apply would see).
-#[utoipa::path(get, operation_id = "rebalance_gates", path = "/admin/rebalance/plans/{id}/gates", tag = "admin.rebalance", summary = "Check the readiness gates of a plan now", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Gate report")))]
+#[utoipa::path(get, operation_id = "rebalance_gates", path = "/admin/rebalance/plans/{id}/gates", tag = "admin.rebalance", summary = "Check the readiness gates of a plan now", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Gate report", body = crate::rebalance::GateReport)))]
 pub(crate) async fn gates(
     State(state): State<AppState>,
     admin: Admin,
@@ -132,7 +140,7 @@ pub(crate) async fn gates(
 
 /// Checks the gates and, only if all pass, publishes the new placement. 409 with the gate
 /// report otherwise; idempotent (an applied plan answers 200 again).
-#[utoipa::path(post, operation_id = "rebalance_apply", path = "/admin/rebalance/plans/{id}/apply", tag = "admin.rebalance", summary = "Apply a plan behind its readiness gates", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Applied"), (status = 409, description = "Gates not ready (with the report), plan in progress or not applicable", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "rebalance_apply", path = "/admin/rebalance/plans/{id}/apply", tag = "admin.rebalance", summary = "Apply a plan behind its readiness gates", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Applied", body = Plan), (status = 409, description = "Gates not ready (with the report), plan in progress or not applicable", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn apply(
     State(state): State<AppState>,
     admin: Admin,
@@ -200,7 +208,7 @@ pub(crate) async fn apply(
 }
 
 /// Restores the placement the plan replaced (refused if it moved since).
-#[utoipa::path(post, operation_id = "rebalance_rollback", path = "/admin/rebalance/plans/{id}/rollback", tag = "admin.rebalance", summary = "Roll a plan back", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Rolled back"), (status = 409, description = "Placement moved, or the plan cannot be rolled back", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "rebalance_rollback", path = "/admin/rebalance/plans/{id}/rollback", tag = "admin.rebalance", summary = "Roll a plan back", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Rolled back", body = Plan), (status = 409, description = "Placement moved, or the plan cannot be rolled back", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     admin: Admin,
@@ -212,7 +220,7 @@ pub(crate) async fn rollback(
     finish(&state, &admin, ip, &id, "admin.rebalance.rollback", result).await
 }
 
-#[utoipa::path(post, operation_id = "rebalance_cancel", path = "/admin/rebalance/plans/{id}/cancel", tag = "admin.rebalance", summary = "Cancel a plan that has not cut over", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Cancelled"), (status = 409, description = "The plan cannot be cancelled", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "rebalance_cancel", path = "/admin/rebalance/plans/{id}/cancel", tag = "admin.rebalance", summary = "Cancel a plan that has not cut over", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Cancelled", body = Plan), (status = 409, description = "The plan cannot be cancelled", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     admin: Admin,
@@ -249,7 +257,7 @@ async fn finish(
 
 /// Data-plane replicas, the routing revision each uses, and whether all live ones use
 /// the published one.
-#[utoipa::path(get, operation_id = "rebalance_replicas", path = "/admin/routing/replicas", tag = "admin.routing", summary = "Data-plane replicas and their routing revision", security(("bearer" = [])), responses((status = 200, description = "OK")))]
+#[utoipa::path(get, operation_id = "rebalance_replicas", path = "/admin/routing/replicas", tag = "admin.routing", summary = "Data-plane replicas and their routing revision", security(("bearer" = [])), responses((status = 200, description = "The replicas", body = crate::rebalance::Replicas)))]
 pub(crate) async fn replicas(
     State(state): State<AppState>,
     admin: Admin,

@@ -6,8 +6,9 @@ use axum::response::IntoResponse;
 use gateway_core::rights;
 use gateway_core::routing::{RoutingDocument, ServiceKind, validate_endpoint, validate_shard_id};
 use gateway_edge::{ApiError, ErrorCode, Reason, unix_now};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 use super::Admin;
 use crate::AppState;
@@ -26,6 +27,49 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant_routes))
         .routes(routes!(place, unplace))
         .routes(routes!(put_shard, delete_shard))
+}
+
+/// The published routing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RoutingView {
+    /// 0: nothing published yet.
+    revision: u64,
+    /// Unix time of the publication (null: nothing published yet).
+    issued_at: Option<i64>,
+    routing: RoutingDocument,
+}
+
+/// A routing change published.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Published {
+    /// The new routing revision.
+    revision: u64,
+}
+
+/// Where a tenant is routed, per service kind.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantRoutes {
+    tenant_id: gateway_core::authz::TenantId,
+    /// The routing revision that decided (0: nothing published yet; `routes` is empty).
+    revision: u64,
+    routes: BTreeMap<ServiceKind, TenantRoute>,
+}
+
+/// The route of one kind for a tenant: its shard, or why there is none.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum TenantRoute {
+    Routed {
+        shard: String,
+        endpoints: Vec<String>,
+        /// The revision at which the kind's routing last changed.
+        kind_revision: Option<u64>,
+    },
+    NotRouted {
+        /// `tenant_not_routed`.
+        error: String,
+        message: String,
+    },
 }
 
 fn kind(value: &str) -> Result<ServiceKind, ApiError> {
@@ -51,7 +95,7 @@ fn record(
 }
 
 /// The published routing: `{revision, issued_at, routing}`.
-#[utoipa::path(get, operation_id = "routing_read", path = "/admin/routing", tag = "admin.routing", summary = "The published routing", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "routing_read", path = "/admin/routing", tag = "admin.routing", summary = "The published routing", security(("bearer" = [])), responses((status = 200, description = "The published routing and its revision", body = RoutingView), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     admin: Admin,
@@ -59,10 +103,16 @@ pub(crate) async fn read(
     admin.require(None, rights::ROUTING_READ)?;
     let (current, _) = state.routing.current().await?;
     Ok(Json(match current {
-        Some(doc) => {
-            json!({"revision": doc.revision, "issued_at": doc.issued_at, "routing": doc.payload})
-        }
-        None => json!({"revision": 0, "issued_at": null, "routing": RoutingDocument::default()}),
+        Some(doc) => RoutingView {
+            revision: doc.revision,
+            issued_at: Some(doc.issued_at),
+            routing: doc.payload,
+        },
+        None => RoutingView {
+            revision: 0,
+            issued_at: None,
+            routing: RoutingDocument::default(),
+        },
     }))
 }
 
@@ -80,7 +130,7 @@ pub(crate) struct ReplaceBody {
     routing: RoutingDocument,
 }
 
-#[utoipa::path(put, operation_id = "routing_replace", path = "/admin/routing", tag = "admin.routing", summary = "Replace the whole routing (validated; one new revision)", request_body = ReplaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Invalid routing", body = crate::openapi::ErrorEnvelope), (status = 409, description = "Revision conflict", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_replace", path = "/admin/routing", tag = "admin.routing", summary = "Replace the whole routing (validated; one new revision)", request_body = ReplaceBody, security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 400, description = "Invalid routing", body = crate::openapi::ErrorEnvelope), (status = 409, description = "Revision conflict", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     admin: Admin,
@@ -117,10 +167,10 @@ pub(crate) async fn replace(
     )
     .record(&state.store)
     .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }
 
-#[utoipa::path(post, operation_id = "routing_reload", path = "/admin/routing/reload", tag = "admin.routing", summary = "Re-publish the current routing as a new revision", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, operation_id = "routing_reload", path = "/admin/routing/reload", tag = "admin.routing", summary = "Re-publish the current routing as a new revision", security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn reload(
     State(state): State<AppState>,
     admin: Admin,
@@ -139,11 +189,11 @@ pub(crate) async fn reload(
     )
     .record(&state.store)
     .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }
 
 /// The effective decision per kind for one tenant.
-#[utoipa::path(get, operation_id = "routing_tenant_routes", path = "/admin/routing/tenants/{tenant_id}", tag = "admin.routing", summary = "Where a tenant is routed, per kind", params(("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "routing_tenant_routes", path = "/admin/routing/tenants/{tenant_id}", tag = "admin.routing", summary = "Where a tenant is routed, per kind", params(("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The route per kind", body = TenantRoutes), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn tenant_routes(
     State(state): State<AppState>,
     admin: Admin,
@@ -153,30 +203,38 @@ pub(crate) async fn tenant_routes(
     let tenant = tenant(&tenant_id)?;
     let (current, _) = state.routing.current().await?;
     let Some(doc) = current else {
-        return Ok(Json(
-            json!({"tenant_id": tenant, "revision": 0, "routes": {}}),
-        ));
+        return Ok(Json(TenantRoutes {
+            tenant_id: tenant,
+            revision: 0,
+            routes: BTreeMap::new(),
+        }));
     };
     let kind_revisions = doc.payload.kind_revisions.clone();
     let table =
         gateway_core::routing::RoutingTable::build(doc.payload, doc.revision, doc.issued_at)
             .map_err(|err| ApiError::internal("published routing invalid", &err))?;
-    let routes: serde_json::Map<String, serde_json::Value> = ServiceKind::ALL
+    let routes = ServiceKind::ALL
         .iter()
         .map(|k| {
             let decision = match table.route(&tenant, *k) {
-                Ok(route) => json!({
-                    "shard": &*route.shard, "endpoints": route.endpoints.to_vec(),
-                    "kind_revision": kind_revisions.get(k),
-                }),
-                Err(err) => json!({"error": "tenant_not_routed", "message": err.to_string()}),
+                Ok(route) => TenantRoute::Routed {
+                    shard: route.shard.to_string(),
+                    endpoints: route.endpoints.iter().map(|e| e.to_string()).collect(),
+                    kind_revision: kind_revisions.get(k).copied(),
+                },
+                Err(err) => TenantRoute::NotRouted {
+                    error: "tenant_not_routed".to_string(),
+                    message: err.to_string(),
+                },
             };
-            (k.as_str().to_string(), decision)
+            (*k, decision)
         })
         .collect();
-    Ok(Json(
-        json!({"tenant_id": tenant, "revision": table.revision, "routes": routes}),
-    ))
+    Ok(Json(TenantRoutes {
+        tenant_id: tenant,
+        revision: table.revision,
+        routes,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -184,7 +242,7 @@ pub(crate) struct PlaceBody {
     shard: String,
 }
 
-#[utoipa::path(put, operation_id = "routing_place", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Place a tenant on a shard", params(("kind" = String, Path), ("tenant_id" = String, Path)), request_body = PlaceBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_place", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Place a tenant on a shard", params(("kind" = String, Path), ("tenant_id" = String, Path)), request_body = PlaceBody, security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn place(
     State(state): State<AppState>,
     admin: Admin,
@@ -208,10 +266,10 @@ pub(crate) async fn place(
     record(&admin, "admin.routing.place", tenant.as_str(), ip, now, json!({"kind": kind, "shard": body.shard, "before": before.kind(kind).placement.get(&tenant), "revision": revision}))
         .record(&state.store)
         .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }
 
-#[utoipa::path(delete, operation_id = "routing_unplace", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Remove a tenant's placement", params(("kind" = String, Path), ("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "Not placed", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, operation_id = "routing_unplace", path = "/admin/routing/{kind}/placements/{tenant_id}", tag = "admin.routing", summary = "Remove a tenant's placement", params(("kind" = String, Path), ("tenant_id" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 404, description = "Not placed", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn unplace(
     State(state): State<AppState>,
     admin: Admin,
@@ -242,7 +300,7 @@ pub(crate) async fn unplace(
     )
     .record(&state.store)
     .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -250,7 +308,7 @@ pub(crate) struct ShardBody {
     endpoints: Vec<String>,
 }
 
-#[utoipa::path(put, operation_id = "routing_put_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Create or replace a shard's endpoints", params(("kind" = String, Path), ("shard" = String, Path)), request_body = ShardBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(put, operation_id = "routing_put_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Create or replace a shard's endpoints", params(("kind" = String, Path), ("shard" = String, Path)), request_body = ShardBody, security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn put_shard(
     State(state): State<AppState>,
     admin: Admin,
@@ -293,10 +351,10 @@ pub(crate) async fn put_shard(
     )
     .record(&state.store)
     .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }
 
-#[utoipa::path(delete, operation_id = "routing_delete_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Remove a shard (refused while tenants are placed on it)", params(("kind" = String, Path), ("shard" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Still in use", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(delete, operation_id = "routing_delete_shard", path = "/admin/routing/{kind}/shards/{shard}", tag = "admin.routing", summary = "Remove a shard (refused while tenants are placed on it)", params(("kind" = String, Path), ("shard" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Published", body = Published), (status = 400, description = "Still in use", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn delete_shard(
     State(state): State<AppState>,
     admin: Admin,
@@ -323,5 +381,5 @@ pub(crate) async fn delete_shard(
     )
     .record(&state.store)
     .await;
-    Ok(Json(json!({"revision": revision})))
+    Ok(Json(Published { revision }))
 }

@@ -75,7 +75,7 @@ fn totp(secret: Vec<u8>, account: &str) -> Result<totp_rs::Totp, ApiError> {
 }
 
 /// What enrolment shows the user once.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Enrolment {
     pub secret: String,
     pub otpauth_uri: String,

@@ -67,7 +67,7 @@ impl Record for PendingLogin {
 }
 
 /// `oidc.<provider>.<b64url(subject)>` in the identities bucket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IdentityLink {
     pub provider: String,
     pub subject: String,
@@ -367,7 +367,7 @@ pub async fn link(
     identity: &ProviderIdentity,
     user_id: &str,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<IdentityLink, ApiError> {
     let record = IdentityLink {
         provider: provider.to_string(),
         subject: identity.subject.clone(),
@@ -383,10 +383,10 @@ pub async fn link(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(record),
         Err(StoreError::Conflict { .. }) => {
             match linked_user(store, provider, &identity.subject).await? {
-                Some(existing) if existing.user_id == user_id => Ok(()),
+                Some(existing) if existing.user_id == user_id => Ok(existing),
                 _ => Err(ApiError::new(
                     ErrorCode::Conflict,
                     "this Google account is linked to another user",

@@ -12,7 +12,7 @@ use gateway_core::unix_now;
 use gateway_edge::ErrorCode;
 use gateway_edge::http;
 use gateway_edge::{ApiError, Reason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Principal;
@@ -64,13 +64,69 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(jwks))
 }
 
+/// A new account.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SignedUp {
+    user_id: String,
+}
+
+/// An answer that says only what happens next.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Message {
+    message: &'static str,
+}
+
+/// The recovery codes, each good once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+}
+
+/// The provider's authorization URL to send the browser to (the flow is bound to this
+/// browser by a cookie set with it).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuthorizationUrl {
+    authorization_url: String,
+}
+
+/// What signed the caller in.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CallerKind {
+    User,
+    ServiceAccount,
+}
+
+/// The signed-in caller: a user, or a service account.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum SessionAnswer {
+    User {
+        principal_id: String,
+        /// `user`.
+        kind: CallerKind,
+        user_id: String,
+        email: String,
+        email_verified: bool,
+        mfa_enabled: bool,
+        /// The session of the token (null for tokens without one).
+        session_id: Option<String>,
+    },
+    ServiceAccount {
+        principal_id: String,
+        /// `service_account`.
+        kind: CallerKind,
+        name: String,
+    },
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct Credentials {
     email: String,
     password: String,
 }
 
-#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", summary = "Register an account with a password", request_body = Credentials, responses((status = 201, description = "Created"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", summary = "Register an account with a password", request_body = Credentials, responses((status = 201, description = "Created", body = SignedUp), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -80,7 +136,7 @@ pub(crate) async fn signup(
         .auth
         .signup(&body.email, &body.password, ip, unix_now())
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"user_id": user.id}))))
+    Ok((StatusCode::CREATED, Json(SignedUp { user_id: user.id })))
 }
 
 #[utoipa::path(post, path = "/v1/auth/signin", tag = "auth", summary = "Sign in; tokens or an MFA challenge", request_body = Credentials, responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
@@ -182,18 +238,21 @@ pub(crate) async fn verify_email(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/auth/verify-email/resend", tag = "auth", summary = "Send a new verification mail", security(("bearer" = [])), responses((status = 202, description = "Accepted"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/verify-email/resend", tag = "auth", summary = "Send a new verification mail", security(("bearer" = [])), responses((status = 202, description = "Accepted (nothing is sent for a verified address)", body = Message), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn resend_verification(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
-) -> Result<StatusCode, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let (user, _) = super::users::get(&state.store, &principal.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if !user.email_verified {
+    let message = if user.email_verified {
+        "the address is verified already"
+    } else {
         state.auth.send_verification(&user, unix_now()).await?;
-    }
-    Ok(StatusCode::ACCEPTED)
+        "a verification mail is on its way"
+    };
+    Ok((StatusCode::ACCEPTED, Json(Message { message })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -201,7 +260,7 @@ pub(crate) struct ForgotBody {
     email: String,
 }
 
-#[utoipa::path(post, path = "/v1/auth/forgot", tag = "auth", summary = "Start a password reset (always 202)", request_body = ForgotBody, responses((status = 202, description = "Accepted"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/forgot", tag = "auth", summary = "Start a password reset (always 202)", request_body = ForgotBody, responses((status = 202, description = "Accepted", body = Message), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn forgot(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -210,9 +269,9 @@ pub(crate) async fn forgot(
     state.auth.forgot(&body.email, ip, unix_now()).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({"message": "if the address belongs to an account, a reset link is on its way"}),
-        ),
+        Json(Message {
+            message: "if the address belongs to an account, a reset link is on its way",
+        }),
     ))
 }
 
@@ -264,7 +323,7 @@ pub(crate) async fn mfa_verify(
     Ok(deliver(&state, &headers, tokens))
 }
 
-#[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "mfa", summary = "Start TOTP enrolment", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "mfa", summary = "Start TOTP enrolment", security(("bearer" = [])), responses((status = 200, description = "The secret to enrol, shown once", body = crate::auth::mfa::Enrolment), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn totp_enroll(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -278,7 +337,7 @@ pub(crate) struct CodeBody {
     code: String,
 }
 
-#[utoipa::path(post, path = "/v1/auth/mfa/totp/confirm", tag = "mfa", summary = "Confirm TOTP; returns recovery codes once", request_body = CodeBody, security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/confirm", tag = "mfa", summary = "Confirm TOTP; returns recovery codes once", request_body = CodeBody, security(("bearer" = [])), responses((status = 200, description = "TOTP is on; the recovery codes, shown once", body = RecoveryCodes), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn totp_confirm(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -289,7 +348,9 @@ pub(crate) async fn totp_confirm(
         .auth
         .totp_confirm(&principal, &body.code, ip, unix_now())
         .await?;
-    Ok(no_store(Json(json!({"recovery_codes": codes}))))
+    Ok(no_store(Json(RecoveryCodes {
+        recovery_codes: codes,
+    })))
 }
 
 #[utoipa::path(post, path = "/v1/auth/mfa/totp/disable", tag = "mfa", summary = "Turn TOTP off", request_body = CodeBody, security(("bearer" = [])), responses((status = 204, description = "No content"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
@@ -385,18 +446,21 @@ fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)
     Some((id.to_string(), secret.to_string()))
 }
 
-#[utoipa::path(post, path = "/v1/auth/oidc/google/start", tag = "oidc", summary = "Start a Google sign-in", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/oidc/google/start", tag = "oidc", summary = "Start a Google sign-in", responses((status = 200, description = "Where to send the browser", body = AuthorizationUrl), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn google_start(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> Result<impl IntoResponse, ApiError> {
     let (url, secret) = state.auth.google_start(None, ip, unix_now()).await?;
-    let mut response = no_store(Json(json!({"authorization_url": url}))).into_response();
+    let mut response = no_store(Json(AuthorizationUrl {
+        authorization_url: url,
+    }))
+    .into_response();
     flow_cookie(&mut response, &secret, 600);
     Ok(response)
 }
 
-#[utoipa::path(post, path = "/v1/auth/oidc/google/link", tag = "oidc", summary = "Start linking a Google identity", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/oidc/google/link", tag = "oidc", summary = "Start linking a Google identity", security(("bearer" = [])), responses((status = 200, description = "Where to send the browser", body = AuthorizationUrl), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn google_link(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -406,7 +470,10 @@ pub(crate) async fn google_link(
         .auth
         .google_start(Some(&principal), ip, unix_now())
         .await?;
-    let mut response = no_store(Json(json!({"authorization_url": url}))).into_response();
+    let mut response = no_store(Json(AuthorizationUrl {
+        authorization_url: url,
+    }))
+    .into_response();
     flow_cookie(&mut response, &secret, 600);
     Ok(response)
 }
@@ -421,7 +488,7 @@ pub(crate) struct CallbackQuery {
     error: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/auth/oidc/google/callback", tag = "oidc", summary = "Provider callback (code, state)", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/v1/auth/oidc/google/callback", tag = "oidc", summary = "Provider callback (code, state)", responses((status = 200, description = "Signed in (tokens or an MFA challenge), or the identity linked", body = crate::auth::CallbackOutcome), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn google_callback(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -458,7 +525,7 @@ pub(crate) async fn google_callback(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/auth/session", tag = "auth", summary = "The signed-in caller", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/v1/auth/session", tag = "auth", summary = "The signed-in caller", security(("bearer" = [])), responses((status = 200, description = "The caller", body = SessionAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn current_session(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -466,27 +533,27 @@ pub(crate) async fn current_session(
     if let Some((account, _)) =
         super::service_accounts::get(&state.store, &principal.user_id).await?
     {
-        return Ok(Json(json!({
-            "principal_id": account.id,
-            "kind": "service_account",
-            "name": account.name,
-        })));
+        return Ok(Json(SessionAnswer::ServiceAccount {
+            principal_id: account.id,
+            kind: CallerKind::ServiceAccount,
+            name: account.name,
+        }));
     }
     let (user, _) = super::users::get(&state.store, &principal.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    Ok(Json(json!({
-        "principal_id": user.id,
-        "kind": "user",
-        "user_id": user.id,
-        "email": user.email,
-        "email_verified": user.email_verified,
-        "mfa_enabled": user.mfa_enabled,
-        "session_id": principal.session_id,
-    })))
+    Ok(Json(SessionAnswer::User {
+        principal_id: user.id.clone(),
+        kind: CallerKind::User,
+        user_id: user.id,
+        email: user.email,
+        email_verified: user.email_verified,
+        mfa_enabled: user.mfa_enabled,
+        session_id: principal.session_id,
+    }))
 }
 
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", summary = "Public keys of access tokens", responses((status = 200, description = "OK"), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", summary = "Public keys of access tokens", responses((status = 200, description = "The JWK set", body = gateway_core::jwks::JwkSet), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],

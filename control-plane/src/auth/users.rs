@@ -10,7 +10,7 @@ use unicode_normalization::UnicodeNormalization;
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_LEN: usize = 254;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UserStatus {
     Active,

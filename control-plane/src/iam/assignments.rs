@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{PLATFORM_SCOPE_KEY, record_err};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub principal_id: String,
     #[serde(flatten)]

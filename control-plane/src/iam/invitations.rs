@@ -14,7 +14,7 @@ use super::record_err;
 /// Prefix of invitation ids.
 pub const PREFIX: &str = "inv_";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invitation {
     pub id: String,
     pub tenant_id: TenantId,

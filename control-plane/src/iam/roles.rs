@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record_err;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Role {
     pub name: String,
     #[serde(default)]
@@ -26,7 +26,7 @@ impl Record for Role {
 }
 
 /// A registered right with its description (for discovery; roles may use any valid right).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RightInfo {
     pub name: Right,
     #[serde(default)]
