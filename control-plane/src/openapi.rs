@@ -38,15 +38,16 @@ pub enum TokenAnswer {
     Mfa(MfaChallenge),
 }
 
-/// Tokens delivered as cookies.
+/// Tokens delivered as cookies: what the body carries (the cookies carry the tokens).
 #[derive(serde::Serialize, ToSchema)]
-#[allow(dead_code)]
 pub struct CookieTokens {
     /// `cookie`.
-    token_type: String,
+    #[schema(value_type = String)]
+    pub token_type: &'static str,
     /// Seconds the access token lives.
-    expires_in: u64,
-    csrf_token: String,
+    pub expires_in: u64,
+    /// Sent back in `x-csrf-token` with every change.
+    pub csrf_token: String,
 }
 
 /// A second-factor challenge.

@@ -642,7 +642,10 @@ pub async fn follow(
                         }
                     }
                     // counted as delivered only once applied: the replica says it is
-                    // ready only when a request would find the document
+                    // ready only when a request would find the document (a large one
+                    // whose parts cannot be read now counts too: waiting for it could
+                    // hold readiness until the key is written again, and the
+                    // reconciliation that follows the replay reads it)
                     replay.seen(Some(&entry.key), &mirrors);
                     catching_up.seen(Some(&entry.key), &mirrors);
                 }

@@ -180,22 +180,27 @@ async fn operator_metrics_exist_and_move_with_their_events() {
                 assert_eq!(query("initech", &token, json!({})).await.0, 503);
             }
             "load shed" => {
-                // one slot: a slow query holds it while others arrive
-                let slow = query("acme", &token, json!({"_reference": {"delay_ms": 1500}}));
+                // one slot: a slow query holds it while another arrives. The other is
+                // sent once the slow one has reached the upstream (had it been sent at
+                // once, either could take the slot first)
+                let slow = query("acme", &token, json!({"_reference": {"delay_ms": 3000}}));
                 let probe = async {
                     let deadline = Instant::now() + START;
-                    loop {
-                        let (status, answer) = query("acme", &token, json!({})).await;
-                        if status == 503 {
-                            break answer;
-                        }
-                        assert_eq!(status, 200, "{answer}");
-                        assert!(Instant::now() < deadline, "never shed");
+                    while !node
+                        .node
+                        .recorded()
+                        .iter()
+                        .any(|call| call.body.contains("delay_ms"))
+                    {
+                        assert!(Instant::now() < deadline, "the slow query never arrived");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    query("acme", &token, json!({})).await
                 };
-                let (slow, shed) = tokio::join!(slow, probe);
+                let (slow, (status, shed)) = tokio::join!(slow, probe);
+                assert_eq!(status, 503, "{shed}");
                 assert_eq!(shed["error"]["code"], "load_shed");
-                assert_eq!(slow.0, 200);
+                assert_eq!(slow.0, 200, "{}", slow.1);
             }
             "ambiguous request refused" => {
                 let status = client

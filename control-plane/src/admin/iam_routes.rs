@@ -75,10 +75,13 @@ pub(crate) struct Explanation {
     allowed: bool,
     reason: authz::Reason,
     /// The role whose right matched.
+    #[schema(required = true)]
     role: Option<String>,
     /// The right that matched.
+    #[schema(required = true)]
     right: Option<String>,
     principal_id: String,
+    #[schema(required = true)]
     tenant_id: Option<authz::TenantId>,
 }
 
@@ -95,6 +98,7 @@ pub(crate) struct AuditPage {
     #[schema(value_type = Vec<Object>)]
     records: Vec<Value>,
     /// Pass as `after` for the next page (null: no more).
+    #[schema(required = true)]
     next_after: Option<u64>,
     /// The tenant read, or the platform scope.
     scope: String,

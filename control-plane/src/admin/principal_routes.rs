@@ -338,6 +338,7 @@ pub(crate) struct AccountView {
     name: String,
     disabled: bool,
     /// The tenant whose admins manage it (null: platform-owned).
+    #[schema(required = true)]
     owner_tenant: Option<String>,
     created_at: i64,
     secrets: Vec<SecretView>,
@@ -349,6 +350,7 @@ pub(crate) struct SecretView {
     id: String,
     created_at: i64,
     /// Set once a newer secret replaced it: it works until then.
+    #[schema(required = true)]
     expires_at: Option<i64>,
 }
 
@@ -501,6 +503,7 @@ pub(crate) async fn delete_service_account(
 pub(crate) struct UserList {
     users: Vec<principals::UserView>,
     /// Pass as `after` for the next page (null: no more).
+    #[schema(required = true)]
     next_after: Option<String>,
 }
 
@@ -525,8 +528,11 @@ pub(crate) struct SessionView {
     expires_at: i64,
     /// Neither ended nor expired.
     active: bool,
+    #[schema(required = true)]
     revoked_at: Option<i64>,
+    #[schema(required = true)]
     revoked_reason: Option<String>,
+    #[schema(required = true)]
     client_ip: Option<String>,
     /// Signed in with a second factor.
     mfa: bool,

@@ -35,6 +35,7 @@ pub(crate) struct RoutingView {
     /// 0: nothing published yet.
     revision: u64,
     /// Unix time of the publication (null: nothing published yet).
+    #[schema(required = true)]
     issued_at: Option<i64>,
     routing: RoutingDocument,
 }
@@ -63,6 +64,7 @@ pub(crate) enum TenantRoute {
         shard: String,
         endpoints: Vec<String>,
         /// The revision at which the kind's routing last changed.
+        #[schema(required = true)]
         kind_revision: Option<u64>,
     },
     NotRouted {

@@ -13,7 +13,6 @@ use gateway_edge::ErrorCode;
 use gateway_edge::http;
 use gateway_edge::{ApiError, Reason};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::Principal;
 use crate::AppState;
@@ -89,33 +88,22 @@ pub(crate) struct AuthorizationUrl {
     authorization_url: String,
 }
 
-/// What signed the caller in.
+/// The signed-in caller: a user, or a service account (`kind` says which).
 #[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum CallerKind {
-    User,
-    ServiceAccount,
-}
-
-/// The signed-in caller: a user, or a service account.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum SessionAnswer {
     User {
         principal_id: String,
-        /// `user`.
-        kind: CallerKind,
         user_id: String,
         email: String,
         email_verified: bool,
         mfa_enabled: bool,
         /// The session of the token (null for tokens without one).
+        #[schema(required = true)]
         session_id: Option<String>,
     },
     ServiceAccount {
         principal_id: String,
-        /// `service_account`.
-        kind: CallerKind,
         name: String,
     },
 }
@@ -535,7 +523,6 @@ pub(crate) async fn current_session(
     {
         return Ok(Json(SessionAnswer::ServiceAccount {
             principal_id: account.id,
-            kind: CallerKind::ServiceAccount,
             name: account.name,
         }));
     }
@@ -544,7 +531,6 @@ pub(crate) async fn current_session(
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(Json(SessionAnswer::User {
         principal_id: user.id.clone(),
-        kind: CallerKind::User,
         user_id: user.id,
         email: user.email,
         email_verified: user.email_verified,
@@ -574,11 +560,11 @@ fn deliver(state: &AppState, headers: &HeaderMap, tokens: super::TokenResponse) 
         return no_store(Json(tokens)).into_response();
     }
     let csrf = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let mut response = no_store(Json(json!({
-        "token_type": "cookie",
-        "expires_in": tokens.expires_in,
-        "csrf_token": csrf,
-    })))
+    let mut response = no_store(Json(crate::openapi::CookieTokens {
+        token_type: "cookie",
+        expires_in: tokens.expires_in,
+        csrf_token: csrf.clone(),
+    }))
     .into_response();
     let session = state.auth.settings.sessions.absolute_ttl.as_secs();
     append_cookie(

@@ -14,6 +14,8 @@ use super::record_err;
 /// Prefix of invitation ids.
 pub const PREFIX: &str = "inv_";
 
+/// As stored, and as the admin and invitation routes answer it: no secret belongs here
+/// (a field added is on the wire, and in the document, at once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invitation {
     pub id: String,

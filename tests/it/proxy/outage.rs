@@ -281,6 +281,16 @@ async fn a_data_plane_cut_off_too_long_fails_closed_and_recovers() {
         assert!(std::time::Instant::now() < deadline, "never allowed");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // the plane has been ready (every check passed, as a probe saw it): that is what keeps
+    // it live below while it fails closed. Serving a member's query does not prove it
+    // (a query needs that member's document, readiness every document of the replay)
+    gateway_tests::process::wait_for_status(
+        &stack.client,
+        &format!("{}/ready", stack.data.http),
+        200,
+        START,
+    )
+    .await;
     stack.nats.stop();
     // within the bound it keeps serving; past it, a typed 503
     let deadline = std::time::Instant::now() + START;
