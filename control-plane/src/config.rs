@@ -27,6 +27,7 @@ use gateway_store::StoreConfig;
     name = "control-plane",
     version,
     args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = gateway_edge::config::EXIT_CODES
 )]
 pub struct Cli {
@@ -75,11 +76,11 @@ pub struct ServeArgs {
     pub ops_listen: Option<SocketAddr>,
     /// File holding the Ed25519 private key (PKCS#8 PEM) that signs the documents published
     /// to the data planes (a Swarm secret).
-    #[arg(long, env = "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE")]
+    #[arg(long, env = "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE", required = true)]
     pub snapshot_signing_key_file: Option<PathBuf>,
     /// File holding the key-encryption key (base64 of 32 random bytes, a Swarm secret) that
     /// seals the token signing keys in the store.
-    #[arg(long, env = "GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
+    #[arg(long, env = "GATEWAY_KEY_ENCRYPTION_KEY_FILE", required = true)]
     pub key_encryption_key_file: Option<PathBuf>,
     /// Peers (IPs or CIDRs, comma-separated) whose `x-forwarded-for` names the client: the
     /// data planes in front of this control plane.
@@ -281,6 +282,10 @@ pub struct LimitArgs {
     /// every replica).
     #[arg(long, env = "GATEWAY_LOCKOUT_FREE_FAILURES", default_value_t = 5)]
     pub lockout_free_failures: u32,
+    /// First lock of an account past its free failures; each further failure doubles it
+    /// (up to `--lockout-max`).
+    #[arg(long, env = "GATEWAY_LOCKOUT_FIRST", default_value = "1s", value_parser = parse_duration)]
+    pub lockout_first: Duration,
     /// Longest lock of an account after repeated failures.
     #[arg(long, env = "GATEWAY_LOCKOUT_MAX", default_value = "15m", value_parser = parse_duration)]
     pub lockout_max: Duration,
@@ -528,6 +533,13 @@ impl ServeArgs {
                 "this and --forgot-per-account-per-hour must be at least 1",
             ));
         }
+        if l.lockout_first.is_zero() || l.lockout_first > l.lockout_max {
+            return Err(ConfigError::new(
+                "lockout-first",
+                "GATEWAY_LOCKOUT_FIRST",
+                "must be above zero and at most --lockout-max",
+            ));
+        }
         let google = self.google.settings()?;
         let bootstrap_admin = match (
             &self.bootstrap_admin_email,
@@ -601,6 +613,7 @@ impl ServeArgs {
             },
             backoff: BackoffSettings {
                 free_failures: l.lockout_free_failures,
+                first_lock: l.lockout_first,
                 max_lock: l.lockout_max,
                 forget_after: Duration::from_secs(3600),
             },

@@ -169,6 +169,8 @@ impl Record for Backoff {
 pub struct BackoffSettings {
     /// Failures allowed before the account is slowed down.
     pub free_failures: u32,
+    /// The first lock; each further failure doubles it.
+    pub first_lock: Duration,
     /// Longest lock after repeated failures.
     pub max_lock: Duration,
     /// Failures older than this are forgotten.
@@ -210,7 +212,7 @@ impl AccountBackoff {
     }
 
     /// Counts a failure; past the free failures the subject is locked for an exponentially
-    /// growing time (1 s, 2 s, 4 s … up to `max_lock`).
+    /// growing time (`first_lock`, doubled at each failure, up to `max_lock`).
     pub async fn failed(&self, scope: &str, subject: &str, now_ms: i64) -> Result<(), ApiError> {
         let kv = self.store.kv(Bucket::Tokens);
         let key = backoff_key(scope, subject);
@@ -227,7 +229,10 @@ impl AccountBackoff {
             backoff.last_failure_ms = now_ms;
             if backoff.failures > self.settings.free_failures {
                 let exponent = (backoff.failures - self.settings.free_failures - 1).min(20);
-                let lock_ms = (1000i64 << exponent).min(self.settings.max_lock.as_millis() as i64);
+                let first_ms = self.settings.first_lock.as_millis().max(1) as i64;
+                let lock_ms = first_ms
+                    .saturating_mul(1i64 << exponent)
+                    .min(self.settings.max_lock.as_millis() as i64);
                 backoff.locked_until_ms = now_ms + lock_ms;
             }
             let bytes = backoff
@@ -360,6 +365,7 @@ mod tests {
         let backoff = AccountBackoff {
             store,
             settings: BackoffSettings {
+                first_lock: Duration::from_secs(1),
                 free_failures: 1,
                 max_lock: Duration::from_secs(60),
                 forget_after: Duration::from_secs(600),
@@ -386,5 +392,33 @@ mod tests {
         backoff.failed("signin", "ghost", t + 1_000).await.unwrap();
         assert!(backoff.check("signin", "ghost", t + 2_999).await.is_err());
         assert!(backoff.check("signin", "ghost", t + 3_000).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_first_lock_is_configured_and_doubles_up_to_the_longest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&gateway_store::StoreConfig::Embedded {
+            path: dir.path().join("state.redb"),
+        })
+        .await
+        .unwrap();
+        let backoff = AccountBackoff {
+            store,
+            settings: BackoffSettings {
+                first_lock: Duration::from_secs(5),
+                free_failures: 1,
+                max_lock: Duration::from_secs(8),
+                forget_after: Duration::from_secs(600),
+            },
+        };
+        let t = 2_000_000_000;
+        backoff.failed("signin", "a", t).await.unwrap();
+        backoff.failed("signin", "a", t).await.unwrap();
+        assert!(backoff.check("signin", "a", t + 4_999).await.is_err());
+        assert!(backoff.check("signin", "a", t + 5_000).await.is_ok());
+        // doubled, but never past the longest lock
+        backoff.failed("signin", "a", t + 5_000).await.unwrap();
+        assert!(backoff.check("signin", "a", t + 12_999).await.is_err());
+        assert!(backoff.check("signin", "a", t + 13_000).await.is_ok());
     }
 }

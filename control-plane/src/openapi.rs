@@ -58,10 +58,14 @@ pub struct MfaChallenge {
     mfa_token: String,
 }
 
-struct BearerAuth;
+/// The credentials the API takes: a bearer access token, a browser session's access
+/// cookie (with the CSRF header on changes, [`session_credentials`]), and a service
+/// account's client id and secret in HTTP Basic at the token endpoint.
+struct SecuritySchemes;
 
-impl Modify for BearerAuth {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -69,6 +73,35 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                gateway_edge::http::ACCESS_COOKIE,
+                "A browser session: the access cookie set by a token route called with \
+                 `x-token-delivery: cookie`. Every change (any method but GET) also needs \
+                 `x-csrf-token` equal to the `__Host-gw_csrf` cookie.",
+            ))),
+        );
+        components.add_security_scheme(
+            "csrf",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                gateway_edge::http::CSRF_HEADER,
+                "With the session cookie, on every change: the value of the `__Host-gw_csrf` \
+                 cookie (double submit).",
+            ))),
+        );
+        components.add_security_scheme(
+            "client_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A service account's client_id and client_secret (RFC 6749 §2.3.1), \
+                         instead of the body's fields",
+                    ))
                     .build(),
             ),
         );
@@ -82,7 +115,7 @@ impl Modify for BearerAuth {
         description = "Authentication flows and the IAM admin API. Errors use the envelope `{\"error\": {code, message, correlation_id}}`."
     ),
     components(schemas(ErrorEnvelope, ErrorBody, TokenAnswer, CookieTokens, MfaChallenge, crate::auth::TokenResponse)),
-    modifiers(&BearerAuth)
+    modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
 
@@ -101,6 +134,7 @@ pub fn api() -> OpenApiRouter<crate::AppState> {
         .merge(crate::admin::rebalance_routes::router());
     ops_paths(api.get_openapi_mut());
     error_answers(api.get_openapi_mut());
+    session_credentials(api.get_openapi_mut());
     path_constraints(api.get_openapi_mut());
     body_constraints(api.get_openapi_mut());
     optional_bodies(api.get_openapi_mut());
@@ -323,6 +357,53 @@ fn path_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
     })
 }
 
+/// The shape of a query parameter, as its handler reads it: the filters' ids as in paths,
+/// numbers within the range of the handler's integer type (values past it are refused;
+/// limits inside it are brought into their bounds), other texts as they come.
+fn query_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let integer = |minimum: utoipa::Number, maximum: utoipa::Number| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(minimum))
+            .maximum(Some(maximum))
+            .build()
+            .into()
+    };
+    let unsigned = || integer(utoipa::Number::UInt(0), utoipa::Number::UInt(usize::MAX));
+    let text = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .build()
+            .into()
+    };
+    Some(match name {
+        "tenant_id" => path_parameter(path, "tenant_id")?,
+        "principal_id" => path_parameter("", "id")?,
+        "email" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(EMAIL_PATTERN))
+            .min_length(Some(3))
+            .max_length(Some(254))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+            .build()
+            .into(),
+        "status" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["active", "disabled"]))
+            .build()
+            .into(),
+        "limit" => unsigned(),
+        "after" if path == "/admin/audit" => unsigned(),
+        "since" | "until" => integer(
+            utoipa::Number::Int(i64::MIN as isize),
+            utoipa::Number::Int(i64::MAX as isize),
+        ),
+        "after" | "actor" | "action" | "code" | "state" | "error" => text(),
+        _ => return None,
+    })
+}
+
 /// The operations of a path item, with their methods (the API uses these five).
 fn operations(item: &mut PathItem) -> [(HttpMethod, &mut Option<Operation>); 5] {
     [
@@ -343,9 +424,12 @@ fn path_constraints(doc: &mut utoipa::openapi::OpenApi) {
                 continue;
             };
             for parameter in operation.parameters.iter_mut().flatten() {
-                if matches!(parameter.parameter_in, ParameterIn::Path)
-                    && let Some(schema) = path_parameter(path, &parameter.name)
-                {
+                let schema = match parameter.parameter_in {
+                    ParameterIn::Path => path_parameter(path, &parameter.name),
+                    ParameterIn::Query => query_parameter(path, &parameter.name),
+                    _ => None,
+                };
+                if let Some(schema) = schema {
                     parameter.schema = Some(schema.into());
                 }
             }
@@ -512,7 +596,7 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
             if operation.request_body.is_some() {
                 answers.push(("400", "Bad input"));
                 answers.push(("413", "The body is too large"));
-                answers.push(("415", "The body is not JSON"));
+                answers.push(("415", "The body is not in a media type the route takes"));
             }
             if path.contains('{') {
                 answers.push(("400", "Bad input"));
@@ -533,12 +617,92 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
             if path.starts_with("/v1/auth/oidc/") {
                 answers.push(("404", "Google sign-in is not configured"));
             }
+            if path.ends_with("/callback") {
+                answers.push((
+                    "401",
+                    "The provider refused the sign-in, or the code or state is not valid",
+                ));
+                answers.push(("403", "The flow was started in another browser"));
+                answers.push((
+                    "409",
+                    "The Google account or its address belongs to another account",
+                ));
+                answers.push((
+                    "502",
+                    "The provider could not be reached or answered wrongly",
+                ));
+            }
             for (status, description) in answers {
                 operation
                     .responses
                     .responses
                     .entry(status.to_string())
                     .or_insert_with(|| error_answer(description));
+            }
+        }
+    }
+}
+
+/// A browser session is as good a credential as a bearer token wherever one is asked for:
+/// each such route also takes the `session` cookie, and a change made with it needs the
+/// `csrf` header with it. The routes that answer with tokens deliver them as cookies when asked
+/// with `x-token-delivery: cookie`.
+fn session_credentials(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{RefOr, Required};
+    let header = |name: &str, description: &str, schema: ObjectBuilder| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(description))
+            .schema(Some(schema))
+            .build()
+    };
+    for (_, item) in doc.paths.paths.iter_mut() {
+        for (method, operation) in operations(item) {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let bearer = operation.security.iter().flatten().any(|requirement| {
+                serde_json::to_value(requirement).is_ok_and(|v| v.get("bearer").is_some())
+            });
+            if bearer {
+                // the cookie alone reads; a change needs the CSRF header with it
+                let session = if matches!(method, HttpMethod::Get) {
+                    SecurityRequirement::new("session", Vec::<String>::new())
+                } else {
+                    SecurityRequirement::new("session", Vec::<String>::new())
+                        .add("csrf", Vec::<String>::new())
+                };
+                if let Some(security) = operation.security.as_mut() {
+                    security.push(session);
+                }
+            }
+            let answers_tokens = operation
+                .responses
+                .responses
+                .get("200")
+                .is_some_and(|answer| {
+                    matches!(answer, RefOr::T(answer) if answer.content.values().any(|content| {
+                        serde_json::to_value(&content.schema)
+                            .is_ok_and(|v| v["$ref"] == "#/components/schemas/TokenAnswer")
+                    }))
+                });
+            if answers_tokens {
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(header(
+                        gateway_edge::http::DELIVERY_HEADER,
+                        "`cookie`: the tokens are set as `HttpOnly` `__Host-` cookies and the body \
+                     carries the CSRF token; otherwise they are in the body",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(["cookie"])),
+                    ));
             }
         }
     }
@@ -595,7 +759,7 @@ pub fn mutating_routes(routes: OpenApiRouter<crate::AppState>) -> Vec<(String, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn every_mutating_admin_route_is_documented() {
@@ -868,6 +1032,103 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn query_parameters_and_credentials_are_declared() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let parameters = |path: &str, method: &str| -> serde_json::Map<String, Value> {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+                .collect()
+        };
+        // every filter the handlers read, in the query, optional, with its shape
+        for (path, names) in [
+            (
+                "/admin/users",
+                &["email", "tenant_id", "status", "after", "limit"][..],
+            ),
+            ("/admin/assignments", &["principal_id", "tenant_id"][..]),
+            (
+                "/admin/audit",
+                &[
+                    "tenant_id",
+                    "actor",
+                    "action",
+                    "since",
+                    "until",
+                    "after",
+                    "limit",
+                ][..],
+            ),
+            ("/admin/invitations", &["tenant_id"][..]),
+            ("/admin/service-accounts", &["tenant_id"][..]),
+            (
+                "/v1/auth/oidc/google/callback",
+                &["code", "state", "error"][..],
+            ),
+        ] {
+            let found = parameters(path, "get");
+            for name in names {
+                let p = &found[*name];
+                assert_eq!(p["in"], "query", "{path} {name}");
+                assert_ne!(p["required"], true, "{path} {name}");
+                assert!(p["schema"]["type"].is_string(), "{path} {name}: {p}");
+            }
+        }
+        let users = parameters("/admin/users", "get");
+        assert_eq!(users["tenant_id"]["schema"]["pattern"], TENANT_PATTERN);
+        assert_eq!(
+            users["status"]["schema"]["enum"],
+            json!(["active", "disabled"])
+        );
+        assert_eq!(users["limit"]["schema"]["minimum"], 0);
+        let audit = parameters("/admin/audit", "get");
+        assert_eq!(audit["after"]["schema"]["maximum"], json!(u64::MAX));
+        assert_eq!(audit["since"]["schema"]["minimum"], json!(i64::MIN));
+        assert_eq!(
+            parameters("/admin/assignments", "get")["principal_id"]["schema"]["pattern"],
+            PRINCIPAL_PATTERN
+        );
+        // a browser session is taken wherever a bearer token is, with the CSRF header on
+        // changes
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["session"]["in"], "cookie");
+        assert_eq!(schemes["session"]["name"], "__Host-gw_access");
+        assert_eq!(schemes["csrf"]["in"], "header");
+        assert_eq!(schemes["csrf"]["name"], "x-csrf-token");
+        assert_eq!(schemes["client_basic"]["scheme"], "basic");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let security = operation["security"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if security.iter().any(|r| r.get("bearer").is_some()) {
+                    let session = security.iter().find(|r| r.get("session").is_some());
+                    let session = session.unwrap_or_else(|| panic!("{method} {path}"));
+                    assert_eq!(
+                        session.get("csrf").is_some(),
+                        method != "get",
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+        for path in ["/v1/auth/signin", "/v1/auth/refresh", "/v1/auth/mfa/verify"] {
+            let delivery = &parameters(path, "post")["x-token-delivery"];
+            assert_eq!(delivery["in"], "header", "{path}");
+            assert_eq!(delivery["schema"]["enum"], json!(["cookie"]), "{path}");
+        }
+        // the client-credentials grant: a form or JSON, the client in the body or in Basic
+        let token = &doc["paths"]["/v1/auth/token"]["post"];
+        let content = token["requestBody"]["content"].as_object().unwrap();
+        assert!(content.contains_key("application/x-www-form-urlencoded"));
+        assert!(content.contains_key("application/json"));
+        assert_eq!(token["security"], json!([{"client_basic": []}, {}]));
     }
 
     #[test]

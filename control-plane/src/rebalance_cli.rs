@@ -23,7 +23,8 @@ pub struct RebalanceCli {
         default_value = "http://127.0.0.1:8090"
     )]
     pub url: String,
-    /// File holding an access token with `rebalance.operate`.
+    /// File holding an access token with `rebalance.operate` (required; checked when the
+    /// action runs, since it may come before or after the action).
     #[arg(long, global = true, env = "GATEWAY_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of tables (before or after the action).

@@ -14,6 +14,7 @@ use gateway_store::StoreConfig;
     name = "data-plane",
     version,
     args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = gateway_edge::config::EXIT_CODES
 )]
 pub struct Cli {
@@ -48,7 +49,8 @@ pub struct Cli {
     #[arg(
         help_heading = "Tokens and published documents",
         long,
-        env = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE"
+        env = "GATEWAY_SNAPSHOT_VERIFY_KEY_FILE",
+        required = true
     )]
     pub snapshot_verify_key_file: Option<PathBuf>,
     /// Report ready before the first routing and key documents are loaded (local runs
@@ -600,8 +602,10 @@ mod tests {
 
     #[test]
     fn the_verification_key_is_required_and_checked() {
-        let err = parse(&[]).validate().unwrap_err();
+        let err = Cli::try_parse_from(["data-plane"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(err.to_string().contains("--snapshot-verify-key-file"));
+        assert!(Cli::try_parse_from(["data-plane", "healthcheck"]).is_ok());
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a key").unwrap();

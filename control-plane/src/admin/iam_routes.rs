@@ -290,15 +290,18 @@ pub(crate) async fn delete_right(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AssignmentFilter {
+    /// Only the assignments of this principal.
     #[serde(default)]
     principal_id: Option<String>,
+    /// Only the assignments in this tenant (required for tenant admins).
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/assignments", tag = "admin.iam", summary = "List assignments (principal_id, tenant_id filters)", security(("bearer" = [])), responses((status = 200, description = "The assignments", body = AssignmentList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/assignments", tag = "admin.iam", summary = "List assignments", params(AssignmentFilter), security(("bearer" = [])), responses((status = 200, description = "The assignments", body = AssignmentList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_assignments(
     State(state): State<AppState>,
     admin: Admin,
@@ -564,25 +567,34 @@ pub(crate) async fn rotate_keys(
     Ok(Json(Rotated { current_kid: kid }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditFilter {
+    /// Only the records of this tenant (without it, the platform's trail: platform
+    /// auditors only).
     #[serde(default)]
     tenant_id: Option<String>,
+    /// Only the records of this actor (a principal id).
     #[serde(default)]
     actor: Option<String>,
+    /// Only the actions that start with this text, e.g. `admin.` or `auth.signin`.
     #[serde(default)]
     action: Option<String>,
+    /// Only records at or after this time (Unix seconds).
     #[serde(default)]
     since: Option<i64>,
+    /// Only records before this time (Unix seconds).
     #[serde(default)]
     until: Option<i64>,
+    /// Where the page starts: the `next_after` of the page before (a sequence number).
     #[serde(default)]
     after: Option<u64>,
+    /// Most records in the page: 100 by default, 1 to 500 (values outside are brought in).
     #[serde(default)]
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/admin/audit", tag = "admin.audit", summary = "Read the audit trail (tenant_id, actor, action, since, until, after, limit)", security(("bearer" = [])), responses((status = 200, description = "A page of records", body = AuditPage), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/audit", tag = "admin.audit", summary = "Read the audit trail", params(AuditFilter), security(("bearer" = [])), responses((status = 200, description = "A page of records", body = AuditPage), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn read_audit(
     State(state): State<AppState>,
     admin: Admin,
@@ -599,7 +611,7 @@ pub(crate) async fn read_audit(
     }
     let limit = filter.limit.unwrap_or(100).clamp(1, 500);
     let mut records = Vec::new();
-    let mut from = filter.after.map_or(1, |a| a + 1);
+    let mut from = filter.after.map_or(1, |a| a.saturating_add(1));
     let mut next = None;
     // read pages until `limit` records pass the filters (bounded work per request)
     for _ in 0..20 {

@@ -154,13 +154,15 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(invitation)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InvitationFilter {
+    /// Only the invitations to this tenant (required for tenant admins).
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, operation_id = "invitations_list", path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations (tenant_id filter; required for tenant admins)", security(("bearer" = [])), responses((status = 200, description = "The pending invitations", body = InvitationList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "invitations_list", path = "/admin/invitations", tag = "admin.iam", summary = "Pending invitations", params(InvitationFilter), security(("bearer" = [])), responses((status = 200, description = "The pending invitations", body = InvitationList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,

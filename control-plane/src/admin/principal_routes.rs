@@ -40,21 +40,28 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_service_account))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UserFilter {
+    /// Only the user with this address.
     #[serde(default)]
     email: Option<String>,
+    /// Only members of this tenant (required for tenant admins).
     #[serde(default)]
     tenant_id: Option<String>,
+    /// Only users in this status.
     #[serde(default)]
+    #[param(inline)]
     status: Option<UserStatus>,
+    /// Where the page starts: the `next_after` of the page before.
     #[serde(default)]
     after: Option<String>,
+    /// Most users in the page: 50 by default, 1 to 500 (values outside are brought in).
     #[serde(default)]
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/admin/users", tag = "admin.users", summary = "List users (email, tenant_id, status, after, limit)", security(("bearer" = [])), responses((status = 200, description = "A page of users", body = UserList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/users", tag = "admin.users", summary = "List users", params(UserFilter), security(("bearer" = [])), responses((status = 200, description = "A page of users", body = UserList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
     admin: Admin,
@@ -395,13 +402,15 @@ pub(crate) struct RotatedSecret {
     overlap_seconds: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AccountFilter {
+    /// Only the accounts of this tenant (required for tenant admins).
     #[serde(default)]
     tenant_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "List service accounts", security(("bearer" = [])), responses((status = 200, description = "The service accounts", body = AccountList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/admin/service-accounts", tag = "admin.service_accounts", summary = "List service accounts", params(AccountFilter), security(("bearer" = [])), responses((status = 200, description = "The service accounts", body = AccountList), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope), (status = 401, description = "Not signed in", body = crate::openapi::ErrorEnvelope), (status = 403, description = "Forbidden", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn list_service_accounts(
     State(state): State<AppState>,
     admin: Admin,

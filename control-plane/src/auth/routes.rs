@@ -366,7 +366,7 @@ pub(crate) struct TokenRequest {
 
 /// `POST /v1/auth/token`: the client-credentials grant, as a form (RFC 6749) or JSON, with
 /// the client authenticated in the body or with HTTP Basic.
-#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", summary = "Client-credentials grant (form or JSON)", request_body = TokenRequest, responses((status = 200, description = "OK", body = crate::auth::TokenResponse), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", summary = "Client-credentials grant (form or JSON)", request_body(description = "The grant, as a form (RFC 6749 §4.4.2) or JSON; the client authenticates in the body (client_id and client_secret) or with HTTP Basic, not both", content((TokenRequest = "application/x-www-form-urlencoded"), (TokenRequest = "application/json"))), security(("client_basic" = []), ()), responses((status = 200, description = "OK", body = crate::auth::TokenResponse), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -466,17 +466,21 @@ pub(crate) async fn google_link(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct CallbackQuery {
+    /// The authorization code (with `state`).
     #[serde(default)]
     code: Option<String>,
+    /// The state the flow started with (with `code`, or with `error`).
     #[serde(default)]
     state: Option<String>,
+    /// The provider's refusal (RFC 6749 §4.1.2.1), instead of `code`.
     #[serde(default)]
     error: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/auth/oidc/google/callback", tag = "oidc", summary = "Provider callback (code, state)", responses((status = 200, description = "Signed in (tokens or an MFA challenge), or the identity linked", body = crate::auth::CallbackOutcome), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/v1/auth/oidc/google/callback", tag = "oidc", summary = "Provider callback", params(CallbackQuery), responses((status = 200, description = "Signed in (tokens or an MFA challenge), or the identity linked", body = crate::auth::CallbackOutcome), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn google_callback(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

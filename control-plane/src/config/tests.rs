@@ -22,21 +22,35 @@ fn with_keys(files: &KeyFiles, extra: &[&str]) -> Result<Cli, clap::Error> {
 
 #[test]
 fn missing_secret_files_name_the_setting() {
-    let cli = parse(&["--store", "embedded"]).unwrap();
-    let err = cli.serve.validate().unwrap_err();
-    assert!(err.to_string().contains("--snapshot-signing-key-file"));
-    let cli = parse(&["--snapshot-signing-key-file", "/nonexistent/key.pem"]).unwrap();
+    // both are required flags: clap refuses a command line without them, naming them
+    let err = parse(&["--store", "embedded"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    let text = err.to_string();
+    assert!(text.contains("--snapshot-signing-key-file"), "{text}");
+    assert!(text.contains("--key-encryption-key-file"), "{text}");
+    // the subcommands do not need them
+    assert!(parse(&["keygen", "--out-dir", "/nonexistent"]).is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    let files = keygen(dir.path(), false).unwrap();
+    let kek = files.key_encryption.to_str().unwrap();
+    let cli = parse(&[
+        "--snapshot-signing-key-file",
+        "/nonexistent/key.pem",
+        "--key-encryption-key-file",
+        kek,
+    ])
+    .unwrap();
     let err = cli.serve.validate().unwrap_err();
     assert!(
         err.to_string()
             .contains("GATEWAY_SNAPSHOT_SIGNING_KEY_FILE")
     );
     assert!(err.to_string().contains("/nonexistent/key.pem"));
-    let dir = tempfile::tempdir().unwrap();
-    let files = keygen(dir.path(), false).unwrap();
     let cli = parse(&[
         "--snapshot-signing-key-file",
         files.snapshot_signing.to_str().unwrap(),
+        "--key-encryption-key-file",
+        "/nonexistent/kek",
     ])
     .unwrap();
     let err = cli.serve.validate().unwrap_err();

@@ -160,4 +160,22 @@ async fn the_operator_cli_plans_applies_and_reports_gates() {
         out.contains("Exit codes") && out.contains("3 the control plane cannot be reached"),
         "{out}"
     );
+    let described = |out: &str, flag: &str| -> String {
+        let line = out.lines().find(|l| l.trim_start().starts_with(flag));
+        line.unwrap_or_default().to_string()
+    };
+    assert!(
+        described(&out, "--token-file").contains("(required"),
+        "{out}"
+    );
+    // every flag of a step is described, the kinds listed
+    let (code, out, _) = run(&["plan", "--help"]);
+    assert_eq!(code, Some(0));
+    for (flag, text) in [
+        ("--tenant <TENANT>", "The tenant to move"),
+        ("--kind <KIND>", "aggregate, projection, runner"),
+        ("--target <TARGET>", "The shard that takes the tenant over"),
+    ] {
+        assert!(described(&out, flag).contains(text), "{flag}: {out}");
+    }
 }
