@@ -533,11 +533,11 @@ impl ServeArgs {
                 "this and --forgot-per-account-per-hour must be at least 1",
             ));
         }
-        if l.lockout_first.is_zero() || l.lockout_first > l.lockout_max {
+        if l.lockout_first.is_zero() {
             return Err(ConfigError::new(
                 "lockout-first",
                 "GATEWAY_LOCKOUT_FIRST",
-                "must be above zero and at most --lockout-max",
+                "must be above zero (each lock is also at most --lockout-max)",
             ));
         }
         let google = self.google.settings()?;

@@ -229,11 +229,12 @@ impl AccountBackoff {
             backoff.last_failure_ms = now_ms;
             if backoff.failures > self.settings.free_failures {
                 let exponent = (backoff.failures - self.settings.free_failures - 1).min(20);
-                let first_ms = self.settings.first_lock.as_millis().max(1) as i64;
-                let lock_ms = first_ms
+                let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                let lock_ms = millis(self.settings.first_lock)
+                    .max(1)
                     .saturating_mul(1i64 << exponent)
-                    .min(self.settings.max_lock.as_millis() as i64);
-                backoff.locked_until_ms = now_ms + lock_ms;
+                    .min(millis(self.settings.max_lock));
+                backoff.locked_until_ms = now_ms.saturating_add(lock_ms);
             }
             let bytes = backoff
                 .to_bytes()
@@ -420,5 +421,23 @@ mod tests {
         backoff.failed("signin", "a", t + 5_000).await.unwrap();
         assert!(backoff.check("signin", "a", t + 12_999).await.is_err());
         assert!(backoff.check("signin", "a", t + 13_000).await.is_ok());
+        // locks past any clock (a configuration of centuries) saturate instead of
+        // overflowing into the past
+        let forever = AccountBackoff {
+            settings: BackoffSettings {
+                first_lock: Duration::from_secs(u64::MAX),
+                max_lock: Duration::from_secs(u64::MAX),
+                ..backoff.settings
+            },
+            ..backoff
+        };
+        forever.failed("signin", "b", t).await.unwrap();
+        forever.failed("signin", "b", t).await.unwrap();
+        assert!(
+            forever
+                .check("signin", "b", t + 1_000_000_000)
+                .await
+                .is_err()
+        );
     }
 }

@@ -94,6 +94,21 @@ impl Modify for SecuritySchemes {
             ))),
         );
         components.add_security_scheme(
+            "csrf_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                gateway_edge::http::CSRF_COOKIE,
+                "The CSRF cookie set with the session's cookies; `x-csrf-token` repeats it.",
+            ))),
+        );
+        components.add_security_scheme(
+            "refresh_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                gateway_edge::http::REFRESH_COOKIE,
+                "A browser session's refresh cookie: `/v1/auth/refresh` without a \
+                 `refresh_token` in the body takes it, with `x-csrf-token`.",
+            ))),
+        );
+        components.add_security_scheme(
             "client_basic",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -623,6 +638,7 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
                     "The provider refused the sign-in, or the code or state is not valid",
                 ));
                 answers.push(("403", "The flow was started in another browser"));
+                answers.push(("429", "Rate limited; retry after `retry-after`"));
                 answers.push((
                     "409",
                     "The Google account or its address belongs to another account",
@@ -676,6 +692,7 @@ fn session_credentials(doc: &mut utoipa::openapi::OpenApi) {
                 } else {
                     SecurityRequirement::new("session", Vec::<String>::new())
                         .add("csrf", Vec::<String>::new())
+                        .add("csrf_cookie", Vec::<String>::new())
                 };
                 if let Some(security) = operation.security.as_mut() {
                     security.push(session);
@@ -1110,11 +1127,13 @@ mod tests {
                 if security.iter().any(|r| r.get("bearer").is_some()) {
                     let session = security.iter().find(|r| r.get("session").is_some());
                     let session = session.unwrap_or_else(|| panic!("{method} {path}"));
-                    assert_eq!(
-                        session.get("csrf").is_some(),
-                        method != "get",
-                        "{method} {path}"
-                    );
+                    for part in ["csrf", "csrf_cookie"] {
+                        assert_eq!(
+                            session.get(part).is_some(),
+                            method != "get",
+                            "{method} {path}: {part}"
+                        );
+                    }
                 }
             }
         }
@@ -1129,6 +1148,11 @@ mod tests {
         assert!(content.contains_key("application/x-www-form-urlencoded"));
         assert!(content.contains_key("application/json"));
         assert_eq!(token["security"], json!([{"client_basic": []}, {}]));
+        // a browser's refresh: the refresh cookie with the CSRF pair, or the body's token
+        assert_eq!(
+            doc["paths"]["/v1/auth/refresh"]["post"]["security"],
+            json!([{}, {"refresh_session": [], "csrf": [], "csrf_cookie": []}])
+        );
     }
 
     #[test]

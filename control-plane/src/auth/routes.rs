@@ -151,7 +151,7 @@ pub(crate) struct RefreshBody {
     refresh_token: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshBody, security((), ("refresh_session" = [], "csrf" = [], "csrf_cookie" = [])), responses((status = 200, description = "OK", body = crate::openapi::TokenAnswer), (status = 400, description = "Bad input", body = crate::openapi::ErrorEnvelope)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

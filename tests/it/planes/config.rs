@@ -14,8 +14,10 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
             vec![
                 "--snapshot-signing-key-file".into(),
                 "/nonexistent/signing.pem".into(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
             ],
-            "--snapshot-signing-key-file",
+            "/nonexistent/signing.pem",
         ),
         // required flags are marked as such: clap names the missing one
         ("control-plane", vec![], "--snapshot-signing-key-file"),
@@ -47,8 +49,14 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
         ),
         (
             "control-plane",
-            vec!["--snapshot-signing-key-file".into(), keys.verify_path()],
-            "--snapshot-signing-key-file",
+            // a public key where the private one belongs: the validator names the file
+            vec![
+                "--snapshot-signing-key-file".into(),
+                keys.verify_path(),
+                "--key-encryption-key-file".into(),
+                keys.kek_path(),
+            ],
+            "GATEWAY_SNAPSHOT_SIGNING_KEY_FILE",
         ),
         (
             "control-plane",
