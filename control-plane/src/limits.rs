@@ -355,23 +355,31 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_one_second_lock_lasts_a_second_across_a_second_boundary() {
+    /// A backoff on its own embedded store (kept while the directory lives): one free
+    /// failure, then `first_lock` doubled up to `max_lock`.
+    async fn backoff_on_disk(
+        first_lock: Duration,
+        max_lock: Duration,
+    ) -> (tempfile::TempDir, AccountBackoff) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&gateway_store::StoreConfig::Embedded {
             path: dir.path().join("state.redb"),
         })
         .await
         .unwrap();
-        let backoff = AccountBackoff {
-            store,
-            settings: BackoffSettings {
-                first_lock: Duration::from_secs(1),
-                free_failures: 1,
-                max_lock: Duration::from_secs(60),
-                forget_after: Duration::from_secs(600),
-            },
+        let settings = BackoffSettings {
+            first_lock,
+            free_failures: 1,
+            max_lock,
+            forget_after: Duration::from_secs(600),
         };
+        (dir, AccountBackoff { store, settings })
+    }
+
+    #[tokio::test]
+    async fn a_one_second_lock_lasts_a_second_across_a_second_boundary() {
+        let (_dir, backoff) =
+            backoff_on_disk(Duration::from_secs(1), Duration::from_secs(60)).await;
         // the locking failure lands 1 ms before a second's boundary: whole seconds made
         // this lock end at the boundary, 1 ms later (a test failed at random on it)
         let t = 1_000_000_999;
@@ -397,21 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_lock_is_configured_and_doubles_up_to_the_longest() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&gateway_store::StoreConfig::Embedded {
-            path: dir.path().join("state.redb"),
-        })
-        .await
-        .unwrap();
-        let backoff = AccountBackoff {
-            store,
-            settings: BackoffSettings {
-                first_lock: Duration::from_secs(5),
-                free_failures: 1,
-                max_lock: Duration::from_secs(8),
-                forget_after: Duration::from_secs(600),
-            },
-        };
+        let (_dir, backoff) = backoff_on_disk(Duration::from_secs(5), Duration::from_secs(8)).await;
         let t = 2_000_000_000;
         backoff.failed("signin", "a", t).await.unwrap();
         backoff.failed("signin", "a", t).await.unwrap();
@@ -423,14 +417,8 @@ mod tests {
         assert!(backoff.check("signin", "a", t + 13_000).await.is_ok());
         // locks past any clock (a configuration of centuries) saturate instead of
         // overflowing into the past
-        let forever = AccountBackoff {
-            settings: BackoffSettings {
-                first_lock: Duration::from_secs(u64::MAX),
-                max_lock: Duration::from_secs(u64::MAX),
-                ..backoff.settings
-            },
-            ..backoff
-        };
+        let longest = Duration::from_secs(u64::MAX);
+        let (_dir, forever) = backoff_on_disk(longest, longest).await;
         forever.failed("signin", "b", t).await.unwrap();
         forever.failed("signin", "b", t).await.unwrap();
         assert!(

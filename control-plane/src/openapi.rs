@@ -394,7 +394,8 @@ fn query_parameter(path: &str, name: &str) -> Option<utoipa::openapi::Schema> {
     };
     Some(match name {
         "tenant_id" => path_parameter(path, "tenant_id")?,
-        "principal_id" => path_parameter("", "id")?,
+        // a principal id, as in the user routes' paths
+        "principal_id" => path_parameter("/admin/users/{id}", "id")?,
         "email" => ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some(EMAIL_PATTERN))
@@ -661,22 +662,13 @@ fn error_answers(doc: &mut utoipa::openapi::OpenApi) {
 
 /// A browser session is as good a credential as a bearer token wherever one is asked for:
 /// each such route also takes the `session` cookie, and a change made with it needs the
-/// `csrf` header with it. The routes that answer with tokens deliver them as cookies when asked
+/// double-submit pair (`csrf` header, `csrf_cookie`) with it. The routes that answer with tokens deliver them as cookies when asked
 /// with `x-token-delivery: cookie`.
 fn session_credentials(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{RefOr, Required};
-    let header = |name: &str, description: &str, schema: ObjectBuilder| {
-        ParameterBuilder::new()
-            .name(name)
-            .parameter_in(ParameterIn::Header)
-            .required(Required::False)
-            .description(Some(description))
-            .schema(Some(schema))
-            .build()
-    };
     for (_, item) in doc.paths.paths.iter_mut() {
         for (method, operation) in operations(item) {
             let Some(operation) = operation.as_mut() else {
@@ -686,7 +678,7 @@ fn session_credentials(doc: &mut utoipa::openapi::OpenApi) {
                 serde_json::to_value(requirement).is_ok_and(|v| v.get("bearer").is_some())
             });
             if bearer {
-                // the cookie alone reads; a change needs the CSRF header with it
+                // the cookie alone reads; a change needs the CSRF pair with it
                 let session = if matches!(method, HttpMethod::Get) {
                     SecurityRequirement::new("session", Vec::<String>::new())
                 } else {
@@ -709,17 +701,24 @@ fn session_credentials(doc: &mut utoipa::openapi::OpenApi) {
                     }))
                 });
             if answers_tokens {
-                operation
-                    .parameters
-                    .get_or_insert_with(Vec::new)
-                    .push(header(
-                        gateway_edge::http::DELIVERY_HEADER,
-                        "`cookie`: the tokens are set as `HttpOnly` `__Host-` cookies and the body \
-                     carries the CSRF token; otherwise they are in the body",
+                let delivery = ParameterBuilder::new()
+                    .name(gateway_edge::http::DELIVERY_HEADER)
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "`cookie`: the tokens are set as `HttpOnly` `__Host-` cookies and the \
+                         body carries the CSRF token; otherwise they are in the body",
+                    ))
+                    .schema(Some(
                         ObjectBuilder::new()
                             .schema_type(Type::String)
                             .enum_values(Some(["cookie"])),
-                    ));
+                    ))
+                    .build();
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(delivery);
             }
         }
     }
