@@ -11,10 +11,13 @@
 # haproxy_plain haproxy_jwt haproxy_full ours ours_nocache), BENCH_LATENCY (1: latency at a
 # fixed rate, half of the slowest proxy's maximum, with `proxy-bench latency`; 0: skip),
 # BENCH_PROFILE (0; 1: a perf profile of ours under load after the repetitions, in
-# target/bench-profile.txt), BENCH_CALLGRIND (0; 1: instructions per request of ours by
+# target/bench-profile.txt, and of HAProxy plain under the same load, in
+# target/bench-profile-haproxy_plain.txt; by library and by symbol, the kernel's
+# included), BENCH_CALLGRIND (0; 1: instructions per request of ours by
 # function, inclusive, under valgrind's callgrind, in target/bench-callgrind.txt; exact
 # counts, not disturbed by a noisy machine), BENCH_SYSCALLS (0; 1: system calls per request
-# of ours and of HAProxy plain under the same load, counted with strace -c), BENCH_GRPC (1:
+# of ours and of HAProxy plain under the same load, counted with strace -c; and the TCP
+# segments per request of the whole chain through each, counted with nstat), BENCH_GRPC (1:
 # gRPC SubmitCommand through ours against the reference upstream directly, 2 rounds),
 # BENCH_BASELINE_BIN (unset; a path to another build's data-plane binary: run as scenario
 # `baseline` with the same flags, interleaved with ours in the repetitions and the latency
@@ -357,6 +360,7 @@ print("| %s | %s | %.1fk | %.2f | %.2f | %s | %s |" % (name, rnd, r["rps"] / 100
 fi
 
 syscalls_table=""
+segments_table=""
 if [ "${BENCH_SYSCALLS:-0}" = 1 ] && command -v strace >/dev/null; then
   # strace slows the traced process down several times; the counts per request stay exact
   for entry in "ours:$ours_pid:$P_OURS" "haproxy_plain:$haproxy_pid:$P_PLAIN"; do
@@ -375,21 +379,44 @@ if [ "${BENCH_SYSCALLS:-0}" = 1 ] && command -v strace >/dev/null; then
     total=$(awk -v n="$requests" '$NF == "total" { printf "%.2f", $4 / n }' "$work/strace-$name.txt")
     syscalls_table+="| $name | $requests | $total | ${per_request%, } |\n"
   done
+  # TCP segments per request of the whole chain (wrk, the proxy, nginx; loopback counts
+  # each segment once, at its sender), untraced: kernel time follows packets
+  if command -v nstat >/dev/null; then
+    for entry in "ours:$P_OURS" "haproxy_plain:$P_PLAIN"; do
+      IFS=: read -r name port <<<"$entry"
+      nstat -n >/dev/null
+      requests=$(taskset -c 1 wrk -t1 -c"$CONNS" -d3s -s bench/rotating-tokens.lua \
+        "http://127.0.0.1:$port" -- "$setup/tokens.txt" | awk '/requests in/{print $1}')
+      segments_table+="| $name | $requests | $(nstat -z 2>/dev/null | awk -v n="$requests" '
+        $1 == "TcpOutSegs" { o = $2 } $1 == "TcpExtDelayedACKs" { d = $2 }
+        $1 == "TcpExtTCPPureAcks" { p = $2 } $1 == "TcpRetransSegs" { r = $2 }
+        END { printf "%.2f | %.3f | %.3f | %.3f", o / n, d / n, p / n, r / n }') |\n"
+    done
+  fi
   log "system calls per request: see the report"
 fi
 
 if [ "${BENCH_PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
-  log "profiling ours for ${DURATION}s (perf, flat by symbol)"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" -s bench/rotating-tokens.lua \
-    "http://127.0.0.1:$P_OURS" -- "$setup/tokens.txt" >/dev/null &
-  wrk_pid=$!
-  sleep 1
-  perf record -q -F 1999 -p "$ours_pid" -o "$work/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
-  wait "$wrk_pid" || true
-  mkdir -p target
-  perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | head -60 >target/bench-profile.txt || true
-  log "profile of ours (top 60 symbols by self time) in target/bench-profile.txt"
+  # ours, and HAProxy plain under the same load for comparison (kernel symbols included)
+  for entry in "ours:$ours_pid:$P_OURS:" "haproxy_plain:${haproxy_pid:-}:$P_PLAIN:-haproxy_plain"; do
+    IFS=: read -r name pid port suffix <<<"$entry"
+    [ -n "$pid" ] || continue
+    log "profiling $name for ${DURATION}s (perf, flat by symbol)"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" -s bench/rotating-tokens.lua \
+      "http://127.0.0.1:$port" -- "$setup/tokens.txt" >"$work/profile-wrk.txt" &
+    wrk_pid=$!
+    sleep 1
+    perf record -q -F 1999 -p "$pid" -o "$work/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
+    wait "$wrk_pid" || true
+    mkdir -p target
+    {
+      echo "requests (wrk, $((DURATION + 2)) s): $(awk '/requests in/{print $1}' "$work/profile-wrk.txt")"
+      perf report -i "$work/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -n 1,8p
+      perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | sed -n 1,80p
+    } >"target/bench-profile$suffix.txt" || true
+    log "profile of $name (top symbols by self time) in target/bench-profile$suffix.txt"
+  done
 fi
 cache_line() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^gateway_token_cache_total/{gsub(/.*result="/, "", $1); gsub(/".*/, "", $1); printf "%s %s ", $1, $2}'; }
 CACHE_OURS="$(cache_line "$P_OPS")"
@@ -625,6 +652,14 @@ if [ -n "$syscalls_table" ]; then
   echo "| process | requests | calls per request | by call |"
   echo "| --- | --- | --- | --- |"
   printf "%b" "$syscalls_table"
+fi
+if [ -n "$segments_table" ]; then
+  echo
+  echo "TCP segments per request of the whole chain (nstat, 3 s of wrk -c$CONNS, not traced; wrk, the proxy and nginx together):"
+  echo
+  echo "| through | requests | segments sent | delayed ACKs | pure ACKs received | retransmitted |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  printf "%b" "$segments_table"
 fi
 echo
 echo "Answers checked before timing (status codes; ours asked twice, the second from its cache):"

@@ -71,14 +71,28 @@ pub fn owned(name: &HeaderName) -> bool {
     hop_by_hop(name) || owned_on_requests(name) || owned_on_answers(name)
 }
 
-/// The names `connection` fields list: hop-by-hop for this message (RFC 9110 §7.6.1).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
-        .collect()
+/// Whether a `connection` field of `headers` lists a token other than `keep-alive` (the
+/// usual one, naming a field that is hop-by-hop anyway). When none does, no field need be
+/// looked up in them.
+fn connection_names_fields(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|token| {
+            let token = token.trim_ascii();
+            !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive")
+        })
+    })
+}
+
+/// Whether a `connection` field of `headers` lists `name`: hop-by-hop for this message
+/// (RFC 9110 §7.6.1). Compared as bytes, without making a name of each token.
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|token| {
+            token
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+    })
 }
 
 /// Fields removed and added for one route class.
@@ -161,16 +175,12 @@ impl HeaderPolicies {
 /// gateway owns or the class removes, its cookies but the gateway's own, its `via` with the
 /// gateway appended, and the class's additions.
 pub fn outgoing(client: &HeaderMap, policy: &HeaderPolicy) -> Vec<(HeaderName, HeaderValue)> {
-    let named = if client.contains_key(header::CONNECTION) {
-        connection_named(client)
-    } else {
-        Vec::new()
-    };
+    let connection = connection_names_fields(client);
     let mut out = Vec::with_capacity(client.len() + policy.add_request.len() + 1);
     for (name, value) in client {
         if hop_by_hop(name)
             || owned_on_requests(name)
-            || named.contains(name)
+            || (connection && named_by_connection(client, name))
             || policy.remove_request.contains(name)
         {
             continue;
@@ -211,10 +221,14 @@ pub fn grpc_answer_metadata(upstream: &HeaderMap) -> HeaderMap {
 /// `metadata` without hop-by-hop fields (and those its `connection` names), the gRPC
 /// protocol's own, and those `owned` says the gateway sets on this side.
 fn grpc_end_to_end(metadata: &HeaderMap, owned: fn(&HeaderName) -> bool) -> HeaderMap {
-    let named = connection_named(metadata);
+    let connection = connection_names_fields(metadata);
     let mut out = HeaderMap::with_capacity(metadata.len());
     for (name, value) in metadata {
-        if !(hop_by_hop(name) || owned(name) || named.contains(name) || grpc_protocol(name)) {
+        if !(hop_by_hop(name)
+            || owned(name)
+            || (connection && named_by_connection(metadata, name))
+            || grpc_protocol(name))
+        {
             out.append(name.clone(), value.clone());
         }
     }
@@ -271,18 +285,26 @@ fn appended_via(headers: &HeaderMap) -> HeaderValue {
 /// appended, `x-content-type-options: nosniff` unless the upstream set it, the class's
 /// additions.
 pub fn relayed(mut headers: HeaderMap, policy: &HeaderPolicy) -> HeaderMap {
-    // in place: a typical answer loses a field or two, and no second map is built per answer
+    // in place: a typical answer loses a field or two (`connection`), and nothing is
+    // allocated for it: no second map, no list of the names to drop
     let via = appended_via(&headers);
-    let mut dropped = connection_named(&headers);
-    dropped.extend(
-        headers
+    if connection_names_fields(&headers) {
+        // first what `connection` names, while it is there to be read
+        while let Some(name) = headers
             .keys()
-            .filter(|name| {
-                hop_by_hop(name) || owned_on_answers(name) || policy.remove_response.contains(name)
-            })
-            .cloned(),
-    );
-    for name in dropped {
+            .find(|name| !hop_by_hop(name) && named_by_connection(&headers, name))
+            .cloned()
+        {
+            headers.remove(name);
+        }
+    }
+    while let Some(name) = headers
+        .keys()
+        .find(|name| {
+            hop_by_hop(name) || owned_on_answers(name) || policy.remove_response.contains(name)
+        })
+        .cloned()
+    {
         headers.remove(name);
     }
     if headers
@@ -385,6 +407,30 @@ mod tests {
         assert_eq!(
             names(&outgoing(&client, &HeaderPolicy::default())),
             vec!["via: 1.1 gateway"]
+        );
+    }
+
+    #[test]
+    fn every_connection_field_is_read_for_the_names_it_lists() {
+        // the usual `keep-alive` alone names nothing to look up; a second field does
+        let upstream = map(&[
+            ("connection", "keep-alive"),
+            ("x-a", "1"),
+            ("connection", " X-A ,"),
+            ("x-b", "2"),
+            ("close", "3"),
+        ]);
+        let out = relayed(upstream, &HeaderPolicy::default());
+        assert!(!out.contains_key("x-a") && !out.contains_key(header::CONNECTION));
+        assert_eq!(out.get("x-b").unwrap(), "2");
+        assert_eq!(out.get("close").unwrap(), "3");
+        let upstream = map(&[("connection", "close"), ("close", "3"), ("x-b", "2")]);
+        let out = relayed(upstream, &HeaderPolicy::default());
+        assert!(!out.contains_key("close"), "{out:?}");
+        let client = map(&[("connection", "keep-alive"), ("x-b", "2")]);
+        assert_eq!(
+            names(&outgoing(&client, &HeaderPolicy::default())),
+            vec!["x-b: 2", "via: 1.1 gateway"]
         );
     }
 

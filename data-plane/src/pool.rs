@@ -165,18 +165,6 @@ impl http_body::Body for Sized {
     }
 }
 
-/// Whether `err` (or what caused it) is a body going past its limit.
-fn over_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        next = err.source();
-    }
-    false
-}
-
 /// Sends the streamed request `body` on `conn` (its head is written) while reading the
 /// answer's head: an upstream may answer before reading the whole body. Gives the
 /// connection back with the head, and whether the body went out whole.
@@ -202,7 +190,7 @@ async fn upload_body(
             tokio::select! {
                 done = send.as_mut(), if sent.is_none() => match done {
                     Ok(()) => sent = Some(true),
-                    Err(client::BodyFailed::Source(err)) if over_limit(&*err) => {
+                    Err(client::BodyFailed::Source(err)) if gateway_edge::http::over_limit(&*err) => {
                         break Err(SendError::BodyTooLarge);
                     }
                     Err(client::BodyFailed::Source(err)) => {

@@ -465,18 +465,18 @@ impl Outgoing<'_> {
             .conns()
             .map_err(|err| Failure::Unreachable(err.message))?;
         let identity = &self.identity;
-        let mut headers: Vec<(&HeaderName, &HeaderValue)> =
-            Vec::with_capacity(5 + identity.forwarded.len());
-        headers.extend([
+        // the gateway's own fields, then the client's (no list is built for them)
+        let own = [
             (&TENANT, &identity.tenant),
             (&PRINCIPAL, &identity.principal),
             (&CORRELATION, &identity.correlation),
             (&TRACEPARENT, &identity.traceparent),
-        ]);
-        if let Some(assertion) = &identity.assertion {
-            headers.push((&crate::assertion::HEADER, assertion));
-        }
-        headers.extend(identity.forwarded.iter().map(|(name, value)| (name, value)));
+            (
+                &crate::assertion::HEADER,
+                identity.assertion.as_ref().unwrap_or(&identity.traceparent),
+            ),
+        ];
+        let own = &own[..if identity.assertion.is_some() { 5 } else { 4 }];
         static EMPTY: Bytes = Bytes::new();
         let (body, streamed, mut upload) = match &self.body {
             Payload::Whole(body) => (body, None, None),
@@ -492,7 +492,8 @@ impl Outgoing<'_> {
         let call = Call {
             method: &self.method,
             path: &self.path,
-            headers: &headers,
+            headers: own,
+            more: &identity.forwarded,
             body,
             streamed,
             idempotent,

@@ -157,6 +157,7 @@ async fn call_for(
         method: &method,
         path: &path,
         headers: &headers,
+        more: &[],
         body: &body,
         streamed: None,
     };
@@ -513,6 +514,7 @@ async fn exchange(conns: &Arc<Conns>) -> super::Reply {
         method: &Method::GET,
         path: &path,
         headers: &[],
+        more: &[],
         body: &body,
         streamed: None,
     };

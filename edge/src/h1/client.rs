@@ -20,13 +20,13 @@
 use axum::body::Bytes;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BodyError, Source};
 use super::common::{
-    ConnectionTokens, Framing, HeadScan, MAX_HEAD, MAX_HEADERS, Read, content_length,
-    final_coding_is_chunked, read_more,
+    ConnectionTokens, FieldSpans, Framing, HeadScan, MAX_HEAD, MAX_HEADERS, Read, content_length,
+    field_name, final_coding_is_chunked, read_more,
 };
 
 /// Interim (1xx) answers read before the final one.
@@ -39,8 +39,11 @@ pub struct Call<'a> {
     pub method: &'a Method,
     /// Origin-form target (path and query).
     pub path: &'a PathAndQuery,
-    /// Headers besides `host` and `content-length`.
+    /// Headers besides `host` and `content-length`...
     pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
+    /// ... and more after them (two lists, so that a caller adding its own fields to
+    /// those it passes on need not build a third).
+    pub more: &'a [(HeaderName, HeaderValue)],
     pub body: &'a Bytes,
     /// A body sent after the head, as it comes ([`send_body`]), instead of `body`.
     pub streamed: Option<Streamed>,
@@ -166,7 +169,8 @@ pub fn encode(out: &mut Vec<u8>, host: &HeaderValue, call: &Call<'_>) {
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in call.headers {
+    let more = call.more.iter().map(|(name, value)| (name, value));
+    for (name, value) in call.headers.iter().copied().chain(more) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -220,8 +224,6 @@ pub struct Head {
     pub headers: HeaderMap,
     pub framing: Framing,
     pub keep_alive: bool,
-    /// Bytes of the head in the buffer (taken out by [`read_head`]).
-    length: usize,
 }
 
 /// Reads one answer head (skipping 1xx interim ones) from `io`, with `buf` holding what
@@ -238,15 +240,7 @@ pub async fn read_head<I: AsyncRead + Unpin>(
     let mut scan = HeadScan::default();
     loop {
         let head = if scan.worth_parsing(buf) {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(buf) {
-                Ok(httparse::Status::Complete(length)) => {
-                    Some(interpret(&response, length, head_only, max_body)?)
-                }
-                Ok(httparse::Status::Partial) => None,
-                Err(err) => return Err(SendError::Invalid(format!("not an HTTP answer: {err}"))),
-            }
+            parse_head(buf, head_only, max_body)?
         } else {
             None
         };
@@ -265,7 +259,6 @@ pub async fn read_head<I: AsyncRead + Unpin>(
             continue;
         };
         got_any = true;
-        buf.advance(head.length);
         scan.reset();
         if head.status.is_informational() {
             interim += 1;
@@ -324,11 +317,50 @@ pub async fn read_body<I: AsyncRead + Unpin>(
     }
 }
 
+/// Parses the answer head at the start of `buf` and takes it out (`None` while it is
+/// incomplete). The fields' names and values are slices of the head taken out, not copies.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    max_body: u64,
+) -> Result<Option<Head>, SendError> {
+    // left uninitialised: writing 128 empty fields cost more than parsing a typical head
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let mut spans = FieldSpans::new();
+    let (read, length) = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(length)) => (
+            interpret(&response, buf, &mut spans, head_only, max_body)?,
+            length,
+        ),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(SendError::Invalid(format!("not an HTTP answer: {err}"))),
+    };
+    let head = buf.split_to(length).freeze();
+    let bad = |what: &str| SendError::Invalid(format!("invalid answer: {what}"));
+    // room for the few fields a proxy adds to an answer it relays (`via`, the correlation
+    // and trace ids, `x-content-type-options`) without growing the map again
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for (name, value) in spans.fields(&head) {
+        // httparse checked the name is a token and the value has no control character
+        let name = field_name(name).map_err(|_| bad("a field name"))?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| bad("a field value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head { headers, ..read }))
+}
+
 /// What an answer head says: status, content type, body framing (RFC 9112 §6.3) and
-/// whether the connection stays open after it.
+/// whether the connection stays open after it; the fields to keep (all but the framing
+/// ones) noted in `spans`, as slices of `buf`.
 fn interpret(
     response: &httparse::Response<'_, '_>,
-    length: usize,
+    buf: &[u8],
+    spans: &mut FieldSpans,
     head_only: bool,
     max_body: u64,
 ) -> Result<Head, SendError> {
@@ -340,7 +372,6 @@ fn interpret(
         .ok_or_else(|| bad("status"))?;
     let http10 = response.version == Some(0);
     let mut connection = ConnectionTokens::default();
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut declared: Option<u64> = None;
     let mut chunked = None;
     for header in response.headers.iter() {
@@ -358,10 +389,7 @@ fn interpret(
             if name.eq_ignore_ascii_case("connection") {
                 connection.read(header.value);
             }
-            // httparse checked the name is a token and the value has no control character
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("a field name"))?;
-            let value = HeaderValue::from_bytes(header.value).map_err(|_| bad("a field value"))?;
-            headers.append(name, value);
+            spans.push(buf, name.as_bytes(), header.value);
         }
     }
     let no_body = head_only
@@ -391,8 +419,7 @@ fn interpret(
         && framing != Framing::UntilClose;
     Ok(Head {
         status,
-        length,
-        headers,
+        headers: HeaderMap::new(),
         framing,
         keep_alive,
     })

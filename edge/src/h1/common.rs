@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
@@ -83,6 +84,119 @@ impl ConnectionTokens {
     /// close, HTTP/1.0 closes it unless told to keep it; `close` wins over `keep-alive`.
     pub fn persistent(self, http10: bool) -> bool {
         !self.close && (!http10 || self.keep_alive)
+    }
+}
+
+/// Field names outside the registry that messages through the gateway often carry, kept
+/// once: `HeaderName::from_bytes` copies such a name into a new allocation on every call
+/// (registered names, `content-type` and the like, never allocate).
+static COMMON_CUSTOM: [HeaderName; 9] = [
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("x-tenant-id"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-principal-id"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-correlation-id"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-gateway-assertion"),
+];
+
+/// A field name as [`HeaderName::from_bytes`] reads it (lower-cased; an error for what is
+/// not a token), without an allocation for the [`COMMON_CUSTOM`] names.
+pub fn field_name(name: &[u8]) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
+    // by first letter and length: most names are told apart in a comparison or two
+    let candidates: &[HeaderName] = match (name.first().map(|b| b | 0x20), name.len()) {
+        (Some(b't'), 10) => &COMMON_CUSTOM[0..1],
+        (Some(b't'), 11) => &COMMON_CUSTOM[1..2],
+        (Some(b'x'), 11) => &COMMON_CUSTOM[2..3],
+        (Some(b'x'), 12) => &COMMON_CUSTOM[3..4],
+        (Some(b'x'), 14) => &COMMON_CUSTOM[4..5],
+        (Some(b'x'), 15) => &COMMON_CUSTOM[5..6],
+        (Some(b'x'), 16) => &COMMON_CUSTOM[6..7],
+        (Some(b'x'), 17) => &COMMON_CUSTOM[7..8],
+        (Some(b'x'), 19) => &COMMON_CUSTOM[8..9],
+        _ => &[],
+    };
+    match candidates
+        .iter()
+        .find(|known| known.as_str().as_bytes().eq_ignore_ascii_case(name))
+    {
+        Some(known) => Ok(known.clone()),
+        None => HeaderName::from_bytes(name),
+    }
+}
+
+/// Fields of a head noted in place before [`FieldSpans`] turns to a list.
+const INLINE_FIELDS: usize = 24;
+
+/// Where the fields of a parsed head lie in its buffer, so that once the head is taken out
+/// of the buffer as one shared piece, each field name and value is a slice of it rather
+/// than a copy in an allocation of its own. The first [`INLINE_FIELDS`] are noted in
+/// place (a head rarely has more), the rest in a list.
+pub struct FieldSpans {
+    inline: [(u32, u32, u32, u32); INLINE_FIELDS],
+    more: Vec<(u32, u32, u32, u32)>,
+    len: usize,
+}
+
+impl FieldSpans {
+    pub fn new() -> FieldSpans {
+        FieldSpans {
+            inline: [(0, 0, 0, 0); INLINE_FIELDS],
+            more: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Notes a field whose `name` and `value` are slices of `head` (the buffer parsed).
+    pub fn push(&mut self, head: &[u8], name: &[u8], value: &[u8]) {
+        let base = head.as_ptr() as usize;
+        let at = |piece: &[u8]| (piece.as_ptr() as usize).saturating_sub(base) as u32;
+        let (name_at, value_at) = (at(name), at(value));
+        let span = (
+            name_at,
+            name_at + name.len() as u32,
+            value_at,
+            value_at + value.len() as u32,
+        );
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = span,
+            None => self.more.push(span),
+        }
+        self.len += 1;
+    }
+
+    /// How many fields were noted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The fields noted, in order, as slices of `head` (the parsed buffer's head, taken
+    /// out of it whole): each name's bytes (see [`field_name`]) and its value, shared.
+    pub fn fields<'a>(
+        &'a self,
+        head: &'a bytes::Bytes,
+    ) -> impl Iterator<Item = (&'a [u8], bytes::Bytes)> + 'a {
+        let inline = &self.inline[..self.len.min(INLINE_FIELDS)];
+        inline.iter().chain(&self.more).map(
+            move |&(name_start, name_end, value_start, value_end)| {
+                (
+                    &head[name_start as usize..name_end as usize],
+                    head.slice(value_start as usize..value_end as usize),
+                )
+            },
+        )
+    }
+}
+
+impl Default for FieldSpans {
+    fn default() -> Self {
+        FieldSpans::new()
     }
 }
 
@@ -262,6 +376,70 @@ mod tests {
         assert!(!tokens(b"keep-alive, close").persistent(true));
         assert!(!tokens(b"close, keep-alive").persistent(true));
         assert!(!tokens(b"upgrade, CLOSE").persistent(false));
+    }
+
+    #[test]
+    fn field_names_read_as_the_http_crate_reads_them() {
+        for name in [
+            "X-Tenant-Id",
+            "x-tenant-id",
+            "TraceParent",
+            "tracestate",
+            "x-correlation-id",
+            "X-GATEWAY-ASSERTION",
+            "x-forwarded-proto",
+            "x-tenant-ie",
+            "content-type",
+            "Transfer-Encoding",
+            "te",
+            "x",
+            "x-custom-field",
+        ] {
+            assert_eq!(
+                field_name(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "{name}"
+            );
+        }
+        for bad in [&b""[..], b"x tenant", b"x-tenant-i\xff", b"(x)"] {
+            assert!(
+                field_name(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn field_spans_give_back_every_field_in_order() {
+        // more fields than are noted in place
+        let mut text = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..(INLINE_FIELDS + 9) {
+            text.push_str(&format!("f{i}: value {i}\r\n"));
+        }
+        text.push_str("\r\n");
+        let buf = bytes::Bytes::from(text);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        assert!(response.parse(&buf).unwrap().is_complete());
+        let mut spans = FieldSpans::new();
+        for field in response.headers.iter() {
+            spans.push(&buf, field.name.as_bytes(), field.value);
+        }
+        assert_eq!(spans.len(), INLINE_FIELDS + 9);
+        let got: Vec<(String, String)> = spans
+            .fields(&buf)
+            .map(|(name, value)| {
+                (
+                    String::from_utf8(name.to_vec()).unwrap(),
+                    String::from_utf8(value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = (0..(INLINE_FIELDS + 9))
+            .map(|i| (format!("f{i}"), format!("value {i}")))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

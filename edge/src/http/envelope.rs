@@ -50,16 +50,56 @@ pub fn envelope(response: Response) -> Response {
 
 /// The whole request `body`, at most `limit` bytes: past it 413, as the body-limit layer
 /// answers; a body cut short or malformed, 400.
+///
+/// A body that comes as one piece (the usual case: the connection read it whole) is taken
+/// as it is, without gathering pieces into a list first.
 pub async fn read_body(
-    body: axum::body::Body,
+    mut body: axum::body::Body,
     limit: usize,
 ) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
-        Err(_) => Err(ApiError::bad_request("the request could not be read")),
+    let mut first = axum::body::Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            // a bound of the body itself (a limit layer's, or a streamed body's own)
+            if over_limit(&err) {
+                body_too_large()
+            } else {
+                ApiError::bad_request("the request could not be read")
+            }
+        })?;
+        let Ok(piece) = frame.into_data() else {
+            continue; // trailers are not part of the body
+        };
+        let held = joined.as_ref().map_or(first.len(), bytes::BytesMut::len);
+        if piece.len() > limit.saturating_sub(held) {
+            return Err(body_too_large());
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&piece),
+            None if first.is_empty() => first = piece,
+            None => {
+                let mut both = bytes::BytesMut::with_capacity(held + piece.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&piece);
+                joined = Some(both);
+            }
+        }
     }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
+}
+
+/// Whether `err` (or what caused it) is a body going past a limit.
+pub fn over_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// 413: the request body is over its route's limit.

@@ -225,6 +225,7 @@ pub async fn probe_status(url: &str, timeout: Duration) -> Result<u16, String> {
             method: &axum::http::Method::GET,
             path: &path,
             headers: &[(&axum::http::header::CONNECTION, &close)],
+            more: &[],
             body: &bytes::Bytes::new(),
             streamed: None,
             idempotent: true,
