@@ -335,14 +335,15 @@ pub async fn query_with(
         body,
         answers: &state.headers.query,
     };
-    // a query reads: sending it again to another endpoint is safe
-    forward(
+    // a query reads: sending it again to another endpoint is safe. Boxed: the call's
+    // state (the connection's exchange) is not carried, and moved, in every future above
+    Box::pin(forward(
         state,
         &route,
         Deadline::after(state.timeouts.query),
         idempotent,
         &outgoing,
-    )
+    ))
     .await
 }
 
