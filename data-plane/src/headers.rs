@@ -289,15 +289,19 @@ pub fn relayed(mut headers: HeaderMap, policy: &HeaderPolicy) -> HeaderMap {
     // allocated for it: no second map, no list of the names to drop
     let via = appended_via(&headers);
     if connection_names_fields(&headers) {
-        // first what `connection` names, while it is there to be read
-        while let Some(name) = headers
+        // first what `connection` names, while it is there to be read: one pass over the
+        // fields (a hostile answer's long `connection` is read once per field, not once
+        // per field per removal)
+        let named: Vec<HeaderName> = headers
             .keys()
-            .find(|name| !hop_by_hop(name) && named_by_connection(&headers, name))
+            .filter(|name| !hop_by_hop(name) && named_by_connection(&headers, name))
             .cloned()
-        {
+            .collect();
+        for name in named {
             headers.remove(name);
         }
     }
+    // what stays to drop is a few names at most (hop-by-hop, owned, the class's removals)
     while let Some(name) = headers
         .keys()
         .find(|name| {
@@ -432,6 +436,28 @@ mod tests {
             names(&outgoing(&client, &HeaderPolicy::default())),
             vec!["x-b: 2", "via: 1.1 gateway"]
         );
+    }
+
+    #[test]
+    fn a_connection_field_naming_every_field_drops_them_all() {
+        // an answer at the field limit whose `connection` names each of its fields among
+        // thousands of other tokens
+        let mut tokens: Vec<String> = (0..3000).map(|i| format!("t{i}")).collect();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for i in 0..120 {
+            pairs.push((format!("x-f{i}"), "1".to_string()));
+            tokens.push(format!("X-F{i}"));
+        }
+        pairs.push(("x-keep".to_string(), "1".to_string()));
+        pairs.push(("connection".to_string(), tokens.join(", ")));
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let out = relayed(map(&borrowed), &HeaderPolicy::default());
+        let mut left: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["via", "x-content-type-options", "x-keep"]);
     }
 
     #[test]
