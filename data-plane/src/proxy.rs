@@ -466,18 +466,29 @@ impl Outgoing<'_> {
             .conns()
             .map_err(|err| Failure::Unreachable(err.message))?;
         let identity = &self.identity;
-        // the gateway's own fields, then the client's (no list is built for them)
-        let own = [
+        // the gateway's own fields (with the assertion when one is signed), then the
+        // client's: no list is built for them
+        let fields = [
             (&TENANT, &identity.tenant),
             (&PRINCIPAL, &identity.principal),
             (&CORRELATION, &identity.correlation),
             (&TRACEPARENT, &identity.traceparent),
-            (
-                &crate::assertion::HEADER,
-                identity.assertion.as_ref().unwrap_or(&identity.traceparent),
-            ),
         ];
-        let own = &own[..if identity.assertion.is_some() { 5 } else { 4 }];
+        let with_assertion;
+        let own: &[(&HeaderName, &HeaderValue)] = match &identity.assertion {
+            Some(assertion) => {
+                let [tenant, principal, correlation, traceparent] = fields;
+                with_assertion = [
+                    tenant,
+                    principal,
+                    correlation,
+                    traceparent,
+                    (&crate::assertion::HEADER, assertion),
+                ];
+                &with_assertion
+            }
+            None => &fields,
+        };
         static EMPTY: Bytes = Bytes::new();
         let (body, streamed, mut upload) = match &self.body {
             Payload::Whole(body) => (body, None, None),
