@@ -28,7 +28,9 @@
 # BENCH_BASELINE_FLAGS (unset; extra data-plane flags of the baseline scenario; with no
 # BENCH_BASELINE_BIN the baseline is this build: e.g. BENCH_BASELINE_FLAGS=assertion signs
 # an identity assertion for every forwarded call, `assertion` standing for
-# --assertion-signing-key-file with a fresh P-256 key).
+# --assertion-signing-key-file with a fresh P-256 key), BENCH_UPSTREAM_NICE (0; the nice
+# value nginx runs at, e.g. -10 to let the upstream preempt the load tool it shares core 1
+# with: an experiment on the tail at half load, not the protocol).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,7 +119,7 @@ nats_url=$(python3 -c "import json,glob;print(json.load(open(glob.glob('$work/na
 
 # 4a. upstream: nginx, one worker, core 1
 sed -e "s#@WORK@#$work#g" -e "s#@UPSTREAM_ADDR@#127.0.0.1:$P_UP#g" bench/nginx-upstream.conf >"$work/nginx.conf"
-taskset -c 1 "$NGINX_BIN" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
+taskset -c 1 nice -n "${BENCH_UPSTREAM_NICE:-0}" "$NGINX_BIN" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
 pids+=($!)
 wait_http "http://127.0.0.1:$P_UP/" nginx
 # the reference upstream (the aggregate's gRPC contract) for SubmitCommand, core 1

@@ -461,25 +461,31 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
         })
         .collect(),
     );
-    let period = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    // Each request's due time, paced by a thread of its own that sleeps to the microsecond
+    // (tokio's timers tick once a millisecond: with them, every request of a tick left
+    // together, a burst of rate/1000 requests that queued behind one another in the target
+    // and made its tail the load tool's). The k-th request goes on connection k mod
+    // `connections`; a connection still busy with its last request takes the next one as
+    // soon as it is free, its wait counted (open loop).
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
     let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
     let mut tasks = Vec::new();
+    let mut turns = Vec::new();
     for conn in 0..args.connections {
         let (requests, tally) = (Arc::clone(&requests), Arc::clone(&tally));
         let (addr, connections) = (args.addr, args.connections);
-        let offset = period.mul_f64(conn as f64 / args.connections as f64);
+        let (turn, mut dues) = tokio::sync::mpsc::unbounded_channel::<tokio::time::Instant>();
+        turns.push(turn);
         tasks.push(tokio::spawn(async move {
             let mut local = Tally::default();
             let mut stream: Option<tokio::net::TcpStream> = None;
             let mut buf = Vec::with_capacity(4096);
-            let mut due = start + offset;
             let mut free_at = tokio::time::Instant::now();
             let mut index = conn as usize;
-            while due < end {
-                tokio::time::sleep_until(due).await;
+            while let Some(due) = dues.recv().await {
                 let sent = tokio::time::Instant::now();
                 // busy past the due time: the wait was the server's, and counts
                 let from = if free_at > due { due } else { sent };
@@ -513,7 +519,6 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
                 if failed {
                     stream = None;
                 }
-                due += period;
             }
             if let Ok(mut all) = tally.lock() {
                 all.latencies.extend(local.latencies);
@@ -526,9 +531,32 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
             }
         }));
     }
+    let pacer = std::thread::spawn(move || {
+        let (start, end) = (start.into_std(), end.into_std());
+        let mut k: u64 = 0;
+        loop {
+            let due = start + interval.mul_f64(k as f64);
+            if due >= end {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let turn = &turns[(k % turns.len() as u64) as usize];
+            if turn.send(tokio::time::Instant::from_std(due)).is_err() {
+                break;
+            }
+            k += 1;
+        }
+        // the senders drop here: each connection ends after its last request
+    });
     for task in tasks {
         task.await?;
     }
+    pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
     let mut tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     tally.latencies.sort_unstable();
     let pick = |q: f64| -> f64 {
