@@ -35,6 +35,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::time::Instant as TokioInstant;
 
 use axum::http::{HeaderValue, Method, Uri};
 use std::sync::Arc;
@@ -102,7 +103,6 @@ pub async fn collect(body: axum::body::Body, max: usize) -> Result<Bytes, SendEr
 struct Download {
     conn: Option<Conn>,
     decoder: Decoder,
-    timer: Timer,
     idle: Duration,
     home: Option<(Arc<Conns>, PoolPolicy, HeaderValue)>,
 }
@@ -110,11 +110,11 @@ struct Download {
 impl Download {
     async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
         let conn = self.conn.as_mut()?;
-        self.timer.set(deadline(self.idle));
+        conn.timer.set(deadline(self.idle));
         let mut source = Source {
             io: &mut conn.stream,
             buf: &mut conn.read,
-            timer: Some(&mut self.timer),
+            timer: Some(&mut conn.timer),
         };
         match self.decoder.next(&mut source).await {
             Ok(Some(piece)) => Some(Ok(piece)),
@@ -135,6 +135,24 @@ impl Download {
             }
         }
     }
+}
+
+/// `work`, unless the connection's deadline (`timer`) passes first.
+async fn within<F: std::future::Future>(
+    timer: &mut Timer,
+    work: F,
+) -> Result<F::Output, SendError> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = work.as_mut().poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        if timer.poll_expired(cx) {
+            return Poll::Ready(Err(SendError::TimedOut));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A body of a declared length: relayed with that length.
@@ -178,6 +196,7 @@ async fn upload_body(
         stream,
         mut read,
         mut write,
+        timer,
     } = conn;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let result = {
@@ -212,6 +231,7 @@ async fn upload_body(
         stream: reader.unsplit(writer),
         read,
         write,
+        timer,
     };
     (conn, result)
 }
@@ -339,6 +359,11 @@ struct Conn {
     stream: Stream,
     read: BytesMut,
     write: Vec<u8>,
+    /// The deadline of the call the connection carries, then of each piece of a streamed
+    /// answer: one timer for the connection's life, moved only when it fires before the
+    /// deadline in force (each call's deadline is later than the last, so calls do not
+    /// register and cancel a timer each).
+    timer: Timer,
 }
 
 struct Idle {
@@ -401,6 +426,11 @@ impl Conns {
     /// request is written) is not the call's failure: the request goes out once more on a
     /// new connection when it could not be written, or when it was written but is
     /// idempotent, has no streamed body, and nothing came back.
+    ///
+    /// All of it, up to the answer's head (and its small body), within `by`, else
+    /// [`SendError::TimedOut`]; each piece of a streamed answer then within `idle` of the
+    /// last.
+    #[allow(clippy::too_many_arguments)] // the call, where it goes, and its two time limits
     pub async fn exchange(
         self: &Arc<Self>,
         connector: &Connector,
@@ -408,6 +438,7 @@ impl Conns {
         partition: &HeaderValue,
         call: &Call<'_>,
         mut upload: Option<&mut axum::body::Body>,
+        by: TokioInstant,
         idle: Duration,
     ) -> Result<Reply, SendError> {
         let head_only = *call.method == Method::HEAD;
@@ -421,9 +452,14 @@ impl Conns {
             let reused = idle_conn.is_some();
             let mut conn = match idle_conn {
                 Some(conn) => conn,
-                None => self.connect(connector).await?,
+                None => self.connect(connector, by).await?,
             };
-            let sent = client::send(&mut conn.stream, &mut conn.write, &self.host, call).await;
+            conn.timer.set(by);
+            let sent = within(
+                &mut conn.timer,
+                client::send(&mut conn.stream, &mut conn.write, &self.host, call),
+            )
+            .await?;
             if let Err(err) = sent {
                 if reused {
                     fresh_only = true;
@@ -432,11 +468,20 @@ impl Conns {
                 return Err(SendError::Failed(format!("writing the request: {err}")));
             }
             let (conn, read) = match (upload.as_deref_mut(), call.streamed) {
-                (Some(body), Some(framing)) => upload_body(conn, body, framing, head_only).await,
+                (Some(body), Some(framing)) => {
+                    match tokio::time::timeout_at(by, upload_body(conn, body, framing, head_only))
+                        .await
+                    {
+                        Ok(done) => done,
+                        Err(_) => return Err(SendError::TimedOut),
+                    }
+                }
                 _ => {
-                    let head =
-                        client::read_head(&mut conn.stream, &mut conn.read, head_only, u64::MAX)
-                            .await;
+                    let head = within(
+                        &mut conn.timer,
+                        client::read_head(&mut conn.stream, &mut conn.read, head_only, u64::MAX),
+                    )
+                    .await?;
                     (conn, head.map(|head| (head, true)))
                 }
             };
@@ -477,6 +522,7 @@ impl Conns {
                 partition,
                 call,
                 None,
+                deadline(Duration::from_secs(60)),
                 Duration::from_secs(60),
             )
             .await?;
@@ -505,8 +551,16 @@ impl Conns {
                 if length <= WHOLE_ANSWER as u64 || length <= conn.read.len() as u64 =>
             {
                 Some(
-                    client::read_body(&mut conn.stream, &mut conn.read, head.framing, WHOLE_ANSWER)
-                        .await?,
+                    within(
+                        &mut conn.timer,
+                        client::read_body(
+                            &mut conn.stream,
+                            &mut conn.read,
+                            head.framing,
+                            WHOLE_ANSWER,
+                        ),
+                    )
+                    .await??,
                 )
             }
             _ => None,
@@ -530,7 +584,6 @@ impl Conns {
                 let download = Download {
                     conn: Some(conn),
                     decoder: Decoder::new(head.framing, u64::MAX),
-                    timer: Timer::new(deadline(idle)),
                     idle,
                     home: reusable.then(|| (Arc::clone(self), policy, partition.clone())),
                 };
@@ -605,12 +658,15 @@ impl Conns {
         }
     }
 
-    async fn connect(&self, connector: &Connector) -> Result<Conn, SendError> {
-        let io = connector
-            .clone()
-            .oneshot(self.connect_to.clone())
-            .await
-            .map_err(|err| SendError::Unreachable(err.to_string()))?;
+    /// A new connection, made before `by` (else [`SendError::TimedOut`]).
+    async fn connect(&self, connector: &Connector, by: TokioInstant) -> Result<Conn, SendError> {
+        let io =
+            match tokio::time::timeout_at(by, connector.clone().oneshot(self.connect_to.clone()))
+                .await
+            {
+                Ok(io) => io.map_err(|err| SendError::Unreachable(err.to_string()))?,
+                Err(_) => return Err(SendError::TimedOut),
+            };
         let stream = match io {
             MaybeHttpsStream::Http(tcp) => Stream::Plain(tcp.into_inner()),
             tls => Stream::Tls(Box::new(TokioIo::new(tls))),
@@ -619,6 +675,7 @@ impl Conns {
             stream,
             read: BytesMut::with_capacity(16 * 1024),
             write: Vec::with_capacity(1024),
+            timer: Timer::new(by),
         })
     }
 }

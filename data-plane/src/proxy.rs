@@ -512,36 +512,34 @@ impl Outgoing<'_> {
         };
         // the pool never lets a connection carry two tenants' calls
         let partition = &identity.tenant;
-        let sent = tokio::time::timeout(
-            timeout,
-            conns.exchange(
+        let sent = conns
+            .exchange(
                 connector,
                 attempt.pool_policy(),
                 partition,
                 &call,
                 upload.as_mut(),
+                gateway_edge::h1::common::deadline(timeout),
                 timeout,
-            ),
-        )
-        .await;
-        if let (Ok(Err(SendError::Unreachable(_))), Payload::Streamed(slot, _)) =
-            (&sent, &self.body)
+            )
+            .await;
+        if let (Err(SendError::Unreachable(_)), Payload::Streamed(slot, _)) = (&sent, &self.body)
             && let Ok(mut slot) = slot.lock()
         {
             // never connected: the body is untouched, and another endpoint may take it
             *slot = upload.take();
         }
         match sent {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(SendError::Unreachable(detail))) => Err(Failure::Unreachable(detail)),
-            Ok(Err(SendError::Failed(detail) | SendError::Closed(detail))) => {
+            Ok(reply) => Ok(reply),
+            Err(SendError::Unreachable(detail)) => Err(Failure::Unreachable(detail)),
+            Err(SendError::Failed(detail) | SendError::Closed(detail)) => {
                 Err(Failure::Failed(detail))
             }
-            Ok(Err(SendError::CutShort(detail))) => Err(Failure::CutShort(detail)),
-            Ok(Err(SendError::Invalid(detail))) => Err(Failure::Invalid(detail)),
-            Ok(Err(SendError::BodyFailed(detail))) => Err(Failure::Body(detail)),
-            Ok(Err(SendError::BodyTooLarge)) => Err(Failure::BodyTooLarge),
-            Err(_) => Err(Failure::Timeout),
+            Err(SendError::CutShort(detail)) => Err(Failure::CutShort(detail)),
+            Err(SendError::Invalid(detail)) => Err(Failure::Invalid(detail)),
+            Err(SendError::BodyFailed(detail)) => Err(Failure::Body(detail)),
+            Err(SendError::BodyTooLarge) => Err(Failure::BodyTooLarge),
+            Err(SendError::TimedOut) => Err(Failure::Timeout),
         }
     }
 }

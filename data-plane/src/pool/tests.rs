@@ -22,6 +22,9 @@ enum Reply {
     /// No answer: the request is read and the connection closed (an idle connection
     /// closed by the upstream just as a request was written on it).
     Hangup,
+    /// No answer: the request is read and the connection held open, silent, until the
+    /// client closes it.
+    Silent,
 }
 
 /// A real HTTP/1.1 upstream on loopback with scripted answers (the last one repeats),
@@ -111,6 +114,12 @@ async fn upstream(replies: Vec<Reply>) -> Upstream {
                             stray.notify_one();
                         }
                         Reply::Hangup => return,
+                        Reply::Silent => {
+                            let mut rest = [0u8; 1024];
+                            while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
             });
@@ -525,6 +534,7 @@ async fn exchange(conns: &Arc<Conns>) -> super::Reply {
             &tenant,
             &call,
             None,
+            gateway_edge::h1::common::deadline(Duration::from_secs(5)),
             Duration::from_secs(5),
         )
         .await
@@ -564,4 +574,72 @@ async fn large_answers_stream_and_their_connection_is_reused_only_after_their_en
             "a new connection after the drop"
         );
     }
+}
+
+/// One call on `conns` (a GET), all of it within `by`.
+async fn call_by(conns: &Arc<Conns>, by: TokioInstant) -> Result<super::Reply, SendError> {
+    let tenant = HeaderValue::from_static("acme");
+    let path = PathAndQuery::from_static("/v1/query/v");
+    let body = Bytes::new();
+    let call = Call {
+        idempotent: true,
+        method: &Method::GET,
+        path: &path,
+        headers: &[],
+        more: &[],
+        body: &body,
+        streamed: None,
+    };
+    conns
+        .exchange(
+            &connector(),
+            PoolPolicy::default(),
+            &tenant,
+            &call,
+            None,
+            by,
+            Duration::from_secs(5),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_kept_connection_outlives_its_last_deadline_and_a_silent_upstream_times_out() {
+    let up = upstream(vec![Reply::Keep(OK), Reply::Keep(OK), Reply::Silent]).await;
+    let conns = Arc::new(Conns::new(&up.url).unwrap());
+    // the first call's deadline is short, and passes while its connection is idle
+    let first = call_by(&conns, deadline(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(conns.idle_count(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // the connection's timer fired for the old deadline: the next call on it is not
+    // taken for late
+    let second = call_by(&conns, deadline(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(conns.idle_count(), 1);
+    // no answer: the call ends at its deadline, and its connection is not kept
+    let started = std::time::Instant::now();
+    let third = call_by(&conns, deadline(Duration::from_millis(300))).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(third, Err(SendError::TimedOut)),
+        "{:?}",
+        third.err()
+    );
+    assert!(took >= Duration::from_millis(290), "ended early: {took:?}");
+    assert_eq!(conns.idle_count(), 0);
+    let deadline_at = std::time::Instant::now() + Duration::from_secs(5);
+    while up.closed_by_client.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline_at,
+            "the timed-out connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.requests.lock().len(), 3);
 }

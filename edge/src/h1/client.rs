@@ -157,6 +157,8 @@ pub enum SendError {
     BodyFailed(String),
     /// The request's streamed body went past its limit: the call was given up.
     BodyTooLarge,
+    /// The call's deadline passed before its answer's head (and small body) came.
+    TimedOut,
 }
 
 /// The request head into `out` (cleared first), and the body after it when it is at most

@@ -271,7 +271,7 @@ impl Timer {
     }
 
     /// Whether the deadline in force has passed (else the task is woken when it might have).
-    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+    pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         while self.sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.wanted {
                 return true;
