@@ -30,7 +30,10 @@
 # an identity assertion for every forwarded call, `assertion` standing for
 # --assertion-signing-key-file with a fresh P-256 key), BENCH_UPSTREAM_NICE (0; the nice
 # value nginx runs at, e.g. -10 to let the upstream preempt the load tool it shares core 1
-# with: an experiment on the tail at half load, not the protocol).
+# with: an experiment on the tail at half load, not the protocol), BENCH_SCHED (0; 1: in the
+# first latency round, 3 s of scheduler events per target with `perf sched`, and each task's
+# delay from its wake-up to its run in target/bench-sched-<target>.txt; perf disturbs that
+# round).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -450,10 +453,40 @@ EOF
       case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
       [ "$rate" -gt 0 ] || continue
       [ "$name" = ours ] && query_buckets >"$work/buckets-before.txt"
+      sched_pid=""
+      if [ "${BENCH_SCHED:-0}" = 1 ] && [ "$round" = 1 ]; then
+        # 3 s of scheduler events in the middle of the measured part (perf on core 1)
+        (sleep "$((WARMUP + DURATION / 2))" && taskset -c 1 perf sched record -q -o "$work/sched-$name.data" -- sleep 3 >/dev/null 2>&1) &
+        sched_pid=$!
+      fi
       taskset -c 1 target/release/proxy-bench latency --addr "127.0.0.1:$port" --path "$PATH_Q" \
         --tenant "$TENANT" --tokens "$setup/tokens.txt" --rate "$rate" --connections "$CONNS" \
         --duration "$DURATION" --warmup "$WARMUP" >"$work/latency.json" \
         || die "the latency run of $name failed"
+      if [ -n "$sched_pid" ]; then
+        wait "$sched_pid" || true
+        mkdir -p target
+        # per task: how long it waited, once woken, before it ran (scheduling delay)
+        perf sched timehist -i "$work/sched-$name.data" 2>/dev/null | python3 -c '
+import sys, collections
+delays = collections.defaultdict(list)
+for line in sys.stdin:
+    f = line.split()
+    if len(f) < 6 or not f[0][0].isdigit() or not f[1].startswith("["):
+        continue
+    try:
+        delays[(f[1], f[2])].append(float(f[4]))
+    except ValueError:
+        pass
+print("cpu | task | runs | scheduling delay p50 / p99 / p99.9 / max (ms) | runs delayed over 0.5 ms")
+for (cpu, task), d in sorted(delays.items(), key=lambda kv: -len(kv[1]))[:12]:
+    d.sort()
+    q = lambda x: d[min(len(d) - 1, int(len(d) * x))]
+    over = sum(1 for x in d if x > 0.5)
+    print(f"{cpu} | {task} | {len(d)} | {q(0.5):.3f} / {q(0.99):.3f} / {q(0.999):.3f} / {d[-1]:.3f} | {over}")
+' >"target/bench-sched-$name.txt" || true
+        log "scheduling delays during $name in target/bench-sched-$name.txt"
+      fi
       python3 - "$work/latency.json" "$name" "$round" >>"$latency" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
