@@ -515,28 +515,7 @@ fn large_answers() -> (&'static [u8], &'static [u8], Vec<u8>) {
 }
 
 async fn exchange(conns: &Arc<Conns>) -> super::Reply {
-    let tenant = HeaderValue::from_static("acme");
-    let path = PathAndQuery::from_static("/v1/query/v");
-    let body = Bytes::new();
-    let call = Call {
-        idempotent: true,
-        method: &Method::GET,
-        path: &path,
-        headers: &[],
-        more: &[],
-        body: &body,
-        streamed: None,
-    };
-    conns
-        .exchange(
-            &connector(),
-            PoolPolicy::default(),
-            &tenant,
-            &call,
-            None,
-            gateway_edge::h1::common::deadline(Duration::from_secs(5)),
-            Duration::from_secs(5),
-        )
+    call_by(conns, deadline(Duration::from_secs(5)))
         .await
         .unwrap()
 }
