@@ -354,7 +354,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
 /// schedule, and a request's latency runs from the moment it was due when the connection
 /// was still busy with the previous answer (the server's backlog counts: no coordinated
 /// omission), or from the moment it was sent when the connection was free (the
-/// generator's own timer lateness, up to a millisecond with tokio's timer, does not).
+/// generator's own timer lateness, up to 50 µs, does not).
 #[derive(clap::Args, Debug)]
 struct Latency {
     /// `host:port` on loopback.
@@ -379,18 +379,17 @@ struct Latency {
     warmup: u64,
 }
 
-/// Reads one HTTP/1.1 answer with a `content-length` off `stream`; its status.
-async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
-    use tokio::io::AsyncReadExt;
-    buf.clear();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
+/// The status of the one HTTP/1.1 answer (with a `content-length`) in `buf`, and whether
+/// it closes the connection (`connection: close`), once `buf` holds all of it; `None`
+/// while bytes are missing.
+fn parse_answer(buf: &[u8]) -> anyhow::Result<Option<(u16, bool)>> {
+    let Some(head_end) = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+    else {
         anyhow::ensure!(buf.len() < 64 * 1024, "answer head over 64 KiB");
-        if stream.read_buf(buf).await? == 0 {
-            anyhow::bail!("connection closed by the server");
-        }
+        return Ok(None);
     };
     let head = std::str::from_utf8(&buf[..head_end]).context("answer head is not UTF-8")?;
     let status: u16 = head
@@ -405,13 +404,16 @@ async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> a
                 .then(|| value.trim().parse().ok())?
         })
         .context("answer without content-length (chunked answers are not read)")?;
-    while buf.len() < head_end + length {
-        if stream.read_buf(buf).await? == 0 {
-            anyhow::bail!("connection closed inside the body");
-        }
-    }
-    anyhow::ensure!(buf.len() == head_end + length, "more bytes than one answer");
-    Ok(status)
+    anyhow::ensure!(buf.len() <= head_end + length, "more bytes than one answer");
+    let close = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("connection")
+                && value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    });
+    Ok((buf.len() == head_end + length).then_some((status, close)))
 }
 
 #[derive(Default)]
@@ -422,8 +424,219 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-async fn latency(args: Latency) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
+/// One connection of the `latency` load: its requests due and not yet sent, and the one
+/// on the wire.
+struct LoadConn {
+    stream: Option<std::net::TcpStream>,
+    waiting: std::collections::VecDeque<Instant>,
+    /// The request on the wire: when it was due, when its latency counts from, which
+    /// request it is and how much of it is written.
+    on_wire: Option<(Instant, Instant, usize, usize)>,
+    /// When the last answer ended (a request due before that waited for it).
+    free_at: Instant,
+    /// The next request's index (connections take interleaved turns through the tokens).
+    next: usize,
+    buf: Vec<u8>,
+}
+
+/// The `latency` load: one thread and one epoll set, whose wait ends when the next
+/// request is due (within 50 µs). The k-th request is due at start + k / rate and goes on
+/// connection k mod `connections`; a connection still busy with its last answer sends it
+/// as soon as it is free, its wait counted (open loop). With tokio's timers, which tick
+/// once a millisecond, every request of a tick left together, a burst that queued behind
+/// itself in the target; with a pacing thread of its own, each request cost 2 more
+/// context switches on the core the load tool shares with the upstream.
+struct Load<'a> {
+    epoll: rustix::fd::OwnedFd,
+    addr: std::net::SocketAddr,
+    requests: &'a [Vec<u8>],
+    measure_from: Instant,
+    conns: Vec<LoadConn>,
+    tally: Tally,
+}
+
+impl Load<'_> {
+    fn watch(&self, conn: usize, writable: bool) -> anyhow::Result<()> {
+        use rustix::event::epoll;
+        let stream = self.conns[conn].stream.as_ref().context("no connection")?;
+        let flags = if writable {
+            epoll::EventFlags::IN | epoll::EventFlags::OUT
+        } else {
+            epoll::EventFlags::IN
+        };
+        epoll::modify(
+            &self.epoll,
+            stream,
+            epoll::EventData::new_u64(conn as u64),
+            flags,
+        )?;
+        Ok(())
+    }
+
+    /// Sends the connection's next waiting requests while it is free (a request that
+    /// fails at once makes way for the next).
+    fn start(&mut self, conn: usize) {
+        use rustix::event::epoll;
+        while self.conns[conn].on_wire.is_none() {
+            let Some(due) = self.conns[conn].waiting.pop_front() else {
+                return;
+            };
+            let now = Instant::now();
+            let stride = self.conns.len();
+            let c = &mut self.conns[conn];
+            // busy past the due time: the wait was the server's, and counts
+            let from = if c.free_at > due { due } else { now };
+            let index = c.next % self.requests.len();
+            c.next += stride;
+            c.on_wire = Some((due, from, index, 0));
+            if c.stream.is_none() {
+                let opened = std::net::TcpStream::connect(self.addr).and_then(|s| {
+                    s.set_nodelay(true)?;
+                    s.set_nonblocking(true)?;
+                    epoll::add(
+                        &self.epoll,
+                        &s,
+                        epoll::EventData::new_u64(conn as u64),
+                        epoll::EventFlags::IN,
+                    )?;
+                    Ok(s)
+                });
+                match opened {
+                    Ok(s) => c.stream = Some(s),
+                    Err(err) => {
+                        self.finish(conn, Err(err.into()));
+                        continue;
+                    }
+                }
+            }
+            self.write(conn);
+        }
+    }
+
+    /// Writes what is left of the request on the wire, and waits for the socket to take
+    /// more when it is full.
+    fn write(&mut self, conn: usize) {
+        use std::io::Write;
+        let requests = self.requests;
+        let c = &mut self.conns[conn];
+        let (Some((_, _, index, written)), Some(stream)) = (c.on_wire.as_mut(), c.stream.as_mut())
+        else {
+            return;
+        };
+        let request = &requests[*index];
+        let failed: Option<anyhow::Error> = loop {
+            if *written == request.len() {
+                break None;
+            }
+            match stream.write(&request[*written..]) {
+                Ok(0) => break Some(anyhow::anyhow!("write returned 0")),
+                Ok(n) => *written += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    break self.watch(conn, true).err();
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => break Some(err.into()),
+            }
+        };
+        if let Some(err) = failed {
+            self.finish(conn, Err(err));
+        }
+    }
+
+    /// Reads what the connection has; ends the request on the wire once its answer is
+    /// whole.
+    fn read(&mut self, conn: usize) {
+        use std::io::Read;
+        let c = &mut self.conns[conn];
+        let Some(stream) = c.stream.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 16 * 1024];
+        // one read a readiness event: what it leaves, the level-triggered epoll reports
+        // again (a second read to see it empty would cost a system call every answer)
+        let outcome = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) if c.on_wire.is_some() => {
+                    break Some(Err(anyhow::anyhow!("connection closed by the server")));
+                }
+                Ok(0) => {
+                    // an idle connection closed: the next request opens another
+                    c.stream = None;
+                    c.buf.clear();
+                    return;
+                }
+                Ok(n) => {
+                    c.buf.extend_from_slice(&chunk[..n]);
+                    break None;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break None,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => break Some(Err(err.into())),
+            }
+        };
+        let outcome = outcome.or_else(|| match c.on_wire {
+            None if !c.buf.is_empty() => Some(Err(anyhow::anyhow!("bytes with no request"))),
+            None => None,
+            Some(_) => parse_answer(&c.buf).transpose().map(|answer| {
+                answer.map(|(status, close)| {
+                    if close {
+                        // the server closes it: the next request opens another
+                        c.stream = None;
+                    }
+                    status
+                })
+            }),
+        });
+        if let Some(outcome) = outcome {
+            self.finish(conn, outcome);
+        }
+    }
+
+    /// Ends the request on the wire (or drops a connection that sent bytes unasked); the
+    /// caller starts the next.
+    fn finish(&mut self, conn: usize, outcome: anyhow::Result<u16>) {
+        let done = Instant::now();
+        let c = &mut self.conns[conn];
+        c.buf.clear();
+        c.free_at = done;
+        let measured = match c.on_wire.take() {
+            Some((due, from, _, _)) => (due >= self.measure_from).then_some(from),
+            None => None,
+        };
+        if outcome.is_err() {
+            // closing the socket takes it out of the epoll set
+            c.stream = None;
+        }
+        if let Some(from) = measured {
+            match outcome {
+                Ok(status) => {
+                    *self.tally.statuses.entry(status).or_default() += 1;
+                    let micros = done.duration_since(from).as_micros();
+                    self.tally
+                        .latencies
+                        .push(micros.min(u32::MAX as u128) as u32);
+                }
+                Err(err) => *self.tally.errors.entry(err.to_string()).or_default() += 1,
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.conns
+            .iter()
+            .any(|c| c.on_wire.is_some() || !c.waiting.is_empty())
+    }
+}
+
+fn latency(args: Latency) -> anyhow::Result<()> {
+    println!("{}", measure_latency(&args)?);
+    Ok(())
+}
+
+/// Runs the `latency` load; its figures as JSON.
+fn measure_latency(args: &Latency) -> anyhow::Result<serde_json::Value> {
+    use rustix::event::Timespec;
+    use rustix::event::epoll;
     anyhow::ensure!(
         args.rate > 0 && args.connections > 0,
         "--rate and --connections must be > 0"
@@ -441,123 +654,117 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
             .collect(),
         None => Vec::new(),
     };
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
-        if tokens.is_empty() {
-            vec![None]
-        } else {
-            tokens.iter().map(Some).collect()
-        }
-        .into_iter()
-        .map(|token| {
-            let auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
-            format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 X-Tenant-Id: {}\r\n{auth}Content-Length: 2\r\n\r\n{{}}",
-                args.path, args.addr, args.tenant
-            )
-            .into_bytes()
-        })
-        .collect(),
-    );
-    // Each request's due time, paced by a thread of its own that sleeps to the microsecond
-    // (tokio's timers tick once a millisecond: with them, every request of a tick left
-    // together, a burst of rate/1000 requests that queued behind one another in the target
-    // and made its tail the load tool's). The k-th request goes on connection k mod
-    // `connections`; a connection still busy with its last request takes the next one as
-    // soon as it is free, its wait counted (open loop).
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let requests: Vec<Vec<u8>> = if tokens.is_empty() {
+        vec![None]
+    } else {
+        tokens.iter().map(Some).collect()
+    }
+    .into_iter()
+    .map(|token| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             X-Tenant-Id: {}\r\n{auth}Content-Length: 2\r\n\r\n{{}}",
+            args.path, args.addr, args.tenant
+        )
+        .into_bytes()
+    })
+    .collect();
+    // the k-th request's offset from the start, in whole nanoseconds: exact, so the
+    // requests due in the measured part are exactly rate x duration
+    let due_after = |k: u64| {
+        Duration::from_nanos((u128::from(k) * 1_000_000_000 / u128::from(args.rate)) as u64)
+    };
+    let start = Instant::now() + Duration::from_millis(100);
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
-    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
-    let mut tasks = Vec::new();
-    let mut turns = Vec::new();
-    for conn in 0..args.connections {
-        let (requests, tally) = (Arc::clone(&requests), Arc::clone(&tally));
-        let (addr, connections) = (args.addr, args.connections);
-        let (turn, mut dues) = tokio::sync::mpsc::unbounded_channel::<tokio::time::Instant>();
-        turns.push(turn);
-        tasks.push(tokio::spawn(async move {
-            let mut local = Tally::default();
-            let mut stream: Option<tokio::net::TcpStream> = None;
-            let mut buf = Vec::with_capacity(4096);
-            let mut free_at = tokio::time::Instant::now();
-            let mut index = conn as usize;
-            while let Some(due) = dues.recv().await {
-                let sent = tokio::time::Instant::now();
-                // busy past the due time: the wait was the server's, and counts
-                let from = if free_at > due { due } else { sent };
-                let request = &requests[index % requests.len()];
-                // connections take interleaved turns through the tokens
-                index += connections as usize;
-                let outcome = async {
-                    if stream.is_none() {
-                        let s = tokio::net::TcpStream::connect(addr).await?;
-                        s.set_nodelay(true)?;
-                        stream = Some(s);
-                    }
-                    let s = stream.as_mut().context("no connection")?;
-                    s.write_all(request).await?;
-                    read_answer(s, &mut buf).await
-                }
-                .await;
-                let done = tokio::time::Instant::now();
-                free_at = done;
-                let failed = outcome.is_err();
-                if due >= measure_from {
-                    match outcome {
-                        Ok(status) => {
-                            *local.statuses.entry(status).or_default() += 1;
-                            let micros = done.duration_since(from).as_micros();
-                            local.latencies.push(micros.min(u32::MAX as u128) as u32);
-                        }
-                        Err(err) => *local.errors.entry(err.to_string()).or_default() += 1,
-                    }
-                }
-                if failed {
-                    stream = None;
-                }
-            }
-            if let Ok(mut all) = tally.lock() {
-                all.latencies.extend(local.latencies);
-                for (status, n) in local.statuses {
-                    *all.statuses.entry(status).or_default() += n;
-                }
-                for (error, n) in local.errors {
-                    *all.errors.entry(error).or_default() += n;
-                }
-            }
-        }));
-    }
-    let pacer = std::thread::spawn(move || {
-        let (start, end) = (start.into_std(), end.into_std());
-        let mut k: u64 = 0;
-        loop {
-            let due = start + interval.mul_f64(k as f64);
-            if due >= end {
-                break;
-            }
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let turn = &turns[(k % turns.len() as u64) as usize];
-            if turn.send(tokio::time::Instant::from_std(due)).is_err() {
-                break;
-            }
+    let connections = usize::try_from(args.connections).context("--connections")?;
+    let mut load = Load {
+        epoll: epoll::create(epoll::CreateFlags::CLOEXEC).context("epoll_create")?,
+        addr: args.addr,
+        requests: &requests,
+        measure_from,
+        conns: (0..connections)
+            .map(|conn| LoadConn {
+                stream: None,
+                waiting: Default::default(),
+                on_wire: None,
+                free_at: start,
+                next: conn,
+                buf: Vec::with_capacity(4096),
+            })
+            .collect(),
+        tally: Tally::default(),
+    };
+    // what is still on the wire this long after the end counts as unanswered
+    let give_up = end + Duration::from_secs(10);
+    let mut k: u64 = 0;
+    let mut events = Vec::with_capacity(connections);
+    loop {
+        // every request due by now
+        let now = Instant::now();
+        let mut due = start + due_after(k);
+        while due <= now && due < end {
+            let conn = (k % connections as u64) as usize;
+            load.conns[conn].waiting.push_back(due);
+            load.start(conn);
             k += 1;
+            due = start + due_after(k);
         }
-        // the senders drop here: each connection ends after its last request
-    });
-    for task in tasks {
-        task.await?;
+        let pacing = due < end;
+        if !pacing && !load.busy() {
+            break;
+        }
+        if now >= give_up {
+            for conn in 0..connections {
+                load.conns[conn].waiting.clear();
+                if load.conns[conn].on_wire.is_some() {
+                    load.finish(conn, Err(anyhow::anyhow!("no answer by the end")));
+                }
+            }
+            break;
+        }
+        // epoll's own timeout ends the wait when the next request is due: to the
+        // nanosecond (epoll_pwait2), within the kernel's timer slack (50 µs), which merges
+        // wake-ups that close (exact wake-ups cost a timer interrupt each: 8 µs a request
+        // more on the core the load tool shares with the upstream)
+        let left = if pacing { due - now } else { give_up - now };
+        let timeout = Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        events.clear();
+        match epoll::wait(
+            &load.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&timeout),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(anyhow::Error::from(err).context("epoll_wait")),
+        }
+        for event in &events {
+            // copied out: the kernel's record is packed
+            let (conn, flags) = (event.data.u64() as usize, { event.flags });
+            if flags.contains(epoll::EventFlags::OUT) {
+                if let Err(err) = load.watch(conn, false) {
+                    load.finish(conn, Err(err));
+                    load.start(conn);
+                    continue;
+                }
+                load.write(conn);
+            }
+            if flags
+                .intersects(epoll::EventFlags::IN | epoll::EventFlags::ERR | epoll::EventFlags::HUP)
+            {
+                load.read(conn);
+            }
+            load.start(conn);
+        }
     }
-    pacer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
-    let mut tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut tally = load.tally;
     tally.latencies.sort_unstable();
     let pick = |q: f64| -> f64 {
         let l = &tally.latencies;
@@ -568,24 +775,20 @@ async fn latency(args: Latency) -> anyhow::Result<()> {
         l[at] as f64 / 1000.0
     };
     let measured = tally.latencies.len() as u64 + tally.errors.values().sum::<u64>();
-    println!(
-        "{}",
-        serde_json::json!({
-            "rate": args.rate,
-            "connections": args.connections,
-            "duration_s": args.duration,
-            "requests": measured,
-            "achieved_rps": measured as f64 / args.duration as f64,
-            "p50_ms": pick(0.50),
-            "p90_ms": pick(0.90),
-            "p99_ms": pick(0.99),
-            "p999_ms": pick(0.999),
-            "max_ms": pick(1.0),
-            "statuses": tally.statuses,
-            "errors": tally.errors,
-        })
-    );
-    Ok(())
+    Ok(serde_json::json!({
+        "rate": args.rate,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "requests": measured,
+        "achieved_rps": measured as f64 / args.duration as f64,
+        "p50_ms": pick(0.50),
+        "p90_ms": pick(0.90),
+        "p99_ms": pick(0.99),
+        "p999_ms": pick(0.999),
+        "max_ms": pick(1.0),
+        "statuses": tally.statuses,
+        "errors": tally.errors,
+    }))
 }
 
 /// Closed-loop `SubmitCommand` calls (`grpc` subcommand): `--streams` callers, each
@@ -869,8 +1072,127 @@ async fn serve_streams(mut socket: tokio::net::TcpStream, bytes: u64) -> anyhow:
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Setup(setup_args) => setup(setup_args).await,
-        Command::Latency(latency_args) => latency(latency_args).await,
+        Command::Latency(latency_args) => latency(latency_args),
         Command::Grpc(grpc_args) => grpc(grpc_args).await,
         Command::StreamUpstream(stream_args) => stream_upstream(stream_args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn an_answer_is_read_when_whole_and_refused_when_it_overflows() {
+        assert_eq!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(),
+            None
+        );
+        let whole = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_answer(&whole[..whole.len() - 1]).unwrap(), None);
+        assert_eq!(parse_answer(whole).unwrap(), Some((403, false)));
+        let closing =
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse_answer(closing).unwrap(), Some((200, true)));
+        let more = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP";
+        assert!(parse_answer(more).is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_answer(chunked).is_err());
+        assert!(parse_answer(b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n").is_err());
+    }
+
+    /// A loopback server answering each request (a head and a 2-byte body) with 200 after
+    /// `delay`, closing the connection after each answer when `close`; counts requests.
+    fn server(delay: Duration, close: bool) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&served);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // one request: its head, then the 2-byte body it announces
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n")
+                            || buf.len()
+                                < buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 6
+                        {
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 6;
+                        buf.drain(..end);
+                        std::thread::sleep(delay);
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let connection = if close { "close" } else { "keep-alive" };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nConnection: {connection}\r\n\
+                             Content-Length: 2\r\n\r\n{{}}"
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, served)
+    }
+
+    fn load(addr: std::net::SocketAddr, rate: u64, connections: u64) -> Latency {
+        Latency {
+            addr,
+            path: "/v1/query/bench-view".into(),
+            tokens: None,
+            tenant: "bench".into(),
+            rate,
+            connections,
+            duration: 1,
+            warmup: 1,
+        }
+    }
+
+    #[test]
+    fn every_request_due_is_sent_once_and_answered() {
+        let (addr, served) = server(Duration::ZERO, false);
+        let figures = measure_latency(&load(addr, 2_000, 8)).unwrap();
+        // due in the measured second: exactly rate x duration; all of them answered 200
+        assert_eq!(figures["requests"], 2_000);
+        assert_eq!(figures["statuses"]["200"], 2_000);
+        assert_eq!(figures["errors"], serde_json::json!({}));
+        // the warm-up's requests were sent too, and nothing more
+        assert_eq!(served.load(Ordering::SeqCst), 4_000);
+    }
+
+    #[test]
+    fn a_slow_server_is_charged_the_wait_of_requests_queued_behind_it() {
+        // one connection, a request due every 10 ms, each answer taking 20 ms: each
+        // request waits for the ones before it, so the wait grows through the run and
+        // counts (open loop). A tool that timed from the send only would see 20 ms.
+        let (addr, _) = server(Duration::from_millis(20), false);
+        let figures = measure_latency(&load(addr, 100, 1)).unwrap();
+        assert_eq!(figures["errors"], serde_json::json!({}));
+        let p50 = figures["p50_ms"].as_f64().unwrap();
+        assert!(
+            p50 > 200.0,
+            "the queue's wait was not counted: p50 {p50} ms"
+        );
+    }
+
+    #[test]
+    fn a_connection_the_server_closes_is_opened_again() {
+        let (addr, served) = server(Duration::ZERO, true);
+        let figures = measure_latency(&load(addr, 200, 2)).unwrap();
+        assert_eq!(figures["statuses"]["200"], 200);
+        assert_eq!(figures["errors"], serde_json::json!({}));
+        assert_eq!(served.load(Ordering::SeqCst), 400);
     }
 }
