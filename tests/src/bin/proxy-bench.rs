@@ -354,7 +354,7 @@ async fn setup(args: Setup) -> anyhow::Result<()> {
 /// schedule, and a request's latency runs from the moment it was due when the connection
 /// was still busy with the previous answer (the server's backlog counts: no coordinated
 /// omission), or from the moment it was sent when the connection was free (the
-/// generator's own timer lateness, up to 50 µs, does not).
+/// generator's own lateness, its timer slack of up to 50 µs included, does not).
 #[derive(clap::Args, Debug)]
 struct Latency {
     /// `host:port` on loopback.
