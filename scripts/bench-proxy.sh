@@ -293,14 +293,19 @@ read -r STEAL_0 TOTAL_0 < <(steal_ticks)
 log "machine busy before timing: ${BUSY_BEFORE}% (the figures assume an otherwise idle machine)"
 # user and system CPU ticks of a process, as "user sys"
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
+# interrupts core 1 received from the other core to wake a task or preempt one (function
+# call and rescheduling interrupts; on a virtual machine each is a VM exit for the sender)
+wakeup_irqs() { awk '$1 == "CAL:" || $1 == "RES:" {n += $3} END {print n + 0}' /proc/interrupts; }
 results="$work/results.tsv"
 : >"$results"
 run() { # repetition, scenario, url, pid or ""
-  local rep="$1" name="$2" url="$3" pid="$4" before after out requests rps errors non2xx
+  local rep="$1" name="$2" url="$3" pid="$4" before after irqs out requests rps errors non2xx
   case " $SCENARIOS " in *" $name "*) ;; *) return 0 ;; esac
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s bench/rotating-tokens.lua "$url" -- "$setup/tokens.txt" >/dev/null
   before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
+  irqs=$(wakeup_irqs)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s bench/rotating-tokens.lua "$url" -- "$setup/tokens.txt")
+  irqs=$(($(wakeup_irqs) - irqs))
   after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
   requests=$(awk '/requests in/{print $1}' <<<"$out")
   rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
@@ -308,7 +313,7 @@ run() { # repetition, scenario, url, pid or ""
   errors=$(awk '/Socket errors:/{print}' <<<"$out")
   [ -n "$requests" ] && [ -n "$rps" ] || { echo "$out" >&2; die "cannot read wrk's output for $name"; }
   [ -z "$non2xx" ] && [ -z "$errors" ] || { echo "$out" >&2; die "$name: errors or non-2xx answers under load"; }
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "$rps" "$requests" "${before// /,}" "${after// /,}" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "$rps" "$requests" "${before// /,}" "${after// /,}" "$irqs" >>"$results"
   log "$(printf '%-22s %10.0f req/s' "$name" "$rps")"
 }
 for rep in $(seq 1 "$REPS"); do
@@ -600,9 +605,12 @@ def user_share(row):
     user, system = ticks(row)
     return user / max(user + system, 1)
 
+def irqs_of(row):  # wake-up interrupts core 1 received per request
+    return int(row[6]) / int(row[3])
+
 runs = {}
 for row in rows:
-    runs.setdefault(row[1], []).append((float(row[2]), cpu_of(row), user_share(row)))
+    runs.setdefault(row[1], []).append((float(row[2]), cpu_of(row), user_share(row), irqs_of(row)))
 
 def k(x):
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
@@ -620,16 +628,18 @@ labels = [
     ("baseline", "baseline (`BENCH_BASELINE_BIN`, `BENCH_BASELINE_FLAGS`: " + (os.environ.get("BENCH_BASELINE_FLAGS") or "as shipped") + ")"),
 ]
 print(f"\n### Data plane vs {version.split(' - ')[0]}: {reps} interleaved reps, wrk -t1 -c{conns} -d{duration}s after a {warmup}s warm-up, {principals} rotating tokens\n")
-print("| scenario | req/s median [range] | proxy CPU µs/request median [range] | of which user space |")
-print("| --- | --- | --- | --- |")
+print("| scenario | req/s median [range] | proxy CPU µs/request median [range] | of which user space "
+      "| wake-up interrupts to core 1 per request |")
+print("| --- | --- | --- | --- | --- |")
 for key, label in labels:
     if key not in runs:
         continue
-    rps = [r for r, _, _ in runs[key]]
-    cpu = [c for _, c, _ in runs[key] if c is not None]
+    rps = [r for r, _, _, _ in runs[key]]
+    cpu = [c for _, c, _, _ in runs[key] if c is not None]
     cpu_text = fig(cpu, lambda x: f"{x:.1f}") if cpu else "—"
-    user = f"{statistics.median(u for _, _, u in runs[key]) * 100:.0f} %" if cpu else "—"
-    print(f"| {label} | {fig(rps, k)} | {cpu_text} | {user} |")
+    user = f"{statistics.median(u for _, _, u, _ in runs[key]) * 100:.0f} %" if cpu else "—"
+    irqs = statistics.median(i for _, _, _, i in runs[key])
+    print(f"| {label} | {fig(rps, k)} | {cpu_text} | {user} | {irqs:.3f} |")
 
 # a pair is theirs and ours of the same repetition
 by_rep = {(row[0], row[1]): row for row in rows}
