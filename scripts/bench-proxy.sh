@@ -475,8 +475,8 @@ EOF
       | grep 'route="/v1/query/{view_type}"' | grep 'status="2xx"' || true
   }
   for round in 1 2; do
-    for pair in "direct|$P_UP|$rate_ours" "haproxy_plain|$P_PLAIN|$rate_ours" "ours|$P_OURS|$rate_ours" "baseline|${P_BASE:-0}|$rate_ours" "haproxy_full|$P_FULL|$rate_full"; do
-      IFS='|' read -r name port rate <<<"$pair"
+    for pair in "direct|$P_UP|$rate_ours|" "haproxy_plain|$P_PLAIN|$rate_ours|${haproxy_pid:-}" "ours|$P_OURS|$rate_ours|${ours_pid:-}" "baseline|${P_BASE:-0}|$rate_ours|${baseline_pid:-}" "haproxy_full|$P_FULL|$rate_full|${haproxy_pid:-}"; do
+      IFS='|' read -r name port rate pid <<<"$pair"
       case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
       [ "$rate" -gt 0 ] || continue
       [ "$name" = ours ] && query_buckets >"$work/buckets-before.txt"
@@ -486,10 +486,12 @@ EOF
         (sleep "$((WARMUP + DURATION / 2))" && taskset -c 1 perf sched record -q -o "$work/sched-$name.data" -- sleep 3 >/dev/null 2>&1) &
         sched_pid=$!
       fi
+      before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
       taskset -c 1 target/release/proxy-bench latency --addr "127.0.0.1:$port" --path "$PATH_Q" \
         --tenant "$TENANT" --tokens "$setup/tokens.txt" --rate "$rate" --connections "$CONNS" \
         --duration "$DURATION" --warmup "$WARMUP" >"$work/latency.json" \
         || die "the latency run of $name failed"
+      after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)
       if [ -n "$sched_pid" ]; then
         wait "$sched_pid" || true
         mkdir -p target
@@ -514,12 +516,18 @@ for (cpu, task), d in sorted(delays.items(), key=lambda kv: -len(kv[1]))[:12]:
 ' >"target/bench-sched-$name.txt" || true
         log "scheduling delays during $name in target/bench-sched-$name.txt"
       fi
-      python3 - "$work/latency.json" "$name" "$round" >>"$latency" <<'EOF'
+      # the proxy's CPU per request at this rate (warm-up included: the load is the same
+      # throughout): at a fixed rate, what a request costs sets how busy the core is
+      python3 - "$work/latency.json" "$name" "$round" "${before// /,}" "${after// /,}" "$(getconf CLK_TCK)" \
+        "$((WARMUP + DURATION))" "$pid" >>"$latency" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 codes = ", ".join([f"{k}: {v}" for k, v in d["statuses"].items()] + [f"error {k}: {v}" for k, v in d["errors"].items()])
+before, after = ([int(x) for x in a.split(",")] for a in sys.argv[4:6])
+ticks = sum(after) - sum(before)
+cpu = f"{ticks / int(sys.argv[6]) * 1e6 / (float(d['rate']) * int(sys.argv[7])):.1f}" if sys.argv[8] else "-"
 print("\t".join(str(x) for x in [sys.argv[2], sys.argv[3], d["rate"], d["achieved_rps"], d["p50_ms"],
-                                 d["p99_ms"], d["p999_ms"], d["max_ms"], codes]))
+                                 d["p99_ms"], d["p999_ms"], d["max_ms"], codes, cpu]))
 EOF
       if [ "$name" = ours ]; then
         query_buckets >"$work/buckets-after.txt"
@@ -671,11 +679,11 @@ lat = [l.split("\t") for l in open(latency).read().splitlines() if l]
 if lat:
     print(f"\nLatency at a fixed rate (`proxy-bench latency`: open loop, -c{conns}, rotating tokens, "
           f"{duration}s after {warmup}s, two interleaved rounds; ms):\n")
-    print("| target | round | rate req/s | achieved | p50 | p99 | p99.9 | max | answers |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, rnd, rate, achieved, p50, p99, p999, mx, codes in lat:
+    print("| target | round | rate req/s | achieved | p50 | p99 | p99.9 | max | answers | proxy CPU µs/request |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, rnd, rate, achieved, p50, p99, p999, mx, codes, cpu in lat:
         print(f"| {name} | {rnd} | {rate} | {float(achieved):.0f} | {float(p50):.2f} | {float(p99):.2f} "
-              f"| {float(p999):.2f} | {float(mx):.2f} | {codes} |")
+              f"| {float(p999):.2f} | {float(mx):.2f} | {codes} | {cpu.replace('-', '—')} |")
     p99 = {}
     for name, rnd, *_rest in lat:
         p99.setdefault(name, []).append(float(_rest[3]))
